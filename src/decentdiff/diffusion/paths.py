@@ -1,0 +1,212 @@
+"""Objectives and every change of parameterisation, in one place.
+
+The one time convention of decentdiff: t ∈ [0, 1], **t = 0 is data, t = 1 is noise**,
+x_t = (1 − t)·x0 + t·ε (rectified flow). Every trained model is used through a *velocity callable*
+``velocity(x_t, t, cond=None) -> v`` with v ≈ E[ε − x0 | x_t]. Flow-matching models return it
+directly; DDPM ε-prediction models are wrapped by :class:`EpsilonVelocity`, which matches the
+signal-to-noise ratio of the flow time t to a DDPM step (PAPERS.md §2, Heterogeneous DDM).
+
+Conversions used throughout (α_t = 1 − t, σ_t = t):
+    x̂0 = x_t − t·v          ε̂ = x_t + (1 − t)·v          v = ε̂ − x̂0
+A VP (DDPM) state x' = √ᾱ·x0 + √(1−ᾱ)·ε is the flow state scaled by c = 1/√((1−t)² + t²), with
+ᾱ = (1−t)² / ((1−t)² + t²), i.e. t = √(1−ᾱ) / (√ᾱ + √(1−ᾱ)).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError
+
+VelocityFn = Callable[..., Tensor]
+
+
+class Velocity(Protocol):
+    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor: ...
+
+
+def bcast(t: Tensor, x: Tensor) -> Tensor:
+    """Reshape (B,) times to broadcast against x of shape (B, ...)."""
+    return t.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+
+
+# ---------------------------------------------------------------- conversions (flow space)
+def x0_from_velocity(x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+    return x_t - bcast(t, x_t) * v
+
+
+def eps_from_velocity(x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+    return x_t + (1 - bcast(t, x_t)) * v
+
+
+def vp_scale(t: Tensor) -> Tensor:
+    """c(t) = 1/√((1−t)² + t²): multiplies a flow state into the variance-preserving (DDPM) space."""
+    return torch.rsqrt((1 - t) ** 2 + t**2)
+
+
+def alpha_bar_from_time(t: Tensor) -> Tensor:
+    """ᾱ of the DDPM state that has the same signal-to-noise ratio as flow time t."""
+    return (1 - t) ** 2 / ((1 - t) ** 2 + t**2)
+
+
+def time_from_alpha_bar(alpha_bar: Tensor) -> Tensor:
+    """Inverse of :func:`alpha_bar_from_time`: t = √(1−ᾱ) / (√ᾱ + √(1−ᾱ))."""
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    return s / (a + s)
+
+
+def start_scale(t0: float) -> float:
+    """Std of x_t at time t0 for data of negligible size: lets a sampler start at t0 < 1 (DDPM grids)."""
+    return math.sqrt((1 - t0) ** 2 + t0**2)
+
+
+# ---------------------------------------------------------------- schedules
+def ddpm_betas(schedule: str, timesteps: int = 1000) -> Tensor:
+    """β_1..β_T in float64: ``linear`` (1e-4 → 0.02, Ho et al. 2020) or ``cosine`` (Nichol & Dhariwal 2021)."""
+    if schedule == "linear":
+        return torch.linspace(1e-4, 0.02, timesteps, dtype=torch.float64)
+    if schedule == "cosine":
+        s = 0.008
+        x = torch.linspace(0, timesteps, timesteps + 1, dtype=torch.float64)
+        f = torch.cos(((x / timesteps) + s) / (1 + s) * math.pi / 2) ** 2
+        ab = f / f[0]
+        return (1 - ab[1:] / ab[:-1]).clamp(max=0.999)
+    raise ConfigError(f"unknown DDPM schedule {schedule!r}; choose one of: linear, cosine")
+
+
+def _loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    if kind == "huber":
+        return F.huber_loss(pred, target, delta=1.0)
+    raise ConfigError(f"unknown loss {kind!r}; choose one of: mse, huber")
+
+
+# ---------------------------------------------------------------- objectives
+class FlowMatching:
+    """Rectified flow matching (Liu et al. 2022; Lipman et al. 2022): regress v = ε − x0."""
+
+    kind = "fm"
+
+    def __init__(self, time_dist: str = "logit_normal", loss: str = "mse"):
+        if time_dist not in ("uniform", "logit_normal"):
+            raise ConfigError(
+                f"unknown time distribution {time_dist!r}; choose one of: uniform, logit_normal"
+            )
+        _loss(torch.zeros(1), torch.zeros(1), loss)  # validate early
+        self.time_dist, self.loss_kind = time_dist, loss
+
+    def sample_t(self, n: int, generator: torch.Generator) -> Tensor:
+        """(n,) training times; logit-normal(0, 1) concentrates on mid times (Esser et al. 2024)."""
+        if self.time_dist == "uniform":
+            return torch.rand(n, generator=generator)
+        return torch.sigmoid(torch.randn(n, generator=generator))
+
+    def noisy(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        tb = bcast(t, x0)
+        return (1 - tb) * x0 + tb * eps
+
+    def loss(
+        self, model: nn.Module, x0: Tensor, cond: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
+        """Scalar loss on a batch. Noise and times come from ``generator`` (CPU) for reproducibility."""
+        t = self.sample_t(x0.shape[0], generator).to(x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+        return _loss(model(self.noisy(x0, t, eps), t, cond), eps - x0, self.loss_kind)
+
+    def velocity(self, model: nn.Module) -> Velocity:
+        return model  # the model already predicts the velocity
+
+    def model_time(self, t: Tensor) -> Tensor:
+        return t
+
+
+class DDPM:
+    """DDPM ε-prediction (Ho et al. 2020) with T discrete steps; the model sees time n / T."""
+
+    kind = "ddpm"
+
+    def __init__(self, schedule: str = "linear", timesteps: int = 1000, loss: str = "mse"):
+        if timesteps < 2:
+            raise ConfigError(f"DDPM needs at least 2 timesteps, got {timesteps}")
+        _loss(torch.zeros(1), torch.zeros(1), loss)
+        self.schedule, self.timesteps, self.loss_kind = schedule, timesteps, loss
+        self.betas = ddpm_betas(schedule, timesteps)
+        self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)  # (T,) float64, index n = 0..T-1
+        # −log SNR increases with n: the key for mapping a continuous ᾱ back to a (fractional) step.
+        self._neg_logsnr = -torch.log(self.alphas_cumprod / (1 - self.alphas_cumprod))
+
+    def q_sample(self, x0: Tensor, n: Tensor, eps: Tensor) -> Tensor:
+        """x_n = √ᾱ_n·x0 + √(1−ᾱ_n)·ε for integer steps n (B,)."""
+        ab = self.alphas_cumprod.to(x0.device)[n]
+        return bcast(ab.sqrt(), x0) * x0 + bcast((1 - ab).sqrt(), x0) * eps
+
+    def loss(
+        self, model: nn.Module, x0: Tensor, cond: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
+        n = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+        pred = model(self.q_sample(x0, n, eps), n.to(x0.dtype) / self.timesteps, cond)
+        return _loss(pred, eps, self.loss_kind)
+
+    def step_from_time(self, t: Tensor) -> Tensor:
+        """Fractional DDPM step whose SNR equals that of flow time t (linear in log-SNR), clamped to [0, T−1]."""
+        ab = alpha_bar_from_time(t.double().clamp(1e-7, 1 - 1e-7))
+        key = -torch.log(ab / (1 - ab))
+        grid = self._neg_logsnr.to(key.device)
+        hi = torch.searchsorted(grid, key).clamp(1, self.timesteps - 1)
+        lo = hi - 1
+        w = ((key - grid[lo]) / (grid[hi] - grid[lo])).clamp(0, 1)
+        return (lo.double() + w).clamp(0, self.timesteps - 1)
+
+    def time_of_step(self, n: Tensor) -> Tensor:
+        """Flow time of integer DDPM step n (B,)."""
+        return time_from_alpha_bar(self.alphas_cumprod.to(n.device)[n])
+
+    def velocity(self, model: nn.Module, clip_x0: float | None = 1.0) -> Velocity:
+        return EpsilonVelocity(model, self, clip_x0)
+
+    def model_time(self, t: Tensor) -> Tensor:
+        return self.step_from_time(t).to(t.dtype) / self.timesteps
+
+
+class EpsilonVelocity(nn.Module):
+    """An ε-prediction model seen as a velocity callable (SNR matching, PAPERS.md §2).
+
+    For flow state x_t at time t: feed the model c·x_t (c = :func:`vp_scale`) at the DDPM step with
+    the same SNR, read ε̂, form x̂0 = (x_t − t·ε̂)/(1 − t) (guarded near t = 1, optionally clamped to
+    [−clip, clip]) and return v = ε̂ − x̂0.
+    """
+
+    def __init__(self, model: nn.Module, ddpm: DDPM, clip_x0: float | None = 1.0):
+        super().__init__()
+        self.model, self.ddpm, self.clip_x0 = model, ddpm, clip_x0
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        eps = self.model(bcast(vp_scale(t), x) * x, self.ddpm.model_time(t), cond)
+        tb = bcast(t, x)
+        x0 = (x - tb * eps) / (1 - tb).clamp(min=1e-4)
+        if self.clip_x0 is not None:
+            x0 = x0.clamp(-self.clip_x0, self.clip_x0)
+        return eps - x0
+
+
+OBJECTIVES = {"fm": FlowMatching, "ddpm": DDPM}
+
+
+def make_objective(
+    kind: str, *, time_dist: str = "logit_normal", schedule: str = "linear", loss: str = "mse",
+    timesteps: int = 1000,
+) -> FlowMatching | DDPM:
+    """Build an objective from config values; unknown kinds list the valid choices."""
+    if kind == "fm":
+        return FlowMatching(time_dist=time_dist, loss=loss)
+    if kind == "ddpm":
+        return DDPM(schedule=schedule, timesteps=timesteps, loss=loss)
+    raise ConfigError(f"unknown objective {kind!r}; choose one of: {', '.join(OBJECTIVES)}")

@@ -1,0 +1,136 @@
+"""Train and load generative models (UNet + objective) from uint8 images: monolith, experts, ...
+
+A trained model directory is self-describing: ``meta.json`` holds the UNet architecture and the
+objective, so :func:`load_generative` rebuilds a velocity callable from the directory alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..config import Config, ObjectiveConfig
+from ..diffusion.paths import DDPM, FlowMatching, Velocity, make_objective
+from ..errors import CheckpointError, ConfigError
+from ..models.registry import build_unet, unet_config
+from ..models.unet import UNet, UNetConfig
+from .checkpoint import load_tensors, read_meta
+from .loop import resolve_device, train
+
+
+def to_model_space(images: np.ndarray | Tensor) -> Tensor:
+    """uint8 (N, C, H, W) in 0..255 -> float32 in [−1, 1]."""
+    x = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
+    return x.float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """float (N, C, H, W) in [−1, 1] -> uint8 numpy."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def objective_from(cfg: ObjectiveConfig) -> FlowMatching | DDPM:
+    return make_objective(
+        cfg.kind, time_dist=cfg.time_dist, schedule=cfg.schedule, loss=cfg.loss,
+        timesteps=cfg.timesteps,
+    )
+
+
+def image_batches(
+    images: np.ndarray, labels: np.ndarray | None, batch: int, device: torch.device,
+    cond_drop: float, num_classes: int,
+):
+    """A batch drawer: (generator) -> (x0 (B, C, H, W) in [−1, 1], cond (B,) or None).
+
+    Indices are drawn with replacement from ``images`` only, so a model trained on a shard never
+    touches any other shard.
+    """
+    data = torch.from_numpy(np.ascontiguousarray(images))
+    lab = torch.from_numpy(np.asarray(labels, dtype=np.int64)) if labels is not None else None
+    n = data.shape[0]
+
+    def draw(g: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        idx = torch.randint(0, n, (batch,), generator=g)
+        x0 = to_model_space(data[idx]).to(device)
+        cond = None
+        if lab is not None and num_classes > 0:
+            c = lab[idx].clone()
+            drop = torch.rand(batch, generator=g) < cond_drop
+            c[drop] = num_classes  # the null class: trains the unconditional model for guidance
+            cond = c.to(device)
+        return x0, cond
+
+    return draw
+
+
+def train_generative(
+    out_dir: Path,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    num_classes: int,
+    cfg: Config,
+    *,
+    role: str,
+    meta: dict[str, Any] | None = None,
+    metrics_path: Path | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a UNet with ``cfg.objective`` on ``images`` (uint8 (N, C, H, W)) into ``out_dir``."""
+    if len(images) == 0:
+        raise ConfigError(f"{role}: no training images")
+    device = resolve_device(cfg.train.device)
+    n_cls = num_classes if cfg.model.class_cond else 0
+    if cfg.model.class_cond and (labels is None or num_classes == 0):
+        raise ConfigError("model.class_cond = true needs a labelled data source")
+    ucfg = unet_config(cfg.model.preset, images.shape[1], n_cls)
+    objective = objective_from(cfg.objective)
+    torch.manual_seed(cfg.train.seed)  # parameter initialisation only
+    model = build_unet(ucfg).to(device)
+    draw = image_batches(images, labels, cfg.train.batch, device, cfg.train.cond_drop, n_cls)
+
+    def loss_fn(m: nn.Module, g: torch.Generator) -> Tensor:
+        x0, cond = draw(g)
+        return objective.loss(m, x0, cond, g)
+
+    full_meta = {
+        **(meta or {}),
+        "kind": "generative",
+        "unet": ucfg.to_dict(),
+        "objective": asdict(cfg.objective),
+        "model": asdict(cfg.model),
+        "image_shape": list(images.shape[1:]),
+        "num_images": int(len(images)),
+    }
+    return train(
+        model, loss_fn, out_dir, cfg.train, meta=full_meta, metrics_path=metrics_path, role=role,
+        fresh=fresh, progress=progress,
+    )
+
+
+def load_generative(
+    directory: Path, *, ema: bool = True, device: str | torch.device = "cpu", make_hint: str = ""
+) -> tuple[Velocity, UNet, dict[str, Any], FlowMatching | DDPM]:
+    """Rebuild a trained model from its directory alone.
+
+    Returns:
+        (velocity callable, the UNet in eval mode, meta.json, the objective).
+    """
+    meta = read_meta(directory, make_hint)
+    try:
+        ucfg = UNetConfig.from_dict(meta["unet"])
+        ocfg = ObjectiveConfig(**meta["objective"])
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{directory}/meta.json lacks the model description; retrain") from None
+    model = build_unet(ucfg)
+    model.load_state_dict(
+        load_tensors(directory, "ema" if ema else "model", meta, expected=model.state_dict())
+    )
+    model.to(device).eval()
+    objective = objective_from(ocfg)
+    return objective.velocity(model), model, meta, objective

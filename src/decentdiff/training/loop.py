@@ -1,0 +1,243 @@
+"""One training loop for every model decentdiff trains (monolith, experts, router, students, clients).
+
+The loop knows nothing about diffusion: it receives ``loss_fn(model, generator) -> loss | (loss,
+logs)`` which draws its own batch. Every random number of step s comes from a generator seeded by
+(seed, s) alone, and the learning rate depends on s alone (warm-up, then constant), so a run
+resumed from any checkpoint is bitwise identical to an uninterrupted one, whatever ``steps`` is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..errors import CheckpointError, ConfigError, TrainingError
+from .checkpoint import (
+    load_optimizer_tensors,
+    load_tensors,
+    optimizer_tensors,
+    read_meta,
+    save_checkpoint,
+)
+
+LossFn = Callable[[nn.Module, torch.Generator], "Tensor | tuple[Tensor, dict[str, float]]"]
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} requested but CUDA is not available; use --set train.device=cpu")
+    return dev
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of one step: a pure function of (seed, step), the basis of exact resume."""
+    state = np.random.SeedSequence([seed, step]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if cfg.warmup > 0 and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    return cfg.lr
+
+
+def validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.steps >= 1, f"train.steps must be ≥ 1, got {cfg.steps}"),
+        (cfg.batch >= 1, f"train.batch must be ≥ 1, got {cfg.batch}"),
+        (cfg.lr > 0 and math.isfinite(cfg.lr), f"train.lr must be > 0, got {cfg.lr}"),
+        (0 <= cfg.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {cfg.ema_decay}"),
+        (cfg.warmup >= 0, f"train.warmup must be ≥ 0, got {cfg.warmup}"),
+        (cfg.ckpt_every >= 1, f"train.ckpt_every must be ≥ 1, got {cfg.ckpt_every}"),
+        (cfg.grad_clip >= 0, f"train.grad_clip must be ≥ 0 (0 = off), got {cfg.grad_clip}"),
+        (0 <= cfg.cond_drop < 1, f"train.cond_drop must be in [0, 1), got {cfg.cond_drop}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def measure_flops(model: nn.Module, loss_fn: LossFn) -> float:
+    """FLOPs of one forward + backward pass of ``loss_fn`` (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = loss_fn(model, torch.Generator().manual_seed(0))
+        (out[0] if isinstance(out, tuple) else out).backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+class EMA:
+    """Exponential moving average of parameters, with the usual short-run warm-up of the decay."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def append_jsonl(path: Path | None, row: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def train(
+    model: nn.Module,
+    loss_fn: LossFn,
+    out_dir: Path,
+    cfg: TrainConfig,
+    *,
+    meta: dict[str, Any] | None = None,
+    metrics_path: Path | None = None,
+    role: str = "model",
+    fresh: bool = False,
+    progress: bool = True,
+    flops_per_step: float | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` to ``cfg.steps`` steps, resuming from ``out_dir`` when it holds a checkpoint.
+
+    Args:
+        model: the module to train (already on its device).
+        loss_fn: draws a batch with the given generator and returns the scalar loss (and logs).
+        out_dir: checkpoint directory (``model``/``ema``/``state`` safetensors + ``meta.json``).
+        cfg: optimiser and schedule settings.
+        meta: extra JSON-able facts stored in ``meta.json`` (configs, data fingerprint, ...).
+        metrics_path: JSONL file that receives a row every ``cfg.log_every`` steps.
+        fresh: ignore an existing checkpoint and start over.
+        flops_per_step: if None, measured once with the FLOP counter.
+    Returns:
+        The final ``meta.json`` contents.
+    """
+    validate(cfg)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = EMA(model, cfg.ema_decay)
+    start = 0
+    meta = dict(meta or {})
+    if not fresh and (out_dir / "meta.json").is_file():
+        old = read_meta(out_dir)
+        start = int(old.get("step", 0))
+        if start > cfg.steps:
+            raise ConfigError(
+                f"{out_dir} is already trained to step {start} > --steps {cfg.steps}; "
+                f"pass --steps ≥ {start}, or --fresh to start over"
+            )
+        model.load_state_dict(load_tensors(out_dir, "model", old, expected=model.state_dict()))
+        ema.shadow = load_tensors(out_dir, "ema", old, expected=ema.shadow)
+        state = load_tensors(out_dir, "state", old)
+        if int(state["step"]) != start:
+            raise CheckpointError(f"{out_dir}: state and meta.json disagree on the step; retrain")
+        if start > 0:
+            try:
+                load_optimizer_tensors(opt, state)
+            except (ValueError, KeyError, RuntimeError):
+                raise CheckpointError(
+                    f"{out_dir}/state.safetensors does not fit this model's optimizer; "
+                    "use the same preset or --fresh"
+                ) from None
+        flops_per_step = flops_per_step or old.get("flops_per_step")
+    if flops_per_step is None:
+        flops_per_step = measure_flops(model, loss_fn)
+    n_params = sum(p.numel() for p in model.parameters())
+    base_meta = {
+        **meta,
+        "role": role,
+        "train": asdict(cfg),
+        "params": n_params,
+        "flops_per_step": flops_per_step,
+    }
+
+    def checkpoint(step: int, last_loss: float | None) -> dict[str, Any]:
+        m = {**base_meta, "step": step, "train_flops": flops_per_step * step, "loss": last_loss}
+        save_checkpoint(
+            out_dir,
+            {
+                "model": model.state_dict(),
+                "ema": ema.shadow,
+                "state": {"step": torch.tensor(step), **optimizer_tensors(opt)},
+            },
+            m,
+        )
+        return m
+
+    if start >= cfg.steps:
+        if start == 0:
+            return checkpoint(0, None)
+        return read_meta(out_dir)
+    model.train()
+    bar = tqdm(
+        range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {role}",
+        disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=False,
+    )
+    t0, seen, last, final = time.perf_counter(), 0, None, None
+    for step in bar:
+        g = step_generator(cfg.seed, step)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        out = loss_fn(model, g)
+        loss, logs = out if isinstance(out, tuple) else (out, {})
+        if not torch.isfinite(loss):
+            bar.close()
+            raise TrainingError(
+                f"{role}: loss became {loss.item()} at step {step}; the last good checkpoint in "
+                f"{out_dir} is kept — lower train.lr (now {cfg.lr}) or check the data"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema.update(model, step)
+        last = float(loss.detach())
+        seen += cfg.batch
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            dt = time.perf_counter() - t0
+            row = {"role": role, "step": done, "loss": last, "lr": lr_at(step, cfg),
+                   "img_per_s": seen / max(dt, 1e-9), **logs}
+            append_jsonl(metrics_path, row)
+            bar.set_postfix(loss=f"{last:.4f}")
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            final = checkpoint(done, last)
+        if on_step is not None:
+            on_step(done)
+    bar.close()
+    return final if final is not None else read_meta(out_dir)
