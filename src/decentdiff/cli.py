@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import click
 import typer
@@ -29,7 +29,9 @@ app = typer.Typer(
     ),
 )
 data_app = typer.Typer(no_args_is_help=True, help="List and inspect data sources.")
-train_app = typer.Typer(no_args_is_help=True, help="Train models into a RUN directory (resumes by default).")
+train_app = typer.Typer(
+    no_args_is_help=True, help="Train models into a RUN directory (resumes by default)."
+)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 
@@ -40,35 +42,62 @@ def _d(section: str, key: str) -> str:
 
 
 ConfigOpt = Annotated[
-    Optional[Path],
-    typer.Option("--config", help="TOML file with [data] [model] [objective] [train] [sample] tables."),
+    Path | None,
+    typer.Option(
+        "--config", help="TOML file with [data] [model] [objective] [train] [sample] tables."
+    ),
 ]
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", help="Override one config value, section.key=value (repeatable)."),
 ]
 RunArg = Annotated[Path, typer.Argument(help="Run directory (created if missing).")]
 DataOpt = Annotated[
-    Optional[str], typer.Option("--data", help=f"Data source spec; see `decentdiff data list`. {_d('data', 'source')}")
+    str | None,
+    typer.Option(
+        "--data", help=f"Data source spec; see `decentdiff data list`. {_d('data', 'source')}"
+    ),
 ]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", help=f"Model size: tiny, small, base. {_d('model', 'preset')}")]
+PresetOpt = Annotated[
+    str | None,
+    typer.Option("--preset", help=f"Model size: tiny, small, base. {_d('model', 'preset')}"),
+]
 ObjectiveOpt = Annotated[
-    Optional[str], typer.Option("--objective", help=f"fm (flow matching) or ddpm (ε-prediction). {_d('objective', 'kind')}")
+    str | None,
+    typer.Option(
+        "--objective", help=f"fm (flow matching) or ddpm (ε-prediction). {_d('objective', 'kind')}"
+    ),
 ]
-StepsOpt = Annotated[Optional[int], typer.Option("--steps", help=f"Total training steps. {_d('train', 'steps')}")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch", help=f"Batch size. {_d('train', 'batch')}")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help=f"Training seed. {_d('train', 'seed')}")]
-FreshOpt = Annotated[bool, typer.Option("--fresh", help="Ignore an existing checkpoint and start over.")]
+StepsOpt = Annotated[
+    int | None, typer.Option("--steps", help=f"Total training steps. {_d('train', 'steps')}")
+]
+BatchOpt = Annotated[
+    int | None, typer.Option("--batch", help=f"Batch size. {_d('train', 'batch')}")
+]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help=f"Training seed. {_d('train', 'seed')}")
+]
+FreshOpt = Annotated[
+    bool, typer.Option("--fresh", help="Ignore an existing checkpoint and start over.")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
 def _overrides(cfg: C.Config, **kw) -> C.Config:
     """Apply explicit CLI options (those not None) on top of the resolved config."""
     table = {
-        "data": ("data", "source"), "preset": ("model", "preset"), "objective": ("objective", "kind"),
-        "steps": ("train", "steps"), "batch": ("train", "batch"), "seed": ("train", "seed"),
-        "class_cond": ("model", "class_cond"), "n": ("sample", "n"), "sample_steps": ("sample", "steps"),
-        "solver": ("sample", "solver"), "guidance": ("sample", "guidance"), "sample_seed": ("sample", "seed"),
+        "data": ("data", "source"),
+        "preset": ("model", "preset"),
+        "objective": ("objective", "kind"),
+        "steps": ("train", "steps"),
+        "batch": ("train", "batch"),
+        "seed": ("train", "seed"),
+        "class_cond": ("model", "class_cond"),
+        "n": ("sample", "n"),
+        "sample_steps": ("sample", "steps"),
+        "solver": ("sample", "solver"),
+        "guidance": ("sample", "guidance"),
+        "sample_seed": ("sample", "seed"),
     }
     for k, v in kw.items():
         if v is not None:
@@ -94,8 +123,12 @@ def data_list() -> None:
 
 @data_app.command("show")
 def data_show(
-    source: Annotated[str, typer.Argument(help="Data source spec, e.g. mnist5k, digits, npz:FILE.")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write a grid of examples to this PNG.")] = None,
+    source: Annotated[
+        str, typer.Argument(help="Data source spec, e.g. mnist5k, digits, npz:FILE.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write a grid of examples to this PNG.")
+    ] = None,
     heldout: Annotated[float, typer.Option(help="Held-out share for the split summary.")] = 0.2,
 ) -> None:
     """Counts, shape, classes and (with --out) a grid image of a data source."""
@@ -137,25 +170,46 @@ def train_monolith(
     steps: StepsOpt = None,
     batch: BatchOpt = None,
     seed: SeedOpt = None,
-    class_cond: Annotated[Optional[bool], typer.Option("--class-cond/--no-class-cond", help="Condition on labels.")] = None,
+    class_cond: Annotated[
+        bool | None, typer.Option("--class-cond/--no-class-cond", help="Condition on labels.")
+    ] = None,
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override config: section.key=value (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override config: section.key=value (repeatable)."),
+    ] = None,
 ) -> None:
     """Train one model on all training data (the baseline) into RUN/monolith."""
     from .run import Run
     from .training.generative import train_generative
 
     r = Run(run)
-    cfg = _resolve(r, config, set_, data=data, preset=preset, objective=objective, steps=steps,
-                   batch=batch, seed=seed, class_cond=class_cond)
+    cfg = _resolve(
+        r,
+        config,
+        set_,
+        data=data,
+        preset=preset,
+        objective=objective,
+        steps=steps,
+        batch=batch,
+        seed=seed,
+        class_cond=class_cond,
+    )
     d = r.data(cfg)
     meta = train_generative(
-        r.model_dir("monolith"), d.images[d.train_idx],
-        d.labels[d.train_idx] if d.labels is not None else None, d.num_classes, cfg,
-        role="monolith", meta={"data_fingerprint": d.fingerprint, "source": d.source},
-        metrics_path=r.metrics_path, fresh=fresh, progress=not quiet,
+        r.model_dir("monolith"),
+        d.images[d.train_idx],
+        d.labels[d.train_idx] if d.labels is not None else None,
+        d.num_classes,
+        cfg,
+        role="monolith",
+        meta={"data_fingerprint": d.fingerprint, "source": d.source},
+        metrics_path=r.metrics_path,
+        fresh=fresh,
+        progress=not quiet,
     )
     typer.echo(
         f"monolith: step {meta['step']}/{cfg.train.steps}, loss {meta.get('loss')}, "
@@ -169,8 +223,12 @@ def _load_model_spec(r, spec: str, ema: bool, device):
 
     if spec in ("monolith", "distilled"):
         return load_generative(
-            r.model_dir(spec), ema=ema, device=device,
-            make_hint=f"decentdiff train {spec} {r.path}" if spec == "monolith" else f"decentdiff distill {r.path}",
+            r.model_dir(spec),
+            ema=ema,
+            device=device,
+            make_hint=f"decentdiff train {spec} {r.path}"
+            if spec == "monolith"
+            else f"decentdiff distill {r.path}",
         )
     raise ConfigError(f"unknown --model {spec!r}; choose one of: monolith, distilled")
 
@@ -178,17 +236,48 @@ def _load_model_spec(r, spec: str, ema: bool, device):
 @app.command("sample")
 def sample_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory holding trained models.")],
-    out: Annotated[Path, typer.Option("--out", help="Output .npz (key `images`, float32 in [−1, 1]); a .png grid is written beside it.")],
-    model: Annotated[str, typer.Option("--model", help="Which model: monolith, distilled.")] = "monolith",
-    n: Annotated[Optional[int], typer.Option("--n", help=f"Number of images. {_d('sample', 'n')}")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help=f"Solver steps. {_d('sample', 'steps')}")] = None,
-    solver: Annotated[Optional[str], typer.Option("--solver", help=f"euler, heun, ddpm, ddim. {_d('sample', 'solver')}")] = None,
-    guidance: Annotated[Optional[float], typer.Option("--guidance", help=f"Classifier-free guidance scale. {_d('sample', 'guidance')}")] = None,
-    label: Annotated[Optional[int], typer.Option("--label", help="Class to generate (class-conditional models); default cycles through classes.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help=f"Sampling seed. {_d('sample', 'seed')}")] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Output .npz (key `images`, float32 in [−1, 1]); a .png grid is written beside it.",
+        ),
+    ],
+    model: Annotated[
+        str, typer.Option("--model", help="Which model: monolith, distilled.")
+    ] = "monolith",
+    n: Annotated[
+        int | None, typer.Option("--n", help=f"Number of images. {_d('sample', 'n')}")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help=f"Solver steps. {_d('sample', 'steps')}")
+    ] = None,
+    solver: Annotated[
+        str | None,
+        typer.Option("--solver", help=f"euler, heun, ddpm, ddim. {_d('sample', 'solver')}"),
+    ] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option(
+            "--guidance", help=f"Classifier-free guidance scale. {_d('sample', 'guidance')}"
+        ),
+    ] = None,
+    label: Annotated[
+        int | None,
+        typer.Option(
+            "--label",
+            help="Class to generate (class-conditional models); default cycles through classes.",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help=f"Sampling seed. {_d('sample', 'seed')}")
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps.")] = "auto",
     config: ConfigOpt = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override config: section.key=value (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override config: section.key=value (repeatable)."),
+    ] = None,
 ) -> None:
     """Generate images with a trained model of RUN."""
     import numpy as np
@@ -204,13 +293,19 @@ def sample_cmd(
 
     r = Run(run)
     if not r.exists():
-        raise ConfigError(f"{run} is not a decentdiff run (no run.toml); train a model into it first")
-    cfg = _resolve(r, config, set_, n=n, sample_steps=steps, solver=solver, guidance=guidance, sample_seed=seed)
+        raise ConfigError(
+            f"{run} is not a decentdiff run (no run.toml); train a model into it first"
+        )
+    cfg = _resolve(
+        r, config, set_, n=n, sample_steps=steps, solver=solver, guidance=guidance, sample_seed=seed
+    )
     s = cfg.sample
     if s.n < 1:
         raise ConfigError(f"--n must be ≥ 1, got {s.n}")
     if out.suffix != ".npz":
-        raise ConfigError(f"--out {out}: the output must end in .npz (a .png grid is written beside it)")
+        raise ConfigError(
+            f"--out {out}: the output must end in .npz (a .png grid is written beside it)"
+        )
     dev = resolve_device(device)
     velocity, unet, meta, objective = _load_model_spec(r, model, s.ema, dev)
     ncls = unet.num_classes
@@ -232,8 +327,16 @@ def sample_cmd(
     for i in range(0, s.n, s.batch):
         b = min(s.batch, s.n - i)
         chunks.append(
-            sample(velocity, (b, *shape), steps=s.steps, solver=s.solver, generator=g,
-                   cond=None if cond is None else cond[i : i + b], device=dev, grid=grid_t).cpu()
+            sample(
+                velocity,
+                (b, *shape),
+                steps=s.steps,
+                solver=s.solver,
+                generator=g,
+                cond=None if cond is None else cond[i : i + b],
+                device=dev,
+                grid=grid_t,
+            ).cpu()
         )
     images = torch.cat(chunks).clamp(-1, 1).float()
     import io
@@ -262,7 +365,9 @@ def demo_cmd(
     t0 = time.perf_counter()
     train_monolith(run, data="mnist5k", preset=preset, steps=steps, quiet=quiet)
     sample_cmd(run, out=run / "samples" / "monolith.npz", model="monolith", n=64)
-    typer.echo(f"demo done in {time.perf_counter() - t0:.0f} s; samples: {run / 'samples' / 'monolith.png'}")
+    typer.echo(
+        f"demo done in {time.perf_counter() - t0:.0f} s; samples: {run / 'samples' / 'monolith.png'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -289,5 +394,8 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             traceback.print_exc()
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"decentdiff: error: {e.strerror or e}{where}; check the path, permissions and free space", file=sys.stderr)
+        print(
+            f"decentdiff: error: {e.strerror or e}{where}; check the path, permissions and free space",
+            file=sys.stderr,
+        )
         sys.exit(2)

@@ -46,8 +46,13 @@ def load_data(cfg: DataConfig) -> RunData:
         raise DataError(f"data source {cfg.source} holds no images; point it at a non-empty set")
     train_idx, held_idx = heldout_split(len(ds), ds.labels, cfg.heldout, cfg.split_seed)
     return RunData(
-        images=ds.images, labels=ds.labels, fingerprint=ds.fingerprint, train_idx=train_idx,
-        heldout_idx=held_idx, source=cfg.source, num_classes=ds.num_classes,
+        images=ds.images,
+        labels=ds.labels,
+        fingerprint=ds.fingerprint,
+        train_idx=train_idx,
+        heldout_idx=held_idx,
+        source=cfg.source,
+        num_classes=ds.num_classes,
     )
 
 
@@ -78,7 +83,9 @@ class Run:
         try:
             return tomllib.loads(self.toml_path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError):
-            raise RunError(f"{self.toml_path} is not valid TOML; restore it or start a new RUN") from None
+            raise RunError(
+                f"{self.toml_path} is not valid TOML; restore it or start a new RUN"
+            ) from None
 
     def base_config(self) -> dict[str, Any]:
         """run.toml's sections that are Config sections (for ``config.resolve(base=...)``)."""
@@ -89,9 +96,15 @@ class Run:
             base["data"].pop("shape", None)
         return base
 
-    def write_toml(self, cfg: Config, data: RunData, extra: dict[str, dict[str, Any]] | None = None) -> None:
+    def write_toml(
+        self, cfg: Config, data: RunData, extra: dict[str, dict[str, Any]] | None = None
+    ) -> None:
         content = {
-            "data": {**asdict(cfg.data), "fingerprint": data.fingerprint, "shape": list(data.shape)},
+            "data": {
+                **asdict(cfg.data),
+                "fingerprint": data.fingerprint,
+                "shape": list(data.shape),
+            },
             "model": asdict(cfg.model),
             "objective": asdict(cfg.objective),
             **(extra or {}),

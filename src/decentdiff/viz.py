@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 
-def grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, min_size: int = 28) -> np.ndarray:
+def grid(
+    images: np.ndarray, nrow: int | None = None, pad: int = 2, min_size: int = 28
+) -> np.ndarray:
     """Tile uint8 (N, C, H, W) images into one (H', W', C) uint8 array, upscaled to ≥ min_size px."""
     images = np.asarray(images)
     if images.dtype != np.uint8:

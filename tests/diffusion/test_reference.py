@@ -1,4 +1,4 @@
-"""Tests of the closed-form oracle (decentdiff.diffusion.reference) against independent derivations."""
+"""Tests of the closed-form oracle (decentdiff.diffusion.reference) against independent oracles."""
 
 from __future__ import annotations
 
@@ -68,7 +68,9 @@ def test_router_matches_numpy_bruteforce():
     labels = np.array([0, 1, 2, 0, 1, 2, 0, 0, 1])
     x = rng.normal(size=(6, 4))
     t = rng.uniform(0.1, 0.9, size=6)
-    logk = -((x[:, None, :] - (1 - t[:, None, None]) * data[None]) ** 2).sum(-1) / (2 * t[:, None] ** 2)
+    logk = -((x[:, None, :] - (1 - t[:, None, None]) * data[None]) ** 2).sum(-1) / (
+        2 * t[:, None] ** 2
+    )
     want = np.stack([logsumexp(logk[:, labels == k], axis=1) for k in range(3)], 1)
     want -= logsumexp(logk, axis=1, keepdims=True)
     got = EmpiricalRouter(torch.from_numpy(data), torch.from_numpy(labels))(
@@ -79,7 +81,7 @@ def test_router_matches_numpy_bruteforce():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_mixture_identity(seed):
-    """PAPERS.md §1: Σ_k p(k|x_t) u^(k)(x_t) = u_t(x_t) for the exact posterior and cluster flows."""
+    """PAPERS.md §1: Σ_k p(k|x_t)·u^(k)(x_t) = u_t(x_t) with the exact posterior and flows."""
     data, labels, k = _partitioned(seed)
     x, t = _noisy(data, 16, seed)
     probs = EmpiricalRouter(data, labels)(x, t).exp()
@@ -151,7 +153,7 @@ def test_limits_in_time():
     torch.testing.assert_close(flow.denoise(on_point, t), data[:4])
     assert torch.isfinite(flow(data[:4], torch.zeros(4))).all()
     # A scalar t is broadcast.
-    torch.testing.assert_close(flow(x, 0.3), flow(x, torch.full((4,), 0.3)))
+    torch.testing.assert_close(flow(x, 0.3), flow(x, torch.full((4,), 0.3, dtype=torch.float64)))
     post = flow.posterior(x, torch.full((4,), 0.5))
     assert post.shape == (4, 20)
     torch.testing.assert_close(post.sum(1), torch.ones(4, dtype=torch.float64))

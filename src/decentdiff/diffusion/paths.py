@@ -201,7 +201,11 @@ OBJECTIVES = {"fm": FlowMatching, "ddpm": DDPM}
 
 
 def make_objective(
-    kind: str, *, time_dist: str = "logit_normal", schedule: str = "linear", loss: str = "mse",
+    kind: str,
+    *,
+    time_dist: str = "logit_normal",
+    schedule: str = "linear",
+    loss: str = "mse",
     timesteps: int = 1000,
 ) -> FlowMatching | DDPM:
     """Build an objective from config values; unknown kinds list the valid choices."""

@@ -74,8 +74,12 @@ def heun(velocity: Velocity, x: Tensor, ts: Tensor, cond: Tensor | None = None, 
 
 
 def ddim(
-    velocity: Velocity, x: Tensor, ts: Tensor, cond: Tensor | None = None,
-    clip_x0: float | None = None, **_,
+    velocity: Velocity,
+    x: Tensor,
+    ts: Tensor,
+    cond: Tensor | None = None,
+    clip_x0: float | None = None,
+    **_,
 ) -> Tensor:
     """DDIM (Song et al. 2021, η = 0): x_s = (1 − s)·x̂0 + s·ε̂. Without clipping this equals Euler."""
     for i in range(len(ts) - 1):
@@ -105,8 +109,13 @@ def ddpm_step(x: Tensor, t: float, s: float, x0: Tensor, noise: Tensor | None) -
 
 
 def ddpm(
-    velocity: Velocity, x: Tensor, ts: Tensor, cond: Tensor | None = None,
-    generator: torch.Generator | None = None, clip_x0: float | None = None, **_,
+    velocity: Velocity,
+    x: Tensor,
+    ts: Tensor,
+    cond: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    clip_x0: float | None = None,
+    **_,
 ) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020), posterior variance ("fixed small")."""
     for i in range(len(ts) - 1):
@@ -119,7 +128,12 @@ def ddpm(
     return x
 
 
-SOLVERS: dict[str, Callable[..., Tensor]] = {"euler": euler, "heun": heun, "ddim": ddim, "ddpm": ddpm}
+SOLVERS: dict[str, Callable[..., Tensor]] = {
+    "euler": euler,
+    "heun": heun,
+    "ddim": ddim,
+    "ddpm": ddpm,
+}
 
 
 def get_solver(name: str) -> Callable[..., Tensor]:
@@ -164,6 +178,16 @@ def sample(
 
 
 __all__ = [
-    "SOLVERS", "bcast", "ddim", "ddpm", "ddpm_grid", "ddpm_step", "euler", "get_solver", "guided",
-    "heun", "sample", "uniform_grid",
+    "SOLVERS",
+    "bcast",
+    "ddim",
+    "ddpm",
+    "ddpm_grid",
+    "ddpm_step",
+    "euler",
+    "get_solver",
+    "guided",
+    "heun",
+    "sample",
+    "uniform_grid",
 ]

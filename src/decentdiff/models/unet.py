@@ -217,7 +217,9 @@ class UNet(nn.Module):
         emb = self.time_embed(t)
         if self.class_embed is not None:
             if cond is None:
-                cond = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
+                cond = torch.full(
+                    (x.shape[0],), self.num_classes, device=x.device, dtype=torch.long
+                )
             emb = emb + self.class_embed(cond)
         emb = F.silu(emb)
         h = self.down[0](x.contiguous(memory_format=torch.channels_last))

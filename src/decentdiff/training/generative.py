@@ -36,14 +36,21 @@ def to_uint8(x: Tensor) -> np.ndarray:
 
 def objective_from(cfg: ObjectiveConfig) -> FlowMatching | DDPM:
     return make_objective(
-        cfg.kind, time_dist=cfg.time_dist, schedule=cfg.schedule, loss=cfg.loss,
+        cfg.kind,
+        time_dist=cfg.time_dist,
+        schedule=cfg.schedule,
+        loss=cfg.loss,
         timesteps=cfg.timesteps,
     )
 
 
 def image_batches(
-    images: np.ndarray, labels: np.ndarray | None, batch: int, device: torch.device,
-    cond_drop: float, num_classes: int,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    batch: int,
+    device: torch.device,
+    cond_drop: float,
+    num_classes: int,
 ):
     """A batch drawer: (generator) -> (x0 (B, C, H, W) in [−1, 1], cond (B,) or None).
 
@@ -105,11 +112,18 @@ def train_generative(
         "objective": asdict(cfg.objective),
         "model": asdict(cfg.model),
         "image_shape": list(images.shape[1:]),
-        "num_images": int(len(images)),
+        "num_images": len(images),
     }
     return train(
-        model, loss_fn, out_dir, cfg.train, meta=full_meta, metrics_path=metrics_path, role=role,
-        fresh=fresh, progress=progress,
+        model,
+        loss_fn,
+        out_dir,
+        cfg.train,
+        meta=full_meta,
+        metrics_path=metrics_path,
+        role=role,
+        fresh=fresh,
+        progress=progress,
     )
 
 
@@ -126,7 +140,9 @@ def load_generative(
         ucfg = UNetConfig.from_dict(meta["unet"])
         ocfg = ObjectiveConfig(**meta["objective"])
     except (KeyError, TypeError):
-        raise CheckpointError(f"{directory}/meta.json lacks the model description; retrain") from None
+        raise CheckpointError(
+            f"{directory}/meta.json lacks the model description; retrain"
+        ) from None
     model = build_unet(ucfg)
     model.load_state_dict(
         load_tensors(directory, "ema" if ema else "model", meta, expected=model.state_dict())

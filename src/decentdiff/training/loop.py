@@ -48,7 +48,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {spec!r} requested but CUDA is not available; use --set train.device=cpu")
+        raise ConfigError(
+            f"device {spec!r} requested but CUDA is not available; use --set train.device=cpu"
+        )
     return dev
 
 
@@ -204,8 +206,14 @@ def train(
         return read_meta(out_dir)
     model.train()
     bar = tqdm(
-        range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {role}",
-        disable=not progress, file=sys.stderr, dynamic_ncols=True, leave=False,
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        desc=f"train {role}",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=False,
     )
     t0, seen, last, final = time.perf_counter(), 0, None, None
     for step in bar:
@@ -231,8 +239,14 @@ def train(
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             dt = time.perf_counter() - t0
-            row = {"role": role, "step": done, "loss": last, "lr": lr_at(step, cfg),
-                   "img_per_s": seen / max(dt, 1e-9), **logs}
+            row = {
+                "role": role,
+                "step": done,
+                "loss": last,
+                "lr": lr_at(step, cfg),
+                "img_per_s": seen / max(dt, 1e-9),
+                **logs,
+            }
             append_jsonl(metrics_path, row)
             bar.set_postfix(loss=f"{last:.4f}")
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
