@@ -173,13 +173,18 @@ def train_monolith(
     class_cond: Annotated[
         bool | None, typer.Option("--class-cond/--no-class-cond", help="Condition on labels.")
     ] = None,
+    flop_match: Annotated[
+        bool,
+        typer.Option(
+            "--flop-match",
+            help="Match the experts' total compute: batch = sum of the experts' batches, the "
+            "same steps (needs trained experts).",
+        ),
+    ] = False,
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override config: section.key=value (repeatable)."),
-    ] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Train one model on all training data (the baseline) into RUN/monolith."""
     from .run import Run
@@ -198,6 +203,18 @@ def train_monolith(
         seed=seed,
         class_cond=class_cond,
     )
+    if flop_match:
+        from .ddm.experts import expert_metas
+        from .ddm.store import load_partition
+
+        rec = load_partition(r)
+        metas = expert_metas(r, rec.num_parts, rec.partition_id)
+        cfg.train.batch = sum(m["train"]["batch"] for m in metas)
+        cfg.train.steps = max(m["train"]["steps"] for m in metas)
+        typer.echo(
+            f"flop-matched to {rec.num_parts} experts: batch {cfg.train.batch}, "
+            f"{cfg.train.steps} steps"
+        )
     d = r.data(cfg)
     meta = train_generative(
         r.model_dir("monolith"),
@@ -207,7 +224,7 @@ def train_monolith(
         cfg,
         role="monolith",
         meta={"data_fingerprint": d.fingerprint, "source": d.source},
-        metrics_path=r.metrics_path,
+        metrics_path=r.model_dir("monolith") / "metrics.jsonl",
         fresh=fresh,
         progress=not quiet,
     )
@@ -215,6 +232,166 @@ def train_monolith(
         f"monolith: step {meta['step']}/{cfg.train.steps}, loss {meta.get('loss')}, "
         f"{meta['params']:,} params -> {r.model_dir('monolith')}"
     )
+
+
+@train_app.command("expert")
+def train_expert_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory with a partition.")],
+    expert: Annotated[
+        int, typer.Option("--expert", "-k", help="Which expert (cluster) to train, 0..K-1.")
+    ],
+    preset: PresetOpt = None,
+    objective: ObjectiveOpt = None,
+    steps: StepsOpt = None,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            "--batch", help="Expert batch. [default: train.batch / K, FLOP-matched to the monolith]"
+        ),
+    ] = None,
+    seed: SeedOpt = None,
+    fresh: FreshOpt = False,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train one expert on its own cluster only (one compute island; writes only RUN/experts/<k>)."""
+    from .ddm.experts import train_expert
+    from .run import Run
+
+    r = Run(run)
+    cfg = _resolve(r, config, set_, preset=preset, objective=objective, steps=steps, seed=seed)
+    meta = train_expert(r, expert, cfg, batch=batch, fresh=fresh, progress=not quiet)
+    typer.echo(
+        f"expert {expert}: step {meta['step']}, batch {meta['train']['batch']}, "
+        f"{meta['shard_size']} images, loss {meta.get('loss')}"
+    )
+
+
+@train_app.command("experts")
+def train_experts_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory with a partition.")],
+    launcher: Annotated[
+        str, typer.Option("--launcher", help="local: one after another in this process.")
+    ] = "local",
+    preset: PresetOpt = None,
+    objective: ObjectiveOpt = None,
+    steps: StepsOpt = None,
+    batch: Annotated[
+        int | None, typer.Option("--batch", help="Expert batch. [default: train.batch / K]")
+    ] = None,
+    seed: SeedOpt = None,
+    fresh: FreshOpt = False,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train all K experts (each only on its cluster)."""
+    from .ddm.experts import train_expert
+    from .ddm.store import load_partition
+    from .run import Run
+
+    if launcher != "local":
+        raise ConfigError(f"unknown --launcher {launcher!r}; choose one of: local")
+    r = Run(run)
+    cfg = _resolve(r, config, set_, preset=preset, objective=objective, steps=steps, seed=seed)
+    rec = load_partition(r)
+    for k in range(rec.num_parts):
+        meta = train_expert(r, k, cfg, batch=batch, fresh=fresh, progress=not quiet)
+        typer.echo(
+            f"expert {k}: step {meta['step']}, {meta['shard_size']} images, loss {meta.get('loss')}"
+        )
+
+
+@train_app.command("router")
+def train_router_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory with a partition.")],
+    preset: PresetOpt = None,
+    steps: StepsOpt = None,
+    batch: BatchOpt = None,
+    seed: SeedOpt = None,
+    fresh: FreshOpt = False,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train the router: which cluster did a noisy image come from? Draws figures/router_accuracy.png."""
+    from .ddm.router import train_router
+    from .run import Run
+
+    r = Run(run)
+    cfg = _resolve(r, config, set_, preset=preset, steps=steps, batch=batch, seed=seed)
+    meta = train_router(r, cfg, fresh=fresh, progress=not quiet)
+    acc = meta["accuracy"]
+    typer.echo(
+        f"router: step {meta['step']}, accuracy {acc['accuracy'][0]:.2f} (t≈{acc['t'][0]:.2f}) "
+        f"… {acc['accuracy'][-1]:.2f} (t≈{acc['t'][-1]:.2f}); prior {acc['prior']:.2f} "
+        f"-> {r.path / 'figures' / 'router_accuracy.png'}"
+    )
+
+
+@app.command("partition")
+def partition_cmd(
+    run: RunArg,
+    parts: Annotated[
+        int, typer.Option("--parts", "-K", help="Number of clusters K (one expert each).")
+    ],
+    data: DataOpt = None,
+    by: Annotated[
+        str, typer.Option("--by", help="kmeans (paper), random or label (controls).")
+    ] = "kmeans",
+    features: Annotated[
+        str, typer.Option("--features", help="Features for kmeans: pca or classifier.")
+    ] = "pca",
+    seed: Annotated[int, typer.Option("--seed", help="Partition seed.")] = 0,
+    fine: Annotated[
+        int | None, typer.Option("--fine", help="Fine k-means centroids. [default: min(1024, N/4)]")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a partition that experts were trained on.")
+    ] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Split the training part of the data into K disjoint clusters (RUN/partition.npz + a figure)."""
+    import numpy as np
+
+    from .data.features import featurize
+    from .data.partition import make_partition
+    from .ddm.store import PartitionRecord, partition_path, save_partition
+    from .figures import partition_figure
+    from .run import Run
+
+    r = Run(run)
+    if partition_path(r).exists() and (r.path / "experts").exists() and not force:
+        raise ConfigError(
+            f"{r.path} already has a partition with trained experts; use a new RUN, or --force "
+            "(the experts and router must then be retrained with --fresh)"
+        )
+    cfg = _resolve(r, config, set_, data=data)
+    d = r.data(cfg)
+    images = d.images[d.train_idx]
+    labels = d.labels[d.train_idx] if d.labels is not None else None
+    feats = featurize(images, features, labels=labels, seed=seed) if by == "kmeans" else None
+    p = make_partition(
+        by, k=parts, features=feats, labels=labels, n=len(images), seed=seed, n_fine=fine
+    )
+    rec = PartitionRecord(
+        assignments=np.asarray(p.assignments, dtype=np.int64),
+        num_parts=parts,
+        method=by,
+        features=features if by == "kmeans" else "none",
+        seed=seed,
+        fingerprint=d.fingerprint,
+        centroids=p.centroids,
+    )
+    path = save_partition(r, rec, d.train_idx)
+    fig = partition_figure(images, rec.parts(), r.path / "figures" / "partition.png")
+    typer.echo(
+        f"partition ({by}{', ' + features if by == 'kmeans' else ''}) of {len(images)} images into {parts}: sizes "
+        + " ".join(str(int(s)) for s in rec.sizes())
+    )
+    typer.echo(f"-> {path}, {fig}")
 
 
 # ------------------------------------------------------------------ sample
@@ -230,7 +407,23 @@ def _load_model_spec(r, spec: str, ema: bool, device):
             if spec == "monolith"
             else f"decentdiff distill {r.path}",
         )
-    raise ConfigError(f"unknown --model {spec!r}; choose one of: monolith, distilled")
+    if spec.startswith("expert:"):
+        from .ddm.store import check_expert_index, expert_dir, load_partition
+
+        try:
+            k = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"--model {spec!r}: expected expert:K with an integer K") from None
+        check_expert_index(load_partition(r), k)
+        return load_generative(
+            expert_dir(r, k),
+            ema=ema,
+            device=device,
+            make_hint=f"decentdiff train expert {r.path} --expert {k}",
+        )
+    raise ConfigError(
+        f"unknown --model {spec!r}; choose one of: ensemble, monolith, distilled, expert:K"
+    )
 
 
 @app.command("sample")
@@ -244,8 +437,25 @@ def sample_cmd(
         ),
     ],
     model: Annotated[
-        str, typer.Option("--model", help="Which model: monolith, distilled.")
+        str,
+        typer.Option(
+            "--model", help="ensemble (experts + router), monolith, distilled or expert:K."
+        ),
     ] = "monolith",
+    routing: Annotated[
+        str,
+        typer.Option(
+            "--routing",
+            help="Ensemble routing: full, top1, topk:K, sample:K, threshold:P, nucleus:P[,T], oracle.",
+        ),
+    ] = "top1",
+    drop_expert: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--drop-expert",
+            help="Leave expert K out of the ensemble, renormalising the router (repeatable).",
+        ),
+    ] = None,
     n: Annotated[
         int | None, typer.Option("--n", help=f"Number of images. {_d('sample', 'n')}")
     ] = None,
@@ -307,9 +517,49 @@ def sample_cmd(
             f"--out {out}: the output must end in .npz (a .png grid is written beside it)"
         )
     dev = resolve_device(device)
-    velocity, unet, meta, objective = _load_model_spec(r, model, s.ema, dev)
+    g = torch.Generator().manual_seed(s.seed)
+    ens = None
+    if model == "ensemble":
+        from .ddm.ensemble import parse_routing
+        from .ddm.load import load_ensemble
+        from .ddm.store import load_partition
+        from .training.generative import load_generative
+
+        oracle = None
+        if parse_routing(routing).kind == "oracle":
+            # The paper's oracle: each sample is generated by the expert of "its" cluster, drawn
+            # here from the cluster sizes (the prior) among the experts kept.
+            sizes = torch.as_tensor(load_partition(r).sizes(), dtype=torch.float64)
+            for k in drop_expert or ():
+                if 0 <= k < len(sizes):
+                    sizes[k] = 0
+            if sizes.sum() > 0:
+                oracle = torch.multinomial(sizes / sizes.sum(), s.n, replacement=True, generator=g)
+        ens, _, rec = load_ensemble(
+            r,
+            routing,
+            device=dev,
+            ema=s.ema,
+            guidance=s.guidance,
+            generator=g,
+            drop=tuple(drop_expert or ()),
+            oracle_labels=None if oracle is None else oracle[: s.batch].to(dev),
+        )
+        keep = next(k for k in range(rec.num_parts) if k not in (drop_expert or ()))
+        _, unet, meta, objective = load_generative(
+            r.path / "experts" / str(keep), ema=s.ema, device=dev
+        )
+        velocity = ens
+    else:
+        if drop_expert:
+            raise ConfigError("--drop-expert applies to --model ensemble only")
+        velocity, unet, meta, objective = _load_model_spec(r, model, s.ema, dev)
     ncls = unet.num_classes
-    if ncls > 0:
+    if ncls > 0 and ens is not None:
+        if label is not None and not 0 <= label < ncls:
+            raise ConfigError(f"--label {label} out of range: the model has classes 0..{ncls - 1}")
+        cond = torch.full((s.n,), label) if label is not None else torch.arange(s.n) % ncls
+    elif ncls > 0:
         if label is not None and not 0 <= label < ncls:
             raise ConfigError(f"--label {label} out of range: the model has classes 0..{ncls - 1}")
         cond = torch.full((s.n,), label) if label is not None else torch.arange(s.n) % ncls
@@ -321,11 +571,18 @@ def sample_cmd(
     grid_t = None
     if s.solver in ("ddpm", "ddim") and isinstance(objective, DDPM):
         grid_t = ddpm_grid(objective, s.steps)
-    g = torch.Generator().manual_seed(s.seed)
     shape = tuple(meta["image_shape"])
-    chunks = []
-    for i in range(0, s.n, s.batch):
+    chunks, routes = [], []
+    from tqdm.auto import tqdm
+
+    for i in tqdm(
+        range(0, s.n, s.batch), desc=f"sample {model}", leave=False, disable=s.n <= s.batch
+    ):
         b = min(s.batch, s.n - i)
+        if ens is not None:
+            ens.reset_trace()
+            if ens.routing.kind == "oracle":
+                ens.oracle_labels = oracle[i : i + b].to(dev)
         chunks.append(
             sample(
                 velocity,
@@ -338,6 +595,8 @@ def sample_cmd(
                 grid=grid_t,
             ).cpu()
         )
+        if ens is not None:
+            routes.append(ens.mean_weights().float().cpu())
     images = torch.cat(chunks).clamp(-1, 1).float()
     import io
 
@@ -345,6 +604,8 @@ def sample_cmd(
     arrays = {"images": images.numpy()}
     if cond is not None:
         arrays["labels"] = cond.numpy()
+    if routes:
+        arrays["routing"] = torch.cat(routes).numpy()  # (N, K) mean router weight per expert
     np.savez(buf, **arrays)
     atomic_write_bytes(out, buf.getvalue())
     png = save_grid(to_uint8(images[:256]), out.with_suffix(".png"))

@@ -1,35 +1,15 @@
 """The command line end to end (tiny preset), exact resume, and bad input: exit 2, one line, no harm."""
 
-import hashlib
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _cli import _bad, cli, tree_hashes
 from decentdiff.cli import main
 
 TINY = ["--preset", "tiny", "--batch", "8", "-q"]
-
-
-def cli(capsys, *args):
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -199,23 +179,6 @@ def test_end_to_end_subprocess(tmp_path, npz_source):
         and r.stderr.startswith("decentdiff: error:")
         and "Traceback" not in r.stderr
     )
-
-
-def _bad(capsys, run: Path | None, *args, match: str):
-    before = tree_hashes(run) if run is not None and run.exists() else None
-    code, _, err = cli(capsys, *args)
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert (
-        lines[0].startswith("decentdiff: error:")
-        or lines[0].startswith("Error")
-        or "Usage" not in lines[0]
-    )
-    assert "Traceback" not in err
-    assert match.lower() in err.lower(), err
-    if before is not None:
-        assert tree_hashes(run) == before, "a failing command changed files in RUN"
 
 
 def test_bad_inputs(tmp_path, capsys, trained_run, npz_source):

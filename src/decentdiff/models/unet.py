@@ -26,33 +26,47 @@ class UNetConfig:
     in_channels: int = 1
     out_channels: int | None = None  # defaults to in_channels
     channels: tuple[int, ...] = (32, 64, 128)  # one entry per resolution level
-    blocks: tuple[int, ...] | int = 1  # residual blocks per level (encoder); decoder uses blocks+1
+    blocks: tuple[int, ...] | int = 1  # residual blocks per level (encoder)
+    up_blocks: tuple[int, ...] | int | None = None  # decoder; None = blocks + 1 (skip="block")
     time_dim: int = 128
     num_classes: int = 0  # 0 = unconditional; otherwise a null class id == num_classes is added
     mid_attention: bool = True
+    heads: int = 1
     groups: int = 8
+    skip: str = "block"  # block: every encoder activation is a skip; level: one per level
+    residual: str = "cat"  # cat: 1x1 conv of cat(h, skip); identity: skip feeds the conv path only
+    upsample: str = "conv"  # conv: nearest + 3x3; linear: 1x1 at low res + nearest
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["channels"] = list(self.channels)
-        d["blocks"] = list(self.blocks) if isinstance(self.blocks, tuple) else self.blocks
+        for k in ("channels", "blocks", "up_blocks"):
+            if isinstance(d[k], tuple):
+                d[k] = list(d[k])
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
         d = dict(d)
-        d["channels"] = tuple(d["channels"])
-        if isinstance(d.get("blocks"), list):
-            d["blocks"] = tuple(d["blocks"])
+        for k in ("channels", "blocks", "up_blocks"):
+            if isinstance(d.get(k), list):
+                d[k] = tuple(d[k])
         return cls(**d)
 
+    def _per_level(self, v, name: str) -> tuple[int, ...]:
+        if isinstance(v, int):
+            return (v,) * len(self.channels)
+        if len(v) != len(self.channels):
+            raise ValueError(f"{name} must have one entry per level")
+        return tuple(v)
+
     def level_blocks(self) -> tuple[int, ...]:
-        if isinstance(self.blocks, int):
-            return (self.blocks,) * len(self.channels)
-        if len(self.blocks) != len(self.channels):
-            raise ValueError("blocks must have one entry per level")
-        return tuple(self.blocks)
+        return self._per_level(self.blocks, "blocks")
+
+    def level_up_blocks(self) -> tuple[int, ...]:
+        if self.up_blocks is None:
+            return tuple(b + 1 for b in self.level_blocks())
+        return self._per_level(self.up_blocks, "up_blocks")
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -81,12 +95,16 @@ class TimeEmbed(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, with the embedding as a per-channel scale and shift."""
+    """GroupNorm-SiLU-conv twice, with the embedding as a per-channel scale and shift.
 
-    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int):
+    A decoder block also takes the encoder's skip activation (``skip_ch`` channels): it is
+    concatenated to the input of the convolution path only, so the residual stays the identity.
+    """
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int, skip_ch: int = 0):
         super().__init__()
-        self.norm1 = nn.GroupNorm(min(groups, cin), cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm1 = nn.GroupNorm(min(groups, cin + skip_ch), cin + skip_ch)
+        self.conv1 = nn.Conv2d(cin + skip_ch, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * cout)
         self.norm2 = nn.GroupNorm(min(groups, cout), cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
@@ -94,8 +112,9 @@ class ResBlock(nn.Module):
         nn.init.zeros_(self.conv2.weight)  # each block starts as identity: stable early training
         nn.init.zeros_(self.conv2.bias)
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+    def forward(self, x: Tensor, emb: Tensor, skip: Tensor | None = None) -> Tensor:
+        h = x if skip is None else torch.cat([x, skip], dim=1)
+        h = self.conv1(F.silu(self.norm1(h)))
         scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
         h = self.conv2(F.silu(h))
@@ -103,10 +122,13 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Single-head self-attention over spatial positions (used only at the lowest resolution)."""
+    """Multi-head self-attention over spatial positions (used only at the lowest resolution)."""
 
-    def __init__(self, ch: int, groups: int):
+    def __init__(self, ch: int, groups: int, heads: int = 1):
         super().__init__()
+        if ch % heads:
+            raise ValueError(f"attention: {ch} channels do not split into {heads} heads")
+        self.heads = heads
         self.norm = nn.GroupNorm(min(groups, ch), ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
@@ -115,16 +137,18 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)
-        a = F.scaled_dot_product_attention(q, k, v)  # (B, HW, C)
-        return x + self.proj(a.transpose(-1, -2).reshape(b, c, h, w))
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, heads, HW, C/heads)
+        a = F.scaled_dot_product_attention(q, k, v)
+        a = a.transpose(-1, -2).reshape(b, c, h, w).contiguous(memory_format=torch.channels_last)
+        return x + self.proj(a)
 
 
 class MidBlock(nn.Module):
-    def __init__(self, ch: int, emb_dim: int, groups: int, attention: bool):
+    def __init__(self, ch: int, emb_dim: int, groups: int, attention: bool, heads: int):
         super().__init__()
         self.res1 = ResBlock(ch, ch, emb_dim, groups)
-        self.attn = Attention(ch, groups) if attention else nn.Identity()
+        self.attn = Attention(ch, groups, heads) if attention else nn.Identity()
         self.res2 = ResBlock(ch, ch, emb_dim, groups)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -141,21 +165,24 @@ class Level(nn.Module):
 
 
 class Downsample(nn.Module):
-    def __init__(self, ch: int):
+    def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)
 
 
 class Upsample(nn.Module):
-    def __init__(self, ch: int):
+    def __init__(self, cin: int, cout: int, kind: str = "conv"):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+        self.kind = kind
+        self.conv = nn.Conv2d(cin, cout, 3 if kind == "conv" else 1, padding=int(kind == "conv"))
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        return self.conv(F.interpolate(x, size=size, mode="nearest"))
+        if self.kind == "conv":
+            return self.conv(F.interpolate(x, size=size, mode="nearest"))
+        return F.interpolate(self.conv(x), size=size, mode="nearest")
 
 
 class UNet(nn.Module):
@@ -167,32 +194,46 @@ class UNet(nn.Module):
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         self.config = cfg
-        ch, nb, g, emb = cfg.channels, cfg.level_blocks(), cfg.groups, cfg.time_dim
+        self.channels_last = True
+        ch, g, emb = cfg.channels, cfg.groups, cfg.time_dim
+        nb, nu = cfg.level_blocks(), cfg.level_up_blocks()
         self.time_embed = TimeEmbed(emb)
         # Null class (id == num_classes) is the "unconditional" token for classifier-free guidance.
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb) if cfg.num_classes > 0 else None
         down: list[nn.Module] = [nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)]  # down.0 = stem
-        skips = [ch[0]]
+        skips: list[list[int]] = []  # per level: channels of the skips it leaves
         cur = ch[0]
         for i, c in enumerate(ch):
+            level_skips = [cur]  # the level's input (stem or downsample output)
             blocks = []
             for _ in range(nb[i]):
                 blocks.append(ResBlock(cur, c, emb, g))
                 cur = c
-                skips.append(cur)
+                level_skips.append(cur)
+            if cfg.skip == "level":
+                level_skips = level_skips[-1:]
+            skips.append(level_skips)
             last = i == len(ch) - 1
-            down.append(Level(blocks, None if last else Downsample(cur)))
+            down.append(Level(blocks, None if last else Downsample(cur, ch[i + 1])))
             if not last:
-                skips.append(cur)
+                cur = ch[i + 1]
+        self._skips = [len(s) for s in skips]
         self.down = nn.ModuleList(down)
-        self.mid = MidBlock(cur, emb, g, cfg.mid_attention)
+        self.mid = MidBlock(cur, emb, g, cfg.mid_attention, cfg.heads)
         up: list[nn.Module] = []
         for i, c in reversed(list(enumerate(ch))):
             blocks = []
-            for _ in range(nb[i] + 1):
-                blocks.append(ResBlock(cur + skips.pop(), c, emb, g))
+            level_skips = list(skips[i])
+            for _ in range(nu[i]):
+                extra = level_skips.pop() if level_skips else 0
+                if cfg.residual == "identity":
+                    blocks.append(ResBlock(cur, c, emb, g, skip_ch=extra))
+                else:
+                    blocks.append(ResBlock(cur + extra, c, emb, g))
                 cur = c
-            up.append(Level(blocks, Upsample(cur) if i > 0 else None))
+            up.append(Level(blocks, Upsample(cur, ch[i - 1], cfg.upsample) if i > 0 else None))
+            if i > 0:
+                cur = ch[i - 1]
         self.up = nn.ModuleList(up)
         self.out = nn.Sequential(
             nn.GroupNorm(min(g, cur), cur),
@@ -217,24 +258,30 @@ class UNet(nn.Module):
         emb = self.time_embed(t)
         if self.class_embed is not None:
             if cond is None:
-                cond = torch.full(
-                    (x.shape[0],), self.num_classes, device=x.device, dtype=torch.long
-                )
+                cond = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
             emb = emb + self.class_embed(cond)
         emb = F.silu(emb)
-        h = self.down[0](x.contiguous(memory_format=torch.channels_last))
-        hs = [h]
+        h = self.down[0](x)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        level_skips: list[list[Tensor]] = []
+        sizes = []
         for level in self.down[1:]:
+            hs = [h]
             for block in level.blocks:
                 h = block(h, emb)
                 hs.append(h)
-            if not isinstance(level.resample, nn.Identity):
-                h = level.resample(h)
-                hs.append(h)
+            level_skips.append(hs[-len(hs) if self.config.skip == "block" else -1 :])
+            sizes.append(h.shape[-2:])
+            h = level.resample(h)
         h = self.mid(h, emb)
         for level in self.up:
+            hs = level_skips.pop()
             for block in level.blocks:
-                h = block(torch.cat([h, hs.pop()], dim=1), emb)
+                if self.config.residual == "identity":
+                    h = block(h, emb, hs.pop() if hs else None)
+                else:
+                    h = block(torch.cat([h, hs.pop()], dim=1) if hs else h, emb)
             if not isinstance(level.resample, nn.Identity):
-                h = level.resample(h, hs[-1].shape[-2:])
+                h = level.resample(h, sizes[len(level_skips) - 1])
         return self.out(h).contiguous()

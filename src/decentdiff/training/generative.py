@@ -24,8 +24,10 @@ from .loop import resolve_device, train
 
 
 def to_model_space(images: np.ndarray | Tensor) -> Tensor:
-    """uint8 (N, C, H, W) in 0..255 -> float32 in [−1, 1]."""
+    """uint8 (N, C, H, W) in 0..255 -> float32 in [−1, 1]; float input is taken as already in [−1, 1]."""
     x = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
+    if x.dtype.is_floating_point:
+        return x.float()
     return x.float().div(127.5).sub(1.0)
 
 
@@ -52,7 +54,7 @@ def image_batches(
     cond_drop: float,
     num_classes: int,
 ):
-    """A batch drawer: (generator) -> (x0 (B, C, H, W) in [−1, 1], cond (B,) or None).
+    """A batch drawer: (generator) -> (x0 (B, C, H, W) in [−1, 1], cond (B,) or None, indices (B,)).
 
     Indices are drawn with replacement from ``images`` only, so a model trained on a shard never
     touches any other shard.
@@ -61,7 +63,7 @@ def image_batches(
     lab = torch.from_numpy(np.asarray(labels, dtype=np.int64)) if labels is not None else None
     n = data.shape[0]
 
-    def draw(g: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    def draw(g: torch.Generator) -> tuple[Tensor, Tensor | None, Tensor]:
         idx = torch.randint(0, n, (batch,), generator=g)
         x0 = to_model_space(data[idx]).to(device)
         cond = None
@@ -70,7 +72,7 @@ def image_batches(
             drop = torch.rand(batch, generator=g) < cond_drop
             c[drop] = num_classes  # the null class: trains the unconditional model for guidance
             cond = c.to(device)
-        return x0, cond
+        return x0, cond, idx
 
     return draw
 
@@ -102,7 +104,7 @@ def train_generative(
     draw = image_batches(images, labels, cfg.train.batch, device, cfg.train.cond_drop, n_cls)
 
     def loss_fn(m: nn.Module, g: torch.Generator) -> Tensor:
-        x0, cond = draw(g)
+        x0, cond, _ = draw(g)
         return objective.loss(m, x0, cond, g)
 
     full_meta = {

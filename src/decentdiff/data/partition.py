@@ -1,0 +1,712 @@
+"""Pure, seeded splitters: data partitions for DDM experts and client splits for federated learning.
+
+Two families live here, both pure functions of their inputs and a seed (same inputs, same seed →
+same output; no global random state is read or written):
+
+**Partitions for Decentralized Diffusion Models** (PAPERS.md §1): the training set is cut into K
+disjoint parts, one expert per part.
+
+=========  =======================================================================================
+``kmeans`` the paper's two-level clustering of encoder features: L2-normalise, k-means into many
+           fine centroids, k-means over the fine centroids into K coarse clusters; an item joins the
+           coarse cluster of its fine centroid (McAllister et al., CVPR 2025, arXiv 2501.05450)
+``random`` a uniformly random partition into K parts whose sizes differ by at most one
+``label``  whole classes to parts, balanced by item count (greedy, largest class first)
+=========  =======================================================================================
+
+**Client splits for federated learning** (PAPERS.md §3, §4), :func:`client_split` over labels:
+``iid``, ``dirichlet:α`` (label skew), ``quantity:α`` (quantity skew), ``classes:n`` (n classes per
+client).
+
+Every failure caused by the input raises :class:`~decentdiff.errors.ConfigError` (a bad option) or
+:class:`~decentdiff.errors.DataError` (data that cannot be split that way) with a one-line message
+naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from decentdiff.errors import ConfigError, DataError
+
+__all__ = [
+    "CLIENT_SPLIT_FORMS",
+    "PARTITIONERS",
+    "Partition",
+    "client_split",
+    "kmeans_partition",
+    "label_partition",
+    "make_partition",
+    "parse_client_split",
+    "random_partition",
+]
+
+#: Above this many items the fine k-means stage uses MiniBatchKMeans (full Lloyd iterations over
+#: N x 1024 distances stop being "a few seconds" on a laptop CPU).
+MINIBATCH_ABOVE = 50_000
+
+#: Up to this many items k-means runs on one thread: the work is well under a second, and OpenMP
+#: barriers on CPUs shared with other jobs made the 2-thread run 10x slower than 1 thread (measured).
+SINGLE_THREAD_UP_TO = 20_000
+
+#: Default number of fine centroids is min(FINE_MAX, N // FINE_DIVISOR), at least K (paper: 1024).
+FINE_MAX = 1024
+FINE_DIVISOR = 4
+
+#: The valid client split specs, as listed in every client split error message.
+CLIENT_SPLIT_FORMS = (
+    "iid, dirichlet:ALPHA (label skew), quantity:ALPHA (size skew), classes:N (N classes per "
+    "client); ALPHA > 0 e.g. dirichlet:0.5, N an integer >= 1"
+)
+
+#: Redraws allowed before a client split that leaves a client too small gives up. A draw costs
+#: O(N); quantity:0.1 over 10 clients with min_size 2 succeeds in ~0.3% of draws (measured), so
+#: 1000 attempts find one 95% of the time.
+MAX_SPLIT_ATTEMPTS = 1000
+
+
+# --------------------------------------------------------------------------------------------------
+# The partition record
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)  # eq=False: element-wise array comparison makes no sense for ==
+class Partition:
+    """A partition of N items into K disjoint, non-empty parts.
+
+    Attributes:
+        assignments: int64 (N,), the part id 0..K-1 of each item.
+        centroids: float32 (K, D), coarse centroids in the L2-normalised feature space (kmeans
+            only, else None).
+        fine_centroids: float32 (F, D), fine centroids in the same space (kmeans only).
+        fine_assignments: int64 (N,), the fine cluster 0..F-1 of each item (kmeans only).
+        method: "kmeans", "random" or "label".
+        params: JSON-able settings that produced it; always holds ``k`` and ``seed``.
+        fine_to_coarse: int64 (F,), the coarse cluster of each fine centroid (kmeans only), so
+            that ``assignments == fine_to_coarse[fine_assignments]``.
+    """
+
+    assignments: np.ndarray
+    centroids: np.ndarray | None
+    fine_centroids: np.ndarray | None
+    fine_assignments: np.ndarray | None
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    fine_to_coarse: np.ndarray | None = None
+
+    @property
+    def k(self) -> int:
+        """Number of parts K."""
+        return int(self.params["k"])
+
+    @property
+    def n(self) -> int:
+        """Number of items N."""
+        return int(self.assignments.shape[0])
+
+    def parts(self) -> list[np.ndarray]:
+        """Item indices of each part.
+
+        Returns:
+            K sorted int64 arrays, disjoint, whose union is arange(N).
+        """
+        order = np.argsort(self.assignments, kind="stable")  # stable: indices stay sorted per part
+        return np.split(order.astype(np.int64), np.cumsum(self.sizes())[:-1])
+
+    def sizes(self) -> np.ndarray:
+        """int64 (K,): number of items in each part."""
+        return np.bincount(self.assignments, minlength=self.k).astype(np.int64)
+
+    def assign(self, features: np.ndarray) -> np.ndarray:
+        """Parts of new items, by the same rule as the fit (kmeans only).
+
+        Each row is L2-normalised, goes to its nearest fine centroid, and takes that centroid's
+        coarse cluster. Useful for held-out images (e.g. the oracle routing strategy).
+
+        Args:
+            features: (M, D) features from the same featuriser as the partition.
+
+        Returns:
+            int64 (M,) part ids.
+
+        Raises:
+            ConfigError: the partition is not a kmeans partition.
+            DataError: features of the wrong width or not finite.
+        """
+        if self.fine_centroids is None or self.fine_to_coarse is None:
+            raise ConfigError(
+                f"a {self.method} partition cannot place new items; only --by kmeans can"
+            )
+        x = _normalise(_check_features(features, "assign"))
+        if x.shape[1] != self.fine_centroids.shape[1]:
+            raise DataError(
+                f"features have {x.shape[1]} dimensions but the partition was made with "
+                f"{self.fine_centroids.shape[1]}; use the same featuriser"
+            )
+        return self.fine_to_coarse[_nearest(x, self.fine_centroids)]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays for ``np.savez`` (e.g. RUN/partition.npz); inverse of :meth:`from_arrays`."""
+        out = {
+            "assignments": self.assignments,
+            "method": np.array(self.method),
+            "params": np.array(json.dumps(self.params, sort_keys=True)),
+        }
+        for name in ("centroids", "fine_centroids", "fine_assignments", "fine_to_coarse"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Any) -> Partition:
+        """Rebuilds a Partition from :meth:`to_arrays` output (a dict or an opened ``.npz``).
+
+        Raises:
+            DataError: a required array is missing.
+        """
+        try:
+            params = json.loads(str(arrays["params"]))
+            method = str(arrays["method"])
+            assignments = np.asarray(arrays["assignments"], dtype=np.int64)
+        except KeyError as e:
+            raise DataError(f"partition arrays lack {e}; recreate the partition") from None
+
+        def get(name: str, dtype: Any) -> np.ndarray | None:
+            return np.asarray(arrays[name], dtype=dtype) if name in arrays else None
+
+        return cls(
+            assignments=assignments,
+            centroids=get("centroids", np.float32),
+            fine_centroids=get("fine_centroids", np.float32),
+            fine_assignments=get("fine_assignments", np.int64),
+            method=method,
+            params=params,
+            fine_to_coarse=get("fine_to_coarse", np.int64),
+        )
+
+    def __repr__(self) -> str:
+        # The default dataclass repr would print the arrays.
+        return (
+            f"Partition(method={self.method!r}, n={self.n}, sizes={self.sizes().tolist()}, "
+            f"params={self.params})"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _int_arg(value: Any, what: str, minimum: int, fix: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}; {fix}")
+    return int(value)
+
+
+def _check_features(features: Any, who: str) -> np.ndarray:
+    x = np.asarray(features)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0 or x.dtype.kind not in "fiu":
+        raise DataError(
+            f"{who}: features must be a non-empty numeric array (N, D), got "
+            f"{x.dtype} {x.shape}; pass one feature row per item"
+        )
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise DataError(f"{who}: features contain NaN or inf; check the featuriser")
+    return x
+
+
+def _check_labels(labels: Any, who: str, fix: str) -> np.ndarray:
+    if labels is None:
+        raise ConfigError(f"{who} needs labels but the data has none; {fix}")
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise DataError(f"{who}: labels must be an integer array (N,), got {y.dtype} {y.shape}")
+    if y.size == 0:
+        raise DataError(f"{who}: there are no items to split; use a non-empty data set")
+    return y
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm; all-zero rows stay zero (they have no direction)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32)
+
+
+def _nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid of each row (squared L2), int64 (M,)."""
+    d = (centroids * centroids).sum(1)[None, :] - 2.0 * (x @ centroids.T)  # ||x||² is constant
+    return d.argmin(1).astype(np.int64)
+
+
+def _relabel_by_first_item(assign: np.ndarray, k: int) -> np.ndarray:
+    """Permutation p with p[old id] = new id, ordering parts by their smallest item index.
+
+    k-means numbers its clusters arbitrarily; a canonical order makes equal partitions have equal
+    assignments (part 0 always holds item 0), whatever the solver's internal order.
+    """
+    first = np.full(k, assign.shape[0], dtype=np.int64)
+    np.minimum.at(first, assign, np.arange(assign.shape[0]))
+    order = np.argsort(first, kind="stable")  # order[new] = old
+    perm = np.empty(k, dtype=np.int64)
+    perm[order] = np.arange(k)
+    return perm
+
+
+# --------------------------------------------------------------------------------------------------
+# Partitions
+# --------------------------------------------------------------------------------------------------
+
+
+def kmeans_partition(
+    features: np.ndarray,
+    k: int,
+    *,
+    n_fine: int | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+) -> Partition:
+    """Two-level k-means partition of the DDM paper (PAPERS.md §1, arXiv 2501.05450).
+
+    Features are L2-normalised (so only their direction matters, as for the paper's DINOv2
+    embeddings), clustered into F fine centroids, and the F centroids are clustered into K coarse
+    clusters (unweighted, as in the paper: a coarse cluster groups fine concepts, not data mass; no
+    size constraint). Each item joins the coarse cluster of its fine centroid. Parts are numbered by
+    their smallest item index.
+
+    Args:
+        features: (N, D) numeric features, one row per item (see :mod:`decentdiff.data.features`).
+        k: number of parts K, 1 <= K <= F.
+        n_fine: number of fine centroids F; default min(1024, N // 4), at least K. At most N.
+        seed: seeds both k-means stages.
+        threads: OpenMP / BLAS threads for k-means; None: 1 up to 20,000 items, else the
+            library default.
+
+    Returns:
+        A Partition with centroids (K, D), fine_centroids (F, D) and fine_assignments (N,).
+
+    Raises:
+        ConfigError: K < 1, K > N, F > N, or K > F.
+        DataError: bad features, or a coarse cluster ends up empty (duplicate features).
+    """
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
+
+    x = _normalise(_check_features(features, "kmeans partition"))
+    n = x.shape[0]
+    k = _int_arg(k, "the number of parts K", 1, "use --parts 1 or more")
+    if k > n:
+        raise ConfigError(f"cannot make K={k} parts from {n} items; use --parts {n} or fewer")
+    if n_fine is None:
+        f = max(min(FINE_MAX, n // FINE_DIVISOR), k)
+    else:
+        f = _int_arg(n_fine, "the number of fine centroids", 1, "use e.g. 1024")
+        if f > n:
+            raise ConfigError(f"cannot make {f} fine centroids from {n} items; use at most {n}")
+        if k > f:
+            raise ConfigError(
+                f"K={k} parts need at least K fine centroids, got n_fine={f}; raise n_fine or lower K"
+            )
+    minibatch = n > MINIBATCH_ABOVE
+    if threads is None:
+        threads = 1 if n <= SINGLE_THREAD_UP_TO else None
+    with warnings.catch_warnings(), threadpool_limits(limits=threads):
+        # Duplicate features make sklearn warn about fewer distinct clusters than requested; the
+        # only consequence that matters (an empty coarse cluster) is checked below with a clear
+        # message.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if minibatch:
+            fine = MiniBatchKMeans(
+                n_clusters=f, n_init=1, batch_size=4096, random_state=seed, max_iter=100
+            ).fit(x)
+        else:
+            # n_init=1: with hundreds of fine clusters, restarts buy little and cost linearly.
+            fine = KMeans(n_clusters=f, n_init=1, max_iter=100, random_state=seed).fit(x)
+        fine_centroids = fine.cluster_centers_.astype(np.float32)
+        fine_assign = np.asarray(fine.labels_, dtype=np.int64)
+        # The coarse stage runs on at most 1024 points: several restarts are cheap.
+        coarse = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(fine_centroids)
+    fine_to_coarse = np.asarray(coarse.labels_, dtype=np.int64)
+    assign = fine_to_coarse[fine_assign]
+    sizes = np.bincount(assign, minlength=k)
+    if (sizes == 0).any():
+        empty = int(np.flatnonzero(sizes == 0)[0])
+        raise DataError(
+            f"kmeans partition: coarse cluster {empty} of K={k} is empty (the features have too "
+            f"few distinct values); use a smaller --parts or --by random"
+        )
+    perm = _relabel_by_first_item(assign, k)
+    inverse = np.argsort(perm)  # inverse[new] = old
+    return Partition(
+        assignments=perm[assign],
+        centroids=coarse.cluster_centers_[inverse].astype(np.float32),
+        fine_centroids=fine_centroids,
+        fine_assignments=fine_assign,
+        method="kmeans",
+        params={
+            "k": k,
+            "seed": int(seed),
+            "n_fine": f,
+            "normalise": "l2",
+            "fine_solver": "minibatch" if minibatch else "lloyd",
+        },
+        fine_to_coarse=perm[fine_to_coarse],
+    )
+
+
+def random_partition(n: int, k: int, *, seed: int = 0) -> Partition:
+    """Uniformly random partition into K parts whose sizes differ by at most one.
+
+    The DDM paper's baseline: feature clusters beat random partitions clearly (PAPERS.md §1).
+
+    Args:
+        n: number of items N >= 1.
+        k: number of parts, 1 <= K <= N.
+        seed: seeds ``np.random.default_rng``.
+
+    Returns:
+        A Partition without centroids.
+
+    Raises:
+        ConfigError: N < 1, K < 1 or K > N.
+    """
+    n = _int_arg(n, "the number of items", 1, "use a non-empty data set")
+    k = _int_arg(k, "the number of parts K", 1, "use --parts 1 or more")
+    if k > n:
+        raise ConfigError(f"cannot make K={k} parts from {n} items; use --parts {n} or fewer")
+    rng = np.random.default_rng(seed)
+    assign = np.empty(n, dtype=np.int64)
+    # Dealing a random order round-robin gives sizes ceil(N/K) or floor(N/K).
+    assign[rng.permutation(n)] = np.arange(n) % k
+    return Partition(assign, None, None, None, "random", {"k": k, "seed": int(seed)})
+
+
+def label_partition(labels: np.ndarray, k: int, *, seed: int = 0) -> Partition:
+    """Whole classes to parts, balanced by item count.
+
+    Greedy longest-processing-time rule: classes in decreasing size (ties in a seeded random
+    order) each go to the currently smallest part (ties to the lowest id). Every class lies
+    entirely in one part.
+
+    Args:
+        labels: integer (N,) class labels (any values).
+        k: number of parts, 1 <= K <= number of distinct classes.
+        seed: breaks ties between classes of equal size.
+
+    Returns:
+        A Partition without centroids; ``params["classes"]`` lists the classes of each part.
+
+    Raises:
+        ConfigError: no labels, K < 1, or K > number of classes.
+        DataError: labels not an integer array (N,).
+    """
+    y = _check_labels(labels, "label partition", "use --by kmeans or --by random")
+    k = _int_arg(k, "the number of parts K", 1, "use --parts 1 or more")
+    classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    if k > classes.size:
+        raise ConfigError(
+            f"label partition: K={k} parts but only {classes.size} classes; use --parts "
+            f"{classes.size} or fewer, or --by kmeans"
+        )
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(classes.size)
+    order = shuffled[np.argsort(-counts[shuffled], kind="stable")]
+    loads = np.zeros(k, dtype=np.int64)
+    class_part = np.empty(classes.size, dtype=np.int64)
+    for c in order:
+        p = int(np.argmin(loads))  # argmin returns the first minimum: lowest id on ties
+        class_part[c] = p
+        loads[p] += counts[c]
+    members = [sorted(classes[class_part == p].tolist()) for p in range(k)]
+    return Partition(
+        assignments=class_part[inverse.reshape(-1)],
+        centroids=None,
+        fine_centroids=None,
+        fine_assignments=None,
+        method="label",
+        params={"k": k, "seed": int(seed), "classes": members},
+    )
+
+
+def _make_kmeans(
+    k: int, features: Any, labels: Any, n: Any, seed: int, n_fine: int | None
+) -> Partition:
+    if features is None:
+        raise ConfigError("--by kmeans needs features; pass --features pca (or classifier)")
+    return kmeans_partition(features, k, n_fine=n_fine, seed=seed)
+
+
+def _make_random(
+    k: int, features: Any, labels: Any, n: Any, seed: int, n_fine: int | None
+) -> Partition:
+    if n is None:
+        for source in (features, labels):
+            if source is not None:
+                n = len(source)
+                break
+        else:
+            raise ConfigError("--by random needs the number of items n (or features or labels)")
+    return random_partition(n, k, seed=seed)
+
+
+def _make_label(
+    k: int, features: Any, labels: Any, n: Any, seed: int, n_fine: int | None
+) -> Partition:
+    return label_partition(labels, k, seed=seed)
+
+
+#: Registry of partition methods: name -> fn(k, features, labels, n, seed, n_fine) -> Partition.
+PARTITIONERS: dict[str, Callable[..., Partition]] = {
+    "kmeans": _make_kmeans,
+    "random": _make_random,
+    "label": _make_label,
+}
+
+
+def make_partition(
+    method: str,
+    *,
+    k: int,
+    features: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    n_fine: int | None = None,
+) -> Partition:
+    """Partitions data by a named method (the ``--by`` option of ``decentdiff partition``).
+
+    Args:
+        method: "kmeans" (needs features), "random" (needs n, or features / labels to count
+            items) or "label" (needs labels).
+        k: number of parts.
+        features: (N, D) features for kmeans.
+        labels: (N,) integer labels for label.
+        n: number of items for random.
+        seed: random seed.
+        n_fine: fine centroids for kmeans (default: see :func:`kmeans_partition`).
+
+    Returns:
+        The Partition; when both are given, features / labels must have N rows.
+
+    Raises:
+        ConfigError: unknown method, a missing input, or n_fine with a method other than kmeans.
+    """
+    name = str(method).strip().lower()
+    fn = PARTITIONERS.get(name)
+    if fn is None:
+        raise ConfigError(
+            f"unknown partition method {method!r}; valid methods: {', '.join(PARTITIONERS)}"
+        )
+    if n_fine is not None and name != "kmeans":
+        raise ConfigError(f"n_fine applies only to --by kmeans, not --by {name}; drop it")
+    sizes = {len(a) for a in (features, labels) if a is not None}
+    if n is not None:
+        sizes.add(n)
+    if len(sizes) > 1:
+        raise DataError(
+            f"partition inputs disagree on the number of items ({sorted(sizes)}); pass features, "
+            "labels and n of the same data"
+        )
+    return fn(k, features, labels, n, seed, n_fine)
+
+
+# --------------------------------------------------------------------------------------------------
+# Client splits (federated learning)
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_client_split(spec: str) -> tuple[str, float | int | None]:
+    """Parses a client split spec.
+
+    Args:
+        spec: ``iid``, ``dirichlet:ALPHA``, ``quantity:ALPHA`` or ``classes:N``.
+
+    Returns:
+        (kind, argument): argument is None for iid, a float α > 0 for dirichlet / quantity, an int
+        N >= 1 for classes.
+
+    Raises:
+        ConfigError: unknown form or bad argument; the message lists the valid forms.
+    """
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(
+            f"invalid client split {spec!r}: {why}; valid forms: {CLIENT_SPLIT_FORMS}"
+        )
+
+    if not isinstance(spec, str):
+        raise bad("not a string")
+    kind, sep, arg = spec.strip().lower().partition(":")
+    kind, arg = kind.strip(), arg.strip()
+    if kind == "iid":
+        if sep:
+            raise bad("iid takes no argument")
+        return "iid", None
+    if kind in ("dirichlet", "quantity"):
+        try:
+            alpha = float(arg)
+        except ValueError:
+            raise bad(f"{kind} needs a number ALPHA > 0") from None
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise bad(f"ALPHA must be a finite number > 0, got {arg!r}")
+        return kind, alpha
+    if kind == "classes":
+        try:
+            count = int(arg)
+        except ValueError:
+            raise bad("classes needs an integer N >= 1") from None
+        if count < 1:
+            raise bad(f"N must be >= 1, got {count}")
+        return kind, count
+    raise bad(f"unknown kind {kind!r}")
+
+
+def _split_by_proportions(
+    idx: np.ndarray, proportions: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Shuffles idx and cuts it into len(proportions) pieces of about proportions * len(idx)."""
+    idx = rng.permutation(idx)
+    cuts = np.floor(np.cumsum(proportions)[:-1] * idx.size + 0.5).astype(np.int64)
+    return np.split(idx, np.clip(cuts, 0, idx.size))
+
+
+def _draw_split(
+    kind: str,
+    arg: float | int | None,
+    by_class: list[np.ndarray],
+    n_clients: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """One draw: (client of each item, classes each client must hold or None).
+
+    ``by_class[c]`` lists the items of class c (increasing).
+    """
+    n = sum(ix.size for ix in by_class)
+    n_classes = len(by_class)
+    owner = np.empty(n, dtype=np.int64)
+    if kind == "iid":
+        # Stratified dealing: every client gets floor or ceil of its share of every class, so class
+        # proportions match the global ones as closely as integers allow.
+        order = np.concatenate([rng.permutation(ix) for ix in by_class])
+        owner[order] = (np.arange(n) + rng.integers(n_clients)) % n_clients
+        return owner, None
+    if kind == "quantity":
+        # de Goede et al. §3: client sizes ~ Dirichlet(α); items drawn IID (labels follow).
+        sizes = rng.dirichlet(np.full(n_clients, float(arg)))
+        for c, piece in enumerate(_split_by_proportions(np.arange(n), sizes, rng)):
+            owner[piece] = c
+        return owner, None
+    if kind == "dirichlet":
+        # Label skew (Hsu et al. 2019): per class, proportions over clients ~ Dirichlet(α).
+        for ix in by_class:
+            share = rng.dirichlet(np.full(n_clients, float(arg)))
+            for c, piece in enumerate(_split_by_proportions(ix, share, rng)):
+                owner[piece] = c
+        return owner, None
+    # classes:N — client i holds the N consecutive classes starting at i*N of a random cyclic order
+    # of the classes: distinct per client (N <= #classes), every class covered (clients*N >=
+    # #classes), and every class shared by floor or ceil of clients*N/#classes clients.
+    count = int(arg)  # type: ignore[arg-type]
+    cyc = rng.permutation(n_classes)
+    held = [cyc[(i * count + np.arange(count)) % n_classes] for i in range(n_clients)]
+    holders: list[list[int]] = [[] for _ in range(n_classes)]
+    for i, cs in enumerate(held):
+        for c in cs:
+            holders[int(c)].append(i)
+    for c, ix in enumerate(by_class):
+        # Items of a shared class are split evenly (sizes differ by <= 1) among its holders.
+        pieces = np.array_split(rng.permutation(ix), len(holders[c]))
+        for i, piece in zip(rng.permutation(holders[c]), pieces, strict=True):
+            owner[piece] = i
+    return owner, held
+
+
+def client_split(
+    spec: str, labels: np.ndarray, n_clients: int, *, seed: int = 0, min_size: int = 2
+) -> list[np.ndarray]:
+    """Splits items among federated clients (PAPERS.md §3; de Goede et al., arXiv 2406.12575).
+
+    =================  =========================================================================
+    ``iid``            stratified random: every client's class proportions match the global ones
+                       (up to rounding), sizes differ by at most one
+    ``dirichlet:α``    label skew: for each class, its items are split over clients in
+                       proportions ~ Dirichlet(α); small α → each client sees few classes
+    ``quantity:α``     quantity skew: client sizes ~ Dirichlet(α), labels IID within a client
+    ``classes:n``      each client holds exactly n distinct classes (every class held by someone);
+                       a class shared by several clients is split evenly among them
+    =================  =========================================================================
+
+    Draws that leave a client with fewer than ``min_size`` items (or, for ``classes:n``, without an
+    item of one of its classes) are redrawn from the same seeded stream, up to 1000 times.
+
+    Args:
+        spec: the split, see above.
+        labels: integer (N,) class labels (any values). For unlabeled data, pass zeros: iid and
+            quantity work unchanged.
+        n_clients: number of clients C >= 1.
+        seed: seeds ``np.random.default_rng``; the same inputs and seed give the same split.
+        min_size: minimum number of items per client (>= 0).
+
+    Returns:
+        C sorted int64 index arrays, disjoint, whose union is arange(N).
+
+    Raises:
+        ConfigError: bad spec, C < 1, min_size < 0, no labels, or ``classes:n`` with n larger than
+            the number of classes or too few clients to cover every class.
+        DataError: C * min_size > N, or no valid draw in 1000 attempts.
+    """
+    kind, arg = parse_client_split(spec)
+    y = _check_labels(labels, f"client split {spec!r}", "pass labels (zeros for unlabeled data)")
+    n_clients = _int_arg(n_clients, "the number of clients", 1, "use --clients 1 or more")
+    min_size = _int_arg(min_size, "min_size", 0, "use 0 or more")
+    n = y.size
+    if n_clients * min_size > n:
+        raise DataError(
+            f"{n} items cannot give {n_clients} clients at least {min_size} each; use fewer "
+            "clients or a smaller min_size"
+        )
+    classes, inverse = np.unique(y, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    n_classes = classes.size
+    if kind == "classes":
+        count = int(arg)  # type: ignore[arg-type]
+        if count > n_classes:
+            raise ConfigError(
+                f"client split {spec!r}: the data has only {n_classes} classes; use classes:N "
+                f"with N <= {n_classes}"
+            )
+        if count * n_clients < n_classes:
+            raise ConfigError(
+                f"client split {spec!r}: {n_clients} clients x {count} classes cannot cover all "
+                f"{n_classes} classes; use classes:{math.ceil(n_classes / n_clients)} or more "
+                "clients"
+            )
+    by_class = [np.flatnonzero(inverse == c) for c in range(n_classes)]
+    rng = np.random.default_rng(seed)
+    held = None
+    for _ in range(MAX_SPLIT_ATTEMPTS):
+        owner, held = _draw_split(kind, arg, by_class, n_clients, rng)
+        sizes = np.bincount(owner, minlength=n_clients)
+        if sizes.min() < min_size:
+            continue
+        if held is not None and any(
+            np.unique(inverse[owner == i]).size != len(cs) for i, cs in enumerate(held)
+        ):
+            continue
+        order = np.argsort(owner, kind="stable")  # stable: indices stay sorted per client
+        return np.split(order.astype(np.int64), np.cumsum(sizes)[:-1])
+    need = f"at least {min_size} items" + (f" and all of its {arg} classes" if held else "")
+    raise DataError(
+        f"client split {spec!r}: no draw in {MAX_SPLIT_ATTEMPTS} attempts gave every one of "
+        f"{n_clients} clients {need}; use fewer clients, a larger ALPHA or a smaller min_size"
+    )

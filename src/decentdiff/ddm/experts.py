@@ -1,0 +1,88 @@
+"""Experts: one flow-matching model per data cluster, each trained in complete isolation.
+
+``train_expert`` reads only its own shard (the rows of the training part assigned to part k) and
+writes only ``RUN/experts/<k>/``: a compute island needs nothing else from the RUN (PAPERS.md §1).
+FLOP matching: by default an expert uses batch B/K (B = ``train.batch``, the monolith's batch) for
+the same number of steps, so the K experts together cost what one monolith costs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..config import Config
+from ..errors import ConfigError, RunError
+from ..run import Run
+from ..training.checkpoint import read_meta
+from ..training.generative import train_generative
+from .store import check_expert_index, expert_dir, load_partition
+
+
+def expert_batch(cfg: Config, num_parts: int, batch: int | None) -> int:
+    """The explicit ``--batch`` if given, else B/K (FLOP-matched to the monolith's batch B)."""
+    return batch if batch is not None else max(1, cfg.train.batch // num_parts)
+
+
+def train_expert(
+    run: Run,
+    k: int,
+    cfg: Config,
+    *,
+    batch: int | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+    train_images: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Train expert k on shard k only.
+
+    Args:
+        batch: expert batch; None = B/K.
+        train_images: replaces the training part's images (same rows; uint8 or float in [−1, 1]);
+            only rows of shard k are read — the isolation test fills the others with NaN.
+    """
+    data = run.data(cfg, create=False)
+    rec = load_partition(run, data)
+    check_expert_index(rec, k)
+    shard = rec.parts()[k]
+    images = data.images[data.train_idx] if train_images is None else train_images
+    if len(images) != len(data.train_idx):
+        raise ConfigError("train_images must have one row per training image")
+    labels = data.labels[data.train_idx][shard] if data.labels is not None else None
+    ecfg = replace(cfg, train=replace(cfg.train, batch=expert_batch(cfg, rec.num_parts, batch)))
+    return train_generative(
+        expert_dir(run, k),
+        images[shard],
+        labels,
+        data.num_classes,
+        ecfg,
+        role=f"expert {k}",
+        meta={
+            "expert": k,
+            "num_parts": rec.num_parts,
+            "partition_id": rec.partition_id,
+            "data_fingerprint": data.fingerprint,
+            "source": data.source,
+            "shard_size": len(shard),
+        },
+        metrics_path=expert_dir(run, k) / "metrics.jsonl",
+        fresh=fresh,
+        progress=progress,
+    )
+
+
+def expert_metas(run: Run, num_parts: int, partition_id: str | None = None) -> list[dict[str, Any]]:
+    """Every expert's meta.json, checking each exists and was trained on this partition."""
+    metas = []
+    for k in range(num_parts):
+        d = expert_dir(run, k)
+        meta = read_meta(d, f"decentdiff train expert {run.path} --expert {k}")
+        if partition_id is not None and meta.get("partition_id") != partition_id:
+            raise RunError(
+                f"expert {k} in {d} was trained on another partition; retrain it with "
+                f"`decentdiff train expert {run.path} --expert {k} --fresh`"
+            )
+        metas.append(meta)
+    return metas

@@ -1,0 +1,64 @@
+"""Rebuild the DDM ensemble of a RUN from its directories alone, checking they belong together."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ..diffusion.solvers import guided
+from ..errors import RunError
+from ..run import Run
+from ..training.generative import load_generative
+from .ensemble import EnsembleVelocity, parse_routing
+from .experts import expert_metas
+from .router import load_router, router_dir
+from .store import PartitionRecord, expert_dir, load_partition
+
+
+def load_ensemble(
+    run: Run,
+    routing: str,
+    *,
+    device: str | torch.device = "cpu",
+    ema: bool = True,
+    guidance: float = 1.0,
+    generator: torch.Generator | None = None,
+    drop: Sequence[int] = (),
+    oracle_labels: torch.Tensor | None = None,
+) -> tuple[EnsembleVelocity, list[dict], PartitionRecord]:
+    """The K experts of RUN mixed by its router; classifier-free guidance inside each expert.
+
+    ``oracle_labels`` (B,): for ``oracle`` routing, the expert of each sample.
+    """
+    spec = parse_routing(routing)
+    rec = load_partition(run)
+    for k in drop:
+        if not 0 <= k < rec.num_parts:
+            raise RunError(f"--drop-expert {k} out of range: experts are 0..{rec.num_parts - 1}")
+    if len(set(drop)) >= rec.num_parts:
+        raise RunError("cannot drop every expert: keep at least one")
+    metas = expert_metas(run, rec.num_parts, rec.partition_id)
+    experts = []
+    for k in range(rec.num_parts):
+        if k in drop:
+            experts.append(_dropped)
+            continue
+        v, unet, _, _ = load_generative(expert_dir(run, k), ema=ema, device=device)
+        experts.append(guided(v, guidance, unet.num_classes) if unet.num_classes > 0 else v)
+    router = None
+    if spec.kind != "oracle":
+        router, rmeta = load_router(router_dir(run), ema=ema, device=device)
+        if rmeta.get("partition_id") != rec.partition_id:
+            raise RunError(
+                f"the router in {router_dir(run)} was trained on another partition; retrain it with "
+                f"`decentdiff train router {run.path} --fresh`"
+            )
+    ens = EnsembleVelocity(
+        experts, router, spec, generator=generator, drop=tuple(drop), oracle_labels=oracle_labels
+    )
+    return ens, metas, rec
+
+
+def _dropped(*_args, **_kwargs):  # never called: a dropped expert gets zero weight
+    raise AssertionError("a dropped expert was evaluated")

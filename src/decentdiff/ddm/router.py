@@ -1,0 +1,159 @@
+"""Router training (PAPERS.md §1): cross-entropy on the cluster of x0 from (x_t, t).
+
+x0 is drawn from the whole training part at its natural frequencies (so the router learns the
+prior |S_k|/N too), t ~ U(0, 1) because the router is evaluated at every sampling step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..config import Config
+from ..errors import CheckpointError
+from ..models.router import Router, RouterConfig, router_config
+from ..run import Run
+from ..training.checkpoint import atomic_write_text, load_tensors, read_meta
+from ..training.generative import image_batches, to_model_space
+from ..training.loop import resolve_device, train
+from .store import load_partition
+
+
+def router_dir(run: Run) -> Path:
+    return run.path / "router"
+
+
+def _noisy(x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    tb = t.reshape(-1, 1, 1, 1)
+    return (1 - tb) * x0 + tb * eps
+
+
+def train_router(
+    run: Run, cfg: Config, *, fresh: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train the router of RUN's partition into ``RUN/router`` and measure its accuracy vs t."""
+    data = run.data(cfg, create=False)
+    rec = load_partition(run, data)
+    device = resolve_device(cfg.train.device)
+    n_cls = data.num_classes if cfg.model.class_cond else 0
+    rcfg = router_config(cfg.model.preset, data.shape[0], rec.num_parts, n_cls)
+    torch.manual_seed(cfg.train.seed)
+    model = Router(rcfg).to(device)
+    images = data.images[data.train_idx]
+    labels = data.labels[data.train_idx] if data.labels is not None else None
+    parts = torch.from_numpy(rec.assignments)
+    draw = image_batches(images, labels, cfg.train.batch, device, cfg.train.cond_drop, n_cls)
+
+    def loss_fn(m: nn.Module, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        x0, cond, idx = draw(g)
+        t = torch.rand(x0.shape[0], generator=g).to(device)
+        eps = torch.randn(x0.shape, generator=g).to(device)
+        logits = m(_noisy(x0, t, eps), t, cond)
+        target = parts[idx].to(device)
+        loss = F.cross_entropy(logits, target)
+        return loss, {"acc": float((logits.argmax(1) == target).float().mean())}
+
+    meta = train(
+        model,
+        loss_fn,
+        router_dir(run),
+        cfg.train,
+        meta={
+            "kind": "router",
+            "router": rcfg.to_dict(),
+            "model": asdict(cfg.model),
+            "num_parts": rec.num_parts,
+            "partition_id": rec.partition_id,
+            "data_fingerprint": data.fingerprint,
+            "image_shape": list(data.shape),
+        },
+        metrics_path=router_dir(run) / "metrics.jsonl",
+        role="router",
+        fresh=fresh,
+        progress=progress,
+    )
+    router, _ = load_router(router_dir(run), device=device)
+    acc = router_accuracy(
+        router,
+        images,
+        labels if n_cls else None,
+        rec.assignments,
+        device=device,
+        seed=cfg.train.seed,
+    )
+    atomic_write_text(router_dir(run) / "accuracy.json", json.dumps(acc, indent=2) + "\n")
+    from ..figures import router_accuracy_figure
+
+    router_accuracy_figure(acc, run.path / "figures" / "router_accuracy.png")
+    return {**meta, "accuracy": acc}
+
+
+def load_router(
+    directory: Path, *, ema: bool = True, device: str | torch.device = "cpu"
+) -> tuple[Router, dict]:
+    meta = read_meta(directory, f"decentdiff train router {directory.parent}")
+    try:
+        rcfg = RouterConfig.from_dict(meta["router"])
+    except (KeyError, TypeError):
+        raise CheckpointError(
+            f"{directory}/meta.json lacks the router description; retrain"
+        ) from None
+    model = Router(rcfg)
+    model.load_state_dict(
+        load_tensors(directory, "ema" if ema else "model", meta, expected=model.state_dict())
+    )
+    return model.to(device).eval(), meta
+
+
+@torch.no_grad()
+def router_accuracy(
+    router: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    assignments: np.ndarray,
+    *,
+    bins: int = 10,
+    n: int = 1000,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Top-1 accuracy of the router in ``bins`` equal t-bins, on fresh noise over ``n`` images.
+
+    Returns a dict with ``t`` (bin centres), ``accuracy`` per bin, and ``prior`` (the accuracy of
+    always answering the largest cluster: what the router must beat).
+    """
+    g = torch.Generator().manual_seed(10_000 + seed)
+    idx = torch.randint(0, len(images), (n,), generator=g)
+    x0 = to_model_space(torch.from_numpy(np.ascontiguousarray(images))[idx]).to(device)
+    target = torch.from_numpy(assignments)[idx].to(device)
+    cond = (
+        torch.from_numpy(np.asarray(labels, dtype=np.int64))[idx].to(device)
+        if labels is not None
+        else None
+    )
+    eps = torch.randn(x0.shape, generator=g).to(device)
+    centres, accs = [], []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        t = (lo + (hi - lo) * torch.rand(n, generator=g)).to(device)
+        pred = torch.cat(
+            [
+                router(
+                    _noisy(x0[i : i + 256], t[i : i + 256], eps[i : i + 256]),
+                    t[i : i + 256],
+                    None if cond is None else cond[i : i + 256],
+                ).argmax(1)
+                for i in range(0, n, 256)
+            ]
+        )
+        centres.append((lo + hi) / 2)
+        accs.append(float((pred == target).float().mean()))
+    prior = float(np.bincount(assignments).max() / len(assignments))
+    return {"t": centres, "accuracy": accs, "prior": prior, "n": n}

@@ -1,0 +1,247 @@
+"""The DDM pipeline through the CLI and the Python API, on a tiny synthetic data set."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from _cli import _bad, cli, tree_hashes
+from decentdiff import config as C
+from decentdiff.cli import main
+from decentdiff.ddm.experts import train_expert
+from decentdiff.ddm.store import load_partition
+from decentdiff.run import Run
+
+TINY = ["--preset", "tiny", "-q"]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    # Two visually distinct families (bright top half / bright bottom half), two labels each.
+    rng = np.random.default_rng(0)
+    x = np.zeros((80, 1, 8, 8), np.uint8)
+    x[:40, :, :4] = 200
+    x[40:, :, 4:] = 200
+    x = np.clip(x + rng.integers(0, 40, x.shape), 0, 255).astype(np.uint8)
+    y = np.repeat(np.arange(4), 20)
+    p = tmp_path_factory.mktemp("data") / "two.npz"
+    np.savez(p, x=x, y=y)
+    return f"npz:{p}"
+
+
+@pytest.fixture(scope="module")
+def ddm_run(tmp_path_factory, source):
+    run = tmp_path_factory.mktemp("runs") / "ddm"
+    main(["partition", str(run), "--data", source, "--parts", "2", "--by", "label"])
+    main(["train", "experts", str(run), "--steps", "4", "--set", "train.batch=8", *TINY])
+    main(["train", "router", str(run), "--steps", "4", "--batch", "8", *TINY])
+    return run
+
+
+def test_partition_files(ddm_run):
+    rec = load_partition(Run(ddm_run))
+    assert rec.num_parts == 2 and rec.sizes().sum() == len(rec.assignments)
+    with np.load(ddm_run / "partition.npz") as z:
+        p0, p1 = z["part_0"], z["part_1"]
+    assert len(np.intersect1d(p0, p1)) == 0
+    assert (ddm_run / "figures" / "partition.png").stat().st_size > 0
+    assert (ddm_run / "figures" / "router_accuracy.png").stat().st_size > 0
+
+
+def test_expert_batch_is_flop_matched_and_monolith_flop_match(ddm_run, capsys):
+    metas = [json.loads((ddm_run / "experts" / str(k) / "meta.json").read_text()) for k in (0, 1)]
+    assert [m["train"]["batch"] for m in metas] == [4, 4]  # B/K with B = 8
+    code, _, err = cli(capsys, "train", "monolith", ddm_run, "--flop-match", *TINY)
+    assert code == 0, err
+    mono = json.loads((ddm_run / "monolith" / "meta.json").read_text())
+    assert mono["train"]["batch"] == 8 and mono["train"]["steps"] == 4
+    # Same architecture, batch K·b, same steps: the monolith costs what the experts cost together.
+    assert mono["train_flops"] == pytest.approx(sum(m["train_flops"] for m in metas), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "routing", ["top1", "full", "topk:2", "sample:1", "threshold:0.05", "nucleus:0.9", "oracle"]
+)
+def test_sample_ensemble_every_routing(ddm_run, capsys, tmp_path, routing):
+    out = tmp_path / "s.npz"
+    code, _, err = cli(
+        capsys,
+        "sample",
+        ddm_run,
+        "--model",
+        "ensemble",
+        "--routing",
+        routing,
+        "--n",
+        "6",
+        "--steps",
+        "3",
+        "--out",
+        out,
+    )
+    assert code == 0, err
+    z = np.load(out)
+    assert z["images"].shape == (6, 1, 8, 8)
+    w = z["routing"]
+    assert w.shape == (6, 2) and np.allclose(w.sum(1), 1, atol=1e-5)
+    if routing in ("top1", "oracle", "sample:1", "nucleus:0.9"):
+        # one expert per step: the trajectory mean is a mean of one-hot rows
+        assert np.all((w * 3).round(5) == np.round(w * 3))
+
+
+def test_drop_expert_and_single_expert(ddm_run, capsys, tmp_path):
+    code, _, err = cli(
+        capsys,
+        "sample",
+        ddm_run,
+        "--model",
+        "ensemble",
+        "--routing",
+        "full",
+        "--drop-expert",
+        "1",
+        "--n",
+        "4",
+        "--steps",
+        "2",
+        "--out",
+        tmp_path / "d.npz",
+    )
+    assert code == 0, err
+    assert np.allclose(np.load(tmp_path / "d.npz")["routing"][:, 1], 0)
+    code, _, err = cli(
+        capsys,
+        "sample",
+        ddm_run,
+        "--model",
+        "expert:1",
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        tmp_path / "e.npz",
+    )
+    assert code == 0, err
+
+
+def test_expert_is_isolated(tmp_path, source, capsys):
+    """Expert k reads nothing of other shards (NaN there changes nothing) and writes only experts/k."""
+    run = tmp_path / "iso"
+    cli(capsys, "partition", run, "--data", source, "--parts", "2", "--by", "label")
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    cfg = C.resolve(
+        sets=["model.preset=tiny", "train.steps=3", "train.batch=8"], base=Run(run).base_config()
+    )
+    before = tree_hashes(run)
+    train_expert(Run(run), 0, cfg, progress=False)
+    after = tree_hashes(run)
+    changed = {k for k in after if before.get(k) != after[k]}
+    assert changed and all(k.startswith("experts/0/") for k in changed)
+
+    r2 = Run(twin)
+    data = r2.data(cfg, create=False)
+    rec = load_partition(r2, data)
+    poisoned = data.images[data.train_idx].astype(np.float32) / 127.5 - 1
+    poisoned[rec.assignments != 0] = np.nan
+    train_expert(r2, 0, cfg, progress=False, train_images=poisoned)
+    for f in ("model", "ema"):
+        a = (run / "experts" / "0" / f"{f}.safetensors").read_bytes()
+        b = (twin / "experts" / "0" / f"{f}.safetensors").read_bytes()
+        assert a == b
+
+
+def test_ddm_bad_inputs(ddm_run, tmp_path, capsys, source):
+    _bad(capsys, None, "train", "expert", tmp_path / "nopart", "--expert", "0", match="run.toml")
+    empty = tmp_path / "np"
+    cli(capsys, "train", "monolith", empty, "--data", source, "--steps", "1", *TINY)
+    _bad(capsys, empty, "train", "expert", empty, "--expert", "0", match="decentdiff partition")
+    _bad(capsys, ddm_run, "train", "expert", ddm_run, "--expert", "5", match="out of range")
+    _bad(
+        capsys,
+        ddm_run,
+        "sample",
+        ddm_run,
+        "--model",
+        "ensemble",
+        "--routing",
+        "top7",
+        "--out",
+        tmp_path / "x.npz",
+        match="topk:K",
+    )
+    _bad(
+        capsys,
+        ddm_run,
+        "sample",
+        ddm_run,
+        "--model",
+        "ensemble",
+        "--routing",
+        "topk:5",
+        "--out",
+        tmp_path / "x.npz",
+        match="only 2",
+    )
+    _bad(
+        capsys,
+        ddm_run,
+        "sample",
+        ddm_run,
+        "--model",
+        "ensemble",
+        "--drop-expert",
+        "0",
+        "--drop-expert",
+        "1",
+        "--out",
+        tmp_path / "x.npz",
+        match="every expert",
+    )
+    _bad(capsys, ddm_run, "partition", ddm_run, "--parts", "3", match="--force")
+    # K larger than the data, and K = 0.
+    _bad(capsys, None, "partition", tmp_path / "k0", "--data", source, "--parts", "0", match="")
+    _bad(
+        capsys,
+        None,
+        "partition",
+        tmp_path / "kbig",
+        "--data",
+        source,
+        "--parts",
+        "1000",
+        "--by",
+        "random",
+        match="",
+    )
+    # Missing expert and router checkpoints name the command that makes them.
+    part_only = tmp_path / "po"
+    cli(capsys, "partition", part_only, "--data", source, "--parts", "2", "--by", "label")
+    _bad(
+        capsys,
+        part_only,
+        "sample",
+        part_only,
+        "--model",
+        "ensemble",
+        "--out",
+        tmp_path / "x.npz",
+        match="train expert",
+    )
+    # Experts trained on another partition.
+    other = tmp_path / "other"
+    shutil.copytree(ddm_run, other)
+    cli(capsys, "partition", other, "--parts", "2", "--by", "random", "--force", "--seed", "3")
+    _bad(
+        capsys,
+        other,
+        "sample",
+        other,
+        "--model",
+        "ensemble",
+        "--out",
+        tmp_path / "x.npz",
+        match="another partition",
+    )
