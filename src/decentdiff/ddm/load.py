@@ -26,10 +26,14 @@ def load_ensemble(
     generator: torch.Generator | None = None,
     drop: Sequence[int] = (),
     oracle_labels: torch.Tensor | None = None,
-) -> tuple[EnsembleVelocity, list[dict], PartitionRecord]:
+) -> tuple[EnsembleVelocity, list[dict], PartitionRecord, dict[str, torch.nn.Module]]:
     """The K experts of RUN mixed by its router; classifier-free guidance inside each expert.
 
     ``oracle_labels`` (B,): for ``oracle`` routing, the expert of each sample.
+
+    Returns:
+        (ensemble, the experts' meta.json, the partition, the networks by name — ``expert k`` and
+        ``router`` — for cost accounting).
     """
     spec = parse_routing(routing)
     rec = load_partition(run)
@@ -39,16 +43,18 @@ def load_ensemble(
     if len(set(drop)) >= rec.num_parts:
         raise RunError("cannot drop every expert: keep at least one")
     metas = expert_metas(run, rec.num_parts, rec.partition_id)
-    experts = []
+    experts, networks = [], {}
     for k in range(rec.num_parts):
         if k in drop:
             experts.append(_dropped)
             continue
         v, unet, _, _ = load_generative(expert_dir(run, k), ema=ema, device=device)
+        networks[f"expert {k}"] = unet
         experts.append(guided(v, guidance, unet.num_classes) if unet.num_classes > 0 else v)
     router = None
     if spec.kind != "oracle":
         router, rmeta = load_router(router_dir(run), ema=ema, device=device)
+        networks["router"] = router
         if rmeta.get("partition_id") != rec.partition_id:
             raise RunError(
                 f"the router in {router_dir(run)} was trained on another partition; retrain it with "
@@ -57,7 +63,7 @@ def load_ensemble(
     ens = EnsembleVelocity(
         experts, router, spec, generator=generator, drop=tuple(drop), oracle_labels=oracle_labels
     )
-    return ens, metas, rec
+    return ens, metas, rec, networks
 
 
 def _dropped(*_args, **_kwargs):  # never called: a dropped expert gets zero weight

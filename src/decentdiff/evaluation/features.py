@@ -230,7 +230,7 @@ def train_classifier(
 ) -> FeatureNet:
     """Trains the feature classifier on labelled images.
 
-    Recipe: AdamW (lr 3e-3, weight decay 1e-4), batch 128, linear warm-up over the first 10 % of the
+    Recipe: AdamW (lr 3e-3, weight decay 1e-4), batch 128 (less below 4,096 images), linear warm-up over the first 10 % of the
     steps then cosine decay to 0, random shifts of up to ``max(1, round(min(H, W) / 14))`` pixels.
     Every random choice (initialisation, shuffling, shifts) comes from ``seed`` through explicit
     generators; torch's global random state is left untouched.
@@ -264,7 +264,8 @@ def train_classifier(
         )
     net = _fresh_net(_default_config(x, k), seed)
     n = x.shape[0]
-    batch = min(_BATCH, n)
+    # 128 per batch on large sets; smaller batches on small sets so that an epoch has ≥ ~32 steps.
+    batch = min(n, _BATCH, max(16, n // 32))
     steps_per_epoch = n // batch  # drop the ragged last batch: BatchNorm dislikes tiny batches
     total = steps_per_epoch * epochs
     warmup = max(1, total // 10)
