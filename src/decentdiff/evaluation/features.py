@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 #: Epochs of the default classifier (mnist5k, 4,000 training images: ≥ 97 % held-out accuracy).
-DEFAULT_EPOCHS = 6
+DEFAULT_EPOCHS = 8
 _BATCH = 128
 _LR = 3e-3
 _WEIGHT_DECAY = 1e-4
@@ -286,7 +286,9 @@ def train_classifier(
         perm = torch.randperm(n, generator=gen)
         for i in range(steps_per_epoch):
             idx = perm[i * batch : (i + 1) * batch]
-            xb = _random_shift(xs[idx], max_shift, gen).contiguous(memory_format=torch.channels_last)
+            xb = _random_shift(xs[idx], max_shift, gen).contiguous(
+                memory_format=torch.channels_last
+            )
             if step < warmup:
                 lr = _LR * (step + 1) / warmup
             else:
@@ -409,9 +411,7 @@ def _digest(images: np.ndarray, labels: np.ndarray | None) -> str:
     return h.hexdigest()
 
 
-def _load_cached(
-    directory: Path, want: dict[str, Any]
-) -> tuple[FeatureNet, dict[str, Any]] | None:
+def _load_cached(directory: Path, want: dict[str, Any]) -> tuple[FeatureNet, dict[str, Any]] | None:
     """The cached network if the cache is present, intact and made from the same data and recipe.
 
     Returns None when there is no cache; warns and returns None when it is unusable.

@@ -10,11 +10,20 @@ from .unet import UNet, UNetConfig
 #: name -> architecture; image channels and classes are filled in from the data.
 PRESETS: dict[str, UNetConfig] = {
     # For tests: < 100k parameters, a fraction of a second per step.
-    "tiny": UNetConfig(channels=(8, 16), blocks=1, time_dim=32, groups=4, mid_attention=False),
+    "tiny": UNetConfig(
+        channels=(16, 32), blocks=0, up_blocks=1, time_dim=32, groups=4, mid_attention=False
+    ),
     # The default: tuned for quality per CPU-minute at 28×28 (see BENCHMARKS.md).
-    "small": UNetConfig(channels=(32, 64, 128), blocks=1, time_dim=128, groups=8),
+    "small": UNetConfig(channels=(32, 64, 128), blocks=(0, 1, 2), up_blocks=(1, 1, 2), heads=2),
     # More capacity for longer runs or a GPU.
-    "base": UNetConfig(channels=(64, 128, 256), blocks=2, time_dim=256, groups=16),
+    "base": UNetConfig(
+        channels=(64, 128, 256),
+        blocks=(1, 2, 2),
+        up_blocks=(2, 2, 3),
+        time_dim=256,
+        groups=16,
+        heads=4,
+    ),
 }
 
 

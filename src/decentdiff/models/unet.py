@@ -3,13 +3,28 @@
 Top-level modules are exactly the parts the federated methods exchange (PAPERS.md §3):
 ``time_embed``, ``class_embed`` (optional), ``down`` (its first entry is the stem conv), ``mid``,
 ``up`` and ``out``. Attention appears only in ``mid`` (lowest resolution), never at full resolution.
-Activations use channels_last memory format, which is the fast path for CPU convolutions.
+
+Where the compute goes (BENCHMARKS.md has the measurements): a 3×3 convolution costs the same at
+every level when channels double as the resolution halves, but a parameter at 7×7 costs 16× fewer
+FLOPs than one at 28×28, and convolutions with few channels run far below the CPU's peak. So the
+full-resolution level is thin (the stem conv plus one decoder block), depth sits at the lowest
+levels, and the wiring avoids work that does not learn much:
+
+- one skip per level (the last activation of the encoder level), fed to the first decoder block
+  of that level, where it is concatenated to the input of the convolution path only; the residual
+  path stays the identity, so no 1×1 projection is needed (their backward pass is slow on CPU);
+- channel changes happen in the resampling layers: a strided 3×3 conv going down, a 1×1 conv at
+  the lower resolution followed by nearest upsampling going up (4× cheaper than convolving after
+  upsampling);
+- GroupNorm only: no statistic crosses samples, so an image's output never depends on its batch;
+- activations in channels_last memory format, the fast layout for oneDNN (CPU) and cuDNN
+  (tensor cores) convolutions; the weights keep the default layout, so state dicts stay contiguous.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
@@ -21,51 +36,54 @@ PARTS = ("time_embed", "class_embed", "down", "mid", "up", "out")
 
 @dataclass(frozen=True)
 class UNetConfig:
-    """Architecture of :class:`UNet`. Saved in every checkpoint's ``meta.json``."""
+    """Architecture of :class:`UNet`. Saved in every checkpoint's ``meta.json``.
+
+    Per-level fields (``blocks``, ``up_blocks``) are an int for every level or one entry per level,
+    from the full resolution down.
+    """
 
     in_channels: int = 1
     out_channels: int | None = None  # defaults to in_channels
     channels: tuple[int, ...] = (32, 64, 128)  # one entry per resolution level
-    blocks: tuple[int, ...] | int = 1  # residual blocks per level (encoder)
-    up_blocks: tuple[int, ...] | int | None = None  # decoder; None = blocks + 1 (skip="block")
+    blocks: tuple[int, ...] | int = (0, 1, 2)  # encoder residual blocks per level (may be 0)
+    up_blocks: tuple[int, ...] | int = (1, 1, 2)  # decoder residual blocks per level (≥ 1)
     time_dim: int = 128
     num_classes: int = 0  # 0 = unconditional; otherwise a null class id == num_classes is added
-    mid_attention: bool = True
-    heads: int = 1
-    groups: int = 8
-    skip: str = "block"  # block: every encoder activation is a skip; level: one per level
-    residual: str = "cat"  # cat: 1x1 conv of cat(h, skip); identity: skip feeds the conv path only
-    upsample: str = "conv"  # conv: nearest + 3x3; linear: 1x1 at low res + nearest
-    extra: dict = field(default_factory=dict)
+    mid_attention: bool = True  # self-attention in the middle block (lowest resolution only)
+    heads: int = 2
+    groups: int = 8  # GroupNorm groups (fewer when a layer has fewer channels)
+
+    def __post_init__(self) -> None:
+        if not self.channels:
+            raise ValueError("UNetConfig.channels needs at least one level")
+        if min(self.level_up_blocks()) < 1:
+            raise ValueError("UNetConfig.up_blocks must be ≥ 1 on every level (it takes the skip)")
+        if min(self.level_blocks()) < 0:
+            raise ValueError("UNetConfig.blocks must be ≥ 0")
+        if self.mid_attention and self.channels[-1] % self.heads:
+            raise ValueError(f"{self.channels[-1]} channels do not split into {self.heads} heads")
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("channels", "blocks", "up_blocks"):
-            if isinstance(d[k], tuple):
-                d[k] = list(d[k])
-        return d
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
-        d = dict(d)
-        for k in ("channels", "blocks", "up_blocks"):
-            if isinstance(d.get(k), list):
-                d[k] = tuple(d[k])
-        return cls(**d)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
-    def _per_level(self, v, name: str) -> tuple[int, ...]:
+    def _per_level(self, v: tuple[int, ...] | int, name: str) -> tuple[int, ...]:
         if isinstance(v, int):
             return (v,) * len(self.channels)
         if len(v) != len(self.channels):
-            raise ValueError(f"{name} must have one entry per level")
+            raise ValueError(
+                f"UNetConfig.{name} must have one entry per level ({len(self.channels)})"
+            )
         return tuple(v)
 
     def level_blocks(self) -> tuple[int, ...]:
         return self._per_level(self.blocks, "blocks")
 
     def level_up_blocks(self) -> tuple[int, ...]:
-        if self.up_blocks is None:
-            return tuple(b + 1 for b in self.level_blocks())
         return self._per_level(self.up_blocks, "up_blocks")
 
 
@@ -94,22 +112,27 @@ class TimeEmbed(nn.Module):
         return self.mlp(timestep_embedding(t, self.dim))
 
 
+def _norm(ch: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(groups, ch), ch)
+
+
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, with the embedding as a per-channel scale and shift.
 
-    A decoder block also takes the encoder's skip activation (``skip_ch`` channels): it is
-    concatenated to the input of the convolution path only, so the residual stays the identity.
+    A decoder block also receives the encoder's skip activation (``skip_ch`` channels): it joins the
+    input of the convolution path only, so the residual path stays the identity.
     """
 
-    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int, skip_ch: int = 0):
+    def __init__(self, ch: int, emb_dim: int, groups: int, skip_ch: int = 0):
         super().__init__()
-        self.norm1 = nn.GroupNorm(min(groups, cin + skip_ch), cin + skip_ch)
-        self.conv1 = nn.Conv2d(cin + skip_ch, cout, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * cout)
-        self.norm2 = nn.GroupNorm(min(groups, cout), cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
-        nn.init.zeros_(self.conv2.weight)  # each block starts as identity: stable early training
+        self.norm1 = _norm(ch + skip_ch, groups)
+        self.conv1 = nn.Conv2d(ch + skip_ch, ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * ch)
+        self.norm2 = _norm(ch, groups)
+        self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
+        nn.init.zeros_(
+            self.conv2.weight
+        )  # each block starts as the identity: stable early training
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: Tensor, emb: Tensor, skip: Tensor | None = None) -> Tensor:
@@ -117,19 +140,16 @@ class ResBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(h)))
         scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
-        h = self.conv2(F.silu(h))
-        return self.skip(x) + h
+        return x + self.conv2(F.silu(h))
 
 
 class Attention(nn.Module):
     """Multi-head self-attention over spatial positions (used only at the lowest resolution)."""
 
-    def __init__(self, ch: int, groups: int, heads: int = 1):
+    def __init__(self, ch: int, groups: int, heads: int):
         super().__init__()
-        if ch % heads:
-            raise ValueError(f"attention: {ch} channels do not split into {heads} heads")
         self.heads = heads
-        self.norm = nn.GroupNorm(min(groups, ch), ch)
+        self.norm = _norm(ch, groups)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
         nn.init.zeros_(self.proj.weight)
@@ -138,33 +158,25 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # (B, heads, HW, C/heads)
-        a = F.scaled_dot_product_attention(q, k, v)
-        a = a.transpose(-1, -2).reshape(b, c, h, w).contiguous(memory_format=torch.channels_last)
-        return x + self.proj(a)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, C/heads)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(a.contiguous(memory_format=torch.channels_last))
 
 
 class MidBlock(nn.Module):
     def __init__(self, ch: int, emb_dim: int, groups: int, attention: bool, heads: int):
         super().__init__()
-        self.res1 = ResBlock(ch, ch, emb_dim, groups)
+        self.res1 = ResBlock(ch, emb_dim, groups)
         self.attn = Attention(ch, groups, heads) if attention else nn.Identity()
-        self.res2 = ResBlock(ch, ch, emb_dim, groups)
+        self.res2 = ResBlock(ch, emb_dim, groups)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         return self.res2(self.attn(self.res1(x, emb)), emb)
 
 
-class Level(nn.Module):
-    """Residual blocks at one resolution, then an optional resample (down or up)."""
-
-    def __init__(self, blocks: list[ResBlock], resample: nn.Module | None):
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-        self.resample = resample if resample is not None else nn.Identity()
-
-
 class Downsample(nn.Module):
+    """Strided 3×3 convolution to the next level's channels."""
+
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
@@ -174,71 +186,56 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    def __init__(self, cin: int, cout: int, kind: str = "conv"):
+    """1×1 convolution to the next level's channels at the low resolution, then nearest upsampling
+    to the skip's size (so odd sizes such as 7×7 → 14×14 → 28×28 or 4×4 → 7×7 work)."""
+
+    def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.kind = kind
-        self.conv = nn.Conv2d(cin, cout, 3 if kind == "conv" else 1, padding=int(kind == "conv"))
+        self.conv = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        if self.kind == "conv":
-            return self.conv(F.interpolate(x, size=size, mode="nearest"))
         return F.interpolate(self.conv(x), size=size, mode="nearest")
+
+
+class Level(nn.Module):
+    """Residual blocks at one resolution, then an optional resample (down or up)."""
+
+    def __init__(self, blocks: list[ResBlock], resample: nn.Module | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.resample = resample
 
 
 class UNet(nn.Module):
     """UNet predicting a tensor of the input's shape from (x, t, cond).
 
-    Works for any image size (odd sizes such as 7×7 are handled by resampling to the skip's size).
+    Works for any image size, including odd ones (7×7, 28×28 with three levels).
     """
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         self.config = cfg
-        self.channels_last = True
         ch, g, emb = cfg.channels, cfg.groups, cfg.time_dim
         nb, nu = cfg.level_blocks(), cfg.level_up_blocks()
+        last = len(ch) - 1
         self.time_embed = TimeEmbed(emb)
         # Null class (id == num_classes) is the "unconditional" token for classifier-free guidance.
         self.class_embed = nn.Embedding(cfg.num_classes + 1, emb) if cfg.num_classes > 0 else None
         down: list[nn.Module] = [nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)]  # down.0 = stem
-        skips: list[list[int]] = []  # per level: channels of the skips it leaves
-        cur = ch[0]
         for i, c in enumerate(ch):
-            level_skips = [cur]  # the level's input (stem or downsample output)
-            blocks = []
-            for _ in range(nb[i]):
-                blocks.append(ResBlock(cur, c, emb, g))
-                cur = c
-                level_skips.append(cur)
-            if cfg.skip == "level":
-                level_skips = level_skips[-1:]
-            skips.append(level_skips)
-            last = i == len(ch) - 1
-            down.append(Level(blocks, None if last else Downsample(cur, ch[i + 1])))
-            if not last:
-                cur = ch[i + 1]
-        self._skips = [len(s) for s in skips]
+            blocks = [ResBlock(c, emb, g) for _ in range(nb[i])]
+            down.append(Level(blocks, Downsample(c, ch[i + 1]) if i < last else None))
         self.down = nn.ModuleList(down)
-        self.mid = MidBlock(cur, emb, g, cfg.mid_attention, cfg.heads)
+        self.mid = MidBlock(ch[-1], emb, g, cfg.mid_attention, cfg.heads)
         up: list[nn.Module] = []
-        for i, c in reversed(list(enumerate(ch))):
-            blocks = []
-            level_skips = list(skips[i])
-            for _ in range(nu[i]):
-                extra = level_skips.pop() if level_skips else 0
-                if cfg.residual == "identity":
-                    blocks.append(ResBlock(cur, c, emb, g, skip_ch=extra))
-                else:
-                    blocks.append(ResBlock(cur + extra, c, emb, g))
-                cur = c
-            up.append(Level(blocks, Upsample(cur, ch[i - 1], cfg.upsample) if i > 0 else None))
-            if i > 0:
-                cur = ch[i - 1]
+        for i in reversed(range(len(ch))):
+            blocks = [ResBlock(ch[i], emb, g, skip_ch=ch[i] if j == 0 else 0) for j in range(nu[i])]
+            up.append(Level(blocks, Upsample(ch[i], ch[i - 1]) if i > 0 else None))
         self.up = nn.ModuleList(up)
         self.out = nn.Sequential(
-            nn.GroupNorm(min(g, cur), cur),
+            _norm(ch[0], g),
             nn.SiLU(),
-            nn.Conv2d(cur, cfg.out_channels or cfg.in_channels, 3, padding=1),
+            nn.Conv2d(ch[0], cfg.out_channels or cfg.in_channels, 3, padding=1),
         )
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
@@ -253,35 +250,30 @@ class UNet(nn.Module):
             t: (B,) times in [0, 1] (for ε-models, the DDPM step divided by T).
             cond: (B,) long class ids, ``num_classes`` meaning "no class"; None = unconditional.
         Returns:
-            (B, C_out, H, W).
+            (B, C_out, H, W), contiguous.
         """
         emb = self.time_embed(t)
         if self.class_embed is not None:
             if cond is None:
-                cond = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
+                cond = torch.full(
+                    (x.shape[0],), self.num_classes, device=x.device, dtype=torch.long
+                )
             emb = emb + self.class_embed(cond)
         emb = F.silu(emb)
-        h = self.down[0](x)
-        if self.channels_last:
-            h = h.contiguous(memory_format=torch.channels_last)
-        level_skips: list[list[Tensor]] = []
-        sizes = []
+        # A 1-channel input is both layouts at once: convert after the stem, where it is not.
+        h = self.down[0](x).contiguous(memory_format=torch.channels_last)
+        skips: list[Tensor] = []
         for level in self.down[1:]:
-            hs = [h]
             for block in level.blocks:
                 h = block(h, emb)
-                hs.append(h)
-            level_skips.append(hs[-len(hs) if self.config.skip == "block" else -1 :])
-            sizes.append(h.shape[-2:])
-            h = level.resample(h)
+            skips.append(h)
+            if level.resample is not None:
+                h = level.resample(h)
         h = self.mid(h, emb)
         for level in self.up:
-            hs = level_skips.pop()
-            for block in level.blocks:
-                if self.config.residual == "identity":
-                    h = block(h, emb, hs.pop() if hs else None)
-                else:
-                    h = block(torch.cat([h, hs.pop()], dim=1) if hs else h, emb)
-            if not isinstance(level.resample, nn.Identity):
-                h = level.resample(h, sizes[len(level_skips) - 1])
+            skip = skips.pop()
+            for j, block in enumerate(level.blocks):
+                h = block(h, emb, skip if j == 0 else None)
+            if level.resample is not None:
+                h = level.resample(h, skips[-1].shape[-2:])
         return self.out(h).contiguous()

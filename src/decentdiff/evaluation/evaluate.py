@@ -1,0 +1,202 @@
+"""`decentdiff eval`: sample a model of RUN, compare with the held-out images, append a row to
+RUN/metrics.jsonl. Every row carries the floor (the same metrics between the training part and
+the held-out part), the training FLOPs and the sampling FLOPs per image actually spent."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..errors import ConfigError
+from ..run import Run, RunData
+
+FEATURES = ("classifier", "inception")
+
+
+def feature_net(run: Run, data: RunData, features: str, *, progress: bool = True):
+    """The feature network of RUN's data (classifier: cached per data fingerprint)."""
+    from .features import InceptionFeatures, get_feature_net
+
+    if features not in FEATURES:
+        raise ConfigError(f"unknown --features {features!r}; choose one of: {', '.join(FEATURES)}")
+    if features == "inception":
+        return InceptionFeatures(), {"features": "inception"}
+    tr, ho = data.train_idx, data.heldout_idx
+    labels = data.labels
+    net, meta = get_feature_net(
+        data.images[tr],
+        None if labels is None else labels[tr],
+        data.fingerprint,
+        heldout_images=data.images[ho] if len(ho) else None,
+        heldout_labels=None if labels is None or not len(ho) else labels[ho],
+        progress=progress,
+    )
+    return net, meta
+
+
+def _real(run: Run, data: RunData, net, features: str) -> dict[str, Any]:
+    """Features of the held-out part (the reference) and of an equal-size slice of the training
+    part (for the floor), cached in RUN/eval/ as .npz."""
+    from .features import extract
+
+    cache = run.path / "eval" / f"real-{features}.npz"
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                if str(z["fingerprint"]) == data.fingerprint:
+                    return {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is recomputed
+    if len(data.heldout_idx) < 2:
+        raise ConfigError(
+            "evaluation needs a held-out part of at least 2 images; set data.heldout > 0 "
+            "(e.g. --set data.heldout=0.2) in a new RUN"
+        )
+    held = extract(net, data.images[data.heldout_idx])
+    rng = np.random.default_rng(0)
+    tr = rng.permutation(data.train_idx)[: len(data.heldout_idx)]
+    train = extract(net, data.images[tr])
+    out = {
+        "held_features": held["features"],
+        "train_features": train["features"],
+        "fingerprint": np.str_(data.fingerprint),
+    }
+    if data.labels is not None:
+        out["held_labels"] = data.labels[data.heldout_idx]
+    if "probs" in train and train["probs"] is not None:
+        out["train_probs"] = train["probs"]
+    import io
+
+    from ..training.checkpoint import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, **out)
+    atomic_write_bytes(cache, buf.getvalue())
+    return out
+
+
+def evaluate(
+    run: Run,
+    cfg: Config,
+    model: str,
+    *,
+    routing: str = "top1",
+    features: str = "classifier",
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    save_samples_to: Path | None = None,
+) -> dict[str, Any]:
+    """Sample ``cfg.sample.n`` images from ``model`` and compute every metric against held-out data.
+
+    Returns the row appended to RUN/metrics.jsonl.
+    """
+    from ..generate import generate, save_samples
+    from ..training.loop import append_jsonl
+    from .features import extract
+    from .metrics import all_metrics
+
+    data = run.data(cfg, create=False)
+    t0 = time.perf_counter()
+    net, net_meta = feature_net(run, data, features, progress=progress)
+    real = _real(run, data, net, features)
+    gen = generate(run, model, cfg.sample, routing=routing, device=device, progress=progress)
+    if save_samples_to is not None:
+        save_samples(save_samples_to, gen)
+    fake = extract(net, gen.images)
+    labels = real.get("held_labels")
+    metrics = all_metrics(
+        real["held_features"],
+        fake["features"],
+        fake_probs=fake.get("probs"),
+        real_labels=labels,
+        seed=cfg.sample.seed,
+    )
+    floor = _floor(run, real, labels, features)
+    row = {
+        "kind": "eval",
+        "model": model,
+        "routing": routing if model == "ensemble" else None,
+        "n": cfg.sample.n,
+        "seed": cfg.sample.seed,
+        "steps": cfg.sample.steps,
+        "solver": cfg.sample.solver,
+        "guidance": cfg.sample.guidance,
+        "features": features,
+        "n_real": len(real["held_features"]),
+        **{k: float(v) for k, v in metrics.items()},
+        "floor": floor,
+        "classifier_accuracy": net_meta.get("heldout_accuracy"),
+        "train_flops": gen.train_flops,
+        "sample_gflops_per_image": gen.cost["gflops_per_image"],
+        "router_share": gen.cost["router_share"],
+        "sample_wall_s": gen.wall_s,
+        "wall_s": time.perf_counter() - t0,
+        "samples": str(save_samples_to) if save_samples_to else None,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    append_jsonl(run.metrics_path, row)
+    return row
+
+
+def _floor(run: Run, real: dict, labels, features: str) -> dict[str, float]:
+    """The metrics between training and held-out images: the best a generator can hope for."""
+    from .metrics import all_metrics
+
+    p = run.path / "eval" / f"floor-{features}.json"
+    if p.is_file():
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            pass
+    m = all_metrics(
+        real["held_features"],
+        real["train_features"],
+        fake_probs=real.get("train_probs"),
+        real_labels=labels,
+    )
+    m = {k: float(v) for k, v in m.items()}
+    from ..training.checkpoint import atomic_write_text
+
+    atomic_write_text(p, json.dumps(m, indent=2) + "\n")
+    return m
+
+
+def read_rows(run: Run) -> list[dict[str, Any]]:
+    """Every eval row of RUN/metrics.jsonl (damaged lines are skipped)."""
+    rows = []
+    if not run.metrics_path.is_file():
+        return rows
+    for line in run.metrics_path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("kind") == "eval":
+            rows.append(row)
+    return rows
+
+
+def find_row(rows: list[dict], **match: Any) -> dict | None:
+    """The newest row whose fields equal ``match``."""
+    for row in reversed(rows):
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+
+
+def sample_key(cfg: Config) -> dict[str, Any]:
+    s = asdict(cfg.sample)
+    return {
+        "n": s["n"],
+        "seed": s["seed"],
+        "steps": s["steps"],
+        "solver": s["solver"],
+        "guidance": s["guidance"],
+    }

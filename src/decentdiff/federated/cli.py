@@ -1,0 +1,360 @@
+"""``decentdiff fed``: federated training on Flower (simulation here, or a real deployment).
+
+Heavy imports (flwr, torch) happen inside the commands so ``decentdiff --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import ConfigError
+
+fed_app = typer.Typer(
+    no_args_is_help=True,
+    help="Federated averaging of one UNet across data silos, on Flower (FULL, USPLIT, UDEC, "
+    "ULATDEC; FedProx; 8-bit updates).",
+)
+
+METHOD_HELP = (
+    "full (everything both ways), usplit (random pairs report encoder / decoder), udec (only the "
+    "decoder travels), ulatdec (decoder + bottleneck)."
+)
+SPLIT_HELP = "iid, dirichlet:ALPHA (label skew), quantity:ALPHA (size skew), classes:N."
+
+
+def _flwr_env() -> None:
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+
+@fed_app.command("run")
+def fed_run(
+    run: Annotated[Path, typer.Argument(help="Run directory (created if missing).")],
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", help="Data source spec; see `decentdiff data list`. [default: mnist5k]"
+        ),
+    ] = None,
+    clients: Annotated[int, typer.Option("--clients", "-n", help="Number of clients.")] = 5,
+    split: Annotated[str, typer.Option("--split", help=f"Client split: {SPLIT_HELP}")] = "iid",
+    method: Annotated[str, typer.Option("--method", help=METHOD_HELP)] = "full",
+    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 15,
+    local_epochs: Annotated[
+        float,
+        typer.Option(
+            "--local-epochs", "-E", help="Local epochs E per round: ceil(E·n_i/batch) steps."
+        ),
+    ] = 1.0,
+    local_steps: Annotated[
+        int, typer.Option("--local-steps", help="Fixed local steps per round (0: from E).")
+    ] = 0,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="Model size: tiny, small, base. [default: small]")
+    ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option("--objective", help="ddpm (ε, Huber, as the paper) or fm. [default: ddpm]"),
+    ] = None,
+    batch: Annotated[
+        int | None, typer.Option("--batch", help="Local batch size. [default: 128]")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of split, init and training.")] = 0,
+    prox: Annotated[
+        float, typer.Option("--prox", help="FedProx μ: adds (μ/2)·||θ − θ_global||² (0 = off).")
+    ] = 0.0,
+    quantize: Annotated[
+        int, typer.Option("--quantize", help="8: send 8-bit updates (0 = full precision).")
+    ] = 0,
+    min_replies: Annotated[
+        int, typer.Option("--min-replies", help="Valid updates a round needs to complete.")
+    ] = 1,
+    parallel: Annotated[
+        int, typer.Option("--parallel", help="Clients trained at once (0 = one per CPU core).")
+    ] = 0,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Delete RUN/federated and start over (default: resume).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-round lines.")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML file with [data] [model] [objective] [train]."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override one config value, section.key=value (repeatable)."),
+    ] = None,
+) -> None:
+    """Train one UNet by federated averaging with Flower's simulation engine (resumable)."""
+    _flwr_env()
+    from .. import config as C
+    from ..run import Run
+    from .parts import get_method
+    from .run import FED_BASE, run_federated
+
+    get_method(method)
+    r = Run(run)
+    base = json.loads(json.dumps(FED_BASE))
+    for sec, vals in r.base_config().items():
+        base.setdefault(sec, {}).update(vals)
+    cfg = C.resolve(config, set_, base=base)
+    for value, sec, key in (
+        (data, "data", "source"),
+        (preset, "model", "preset"),
+        (objective, "objective", "kind"),
+        (batch, "train", "batch"),
+    ):
+        if value is not None:
+            setattr(getattr(cfg, sec), key, value)
+
+    def progress(row: dict) -> None:
+        if quiet:
+            return
+        bad = [c for c in row["clients"] if c.get("status") != "ok"]
+        note = f"  {len(bad)} client(s) not averaged" if bad else ""
+        loss = "n/a" if row["loss"] is None else f"{row['loss']:.4f}"
+        typer.echo(
+            f"round {row['round']:>3}/{rounds}  loss {loss}  up {row['up'] / 1e6:.2f} MB  "
+            f"down {row['down'] / 1e6:.2f} MB  {row['seconds']:.1f} s{note}",
+            err=True,
+        )
+
+    res = run_federated(
+        r,
+        cfg,
+        clients=clients,
+        split=split,
+        method=method,
+        rounds=rounds,
+        local_epochs=local_epochs,
+        local_steps=local_steps,
+        prox=prox,
+        quantize=quantize,
+        seed=seed,
+        min_replies=min_replies,
+        parallel=parallel,
+        fresh=fresh,
+        on_round=progress,
+    )
+    rows = res["rounds"]
+    up = sum(x["up"] for x in rows)
+    down = sum(x["down"] for x in rows)
+    m = get_method(res["settings"].method)
+    typer.echo(f"clients: {clients}, sizes {res['sizes']}")
+    typer.echo(
+        f"{m.name}: {len(rows)} rounds, bytes up {up:,} down {down:,} total {up + down:,} "
+        f"-> {res['figure']}"
+    )
+    if m.personal:
+        typer.echo(
+            f"personal models -> {run / 'federated' / 'clients'}/0..{clients - 1} (the server's "
+            "model averages only shared parts and is not a generator)"
+        )
+    else:
+        typer.echo(f"global model -> {res['model_dirs'][0]}")
+
+
+@fed_app.command("bytes")
+def fed_bytes(
+    preset: Annotated[
+        str, typer.Option("--preset", help="Model size: tiny, small, base.")
+    ] = "small",
+    clients: Annotated[int, typer.Option("--clients", "-n", help="Number of clients.")] = 5,
+    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 15,
+    quantize: Annotated[
+        int, typer.Option("--quantize", help="8: 8-bit updates (0 = full precision).")
+    ] = 0,
+    in_channels: Annotated[int, typer.Option("--in-channels", help="Image channels.")] = 1,
+    num_classes: Annotated[
+        int, typer.Option("--num-classes", help="Classes of a class-conditional UNet (0 = none).")
+    ] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Run seed (USPLIT's pairings).")] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object keyed by method.")
+    ] = False,
+) -> None:
+    """Bytes each method sends (every client, every round, initial broadcast included), no training."""
+    from ..models.registry import build_unet, unet_config
+    from . import aggregate as A
+
+    if clients < 1 or rounds < 1:
+        raise ConfigError("--clients and --rounds must be ≥ 1")
+    if quantize not in (0, *A.QUANTIZE_BITS):
+        raise ConfigError(f"--quantize must be 0 (off) or 8, got {quantize}")
+    sd = build_unet(unet_config(preset, in_channels, num_classes)).state_dict()
+    layout = A.layout_of({k: v.numpy() for k, v in sd.items()})
+    table = A.bytes_table(layout, clients, rounds, bits=quantize or None, seed=seed)
+    if as_json:
+        out = {
+            k: {f: v[f] for f in ("up", "down", "total", "ratio_to_full")} for k, v in table.items()
+        }
+        typer.echo(json.dumps(out))
+        return
+    params = sum(v.numel() for v in sd.values())
+    q = f", {quantize}-bit updates" if quantize else ""
+    typer.echo(f"{preset}: {params:,} parameters, {clients} clients, {rounds} rounds{q}")
+    typer.echo(f"{'method':<8} {'up':>15} {'down':>15} {'total':>15} {'× full':>7}")
+    for k, v in table.items():
+        typer.echo(
+            f"{k:<8} {v['up']:>15,} {v['down']:>15,} {v['total']:>15,} {v['ratio_to_full']:>7.3f}"
+        )
+
+
+def _exe(name: str) -> str:
+    import sys
+
+    found = shutil.which(name) or str(Path(sys.executable).with_name(name))
+    if not Path(found).exists():
+        raise ConfigError(f"{name} not found; install decentdiff with the [federated] extra")
+    return found
+
+
+def _tls_args(
+    insecure: bool, certfile: Path | None, keyfile: Path | None, ca: Path | None
+) -> list[str]:
+    if insecure:
+        return ["--insecure"]
+    if not (certfile and keyfile):
+        raise ConfigError(
+            "TLS needs --ssl-certfile and --ssl-keyfile (and --ssl-ca-certfile); or pass "
+            "--insecure on a trusted network only"
+        )
+    for p in (certfile, keyfile, ca):
+        if p is not None and not p.is_file():
+            raise ConfigError(f"{p} not found; pass an existing PEM file")
+    args = ["--ssl-certfile", str(certfile), "--ssl-keyfile", str(keyfile)]
+    return [*args, "--ssl-ca-certfile", str(ca)] if ca else args
+
+
+@fed_app.command("superlink")
+def fed_superlink(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "0.0.0.0",
+    port: Annotated[
+        int, typer.Option("--port", help="HTTP port of Fleet/Control/Runtime APIs.")
+    ] = 8000,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="No TLS (trusted networks only).")
+    ] = False,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option("--ssl-certfile", help="Server certificate (PEM).")
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None, typer.Option("--ssl-keyfile", help="Server private key (PEM).")
+    ] = None,
+    ssl_ca_certfile: Annotated[
+        Path | None, typer.Option("--ssl-ca-certfile", help="CA certificate (PEM).")
+    ] = None,
+    database: Annotated[
+        Path | None, typer.Option("--database", help="State database file (default: in memory).")
+    ] = None,
+    node_auth: Annotated[
+        bool,
+        typer.Option("--node-auth", help="Only admit SuperNodes registered with `flwr supernode`."),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the command instead of running it.")
+    ] = False,
+) -> None:
+    """Start Flower's SuperLink (the server side of a real deployment); replaces this process."""
+    _flwr_env()
+    cmd = [
+        _exe("flower-superlink"),
+        *_tls_args(insecure, ssl_certfile, ssl_keyfile, ssl_ca_certfile),
+    ]
+    cmd += ["--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    if database:
+        cmd += ["--database", str(database)]
+    if node_auth:
+        cmd += ["--enable-supernode-auth"]
+    _exec(cmd, dry_run)
+
+
+def _parse_partition(spec: str) -> tuple[int, int]:
+    i, sep, n = spec.partition("/")
+    try:
+        pi, pn = int(i), int(n)
+    except ValueError:
+        raise ConfigError(f"--partition {spec!r}: expected i/N, e.g. 0/5") from None
+    if not sep or pn < 1 or not 0 <= pi < pn:
+        raise ConfigError(f"--partition {spec!r}: need 0 ≤ i < N, e.g. 0/5")
+    return pi, pn
+
+
+@fed_app.command("supernode")
+def fed_supernode(
+    superlink: Annotated[str, typer.Option("--superlink", help="SuperLink address HOST:PORT.")],
+    data: Annotated[str, typer.Option("--data", help="This silo's data source spec (stays here).")],
+    partition: Annotated[
+        str,
+        typer.Option(
+            "--partition",
+            help="i/N: this silo is client i of N; with N > 1 it keeps only its share of --data "
+            "(by the run's --split), with 0/1 all of --data.",
+        ),
+    ] = "0/1",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Where this silo's personal model goes. [default: ./fed-client-<i>]"
+        ),
+    ] = None,
+    port: Annotated[
+        int, typer.Option("--port", help="Local port of the SuperNode's Runtime API.")
+    ] = 9094,
+    threads: Annotated[
+        int, typer.Option("--threads", help="Torch threads (0 = torch's default).")
+    ] = 0,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="No TLS (trusted networks only).")
+    ] = False,
+    root_certificates: Annotated[
+        Path | None,
+        typer.Option("--root-certificates", help="CA certificate that signed the SuperLink's."),
+    ] = None,
+    auth_key: Annotated[
+        Path | None,
+        typer.Option("--auth-key", help="This SuperNode's private key (node authentication)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the command instead of running it.")
+    ] = False,
+) -> None:
+    """Start a Flower SuperNode for one data silo (reads only its own data); replaces this process."""
+    _flwr_env()
+    pi, pn = _parse_partition(partition)
+    from ..data.sources import load_source
+
+    load_source(data)  # a bad source fails here, in one line, not later inside Flower
+    out_dir = (out or Path(f"fed-client-{pi}")).resolve()
+    cmd = [_exe("flower-supernode")]
+    if insecure:
+        cmd.append("--insecure")
+    elif root_certificates is None or not root_certificates.is_file():
+        raise ConfigError(
+            "TLS needs --root-certificates CA.pem (the CA that signed the SuperLink's "
+            "certificate); or pass --insecure on a trusted network only"
+        )
+    else:
+        cmd += ["--root-certificates", str(root_certificates)]
+    if auth_key is not None:
+        cmd += ["--auth-supernode-private-key", str(auth_key)]
+    node_config = (
+        f'partition-id={pi} num-partitions={pn} data="{data}" out-dir="{out_dir}" threads={threads}'
+    )
+    cmd += ["--superlink", superlink, "--port", str(port), "--node-config", node_config]
+    _exec(cmd, dry_run)
+
+
+def _exec(cmd: list[str], dry_run: bool) -> None:
+    import shlex
+
+    if dry_run:
+        typer.echo(shlex.join(cmd))
+        return
+    os.execv(cmd[0], cmd)  # the Flower process takes this PID: stop it by that PID

@@ -1,0 +1,296 @@
+"""`compare` (the paper's Table 1 on your data) and `report` (RUN/report.md with figures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import Config
+from .evaluation.evaluate import evaluate, find_row, read_rows, sample_key
+from .run import Run
+
+DEFAULT_ROUTINGS = ("top1", "topk:2", "full")
+
+
+def _name(model: str, routing: str | None) -> str:
+    return model if routing is None else f"{model}-{routing.replace(':', '')}"
+
+
+def available_models(run: Run) -> list[str]:
+    """Models of RUN that can be evaluated, in the order the comparison shows them."""
+    out = []
+    if (run.path / "experts").is_dir() and (run.path / "router" / "meta.json").is_file():
+        out.append("ensemble")
+    for m in ("monolith", "distilled"):
+        if (run.path / m / "meta.json").is_file():
+            out.append(m)
+    return out
+
+
+def compare(
+    run: Run,
+    cfg: Config,
+    *,
+    routings: tuple[str, ...] = DEFAULT_ROUTINGS,
+    models: list[str] | None = None,
+    features: str = "classifier",
+    recompute: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Evaluate the ensemble under each routing and every other model; reuse matching rows."""
+    from .errors import RunError
+    from .figures import fid_vs_flops_figure
+
+    models = models or available_models(run)
+    if not models:
+        raise RunError(
+            f"{run.path} has no trained model to compare: train experts + router "
+            f"(`decentdiff train experts/router {run.path}`) or `decentdiff train monolith {run.path}`"
+        )
+    rows, key = [], {**sample_key(cfg), "features": features}
+    existing = [] if recompute else read_rows(run)
+    jobs = [("ensemble", r) for r in routings if "ensemble" in models]
+    jobs += [(m, None) for m in models if m != "ensemble"]
+    for model, routing in jobs:
+        row = find_row(existing, model=model, routing=routing, **key)
+        if row is None:
+            out = run.path / "samples" / f"{_name(model, routing)}.npz"
+            row = evaluate(
+                run,
+                cfg,
+                model,
+                routing=routing or "top1",
+                features=features,
+                device=device,
+                progress=progress,
+                save_samples_to=out,
+            )
+        rows.append(row)
+    fid_vs_flops_figure(rows, run.path / "figures" / "fid_vs_flops.png")
+    from .training.checkpoint import atomic_write_text
+
+    atomic_write_text(run.path / "compare.md", comparison_table(rows) + "\n")
+    return rows
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: model/routing, GFLOPs per image, FID, KID, precision, recall, confident share."""
+    head = (
+        "| model | routing | sampling GFLOPs/img | train TFLOPs | FID | KID | precision | recall "
+        "| confident ≥0.9 |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r.get('routing') or '–'} | {r['sample_gflops_per_image']:.2f} | "
+            f"{r['train_flops'] / 1e12:.2f} | {r['fid']:.2f} | {r['kid_mean']:.3f} | "
+            f"{r['precision']:.3f} | {r['recall']:.3f} | {r.get('confident_share', float('nan')):.3f} |"
+        )
+    if rows and rows[0].get("floor"):
+        f = rows[0]["floor"]
+        lines.append(
+            f"| *floor: train vs held-out* | – | – | – | {f['fid']:.2f} | {f['kid_mean']:.3f} | "
+            f"{f['precision']:.3f} | {f['recall']:.3f} | {f.get('confident_share', float('nan')):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _curves(run: Run) -> dict[str, list[tuple[int, float]]]:
+    curves = {}
+    for p in sorted(run.path.glob("**/metrics.jsonl")):
+        if p.parent == run.path:
+            continue
+        pts = []
+        for line in p.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                pts.append((int(row["step"]), float(row["loss"])))
+            except (json.JSONDecodeError, KeyError, ValueError):
+                continue
+        # A resumed run may repeat steps: keep the last value per step.
+        curves[str(p.parent.relative_to(run.path))] = sorted(dict(pts).items())
+    return curves
+
+
+def write_report(run: Run, cfg: Config) -> Path:
+    """Assemble RUN/report.md from what RUN holds; sections for missing parts say what to run."""
+    from .figures import attribution_figure, training_curves_figure
+    from .training.checkpoint import atomic_write_text, read_meta
+
+    rp = run.path
+    md: list[str] = [f"# decentdiff report: `{rp}`", ""]
+    toml = run.read_toml()
+    data = run.data(cfg, create=False)
+    rows = read_rows(run)
+    summary = _summary(run, rows)
+    md += ["## Summary", "", *[f"- {s}" for s in summary], ""]
+    md += [
+        "## Data and partition",
+        "",
+        f"Source `{toml.get('data', {}).get('source')}`: {len(data.images)} images of shape "
+        f"{tuple(data.shape)}, {len(data.train_idx)} for training, {len(data.heldout_idx)} held out "
+        f"(never trained on; evaluation compares with them). Fingerprint `{data.fingerprint[:16]}…`.",
+        "",
+    ]
+    part = None
+    if (rp / "partition.npz").is_file():
+        from .ddm.store import load_partition
+
+        part = load_partition(run, data)
+        md += [
+            f"Partition: `{part.method}` ({part.features} features), K = {part.num_parts}, sizes "
+            + ", ".join(str(int(s)) for s in part.sizes())
+            + ".",
+            "",
+            "![partition](figures/partition.png)",
+            "",
+        ]
+    # Training
+    md += [
+        "## Training",
+        "",
+        "| model | params | steps | batch | train PFLOPs | final loss |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    dirs = sorted(p.parent for p in rp.glob("**/meta.json") if p.parent.name not in ("classifier",))
+    for d in dirs:
+        try:
+            m = read_meta(d)
+        except Exception:  # a damaged meta is reported as such, the report still renders
+            md.append(f"| {d.relative_to(rp)} | (unreadable meta.json) | | | | |")
+            continue
+        if "train" not in m:
+            continue
+        md.append(
+            f"| {d.relative_to(rp)} | {m.get('params', 0):,} | {m.get('step')} | "
+            f"{m['train'].get('batch')} | {m.get('train_flops', 0) / 1e12:.2f} | "
+            f"{(m.get('loss') or float('nan')):.4f} |"
+        )
+    curves = _curves(run)
+    if curves:
+        training_curves_figure(curves, rp / "figures" / "training_curves.png")
+        md += ["", "![training curves](figures/training_curves.png)"]
+    md.append("")
+    if (rp / "router" / "accuracy.json").is_file():
+        acc = json.loads((rp / "router" / "accuracy.json").read_text())
+        md += [
+            "## Router",
+            "",
+            f"Top-1 accuracy of the router at predicting the cluster of x0 from (x_t, t), on fresh "
+            f"noise over {acc['n']} training images; always answering the largest cluster scores "
+            f"{acc['prior']:.2f}.",
+            "",
+            "| t | " + " | ".join(f"{t:.2f}" for t in acc["t"]) + " |",
+            "|---|" + "---:|" * len(acc["t"]),
+            "| accuracy | " + " | ".join(f"{a:.2f}" for a in acc["accuracy"]) + " |",
+            "",
+            "![router accuracy](figures/router_accuracy.png)",
+            "",
+        ]
+    # Comparison
+    latest: dict[tuple, dict] = {}
+    for r in rows:
+        latest[(r["model"], r.get("routing"))] = r
+    if latest:
+        md += ["## Comparison", "", comparison_table(list(latest.values())), ""]
+        if (rp / "figures" / "fid_vs_flops.png").is_file():
+            md += ["![FID vs FLOPs](figures/fid_vs_flops.png)", ""]
+        md += [
+            "FID, KID, precision/recall use the features of a classifier trained on the training "
+            "part (held-out accuracy "
+            + (
+                f"{rows[-1]['classifier_accuracy']:.3f}"
+                if rows[-1].get("classifier_accuracy")
+                else "n/a"
+            )
+            + "); the floor row compares training with held-out images, the best any model can reach. "
+            "Sampling GFLOPs are measured by counting network evaluations during sampling.",
+            "",
+        ]
+    # Samples
+    grids = sorted((rp / "samples").glob("*.png")) if (rp / "samples").is_dir() else []
+    if grids:
+        md += ["## Samples", ""]
+        for g in grids:
+            md += [f"**{g.stem}**", "", f"![{g.stem}](samples/{g.name})", ""]
+    # Attribution
+    att = rp / "samples" / "ensemble-top1.npz"
+    if part is not None and att.is_file():
+        with np.load(att) as z:
+            if "routing" in z.files:
+                from .training.generative import to_uint8
+
+                imgs = to_uint8(torch.from_numpy(z["images"]))
+                routing = z["routing"]
+                train_imgs = data.images[data.train_idx]
+                attribution_figure(
+                    imgs, routing, train_imgs, part.parts(), rp / "figures" / "attribution.png"
+                )
+                dom = np.bincount(routing.argmax(1), minlength=part.num_parts)
+                md += [
+                    "## Attribution",
+                    "",
+                    "Each generated image (ensemble, top-1 routing) is attributed to the experts, hence "
+                    "the data clusters, that produced it: the mean router weight of each expert along its "
+                    "trajectory. Samples per dominant expert: "
+                    + ", ".join(f"expert {k}: {int(c)}" for k, c in enumerate(dom))
+                    + ".",
+                    "",
+                    "![attribution](figures/attribution.png)",
+                    "",
+                ]
+    cmds = rp / "commands.txt"
+    if cmds.is_file():
+        md += [
+            "## Reproduce",
+            "",
+            "The commands that made this run, in order:",
+            "",
+            "```bash",
+            *cmds.read_text().strip().splitlines(),
+            "```",
+            "",
+        ]
+    out = rp / "report.md"
+    atomic_write_text(out, "\n".join(md) + "\n")
+    return out
+
+
+def _summary(run: Run, rows: list[dict]) -> list[str]:
+    """Up to five lines: the headline comparison of this RUN."""
+    latest: dict[tuple, dict] = {}
+    for r in rows:
+        latest[(r["model"], r.get("routing"))] = r
+    lines = []
+    mono = latest.get(("monolith", None))
+    ens = [r for (m, _), r in latest.items() if m == "ensemble"]
+    if ens:
+        best = min(ens, key=lambda r: r["fid"])
+        lines.append(
+            f"DDM ensemble, best routing `{best['routing']}`: FID {best['fid']:.2f} at "
+            f"{best['sample_gflops_per_image']:.2f} GFLOPs/image"
+        )
+        top1 = latest.get(("ensemble", "top1"))
+        if top1:
+            lines.append(
+                f"top-1 routing: FID {top1['fid']:.2f}, {100 * top1.get('confident_share', 0):.0f}% of "
+                f"samples classified with confidence ≥ 0.9"
+            )
+    if mono:
+        lines.append(
+            f"monolith (FLOP-matched): FID {mono['fid']:.2f} at {mono['sample_gflops_per_image']:.2f} "
+            "GFLOPs/image"
+        )
+    if ens and mono:
+        best = min(ens, key=lambda r: r["fid"])
+        lines.append(
+            f"ensemble / monolith FID ratio: {best['fid'] / mono['fid']:.2f} (paper, ImageNet: 0.72)"
+        )
+    if rows and rows[-1].get("floor"):
+        lines.append(f"floor (training vs held-out images): FID {rows[-1]['floor']['fid']:.2f}")
+    return lines[:5] or ["no evaluation yet: run `decentdiff eval` or `decentdiff compare`"]

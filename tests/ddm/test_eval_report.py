@@ -1,0 +1,113 @@
+"""eval / compare / report on a tiny DDM run: rows, measured sampling FLOPs, the report's files."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from _cli import cli
+from decentdiff.cli import main
+from decentdiff.ddm.load import load_ensemble
+from decentdiff.evaluation.flops import forward_flops
+from decentdiff.run import Run
+
+TINY = ["--preset", "tiny", "-q"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    rng = np.random.default_rng(1)
+    # Four classes of 8×8 blobs at different positions, so a classifier can learn them quickly.
+    x = np.zeros((160, 1, 8, 8), np.uint8)
+    y = np.repeat(np.arange(4), 40)
+    for i, c in enumerate(y):
+        r, q = divmod(int(c), 2)
+        x[i, 0, 4 * r : 4 * r + 4, 4 * q : 4 * q + 4] = 220
+    x = np.clip(x.astype(int) + rng.integers(0, 30, x.shape), 0, 255).astype(np.uint8)
+    src = tmp_path_factory.mktemp("d") / "blobs.npz"
+    np.savez(src, x=x, y=y)
+    run = tmp_path_factory.mktemp("r") / "run"
+    main(["partition", str(run), "--data", f"npz:{src}", "--parts", "2", "--by", "label"])
+    main(["train", "experts", str(run), "--steps", "3", "--set", "train.batch=8", *TINY])
+    main(["train", "router", str(run), "--steps", "3", "--batch", "8", *TINY])
+    main(["train", "monolith", str(run), "--flop-match", *TINY])
+    return run
+
+
+def rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_eval_row_and_measured_flops(run, capsys):
+    steps = 4
+    for routing in ("top1", "full"):
+        code, out, err = cli(
+            capsys, "eval", run, "--routing", routing, "--n", "20", "--steps", steps, "-q"
+        )
+        assert code == 0, err
+    r_top1, r_full = rows(run)[-2:]
+    for r in (r_top1, r_full):
+        for key in (
+            "fid",
+            "kid_mean",
+            "precision",
+            "recall",
+            "floor",
+            "train_flops",
+            "sample_gflops_per_image",
+        ):
+            assert key in r
+        assert r["n"] == 20 and np.isfinite(r["fid"])
+    # Independent FLOP oracle: forward FLOPs of each network on one image, times evaluations.
+    ens, _, _, nets = load_ensemble(Run(run), "top1")
+    x, t = torch.zeros(1, 1, 8, 8), torch.full((1,), 0.5)
+    f_exp = forward_flops(nets["expert 0"], (x, t, None))
+    f_router = forward_flops(nets["router"], (x, t, None))
+    assert r_top1["sample_gflops_per_image"] * 1e9 == pytest.approx(
+        steps * (f_exp + f_router), rel=1e-6
+    )
+    assert r_full["sample_gflops_per_image"] * 1e9 == pytest.approx(
+        steps * (2 * f_exp + f_router), rel=1e-6
+    )
+    assert r_top1["router_share"] == pytest.approx(f_router / (f_exp + f_router), rel=1e-6)
+    # Training FLOPs of the ensemble: both experts + the router, from their meta.json.
+    metas = [
+        json.loads((run / d / "meta.json").read_text())
+        for d in ("experts/0", "experts/1", "router")
+    ]
+    assert r_top1["train_flops"] == pytest.approx(sum(m["train_flops"] for m in metas))
+
+
+def test_compare_reuses_rows_and_writes_table(run, capsys):
+    args = ["compare", run, "--n", "20", "--steps", "4", "--routings", "top1,full", "-q"]
+    code, out, err = cli(capsys, *args)
+    assert code == 0, err
+    n_rows = len(rows(run))
+    code, out2, _ = cli(capsys, *args)
+    assert len(rows(run)) == n_rows  # nothing recomputed
+    table = (run / "compare.md").read_text()
+    assert "| ensemble | top1 |" in table and "| monolith |" in table and "floor" in table
+    assert (run / "figures" / "fid_vs_flops.png").stat().st_size > 0
+
+
+def test_report_references_existing_files(run, capsys):
+    cli(capsys, "eval", run, "--routing", "top1", "--n", "20", "--steps", "4", "-q")
+    code, _, err = cli(capsys, "report", run)
+    assert code == 0, err
+    md = (run / "report.md").read_text()
+    for section in (
+        "## Summary",
+        "## Data and partition",
+        "## Training",
+        "## Router",
+        "## Comparison",
+        "## Samples",
+        "## Attribution",
+        "## Reproduce",
+    ):
+        assert section in md, section
+    for target in re.findall(r"\]\(([^)]+\.png)\)", md):
+        assert (run / target).is_file(), target
+    assert "decentdiff train experts" in md  # the reproduce section lists the real commands

@@ -1,0 +1,138 @@
+"""``decentdiff fed`` commands that need no Flower run: bytes, bad arguments, deployment wrappers."""
+
+import json
+
+import pytest
+from tests._cli import _bad, cli
+
+from decentdiff.federated import aggregate as A
+from decentdiff.federated.cli import fed_app
+from decentdiff.models.registry import build_unet, unet_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _wired():
+    """Mount ``fed`` on the main CLI as the lead will (no-op once cli.py has it)."""
+    from decentdiff.cli import app
+
+    if not any(g.name == "fed" for g in app.registered_groups):
+        app.add_typer(fed_app, name="fed")
+    yield
+
+
+def test_fed_bytes_json_is_the_prediction_keyed_by_method(capsys):
+    code, out, err = cli(
+        capsys, "fed", "bytes", "--preset", "tiny", "--clients", 3, "--rounds", 4, "--json"
+    )
+    assert code == 0, err
+    table = json.loads(out)
+    assert list(table) == ["full", "usplit", "udec", "ulatdec"]
+    sd = build_unet(unet_config("tiny", 1, 0)).state_dict()
+    numel = sum(v.numel() for v in sd.values())
+    assert table["full"]["up"] == table["full"]["down"] == 4 * numel * 3 * 4
+    for row in table.values():
+        assert set(row) == {"up", "down", "total", "ratio_to_full"}
+        assert row["total"] == row["up"] + row["down"]
+        assert row["ratio_to_full"] == pytest.approx(row["total"] / table["full"]["total"])
+    code, out, _ = cli(
+        capsys,
+        "fed",
+        "bytes",
+        "--preset",
+        "tiny",
+        "--clients",
+        3,
+        "--rounds",
+        4,
+        "--quantize",
+        8,
+        "--json",
+    )
+    q = json.loads(out)
+    assert all(3.5 < table[m]["up"] / q[m]["up"] <= 4 for m in table)
+    code, out, _ = cli(capsys, "fed", "bytes", "--preset", "tiny")
+    assert code == 0 and "udec" in out and "× full" in out
+
+
+def test_fed_bytes_small_preset_ratios_and_the_papers_thresholds(capsys):
+    """The issue's thresholds come from the paper's UNet; this prints where ours stands."""
+    code, out, _ = cli(capsys, "fed", "bytes", "--preset", "small", "--json")
+    r = {m: v["ratio_to_full"] for m, v in json.loads(out).items()}
+    sd = build_unet(unet_config("small", 1, 0)).state_dict()
+    layout = A.layout_of({k: v.numpy() for k, v in sd.items()})
+    assert r == pytest.approx(
+        {m: v["ratio_to_full"] for m, v in A.bytes_table(layout, 5, 15).items()}
+    )
+    assert r["udec"] < r["ulatdec"] < r["full"] == 1 and r["usplit"] < 1
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--method", "fedsplit"], "unknown federated method"),
+        (["--split", "zipf:2"], "invalid client split"),
+        (["--split", "dirichlet:0"], "ALPHA must be"),
+        (["--split", "dirichlet:-1"], "ALPHA must be"),
+        (["--clients", "5000"], "clients"),
+        (["--clients", "0"], "--clients must be"),
+        (["--quantize", "4"], "--quantize"),
+        (["--split", "classes:11"], "only 10 classes"),
+        (["--data", "digits", "--split", "quantity:0.01", "--clients", "40"], "no draw"),
+    ],
+)
+def test_bad_arguments_fail_in_one_line_before_anything_is_written(capsys, tmp_path, args, match):
+    run = tmp_path / "run"
+    base = ["fed", "run", run, "--data", "digits", "--preset", "tiny", "--rounds", 1]
+    _bad(capsys, None, *base, *args, match=match)
+    assert not (run / "federated").exists() and not (run / "run.toml").exists()
+
+
+def test_deployment_wrappers_build_flower_commands(capsys, tmp_path):
+    code, out, err = cli(capsys, "fed", "superlink", "--insecure", "--port", 8123, "--dry-run")
+    assert code == 0, err
+    assert "flower-superlink" in out and "--insecure" in out and "--port 8123" in out
+    code, out, err = cli(
+        capsys,
+        "fed",
+        "supernode",
+        "--superlink",
+        "10.0.0.1:8123",
+        "--data",
+        "digits",
+        "--partition",
+        "1/3",
+        "--insecure",
+        "--out",
+        tmp_path / "me",
+        "--dry-run",
+    )
+    assert code == 0, err
+    assert (
+        "partition-id=1 num-partitions=3" in out and "data=" in out and str(tmp_path / "me") in out
+    )
+    _bad(
+        capsys,
+        None,
+        "fed",
+        "supernode",
+        "--superlink",
+        "h:1",
+        "--data",
+        "digits",
+        "--partition",
+        "3/3",
+        "--insecure",
+        match="--partition",
+    )
+    _bad(
+        capsys,
+        None,
+        "fed",
+        "supernode",
+        "--superlink",
+        "h:1",
+        "--data",
+        "digits",
+        match="--root-certificates",
+    )
+    _bad(capsys, None, "fed", "superlink", match="--ssl-certfile")

@@ -1,0 +1,85 @@
+"""One short real Flower simulation (tiny UNet, 3 clients): bytes measured == bytes predicted,
+personal models kept in node state and saved as ordinary checkpoints, resume from the last round.
+
+Flower + Ray take ~20 s to start here, so this is the one simulation of the suite.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from tests._cli import cli
+
+from decentdiff.federated.cli import fed_app
+from decentdiff.federated.run import read_rounds
+from decentdiff.training.generative import load_generative
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _wired():
+    from decentdiff.cli import app
+
+    if not any(g.name == "fed" for g in app.registered_groups):
+        app.add_typer(fed_app, name="fed")
+    yield
+
+
+def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_path):
+    run = tmp_path / "run"
+    common = ["--data", "digits", "--preset", "tiny", "--clients", 3, "--split", "dirichlet:1"]
+    common += ["--method", "udec", "--quantize", 8, "--local-steps", 2, "--batch", 16]
+    code, out, err = cli(capsys, "fed", "run", run, *common, "--rounds", 2)
+    assert code == 0, err
+    assert "round   2/2" in err and "personal models" in out
+    rows = read_rounds(run)
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["complete"] and r["accepted"] == 3 for r in rows)
+    assert all(c["status"] == "ok" for r in rows for c in r["clients"])
+    code, out, _ = cli(
+        capsys,
+        "fed",
+        "bytes",
+        "--preset",
+        "tiny",
+        "--clients",
+        3,
+        "--rounds",
+        2,
+        "--quantize",
+        8,
+        "--json",
+    )
+    want = json.loads(out)["udec"]
+    assert sum(r["up"] for r in rows) == want["up"]
+    assert sum(r["down"] for r in rows) == want["down"]
+    # Round 1 broadcasts the whole model; round 2 only the decoder.
+    assert rows[0]["down"] > rows[1]["down"] and rows[0]["up"] == rows[1]["up"]
+    assert (run / "figures" / "fed_bytes.png").stat().st_size > 0
+    # The server keeps only shared parts; each client's own model is an ordinary generator.
+    shared = json.loads((run / "federated" / "shared" / "meta.json").read_text())
+    assert shared["kind"] == "federated-shared" and "unet" not in shared
+    models = []
+    for i in range(3):
+        velocity, unet, meta, _ = load_generative(run / "federated" / "clients" / str(i))
+        assert meta["round"] == 2 and meta["federated"]["method"] == "udec"
+        x = torch.randn(2, 1, 8, 8)
+        assert torch.isfinite(velocity(x, torch.full((2,), 0.5))).all()
+        models.append({k: v.clone() for k, v in unet.state_dict().items()})
+    enc = [k for k in models[0] if k.startswith("down.")]
+    assert not torch.equal(models[0][enc[0]], models[1][enc[0]])  # private parts differ
+    # Resume: two more rounds continue from round 2 (clients reload their private parts).
+    code, out, err = cli(capsys, "fed", "run", run, *common, "--rounds", 3)
+    assert code == 0, err
+    rows = read_rounds(run)
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert rows[2]["down"] == rows[1]["down"] and rows[2]["complete"]
+    meta = json.loads((run / "federated" / "clients" / "0" / "meta.json").read_text())
+    assert meta["round"] == 3 and meta["step"] == 6
+    # A different experiment in the same RUN is refused in one line.
+    code, _, err = cli(capsys, "fed", "run", run, *common[:-6], "--method", "full", "--rounds", 3)
+    assert code == 2 and "different federated run" in err
+    assert np.isfinite(rows[-1]["loss"])
