@@ -3,8 +3,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
+import tempfile
+
 import pytest
 import torch
+
+# Classifier caches of the tests go to a fresh directory, never the user's ~/.cache.
+os.environ["DECENTDIFF_CACHE"] = tempfile.mkdtemp(prefix="decentdiff-test-cache-")
 
 
 @pytest.fixture(autouse=True)

@@ -245,3 +245,36 @@ def test_ddm_bad_inputs(ddm_run, tmp_path, capsys, source):
         tmp_path / "x.npz",
         match="another partition",
     )
+
+
+def test_class_conditional_ddm(tmp_path, source, capsys):
+    """Experts and router take the class; guidance is applied inside each selected expert."""
+    run = tmp_path / "cc"
+    cc = ["--set", "model.class_cond=true", "--set", "train.batch=8"]
+    assert cli(capsys, "partition", run, "--data", source, "--parts", "2", "--by", "random")[0] == 0
+    assert cli(capsys, "train", "experts", run, "--steps", "2", *cc, *TINY)[0] == 0
+    assert cli(capsys, "train", "router", run, "--steps", "2", *cc, *TINY)[0] == 0
+    meta = json.loads((run / "router" / "meta.json").read_text())
+    assert meta["router"]["num_classes"] == 4
+    out = tmp_path / "s.npz"
+    code, _, err = cli(
+        capsys,
+        "sample",
+        run,
+        "--model",
+        "ensemble",
+        "--routing",
+        "topk:2",
+        "--label",
+        "3",
+        "--guidance",
+        "2.0",
+        "--n",
+        "3",
+        "--steps",
+        "2",
+        "--out",
+        out,
+    )
+    assert code == 0, err
+    assert (np.load(out)["labels"] == 3).all()
