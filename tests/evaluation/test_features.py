@@ -107,8 +107,12 @@ def test_extract_shapes_dtypes_and_inputs(mnist, trained, one_thread):
     np.testing.assert_allclose(out["probs"].sum(1), 1.0, atol=1e-12)
     # float tensors in [-1, 1] and uint8 arrays are the same images
     as_float = torch.from_numpy(mnist["hx"][:37]).float() / 127.5 - 1
-    np.testing.assert_allclose(extract(net, as_float)["features"], out["features"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(net.extract(mnist["hx"][:37])["features"], out["features"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        extract(net, as_float)["features"], out["features"], rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        net.extract(mnist["hx"][:37])["features"], out["features"], rtol=1e-5, atol=1e-5
+    )
     with torch.no_grad():
         direct = net.features(as_float).double().numpy()
     np.testing.assert_allclose(direct, out["features"], rtol=1e-5, atol=1e-5)
@@ -247,6 +251,24 @@ def test_user_errors():
         train_classifier(x, y, num_classes=2)
     with pytest.raises(ConfigError, match="epochs"):
         train_classifier(x, y, epochs=0)
+    with pytest.raises(DataError, match="at least 2"):
+        get_feature_net(x[:1], y[:1], "ab" * 32)
+
+
+def test_unwritable_cache_warns_and_still_returns_a_net(tmp_path, one_thread):
+    x, y = _tiny(n=64)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.warns(RuntimeWarning, match="DECENTDIFF_CACHE"):
+        net, meta = get_feature_net(x, y, "cd" * 32, cache_dir=blocker, epochs=1, progress=False)
+    assert isinstance(net, FeatureNet) and meta["from_cache"] is False
+
+
+def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DECENTDIFF_CACHE", str(tmp_path / "c"))
+    assert features.default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("DECENTDIFF_CACHE")
+    assert features.default_cache_dir().parts[-2:] == (".cache", "decentdiff")
 
 
 def test_inception_absent_gives_the_pip_command(monkeypatch):

@@ -227,17 +227,19 @@ def _brute_prdc(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
     dist = lambda a, b: float(np.sqrt(np.sum((a - b) ** 2)))  # noqa: E731
 
     def radii(s: np.ndarray) -> list[float]:
-        return [sorted(dist(p, q) for j, q in enumerate(s) if j != i)[k - 1] for i, p in enumerate(s)]
+        return [
+            sorted(dist(p, q) for j, q in enumerate(s) if j != i)[k - 1] for i, p in enumerate(s)
+        ]
 
     rr, rf = radii(real), radii(fake)
     inside = [[dist(f, r) < rr[i] for i, r in enumerate(real)] for f in fake]  # [fake][real]
     return {
         "precision": np.mean([any(row) for row in inside]),
-        "recall": np.mean(
-            [any(dist(r, f) < rf[j] for j, f in enumerate(fake)) for r in real]
-        ),
+        "recall": np.mean([any(dist(r, f) < rf[j] for j, f in enumerate(fake)) for r in real]),
         "density": sum(sum(row) for row in inside) / (k * len(fake)),
-        "coverage": np.mean([any(inside[j][i] for j in range(len(fake))) for i in range(len(real))]),
+        "coverage": np.mean(
+            [any(inside[j][i] for j in range(len(fake))) for i in range(len(real))]
+        ),
     }
 
 

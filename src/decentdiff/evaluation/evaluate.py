@@ -37,6 +37,7 @@ def feature_net(run: Run, data: RunData, features: str, *, progress: bool = True
         heldout_images=data.images[ho] if len(ho) else None,
         heldout_labels=None if labels is None or not len(ho) else labels[ho],
         progress=progress,
+        num_classes=data.num_classes or None,
     )
     return net, meta
 

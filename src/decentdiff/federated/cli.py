@@ -75,6 +75,10 @@ def fed_run(
     min_replies: Annotated[
         int, typer.Option("--min-replies", help="Valid updates a round needs to complete.")
     ] = 1,
+    round_timeout: Annotated[
+        float,
+        typer.Option("--round-timeout", help="Seconds to wait for a round's replies."),
+    ] = 3600.0,
     parallel: Annotated[
         int, typer.Option("--parallel", help="Clients trained at once (0 = one per CPU core).")
     ] = 0,
@@ -124,6 +128,9 @@ def fed_run(
             f"down {row['down'] / 1e6:.2f} MB  {row['seconds']:.1f} s{note}",
             err=True,
         )
+        for c in bad:
+            who = c.get("partition-id", f"node {c.get('node')}")
+            typer.echo(f"  client {who}: {c.get('status')} ({c.get('reason', '')})", err=True)
 
     res = run_federated(
         r,
@@ -138,6 +145,7 @@ def fed_run(
         quantize=quantize,
         seed=seed,
         min_replies=min_replies,
+        round_timeout=round_timeout,
         parallel=parallel,
         fresh=fresh,
         on_round=progress,
@@ -253,6 +261,13 @@ def fed_superlink(
     database: Annotated[
         Path | None, typer.Option("--database", help="State database file (default: in memory).")
     ] = None,
+    simulation: Annotated[
+        bool,
+        typer.Option(
+            "--simulation",
+            help="Run apps on simulated SuperNodes (for `flwr run .` on this machine).",
+        ),
+    ] = False,
     node_auth: Annotated[
         bool,
         typer.Option("--node-auth", help="Only admit SuperNodes registered with `flwr supernode`."),
@@ -272,6 +287,8 @@ def fed_superlink(
         cmd += ["--database", str(database)]
     if node_auth:
         cmd += ["--enable-supernode-auth"]
+    if simulation:
+        cmd += ["--simulation"]
     _exec(cmd, dry_run)
 
 

@@ -271,9 +271,11 @@ def train_handler(msg: Message, ctx: Context) -> Message:
         # Resumed run (fresh process): private parts come back from the last personal checkpoint.
         if (out / "meta.json").is_file():
             arrays, saved_round, steps_before = load_personal(out, list(settings_keys(settings)))
-            if saved_round == round_ - 1:
+            # round_ itself: the server crashed after this client saved but before it did, so
+            # the round is re-run (from a model one round further on: private parts only).
+            if saved_round in (round_ - 1, round_):
                 state = arrays
-    threads = _node_int(ctx, "threads", 0)
+    threads = _node_int(ctx, "threads", 0) or settings.client_threads
     update, local, metrics = client_round(
         settings, data, round_, received, report, state, threads=threads
     )

@@ -58,6 +58,7 @@ class FedSettings:
     min_replies: int = 1  # a round completes when at least this many valid updates arrived
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
     min_client_size: int = 2
+    client_threads: int = 0  # torch threads per client (0: torch's default); a node may override
     run_dir: str = ""  # simulation: clients save personal models under RUN/federated/clients/<i>
     data: dict[str, Any] = field(default_factory=dict)  # DataConfig as a dict
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig as a dict
@@ -536,6 +537,7 @@ def run_federated(
         cpus = os.cpu_count() or 1
         par = max(1, min(parallel or cpus, clients))
         threads = max(1, cpus // par)
+        settings.client_threads = threads
         os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
         os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -547,7 +549,7 @@ def run_federated(
         flwr_log = logging.getLogger("flwr")
         level = flwr_log.level
         if quiet_flower:
-            flwr_log.setLevel(logging.WARNING)
+            flwr_log.setLevel(logging.ERROR)  # rejections and failures go to rounds.jsonl
         try:
             import warnings
 

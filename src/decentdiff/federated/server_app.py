@@ -24,7 +24,9 @@ from .run import (
     FedSettings,
     append_round,
     build_settings,
+    check_resumable,
     fed_dir,
+    read_settings,
     resume_point,
     save_server_model,
     truncate_rounds,
@@ -134,6 +136,7 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
     """
     from .. import config as C
     from ..run import load_data
+    from ..training.checkpoint import atomic_write_text
     from .run import FED_BASE
 
     def get(key: str, default: Any) -> Any:
@@ -171,9 +174,10 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
         image_shape=shape,  # type: ignore[arg-type]
         num_classes=n_cls,
     )
-    root = fed_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "fed.json").write_text(settings.to_json())
+    old = read_settings(run_dir)
+    if old is not None:
+        check_resumable(old, settings)
+    atomic_write_text(fed_dir(run_dir) / "fed.json", settings.to_json())
     return settings
 
 
