@@ -384,6 +384,7 @@ def bytes_figure(run_dir: str | Path, settings: FedSettings) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from ..models.registry import build_unet
     from ..models.unet import UNetConfig
@@ -400,13 +401,13 @@ def bytes_figure(run_dir: str | Path, settings: FedSettings) -> Path:
         pr = A.predict_bytes(
             layout, name, settings.clients, settings.rounds, bits=settings.bits, seed=settings.seed
         )["per_round"]
-        cum = np.cumsum([r["up"] + r["down"] for r in pr]) / 1e6
-        ax.plot(range(1, len(cum) + 1), cum, "--", alpha=0.6, label=f"{name} (predicted)")
+        cum = np.cumsum([0] + [r["up"] + r["down"] for r in pr]) / 1e6
+        ax.plot(range(len(cum)), cum, "--", alpha=0.7, label=f"{name} (predicted)")
     if rows:
-        cum = np.cumsum([r["up"] + r["down"] for r in rows]) / 1e6
-        ax.plot(
-            [r["round"] for r in rows], cum, "o-", color="k", label=f"{settings.method} (measured)"
-        )
+        cum = np.cumsum([0] + [r["up"] + r["down"] for r in rows]) / 1e6
+        x = [0] + [r["round"] for r in rows]
+        ax.plot(x, cum, "o", color="k", ms=4, label=f"{settings.method} (measured)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     q = f", {settings.quantize}-bit updates" if settings.quantize else ""
     ax.set(
         xlabel="round",
