@@ -14,6 +14,7 @@ import typer
 
 from . import config as C
 from .errors import ConfigError, DecentDiffError
+from .federated.cli import fed_app
 
 app = typer.Typer(
     name="decentdiff",
@@ -34,11 +35,12 @@ train_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
+app.add_typer(fed_app, name="fed")
 
 
 def _d(section: str, key: str) -> str:
     obj = getattr(C.Config(), section)
-    return f"[default: {getattr(obj, key)}]"
+    return f"(default: {getattr(obj, key)})"
 
 
 ConfigOpt = Annotated[
@@ -246,7 +248,7 @@ def train_expert_cmd(
     batch: Annotated[
         int | None,
         typer.Option(
-            "--batch", help="Expert batch. [default: train.batch / K, FLOP-matched to the monolith]"
+            "--batch", help="Expert batch. (default: train.batch / K, FLOP-matched to the monolith)"
         ),
     ] = None,
     seed: SeedOpt = None,
@@ -278,7 +280,7 @@ def train_experts_cmd(
     objective: ObjectiveOpt = None,
     steps: StepsOpt = None,
     batch: Annotated[
-        int | None, typer.Option("--batch", help="Expert batch. [default: train.batch / K]")
+        int | None, typer.Option("--batch", help="Expert batch. (default: train.batch / K)")
     ] = None,
     seed: SeedOpt = None,
     fresh: FreshOpt = False,
@@ -345,7 +347,7 @@ def partition_cmd(
     ] = "pca",
     seed: Annotated[int, typer.Option("--seed", help="Partition seed.")] = 0,
     fine: Annotated[
-        int | None, typer.Option("--fine", help="Fine k-means centroids. [default: min(1024, N/4)]")
+        int | None, typer.Option("--fine", help="Fine k-means centroids. (default: min(1024, N/4))")
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace a partition that experts were trained on.")
@@ -500,7 +502,7 @@ FeaturesOpt = Annotated[
     ),
 ]
 NOpt = Annotated[
-    int | None, typer.Option("--n", help="Generated images to evaluate. [default: 1000]")
+    int | None, typer.Option("--n", help="Generated images to evaluate. (default: 1000)")
 ]
 
 

@@ -136,3 +136,24 @@ def test_deployment_wrappers_build_flower_commands(capsys, tmp_path):
         match="--root-certificates",
     )
     _bad(capsys, None, "fed", "superlink", match="--ssl-certfile")
+
+
+def test_model_dir_never_offers_a_partial_method_server_model_as_a_generator(tmp_path):
+    from decentdiff.errors import ConfigError, RunError
+    from decentdiff.federated.run import FedSettings, model_dir
+
+    with pytest.raises(RunError, match="no federated run"):
+        model_dir(tmp_path, "federated")
+    (tmp_path / "federated").mkdir()
+    (tmp_path / "federated" / "fed.json").write_text(
+        FedSettings(method="udec", clients=3).to_json()
+    )
+    with pytest.raises(ConfigError, match="not a usable generator"):
+        model_dir(tmp_path, "federated")
+    assert model_dir(tmp_path, "client:2") == tmp_path / "federated" / "clients" / "2"
+    with pytest.raises(ConfigError, match=r"0\.\.2"):
+        model_dir(tmp_path, "client:3")
+    (tmp_path / "federated" / "fed.json").write_text(FedSettings(method="usplit").to_json())
+    assert model_dir(tmp_path, "federated") == tmp_path / "federated" / "global"
+    with pytest.raises(ConfigError, match="no personal models"):
+        model_dir(tmp_path, "client:0")

@@ -28,6 +28,7 @@ def _wired():
     yield
 
 
+@pytest.mark.slow
 def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_path):
     run = tmp_path / "run"
     common = ["--data", "digits", "--preset", "tiny", "--clients", 3, "--split", "dirichlet:1"]
@@ -39,6 +40,8 @@ def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["complete"] and r["accepted"] == 3 for r in rows)
     assert all(c["status"] == "ok" for r in rows for c in r["clients"])
+    # Round 2's private parts came from Flower's per-node state (1), not from disk (2).
+    assert [c["private-from"] for c in rows[1]["clients"]] == [1, 1, 1]
     code, out, _ = cli(
         capsys,
         "fed",
@@ -77,6 +80,7 @@ def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_
     rows = read_rounds(run)
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert rows[2]["down"] == rows[1]["down"] and rows[2]["complete"]
+    assert [c["private-from"] for c in rows[2]["clients"]] == [2, 2, 2]  # a new process: disk
     meta = json.loads((run / "federated" / "clients" / "0" / "meta.json").read_text())
     assert meta["round"] == 3 and meta["step"] == 6
     # A different experiment in the same RUN is refused in one line.

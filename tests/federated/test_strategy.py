@@ -174,3 +174,17 @@ def test_quantised_replies_decode_to_the_same_average_within_half_a_step():
         assert new[k].tobytes() == g[k].tobytes()
     row = strat.rounds[1]["clients"][1]
     assert row["up"] == sum(g[k].size + 8 for k in dec)
+
+
+def test_a_silent_client_is_logged_and_the_round_completes_with_the_others():
+    s = _settings("full", 3, min_replies=2)
+    g = initial_arrays(s)
+    strat = PartialFedAvg(s)
+    msgs = _sorted(strat.configure_train(1, _record(g), ConfigRecord(), Grid([1, 2, 3])))
+    replies = [_reply(m, _local(g, list(g), i), 10) for i, m in enumerate(msgs[:2])]
+    out, _ = strat.aggregate_train(1, replies)  # node 3 timed out: no reply at all
+    assert out is not None and strat.rounds[1]["complete"]
+    assert strat.rounds[1]["clients"][3]["status"] == "no reply"
+    assert strat.rounds[1]["clients"][3]["down"] > 0  # it was still sent the model
+    out, _ = PartialFedAvg(s).aggregate_train(1, replies[:1])
+    assert out is None  # below --min-replies: the global stays as it was

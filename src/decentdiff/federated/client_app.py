@@ -99,7 +99,7 @@ def round_seed(seed: int, partition: int, round_: int) -> int:
     return int(np.random.SeedSequence([seed, partition, round_]).generate_state(1)[0])
 
 
-_FLOPS: dict[tuple, float] = {}
+_FLOPS: dict[str, float] = {}
 
 
 def client_round(
@@ -133,7 +133,7 @@ def client_round(
     from ..models.registry import build_unet
     from ..models.unet import UNetConfig
     from ..training.generative import image_batches, objective_from
-    from ..training.loop import train
+    from ..training.loop import resolve_device, train
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -152,13 +152,13 @@ def client_round(
             f"{missing[:2]}… lost); restart the run with --fresh"
         )
     model.load_state_dict({k: torch.from_numpy(np.array(start[k])) for k in ref})
+    dev = resolve_device(cfg.train.device)  # a silo with a GPU uses it; the simulation hides GPUs
+    model.to(dev)
     objective = objective_from(cfg.objective)
     n_cls = settings.num_classes
-    draw = image_batches(
-        data.images, data.labels, cfg.train.batch, torch.device("cpu"), cfg.train.cond_drop, n_cls
-    )
+    draw = image_batches(data.images, data.labels, cfg.train.batch, dev, cfg.train.cond_drop, n_cls)
     mu = float(settings.prox)
-    anchor = {k: torch.from_numpy(np.array(v)) for k, v in received.items()} if mu > 0 else {}
+    anchor = {k: torch.from_numpy(np.array(v)).to(dev) for k, v in received.items()} if mu else {}
 
     def loss_fn(m: nn.Module, g: torch.Generator):
         x0, cond, _ = draw(g)
@@ -176,9 +176,8 @@ def client_round(
         ckpt_every=steps,
         log_every=steps,
         threads=threads,
-        device="cpu",
     )
-    fkey = (settings.to_json(), len(data.images) > 0)
+    fkey = settings.to_json()  # FLOPs per step depend on the model and batch only: measure once
     with tempfile.TemporaryDirectory(prefix="decentdiff-client-") as work:
         meta = train(
             model,
@@ -263,22 +262,25 @@ def train_handler(msg: Message, ctx: Context) -> Message:
     method = P.get_method(settings.method)
     state = None
     steps_before = 0
+    source = 0  # where the private parts came from: 0 nowhere, 1 node state, 2 disk (resume)
     if STATE_KEY in ctx.state.array_records:
         state = {k: a.numpy() for k, a in ctx.state.array_records[STATE_KEY].items()}
         steps_before = int(ctx.state.config_records[ROUND_KEY].get("step", 0))
+        source = 1
     out = _out_dir(ctx, settings, partition)
     if state is None and round_ > 1 and method.personal and out is not None:
         # Resumed run (fresh process): private parts come back from the last personal checkpoint.
         if (out / "meta.json").is_file():
-            arrays, saved_round, steps_before = load_personal(out, list(settings_keys(settings)))
+            arrays, saved_round, saved_step = load_personal(out, list(settings_keys(settings)))
             # round_ itself: the server crashed after this client saved but before it did, so
             # the round is re-run (from a model one round further on: private parts only).
             if saved_round in (round_ - 1, round_):
-                state = arrays
+                state, steps_before, source = arrays, saved_step, 2
     threads = _node_int(ctx, "threads", 0) or settings.client_threads
     update, local, metrics = client_round(
         settings, data, round_, received, report, state, threads=threads
     )
+    metrics["private-from"] = source
     step = steps_before + int(metrics["steps"])
     if method.personal:
         # The full local model stays on the node: private parts never leave it.

@@ -1,0 +1,95 @@
+"""A client's round without Flower: what it trains, keeps and reports."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from decentdiff import config as C
+from decentdiff.federated import parts as P
+from decentdiff.federated.client_app import ClientData, client_round, local_steps
+from decentdiff.federated.run import FED_BASE, build_settings, initial_arrays
+
+
+def _settings(method, **kw):
+    cfg = C.resolve(base=json.loads(json.dumps(FED_BASE)))
+    cfg.model.preset = "tiny"
+    cfg.train.batch = 8
+    return build_settings(
+        cfg,
+        method=method,
+        clients=2,
+        split="iid",
+        rounds=3,
+        local_epochs=kw.pop("local_epochs", 1),
+        image_shape=(1, 8, 8),
+        num_classes=0,
+        **kw,
+    )
+
+
+def _data(n=20):
+    rng = np.random.default_rng(0)
+    return ClientData(rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8), None, 0, "fp", "test", 1)
+
+
+def test_local_steps_are_ceil_of_epochs_times_size_over_batch():
+    s = _settings("full", local_epochs=2.5)
+    assert local_steps(s, 20) == math.ceil(2.5 * 20 / 8) == 7
+    s.local_steps = 3
+    assert local_steps(s, 20) == 3
+
+
+def test_udec_client_keeps_private_parts_and_reports_only_the_decoder():
+    s = _settings("udec", local_steps=3)
+    g = initial_arrays(s)
+    keys = list(g)
+    dec = P.keys_for({"decoder"}, keys)
+    upd, local, metrics = client_round(s, _data(), 1, g, frozenset({"decoder"}), None)
+    assert sorted(upd) == sorted(dec) and metrics["num-examples"] == 20 and metrics["steps"] == 3
+    changed = [k for k in keys if not np.array_equal(local[k], g[k])]
+    assert any(P.group_of(k) == "encoder" for k in changed)  # every weight trains locally
+    # Round 2: only the decoder arrives; the encoder comes from the node's own state.
+    received = {k: g[k] for k in dec}
+    _, local2, _ = client_round(s, _data(), 2, received, frozenset({"decoder"}), local)
+    enc = [k for k in keys if P.group_of(k) == "encoder"]
+    assert any(not np.array_equal(local2[k], local[k]) for k in enc)
+    with pytest.raises(Exception, match="no local model"):
+        client_round(s, _data(), 2, received, frozenset({"decoder"}), None)
+
+
+def test_prox_pulls_the_client_towards_the_global_model():
+    g = initial_arrays(_settings("full"))
+    dist = {}
+    for mu in (0.0, 1000.0):
+        s = _settings("full", local_steps=4, prox=mu)
+        s.train["lr"] = 1e-2
+        _, local, _ = client_round(s, _data(), 1, g, P.ALL_GROUPS, None)
+        dist[mu] = sum(float(((local[k] - g[k]) ** 2).sum()) for k in g)
+    assert dist[1000.0] < dist[0.0]
+
+
+def test_class_conditional_client_round():
+    cfg = C.resolve(base=json.loads(json.dumps(FED_BASE)))
+    cfg.model.preset, cfg.model.class_cond, cfg.train.batch = "tiny", True, 8
+    s = build_settings(
+        cfg,
+        method="full",
+        clients=2,
+        split="iid",
+        rounds=1,
+        local_epochs=1,
+        local_steps=2,
+        image_shape=(1, 8, 8),
+        num_classes=10,
+    )
+    assert s.num_classes == 10 and s.unet["num_classes"] == 10
+    g = initial_arrays(s)
+    assert any(k.startswith("class_embed.") for k in g)
+    d = _data()
+    d.labels, d.num_classes = np.arange(20) % 10, 10
+    upd, _, m = client_round(s, d, 1, g, P.ALL_GROUPS, None)
+    assert sorted(upd) == sorted(g) and np.isfinite(m["loss"])
