@@ -6,17 +6,20 @@
 
 Each benchmark is a named function returning a dict (see ``common.Benchmark``); the dicts are merged
 into ``results.json`` under their names, so ``--only NAME`` refreshes one section and keeps the
-others. To add a section, write ``fn(ctx) -> dict`` and ``render(result) -> str`` in a module beside
-this one and append a ``Benchmark`` to :data:`BENCHMARKS`. Sections with ``default=False`` (slow
-ones, such as the ten-minute quality run) run only when named with ``--only``.
+others. To add a section, write ``fn(ctx) -> dict`` and ``render(result) -> str`` in a module
+``benchmarks/bench_<topic>.py`` that defines ``BENCHMARKS = [Benchmark(name, title, fn, render)]``:
+it is found automatically (:func:`discover`). Sections with ``default=False`` (slow ones, such as
+the ten-minute quality run) run only when named with ``--only``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,12 +30,36 @@ try:
 except ImportError:  # not installed: use the checkout
     sys.path.insert(0, str(ROOT / "src"))
 
-from bench_models import BENCHMARKS as MODEL_BENCHMARKS  # noqa: E402
 from bench_models import memory_child  # noqa: E402
 from common import Benchmark, Context, generic_render, machine_info  # noqa: E402
 
-#: Every section of BENCHMARKS.md, in order. Append new ones here.
-BENCHMARKS: list[Benchmark] = [*MODEL_BENCHMARKS]
+FIRST, LAST = ("bench_models",), ("tuning_notes",)
+
+
+def discover() -> tuple[list[Benchmark], list[str]]:
+    """Every section, in order: the model benchmarks, then each other ``bench_*.py`` beside this
+    file (alphabetically), then the tuning notes. A module joins by defining ``BENCHMARKS``.
+
+    Returns:
+        (benchmarks, import errors as one line each): a module that fails to import is reported,
+        and the run exits non-zero, but the other sections still run.
+    """
+    here = Path(__file__).resolve().parent
+    others = sorted(p.stem for p in here.glob("bench_*.py") if p.stem not in FIRST + LAST)
+    found: list[Benchmark] = []
+    errors: list[str] = []
+    for name in (*FIRST, *others, *LAST):
+        try:
+            module = importlib.import_module(name)
+        except Exception as e:  # report and go on: one broken section must not hide the others
+            errors.append(f"{name}.py: {type(e).__name__}: {e}")
+            continue
+        found += list(getattr(module, "BENCHMARKS", []))
+    return found, errors
+
+
+#: Every section of BENCHMARKS.md, in order.
+BENCHMARKS, IMPORT_ERRORS = discover()
 
 
 def render_markdown(results: dict) -> str:
@@ -64,7 +91,11 @@ def render_markdown(results: dict) -> str:
             continue
         b = known.get(name)
         title = b.title if b else name
-        body = (b.render if b and b.render else generic_render)(r)
+        try:
+            body = (b.render if b and b.render else generic_render)(r)
+        except (KeyError, TypeError, ValueError) as e:  # results from an older run.py
+            body = f"(could not render: {type(e).__name__}: {e}; rerun `--only {name}`)\n\n"
+            body += generic_render(r)
         when = r.get("_run", {})
         lines += [
             "",
@@ -100,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.list:
         for b in BENCHMARKS:
             print(f"{b.name:24s} {'default' if b.default else 'opt-in '}  {b.title}")
-        return 0
+        for e in IMPORT_ERRORS:
+            print(f"error: could not load {e}", file=sys.stderr)
+        return 1 if IMPORT_ERRORS else 0
     known = {b.name: b for b in BENCHMARKS}
     if a.only:
         wanted = [n.strip() for item in a.only for n in item.split(",") if n.strip()]
@@ -118,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
     results.setdefault("benchmarks", {})
+    failed: list[str] = []
     if not a.render_only:
         results["machine"] = machine_info()
         ctx = Context(quick=a.quick, results=results, root=str(ROOT))
@@ -125,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         for b in selected:
             print(f"[bench] {b.name} ...", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
-            r = b.fn(ctx)
+            try:
+                r = b.fn(ctx)
+            except Exception:  # keep the section's previous figures; report, run the others
+                traceback.print_exc()
+                failed.append(b.name)
+                continue
             r["_run"] = {
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "seconds": time.perf_counter() - t0,
@@ -137,11 +176,18 @@ def main(argv: list[str] | None = None) -> int:
             out.write_text(json.dumps(results, indent=1) + "\n")  # keep partial results
         results["updated"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         print(f"[bench] all done in {time.perf_counter() - t_all:.0f} s", file=sys.stderr)
+        for name in failed:
+            print(
+                f"[bench] error: {name} failed (traceback above); its old figures are kept",
+                file=sys.stderr,
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     Path(a.md).write_text(render_markdown(results))
     print(f"[bench] wrote {out} and {a.md}", file=sys.stderr)
-    return 0
+    for e in IMPORT_ERRORS:
+        print(f"[bench] error: could not load {e}", file=sys.stderr)
+    return 1 if IMPORT_ERRORS or failed else 0
 
 
 if __name__ == "__main__":

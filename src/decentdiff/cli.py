@@ -236,73 +236,11 @@ def train_monolith(
     )
 
 
-@train_app.command("expert")
-def train_expert_cmd(
-    run: Annotated[Path, typer.Argument(help="Run directory with a partition.")],
-    expert: Annotated[
-        int, typer.Option("--expert", "-k", help="Which expert (cluster) to train, 0..K-1.")
-    ],
-    preset: PresetOpt = None,
-    objective: ObjectiveOpt = None,
-    steps: StepsOpt = None,
-    batch: Annotated[
-        int | None,
-        typer.Option(
-            "--batch", help="Expert batch. (default: train.batch / K, FLOP-matched to the monolith)"
-        ),
-    ] = None,
-    seed: SeedOpt = None,
-    fresh: FreshOpt = False,
-    quiet: QuietOpt = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """Train one expert on its own cluster only (one compute island; writes only RUN/experts/<k>)."""
-    from .ddm.experts import train_expert
-    from .run import Run
+# The island commands (train expert / train experts, distill, experts add|remove) live in
+# ddm/cli_ddm.py; it imports the option types above, so it is registered here, after them.
+from .ddm import cli_ddm  # noqa: E402
 
-    r = Run(run)
-    cfg = _resolve(r, config, set_, preset=preset, objective=objective, steps=steps, seed=seed)
-    meta = train_expert(r, expert, cfg, batch=batch, fresh=fresh, progress=not quiet)
-    typer.echo(
-        f"expert {expert}: step {meta['step']}, batch {meta['train']['batch']}, "
-        f"{meta['shard_size']} images, loss {meta.get('loss')}"
-    )
-
-
-@train_app.command("experts")
-def train_experts_cmd(
-    run: Annotated[Path, typer.Argument(help="Run directory with a partition.")],
-    launcher: Annotated[
-        str, typer.Option("--launcher", help="local: one after another in this process.")
-    ] = "local",
-    preset: PresetOpt = None,
-    objective: ObjectiveOpt = None,
-    steps: StepsOpt = None,
-    batch: Annotated[
-        int | None, typer.Option("--batch", help="Expert batch. (default: train.batch / K)")
-    ] = None,
-    seed: SeedOpt = None,
-    fresh: FreshOpt = False,
-    quiet: QuietOpt = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """Train all K experts (each only on its cluster)."""
-    from .ddm.experts import train_expert
-    from .ddm.store import load_partition
-    from .run import Run
-
-    if launcher != "local":
-        raise ConfigError(f"unknown --launcher {launcher!r}; choose one of: local")
-    r = Run(run)
-    cfg = _resolve(r, config, set_, preset=preset, objective=objective, steps=steps, seed=seed)
-    rec = load_partition(r)
-    for k in range(rec.num_parts):
-        meta = train_expert(r, k, cfg, batch=batch, fresh=fresh, progress=not quiet)
-        typer.echo(
-            f"expert {k}: step {meta['step']}, {meta['shard_size']} images, loss {meta.get('loss')}"
-        )
+cli_ddm.register(app, train_app)
 
 
 @train_app.command("router")
@@ -667,7 +605,7 @@ def demo_cmd(
     sets = [f"train.batch={batch}", f"model.preset={preset}"]
     if not partition_path(r).is_file():
         partition_cmd(run, parts=parts, data="mnist5k", set_=sets)
-    train_experts_cmd(run, preset=preset, steps=steps, quiet=quiet, set_=sets)
+    cli_ddm.train_experts_cmd(run, preset=preset, steps=steps, quiet=quiet, set_=sets)
     train_router_cmd(run, preset=preset, steps=router_steps, batch=batch, quiet=quiet, set_=sets)
     train_monolith(run, preset=preset, flop_match=True, quiet=quiet, set_=sets)
     compare_cmd(run, n=n, quiet=quiet, set_=sets)

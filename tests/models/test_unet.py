@@ -107,6 +107,20 @@ def test_unknown_preset():
         assert name in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"channels": ()},
+        {"up_blocks": (1, 0, 1)},
+        {"blocks": (1, 1)},
+        {"channels": (32, 64, 96), "heads": 5},
+    ],
+)
+def test_invalid_config(bad):
+    with pytest.raises(ConfigError):
+        UNetConfig(**bad)
+
+
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_batch_independence(preset):
     # No batch statistics anywhere: sample i's output is the same alone or in a batch.

@@ -30,6 +30,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..errors import ConfigError
+
 #: Names of the top-level parts, in data-flow order. ``federated/parts.py`` maps methods to these.
 PARTS = ("time_embed", "class_embed", "down", "mid", "up", "out")
 
@@ -55,13 +57,13 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         if not self.channels:
-            raise ValueError("UNetConfig.channels needs at least one level")
+            raise ConfigError("UNetConfig.channels needs at least one level")
         if min(self.level_up_blocks()) < 1:
-            raise ValueError("UNetConfig.up_blocks must be ≥ 1 on every level (it takes the skip)")
+            raise ConfigError("UNetConfig.up_blocks must be ≥ 1 on every level (it takes the skip)")
         if min(self.level_blocks()) < 0:
-            raise ValueError("UNetConfig.blocks must be ≥ 0")
-        if self.mid_attention and self.channels[-1] % self.heads:
-            raise ValueError(f"{self.channels[-1]} channels do not split into {self.heads} heads")
+            raise ConfigError("UNetConfig.blocks must be ≥ 0")
+        if self.mid_attention and (self.heads < 1 or self.channels[-1] % self.heads):
+            raise ConfigError(f"{self.channels[-1]} channels do not split into {self.heads} heads")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -75,7 +77,7 @@ class UNetConfig:
         if isinstance(v, int):
             return (v,) * len(self.channels)
         if len(v) != len(self.channels):
-            raise ValueError(
+            raise ConfigError(
                 f"UNetConfig.{name} must have one entry per level ({len(self.channels)})"
             )
         return tuple(v)

@@ -1,0 +1,146 @@
+"""Distil the DDM ensemble into one dense student (McAllister et al. 2025, PAPERS.md §1).
+
+The student has the experts' architecture and is trained by flow matching on the *teachers'*
+velocities instead of ε − x0: loss = ||v_student(x_t, t) − v_teacher(x_t, t)||², where the teacher
+of an example is the expert of its cluster (top-1 by the partition label, as the paper does — no
+router is needed). x0 comes from the training part at its natural frequencies, t from the flow
+objective's time distribution. The result is written to ``RUN/distilled/`` in the generative
+checkpoint layout, so ``sample``/``eval``/``compare``/``report --model distilled`` load it like a
+monolith.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Config
+from ..errors import RunError
+from ..evaluation.flops import forward_flops
+from ..models.registry import build_unet
+from ..models.unet import UNetConfig
+from ..run import Run
+from ..training.generative import image_batches, load_generative, objective_from
+from ..training.loop import resolve_device, train
+from .experts import expert_metas
+from .membership import member_data
+from .store import expert_dir
+
+
+def distill_batch(cfg: Config, batch: int | None) -> int:
+    """The explicit ``--batch`` if given, else B/4 of the monolith's batch B (the paper's choice)."""
+    return batch if batch is not None else max(1, cfg.train.batch // 4)
+
+
+def distill(
+    run: Run,
+    cfg: Config,
+    *,
+    steps: int | None = None,
+    batch: int | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``RUN/distilled`` from the K experts of RUN.
+
+    Args:
+        run: a RUN with a partition and K trained experts (a router is not needed).
+        cfg: resolved config; ``train`` gives lr, seed, ...; ``steps``/``batch`` override it.
+        steps: total student steps (None = ``train.steps``).
+        batch: student batch (None = ``train.batch`` / 4).
+        fresh: start over instead of resuming.
+
+    Returns:
+        The student's meta.json. ``train_flops`` counts the student's forward+backward *and* the
+        teachers' forward passes of every step (all measured by the FLOP counter);
+        ``teacher_flops_per_step`` is the teachers' share, ``teachers_train_flops`` what the
+        experts themselves cost to train.
+    """
+    # Every current member (withdrawn rows left out, added sources in) with its cluster.
+    images, labels, clusters, rec = member_data(run, cfg)
+    data_fp = run.read_toml().get("data", {}).get("fingerprint")
+    source = run.read_toml().get("data", {}).get("source")
+    metas = expert_metas(run, rec.num_parts, rec.partition_id)
+    device = resolve_device(cfg.train.device)
+    teachers: list[nn.Module] = []
+    unets = []
+    for k in range(rec.num_parts):
+        v, unet, _, _ = load_generative(expert_dir(run, k), device=device)
+        for p in unet.parameters():
+            p.requires_grad_(False)
+        teachers.append(v)
+        unets.append(unet)
+    if any(m["unet"] != metas[0]["unet"] for m in metas):
+        raise RunError(
+            "the experts of this RUN have different architectures; distil needs one student shape "
+            "(retrain the experts with the same --preset)"
+        )
+    ucfg = UNetConfig.from_dict(metas[0]["unet"])
+    n_cls = ucfg.num_classes
+    # The student is a flow-matching model whatever its teachers were (ε-teachers are converted).
+    obj_cfg = replace(cfg.objective, kind="fm")
+    objective = objective_from(obj_cfg)
+    tcfg = replace(
+        cfg.train,
+        steps=steps if steps is not None else cfg.train.steps,
+        batch=distill_batch(cfg, batch),
+    )
+    torch.manual_seed(tcfg.seed)  # parameter initialisation only
+    student = build_unet(ucfg).to(device)
+    parts = torch.from_numpy(clusters)
+    draw = image_batches(images, labels, tcfg.batch, device, tcfg.cond_drop, n_cls)
+
+    @torch.no_grad()
+    def teacher_velocity(x_t: Tensor, t: Tensor, cond: Tensor | None, who: Tensor) -> Tensor:
+        # Each example goes through exactly one teacher: top-1 by its cluster label.
+        v = torch.empty_like(x_t)
+        for k in who.unique().tolist():
+            m = who == k
+            v[m] = teachers[k](x_t[m], t[m], None if cond is None else cond[m])
+        return v
+
+    def loss_fn(m: nn.Module, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        x0, cond, idx = draw(g)
+        t = objective.sample_t(x0.shape[0], g).to(device)
+        eps = torch.randn(x0.shape, generator=g).to(device)
+        x_t = objective.noisy(x0, t, eps)
+        target = teacher_velocity(x_t, t, cond, parts[idx].to(device))
+        loss = (m(x_t, t, cond) - target).pow(2).mean()
+        return loss, {}
+
+    # The teachers' forward cost per step, measured on one batch (the training loop's counter
+    # measures the whole loss_fn, teachers included; this is their share, for the report).
+    x = torch.zeros(tcfg.batch, *images.shape[1:], device=device)
+    t = torch.full((tcfg.batch,), 0.5, device=device)
+    c = torch.zeros(tcfg.batch, dtype=torch.long, device=device) if n_cls else None
+    teacher_fps = forward_flops(unets[0], (x, t, c) if c is not None else (x, t))
+
+    meta = {
+        "kind": "generative",
+        "unet": ucfg.to_dict(),
+        "objective": asdict(obj_cfg),
+        "model": asdict(cfg.model),
+        "image_shape": list(images.shape[1:]),
+        "num_images": len(images),
+        "distilled_from": rec.partition_id,
+        "num_parts": rec.num_parts,
+        "data_fingerprint": data_fp,
+        "source": source,
+        "teacher_flops_per_step": teacher_fps,
+        "teachers_train_flops": float(sum(m.get("train_flops", 0.0) for m in metas)),
+    }
+    out = run.model_dir("distilled")
+    return train(
+        student,
+        loss_fn,
+        out,
+        tcfg,
+        meta=meta,
+        metrics_path=out / "metrics.jsonl",
+        role="distilled",
+        fresh=fresh,
+        progress=progress,
+    )

@@ -1,0 +1,199 @@
+"""Across islands: train the K experts of a RUN one after another, as parallel local processes, or
+as Ray tasks (PAPERS.md §1: experts never communicate, so any scheduler will do).
+
+Every launcher runs the same unit of work — ``decentdiff train expert RUN --expert k`` — which
+resumes from ``RUN/experts/<k>/`` by default and writes nothing else. A killed island is therefore
+finished by simply launching again; the other experts' files are not touched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, dump_toml
+from ..errors import ConfigError, TrainingError
+from ..run import Run
+from .store import load_partition
+
+LAUNCHERS = ("local", "process", "ray")
+
+
+def _config_file(run: Run, cfg: Config) -> Path:
+    """Write the resolved config where every island can read it (CLI overrides travel this way)."""
+    from dataclasses import asdict
+
+    path = run.path / ".launch" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {k: asdict(getattr(cfg, k)) for k in ("data", "model", "objective", "train")}
+    path.write_text(dump_toml(content))
+    return path
+
+
+def expert_command(
+    run: Run, k: int, config: Path, *, batch: int | None, fresh: bool, threads: int
+) -> list[str]:
+    """The command line of one island (a plain ``decentdiff train expert``)."""
+    cmd = [sys.executable, "-m", "decentdiff", "train", "expert", str(run.path), "--expert", str(k)]
+    cmd += ["--config", str(config), "--set", f"train.threads={threads}", "-q"]
+    if batch is not None:
+        cmd += ["--batch", str(batch)]
+    if fresh:
+        cmd.append("--fresh")
+    return cmd
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[2])  # make the child import this very package
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def train_experts(
+    run: Run,
+    cfg: Config,
+    *,
+    launcher: str = "local",
+    jobs: int | None = None,
+    address: str | None = None,
+    experts: Sequence[int] | None = None,
+    batch: int | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+    max_retries: int = 2,
+) -> dict[int, dict[str, Any]]:
+    """Train experts ``experts`` (default all K) with the chosen launcher.
+
+    Args:
+        launcher: ``local`` (this process, one after another), ``process`` (``jobs`` parallel
+            subprocesses, torch threads = cores / jobs each), ``ray`` (one Ray task per expert,
+            ``num_cpus`` = cores / jobs each, retried ``max_retries`` times, each retry resuming
+            from the expert's checkpoint).
+        jobs: parallel islands (default: K, capped at the number of cores).
+        address: Ray cluster address (``ray start --head`` prints it); None starts a local Ray.
+
+    Returns:
+        {k: meta.json of expert k}.
+    """
+    from ..training.checkpoint import read_meta
+    from .experts import train_expert
+    from .store import expert_dir
+
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"unknown --launcher {launcher!r}; choose one of: {', '.join(LAUNCHERS)}")
+    rec = load_partition(run)
+    ks = list(range(rec.num_parts)) if experts is None else list(experts)
+    if launcher == "local":
+        return {
+            k: train_expert(run, k, cfg, batch=batch, fresh=fresh, progress=progress) for k in ks
+        }
+    cores = os.cpu_count() or 1
+    jobs = jobs if jobs is not None else min(len(ks), cores)
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be ≥ 1, got {jobs}")
+    threads = max(1, cores // jobs)
+    config = _config_file(run, cfg)
+    if launcher == "process":
+        _run_processes(run, ks, config, jobs=jobs, batch=batch, fresh=fresh, threads=threads)
+    else:
+        _run_ray(run, ks, config, jobs, address, batch, fresh, threads, max_retries)
+    return {k: read_meta(expert_dir(run, k)) for k in ks}
+
+
+def _run_processes(
+    run: Run,
+    ks: list[int],
+    config: Path,
+    *,
+    jobs: int,
+    batch: int | None,
+    fresh: bool,
+    threads: int,
+    on_start: Any = None,
+) -> None:
+    """At most ``jobs`` islands at once; each island's stderr goes to RUN/.launch/expert-k.log."""
+    pending, running, failed = list(ks), {}, []
+    env = _env()
+    while pending or running:
+        while pending and len(running) < jobs:
+            k = pending.pop(0)
+            log = (run.path / ".launch" / f"expert-{k}.log").open("w")
+            cmd = expert_command(run, k, config, batch=batch, fresh=fresh, threads=threads)
+            running[k] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+            if on_start is not None:
+                on_start(k, running[k][0])
+        for k, (p, log) in list(running.items()):
+            if p.poll() is not None:
+                log.close()
+                del running[k]
+                if p.returncode != 0:
+                    failed.append((k, p.returncode))
+        time.sleep(0.05)
+    if failed:
+        k, code = failed[0]
+        tail = (run.path / ".launch" / f"expert-{k}.log").read_text().strip().splitlines()[-1:]
+        raise TrainingError(
+            f"expert {k} failed (exit {code}{': ' + tail[0] if tail else ''}); run the same "
+            "command again to resume it"
+        )
+
+
+def _run_ray(
+    run: Run,
+    ks: list[int],
+    config: Path,
+    jobs: int,
+    address: str | None,
+    batch: int | None,
+    fresh: bool,
+    threads: int,
+    max_retries: int,
+) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "--launcher ray needs Ray: pip install 'ray==2.55.1' (it comes with flwr[simulation])"
+        ) from None
+    env = _env()
+    if fresh:
+        import shutil
+
+        from .store import expert_dir
+
+        for k in ks:
+            shutil.rmtree(expert_dir(run, k), ignore_errors=True)
+
+    def island(k: int) -> int:
+        # Never --fresh inside the task: a retry runs the same command and so resumes from the
+        # last checkpoint of the failed attempt (--fresh was honoured by clearing the directory).
+        cmd = expert_command(run, k, config, batch=batch, fresh=False, threads=threads)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"expert {k}: {done.stderr.strip()[-500:]}")
+        return k
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address is None:
+            kw["num_cpus"] = os.cpu_count() or 1
+        ray.init(address=address, **kw)
+    try:
+        task = ray.remote(num_cpus=threads, max_retries=max_retries, retry_exceptions=True)(island)
+        refs = [task.remote(k) for k in ks]
+        try:
+            ray.get(refs)
+        except ray.exceptions.RayError as e:
+            raise TrainingError(
+                f"a Ray island failed after {max_retries} retries: {str(e).splitlines()[-1]}"
+            ) from None
+    finally:
+        if started_here:
+            ray.shutdown()

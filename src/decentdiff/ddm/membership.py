@@ -1,0 +1,358 @@
+"""Data owners leaving and joining a DDM run: remove an expert for good, add one for a new source.
+
+Because experts never share anything (PAPERS.md §1), membership changes cost only a router:
+
+- ``remove_expert(run, k)``: cluster k's owner withdraws. ``RUN/experts/k`` is deleted, the experts
+  above k are renumbered (their weights are moved, not retrained), cluster k's rows are marked −1
+  ("withdrawn") in ``partition.npz`` and the router is retrained, fresh, on the remaining rows.
+  Models that saw cluster k's data (monolith, distilled student) are deleted too, so nothing trained
+  on it remains; ``RUN/membership.json`` records what was withdrawn and deleted (the report reads it).
+- ``add_expert(run, source)``: a new data source becomes cluster K. The original partition
+  (``assignments``, hence ``partition_id``) is unchanged, so the other experts' files stay
+  byte-identical; ``partition.npz`` gains ``added_<K>_source`` / ``added_<K>_fingerprint`` and
+  ``num_parts`` K+1. The new expert is trained on the *training* part of the new source alone (its
+  own held-out split, as for any source) and the router is retrained on every member's rows.
+
+:func:`member_data` is the one place that assembles "every image of every current member with its
+cluster": the router trainer here uses it, and so should any consumer that needs all members.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..config import Config
+from ..errors import ConfigError, DataError, RunError
+from ..run import Run, RunData, load_data
+from ..training.checkpoint import atomic_write_bytes, atomic_write_text
+from .store import PartitionRecord, expert_dir, load_partition, partition_path
+
+WITHDRAWN = -1  # assignment of a training row whose owner withdrew
+
+
+def membership_path(run: Run) -> Path:
+    return run.path / "membership.json"
+
+
+def added_sources(run: Run) -> dict[int, tuple[str, str]]:
+    """{cluster: (source spec, fingerprint)} of the sources added with :func:`add_expert`."""
+    path = partition_path(run)
+    if not path.is_file():
+        return {}
+    out = {}
+    with np.load(path, allow_pickle=False) as z:
+        for name in z.files:
+            if name.startswith("added_") and name.endswith("_source"):
+                k = int(name.split("_")[1])
+                out[k] = (str(z[name]), str(z[f"added_{k}_fingerprint"]))
+    return out
+
+
+def _write_partition(
+    run: Run, rec: PartitionRecord, train_idx: np.ndarray, added: dict[int, tuple[str, str]]
+) -> None:
+    """``store.save_partition`` plus the added sources (extra keys old readers ignore)."""
+    arrays: dict[str, Any] = {
+        "assignments": rec.assignments.astype(np.int64),
+        "train_idx": train_idx.astype(np.int64),
+        "num_parts": np.int64(rec.num_parts),
+        "method": np.str_(rec.method),
+        "features": np.str_(rec.features),
+        "seed": np.int64(rec.seed),
+        "fingerprint": np.str_(rec.fingerprint),
+    }
+    if rec.centroids is not None:
+        arrays["centroids"] = rec.centroids.astype(np.float32)
+    for k, idx in enumerate(rec.parts()):
+        arrays[f"part_{k}"] = train_idx[idx].astype(np.int64)
+    for k, (spec, fp) in added.items():
+        arrays[f"added_{k}_source"] = np.str_(spec)
+        arrays[f"added_{k}_fingerprint"] = np.str_(fp)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(partition_path(run), buf.getvalue())
+
+
+def _added_data(spec: str, cfg: Config, shape: tuple[int, ...], fingerprint: str | None) -> RunData:
+    data = load_data(replace(cfg.data, source=spec))
+    if data.shape != tuple(shape):
+        raise DataError(
+            f"{spec} has images of shape {tuple(data.shape)} but this RUN's are {tuple(shape)}; "
+            "add data of the same shape, or start a new RUN"
+        )
+    if fingerprint is not None and data.fingerprint != fingerprint:
+        raise RunError(
+            f"added source {spec} changed since it was added (fingerprint {fingerprint[:12]}…); "
+            "restore it or remove its expert"
+        )
+    return data
+
+
+def member_data(
+    run: Run, cfg: Config
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, PartitionRecord]:
+    """Every current member's training images with their cluster.
+
+    Returns:
+        (images uint8 (N, C, H, W), labels (N,) or None, clusters int64 (N,) in 0..K−1, partition).
+        Withdrawn rows are left out; added sources contribute their training part.
+    """
+    data = run.data(cfg, create=False)
+    rec = load_partition(run, data)
+    keep = rec.assignments >= 0
+    images = [data.images[data.train_idx][keep]]
+    labels = [data.labels[data.train_idx][keep]] if data.labels is not None else None
+    clusters = [rec.assignments[keep]]
+    for k, (spec, fp) in sorted(added_sources(run).items()):
+        extra = _added_data(spec, cfg, data.shape, fp)
+        images.append(extra.images[extra.train_idx])
+        if labels is not None:
+            if extra.labels is None:
+                labels = None
+            else:
+                labels.append(extra.labels[extra.train_idx])
+        clusters.append(np.full(len(extra.train_idx), k, np.int64))
+    return (
+        np.concatenate(images),
+        np.concatenate(labels) if labels is not None else None,
+        np.concatenate(clusters),
+        rec,
+    )
+
+
+def train_member_router(
+    run: Run, cfg: Config, *, fresh: bool = True, progress: bool = True
+) -> dict[str, Any]:
+    """``router.train_router`` over :func:`member_data` (withdrawn rows out, added sources in)."""
+    from ..models.router import Router, router_config
+    from ..training.generative import image_batches
+    from ..training.loop import resolve_device, train
+    from .router import _noisy, load_router, router_accuracy, router_dir
+
+    images, labels, clusters, rec = member_data(run, cfg)
+    data_fp = run.read_toml().get("data", {}).get("fingerprint")
+    device = resolve_device(cfg.train.device)
+    n_cls = int(labels.max()) + 1 if (cfg.model.class_cond and labels is not None) else 0
+    rcfg = router_config(cfg.model.preset, images.shape[1], rec.num_parts, n_cls)
+    torch.manual_seed(cfg.train.seed)
+    model = Router(rcfg).to(device)
+    parts = torch.from_numpy(clusters)
+    draw = image_batches(images, labels, cfg.train.batch, device, cfg.train.cond_drop, n_cls)
+
+    def loss_fn(m: nn.Module, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        x0, cond, idx = draw(g)
+        t = torch.rand(x0.shape[0], generator=g).to(device)
+        eps = torch.randn(x0.shape, generator=g).to(device)
+        logits = m(_noisy(x0, t, eps), t, cond)
+        target = parts[idx].to(device)
+        return F.cross_entropy(logits, target), {
+            "acc": float((logits.argmax(1) == target).float().mean())
+        }
+
+    meta = train(
+        model,
+        loss_fn,
+        router_dir(run),
+        cfg.train,
+        meta={
+            "kind": "router",
+            "router": rcfg.to_dict(),
+            "model": asdict(cfg.model),
+            "num_parts": rec.num_parts,
+            "partition_id": rec.partition_id,
+            "data_fingerprint": data_fp,
+            "image_shape": list(images.shape[1:]),
+            "members": len(images),
+        },
+        metrics_path=router_dir(run) / "metrics.jsonl",
+        role="router",
+        fresh=fresh,
+        progress=progress,
+    )
+    router, _ = load_router(router_dir(run), device=device)
+    acc = router_accuracy(
+        router, images, labels if n_cls else None, clusters, device=device, seed=cfg.train.seed
+    )
+    atomic_write_text(router_dir(run) / "accuracy.json", json.dumps(acc, indent=2) + "\n")
+    return {**meta, "accuracy": acc}
+
+
+def _record(run: Run, event: dict[str, Any]) -> None:
+    path = membership_path(run)
+    log = json.loads(path.read_text()) if path.is_file() else {"events": []}
+    log["events"].append(event)
+    atomic_write_text(path, json.dumps(log, indent=2) + "\n")
+
+
+def remove_expert(run: Run, k: int, cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Withdraw cluster k for good; retrain only the router. Returns the membership event."""
+    data = run.data(cfg, create=False)
+    rec = load_partition(run, data)
+    if not 0 <= k < rec.num_parts:
+        raise RunError(f"expert {k} out of range: the partition has experts 0..{rec.num_parts - 1}")
+    if rec.num_parts == 1:
+        raise RunError("cannot remove the last expert: a RUN needs at least one; delete the RUN")
+    from .experts import expert_metas
+
+    metas = expert_metas(run, rec.num_parts, rec.partition_id)  # all present before we touch any
+    added = added_sources(run)
+    # The renumbering: cluster j > k becomes j − 1, cluster k's rows become WITHDRAWN.
+    a = rec.assignments.copy()
+    withdrawn_rows = (
+        int((a == k).sum())
+        if k not in added
+        else len(_added_data(added[k][0], cfg, data.shape, added[k][1]).train_idx)
+    )
+    a[a == k] = WITHDRAWN
+    a[a > k] -= 1
+    new = replace(
+        rec,
+        assignments=a,
+        num_parts=rec.num_parts - 1,
+        centroids=None
+        if rec.centroids is None
+        else np.delete(rec.centroids, k, axis=0)
+        if len(rec.centroids) == rec.num_parts
+        else rec.centroids,
+    )
+    new_added = {(j - 1 if j > k else j): v for j, v in added.items() if j != k}
+    shutil.rmtree(expert_dir(run, k))
+    for j in range(k + 1, rec.num_parts):
+        expert_dir(run, j).rename(expert_dir(run, j - 1))
+        # The weights are untouched; only the bookkeeping follows the new numbering.
+        meta = {
+            **metas[j],
+            "expert": j - 1,
+            "partition_id": new.partition_id,
+            "num_parts": new.num_parts,
+        }
+        atomic_write_text(expert_dir(run, j - 1) / "meta.json", json.dumps(meta, indent=2) + "\n")
+    for j in range(k):
+        meta = {**metas[j], "partition_id": new.partition_id, "num_parts": new.num_parts}
+        atomic_write_text(expert_dir(run, j) / "meta.json", json.dumps(meta, indent=2) + "\n")
+    _write_partition(run, new, data.train_idx, new_added)
+    deleted = []
+    for name in ("monolith", "distilled", "router"):
+        if run.model_dir(name).exists():  # trained on cluster k's data: it must not remain
+            shutil.rmtree(run.model_dir(name))
+            deleted.append(name)
+    event = {
+        "event": "remove",
+        "expert": k,
+        "source": added[k][0] if k in added else data.source,
+        "withdrawn_images": withdrawn_rows,
+        "renumbered": {str(j): j - 1 for j in range(k + 1, rec.num_parts)},
+        "deleted": deleted,
+        "partition_id": new.partition_id,
+    }
+    _record(run, event)
+    train_member_router(run, cfg, fresh=True, progress=progress)
+    return event
+
+
+def add_expert(
+    run: Run, source: str, cfg: Config, *, batch: int | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """A new data source joins as cluster K: its expert alone on it, then the router. No other
+    expert's file is read for writing. Returns the membership event."""
+    from .experts import expert_metas
+
+    data = run.data(cfg, create=False)
+    rec = load_partition(run, data)
+    expert_metas(run, rec.num_parts, rec.partition_id)  # the existing experts must be complete
+    added = added_sources(run)
+    extra = _added_data(source, cfg, data.shape, None)
+    if extra.fingerprint == data.fingerprint or any(
+        fp == extra.fingerprint for _, fp in added.values()
+    ):
+        raise ConfigError(f"{source} is already a member of this RUN; add a different data set")
+    k = rec.num_parts
+    if expert_dir(run, k).exists():
+        shutil.rmtree(expert_dir(run, k))  # leftovers of an interrupted add (not yet a member)
+    train_added_expert(run, k, source, cfg, batch=batch, progress=progress, num_parts=k + 1)
+    # Membership is committed only once the expert exists: partition first, then the router.
+    _write_partition(
+        run,
+        replace(rec, num_parts=k + 1),
+        data.train_idx,
+        {**added, k: (source, extra.fingerprint)},
+    )
+    event = {"event": "add", "expert": k, "source": source, "images": len(extra.train_idx)}
+    _record(run, event)
+    train_member_router(run, cfg, fresh=True, progress=progress)
+    return event
+
+
+def train_added_expert(
+    run: Run,
+    k: int,
+    source: str,
+    cfg: Config,
+    *,
+    batch: int | None = None,
+    fresh: bool = False,
+    progress: bool = True,
+    num_parts: int | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) expert k of an added source, on that source's training part alone."""
+    from ..training.generative import train_generative
+    from .experts import expert_batch
+
+    data = run.data(cfg, create=False)
+    rec = load_partition(run, data)
+    num_parts = num_parts if num_parts is not None else rec.num_parts
+    known = added_sources(run).get(k)
+    extra = _added_data(source, cfg, data.shape, known[1] if known else None)
+    ecfg = replace(cfg, train=replace(cfg.train, batch=expert_batch(cfg, num_parts, batch)))
+    return train_generative(
+        expert_dir(run, k),
+        extra.images[extra.train_idx],
+        extra.labels[extra.train_idx] if extra.labels is not None else None,
+        extra.num_classes,
+        ecfg,
+        role=f"expert {k}",
+        meta={
+            "expert": k,
+            "num_parts": num_parts,
+            "partition_id": rec.partition_id,
+            "data_fingerprint": extra.fingerprint,
+            "source": source,
+            "shard_size": len(extra.train_idx),
+            "added": True,
+        },
+        metrics_path=expert_dir(run, k) / "metrics.jsonl",
+        fresh=fresh,
+        progress=progress,
+    )
+
+
+def membership_lines(run: Run) -> list[str]:
+    """Human-readable lines for the report ("expert 1 withdrawn: …")."""
+    path = membership_path(run)
+    if not path.is_file():
+        return []
+    lines = []
+    for e in json.loads(path.read_text())["events"]:
+        if e["event"] == "remove":
+            lines.append(
+                f"Expert {e['expert']} withdrawn ({e['withdrawn_images']} training images of "
+                f"{e['source']}): its expert and every model trained on its data "
+                f"({', '.join(e['deleted']) or 'none'}) were deleted, the router retrained without it; "
+                "nothing trained on it remains in this RUN."
+            )
+        else:
+            lines.append(
+                f"Expert {e['expert']} added: trained alone on {e['images']} images of {e['source']}; "
+                "the router was retrained, no other expert was touched."
+            )
+    return lines

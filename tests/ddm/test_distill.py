@@ -1,0 +1,198 @@
+"""Distillation of the ensemble into one student, and heterogeneous (ε + flow) experts."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _cli import _bad, cli
+from decentdiff import config as C
+from decentdiff.cli import main
+from decentdiff.ddm.distill import distill
+from decentdiff.ddm.store import expert_dir, load_partition
+from decentdiff.diffusion.paths import DDPM, FlowMatching
+from decentdiff.run import Run
+from decentdiff.training.generative import load_generative, to_model_space
+
+TINY = ["--preset", "tiny", "-q"]
+
+
+def _two_families(path, n=80):
+    # Two visually distinct families (bright top half / bright bottom half), two labels each.
+    rng = np.random.default_rng(0)
+    x = np.zeros((n, 1, 8, 8), np.uint8)
+    x[: n // 2, :, :4] = 200
+    x[n // 2 :, :, 4:] = 200
+    x = np.clip(x + rng.integers(0, 40, x.shape), 0, 255).astype(np.uint8)
+    np.savez(path, x=x, y=np.repeat(np.arange(4), n // 4))
+    return f"npz:{path}"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    src = _two_families(tmp_path_factory.mktemp("data") / "two.npz")
+    run = tmp_path_factory.mktemp("runs") / "ddm"
+    main(["partition", str(run), "--data", src, "--parts", "2", "--by", "label"])
+    sets = ["--set", "train.batch=16", "--set", "train.warmup=5", "--set", "train.lr=3e-3"]
+    main(["train", "experts", str(run), "--steps", "40", *sets, *TINY])
+    return run
+
+
+def _cfg(run):
+    return C.resolve(
+        None, ["model.preset=tiny", "train.warmup=5", "train.lr=3e-3"], base=Run(run).base_config()
+    )
+
+
+def _student_teacher_gap(run, k, n=64):
+    """Mean squared difference of student and expert k velocities on cluster k's noisy data."""
+    r = Run(run)
+    data = r.data(_cfg(run), create=False)
+    rec = load_partition(r, data)
+    x0 = to_model_space(data.images[data.train_idx][rec.parts()[k]])
+    g = torch.Generator().manual_seed(123)
+    idx = torch.randint(0, len(x0), (n,), generator=g)
+    x0 = x0[idx]
+    t = torch.rand(n, generator=g) * 0.8 + 0.1
+    eps = torch.randn(x0.shape, generator=g)
+    x_t = FlowMatching().noisy(x0, t, eps)
+    teacher, *_ = load_generative(expert_dir(r, k))
+    student, *_ = load_generative(r.model_dir("distilled"), ema=False)
+    with torch.no_grad():
+        return float((student(x_t, t) - teacher(x_t, t)).pow(2).mean()), float(
+            teacher(x_t, t).pow(2).mean()
+        )
+
+
+def test_distill_loss_falls_and_student_approaches_teachers(run_dir):
+    cfg = _cfg(run_dir)
+    cfg.train.batch = 32  # student batch B/4 = 8
+    cfg.train.log_every = 5
+    meta0 = distill(Run(run_dir), cfg, steps=1, progress=False, fresh=True)
+    gap_before = [_student_teacher_gap(run_dir, k)[0] for k in (0, 1)]
+    meta = distill(Run(run_dir), cfg, steps=60, progress=False)
+    assert meta["step"] == 60 and meta["train"]["batch"] == 8
+    rows = [
+        json.loads(x) for x in (run_dir / "distilled" / "metrics.jsonl").read_text().splitlines()
+    ]
+    losses = [r["loss"] for r in rows]
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:3])
+    for k in (0, 1):
+        gap, scale = _student_teacher_gap(run_dir, k)
+        # Closer to its teacher than at the start, and much closer than the teacher's own size.
+        assert gap < 0.5 * gap_before[k] and gap < 0.3 * scale
+    # The layout of a generative checkpoint, with the teachers' forward FLOPs in the cost.
+    assert meta["kind"] == "generative" and meta["objective"]["kind"] == "fm"
+    assert meta["distilled_from"] == load_partition(Run(run_dir)).partition_id
+    assert meta["flops_per_step"] > meta["teacher_flops_per_step"] > 0
+    # Student fwd+bwd ≈ 3× a forward of the same UNet; the teachers add one more forward.
+    ratio = meta["flops_per_step"] / meta["teacher_flops_per_step"]
+    assert 3.0 < ratio < 5.0
+    assert meta["train_flops"] == pytest.approx(meta["flops_per_step"] * 60)
+    assert meta0["step"] == 1
+
+
+def test_distilled_model_samples_through_cli(run_dir, capsys, tmp_path):
+    if not (run_dir / "distilled" / "meta.json").is_file():
+        distill(Run(run_dir), _cfg(run_dir), steps=2, progress=False)
+    out = tmp_path / "d.npz"
+    code, _, err = cli(
+        capsys, "sample", run_dir, "--model", "distilled", "--n", "4", "--steps", "3", "--out", out
+    )
+    assert code == 0, err
+    with np.load(out) as z:
+        assert z["images"].shape == (4, 1, 8, 8) and np.isfinite(z["images"]).all()
+
+
+def test_drop_expert_renormalises_over_the_rest(tmp_path, run_dir, capsys):
+    from decentdiff.ddm.load import load_ensemble
+
+    main(["train", "router", str(run_dir), "--steps", "4", "--batch", "8", *TINY])
+    ens, *_ = load_ensemble(Run(run_dir), "full", drop=(1,))
+    full, *_ = load_ensemble(Run(run_dir), "full")
+    x = torch.randn(5, 1, 8, 8)
+    t = torch.full((5,), 0.6)
+    with torch.no_grad():
+        v = ens(x, t)
+        v0, *_ = load_generative(expert_dir(Run(run_dir), 0))
+        # Router weights renormalised over {0}: the ensemble is expert 0 alone.
+        torch.testing.assert_close(v, v0(x, t), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(full(x, t), v)
+    _bad(
+        capsys,
+        run_dir,
+        "sample",
+        run_dir,
+        "--model",
+        "ensemble",
+        "--drop-expert",
+        "0",
+        "--drop-expert",
+        "1",
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        tmp_path / "x.npz",
+        match="every expert",
+    )
+
+
+@pytest.mark.slow
+def test_ddpm_and_flow_experts_agree_after_conversion(tmp_path):
+    """A DDPM ε-expert and a flow expert of the same shard, both converted to velocity, agree."""
+    src = _two_families(tmp_path / "one.npz")
+    run = tmp_path / "het"
+    main(["partition", str(run), "--data", src, "--parts", "2", "--by", "label"])
+    sets = [
+        "--set",
+        "train.batch=32",
+        "--set",
+        "train.warmup=10",
+        "--set",
+        "train.lr=3e-3",
+        "--set",
+        "objective.time_dist=uniform",
+        "--set",
+        "train.ema_decay=0.9",
+    ]
+    main(["train", "expert", str(run), "--expert", "0", "--steps", "200", *sets, *TINY])
+    ddpm_dir = tmp_path / "ddpm_run"
+    main(["partition", str(ddpm_dir), "--data", src, "--parts", "2", "--by", "label"])
+    main(
+        [
+            "train",
+            "expert",
+            str(ddpm_dir),
+            "--expert",
+            "0",
+            "--steps",
+            "200",
+            "--objective",
+            "ddpm",
+            *sets,
+            *TINY,
+        ]
+    )
+    fm, *_ = load_generative(expert_dir(Run(run), 0))
+    eps_v, _, meta, obj = load_generative(expert_dir(Run(ddpm_dir), 0))
+    assert isinstance(obj, DDPM) and meta["objective"]["kind"] == "ddpm"
+    r = Run(run)
+    data = r.data(C.resolve(None, None, base=r.base_config()), create=False)
+    x0 = to_model_space(data.images[data.train_idx][load_partition(r).parts()[0]])
+    g = torch.Generator().manual_seed(7)
+    x0 = x0[torch.randint(0, len(x0), (128,), generator=g)]
+    t = 0.2 + 0.6 * torch.rand(128, generator=g)  # mid times: both models saw plenty of them
+    eps = torch.randn(x0.shape, generator=g)
+    x_t = FlowMatching().noisy(x0, t, eps)
+    with torch.no_grad():
+        a, b = fm(x_t, t), eps_v(x_t, t)
+    true = eps - x0
+    err_between = float((a - b).pow(2).mean())
+    # The two converted models are as close to each other as each is to the sample's target
+    # ε − x0 (whose E[·|x_t] both estimate), and far closer than to a random unrelated velocity.
+    err_fm = float((a - true).pow(2).mean())
+    assert err_between < err_fm
+    assert err_between < 0.2 * float(true.pow(2).mean())
