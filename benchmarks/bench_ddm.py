@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from common import Benchmark, Context, interleaved, md_table, verdict
 
+from decentdiff.config import SampleConfig
 from decentdiff.ddm.ensemble import EnsembleVelocity
 from decentdiff.diffusion.solvers import sample
 from decentdiff.evaluation.flops import SampleCounter, sampling_cost
@@ -34,7 +35,9 @@ def _setup(k: int, preset: str):
 
 
 def bench_sampling(ctx: Context) -> dict[str, Any]:
-    preset, batch, steps = "small", 64, 4 if ctx.quick else 10
+    # The batch `decentdiff sample` and `eval` use (sample.batch): top-1 splits it over the experts,
+    # so the sub-batch each expert sees, and with it the per-image cost, depends on it.
+    preset, batch, steps = "small", SampleConfig().batch, 4 if ctx.quick else 10
     out: dict[str, Any] = {"preset": preset, "batch": batch, "steps": steps, "K": {}}
     for k in (4, 8):
         experts, router = _setup(k, preset)
@@ -90,8 +93,9 @@ def render_sampling(r: dict[str, Any]) -> str:
     parts = [
         f"Sampling {r['batch']} images of 28×28 in {r['steps']} Euler steps with the `{r['preset']}` "
         "preset; time is best-of, relative to one expert alone in the same run. GFLOPs are measured "
-        "(forward FLOPs of each network × samples that actually went through it). Targets: top1 ≤ "
-        "1.10× one expert; full ≈ K×."
+        "(forward FLOPs of each network × samples that actually went through it). The batch is "
+        "`sample.batch`, the one `sample` and `eval` use; with top-1 each expert sees about B/K of it. "
+        "Targets: top1 ≤ 1.10× one expert; full ≈ K×."
     ]
     for k, rows in r["K"].items():
         table = []

@@ -11,10 +11,15 @@ from typing import Annotated
 
 import click
 import typer
+import typer.core
 
 from . import config as C
 from .errors import ConfigError, DecentDiffError
 from .federated.cli import fed_app
+
+# Plain click help: typer escapes "[default: …]" for rich even when rich markup is off, which
+# prints "\[default: …]"; rich is present only as a dependency of flwr.
+typer.core.HAS_RICH = False
 
 app = typer.Typer(
     name="decentdiff",
@@ -309,13 +314,19 @@ def partition_cmd(
             "(the experts and router must then be retrained with --fresh)"
         )
     cfg = _resolve(r, config, set_, data=data)
+    new_run = not r.toml_path.is_file()
     d = r.data(cfg)
     images = d.images[d.train_idx]
     labels = d.labels[d.train_idx] if d.labels is not None else None
-    feats = featurize(images, features, labels=labels, seed=seed) if by == "kmeans" else None
-    p = make_partition(
-        by, k=parts, features=feats, labels=labels, n=len(images), seed=seed, n_fine=fine
-    )
+    try:
+        feats = featurize(images, features, labels=labels, seed=seed) if by == "kmeans" else None
+        p = make_partition(
+            by, k=parts, features=feats, labels=labels, n=len(images), seed=seed, n_fine=fine
+        )
+    except DecentDiffError:
+        if new_run:  # a failed partition leaves no half-made RUN behind
+            r.toml_path.unlink(missing_ok=True)
+        raise
     rec = PartitionRecord(
         assignments=np.asarray(p.assignments, dtype=np.int64),
         num_parts=parts,
@@ -325,7 +336,14 @@ def partition_cmd(
         fingerprint=d.fingerprint,
         centroids=p.centroids,
     )
-    path = save_partition(r, rec, d.train_idx)
+    # The clustering itself travels too (fine centroids, fine -> coarse map, parameters): a new
+    # image can be assigned to a cluster from RUN alone.
+    extra = {
+        f"kmeans_{k}": v
+        for k, v in p.to_arrays().items()
+        if k in ("fine_centroids", "fine_to_coarse", "params")
+    }
+    path = save_partition(r, rec, d.train_idx, extra)
     fig = partition_figure(images, rec.parts(), r.path / "figures" / "partition.png")
     typer.echo(
         f"partition ({by}{', ' + features if by == 'kmeans' else ''}) of {len(images)} images into {parts}: sizes "
@@ -540,15 +558,19 @@ def compare_cmd(
     set_: SetOpt = None,
 ) -> None:
     """The ensemble under each routing vs the monolith (and distilled): a table like the paper's Table 1."""
+    from .ddm.ensemble import parse_routing
     from .report import compare, comparison_table
     from .training.loop import resolve_device
 
+    names = tuple(x.strip() for x in routings.split(",") if x.strip())
+    for name in names:
+        parse_routing(name)  # every routing is checked before anything is computed or written
     r = _existing_run(run)
     cfg = _eval_cfg(r, config, set_, n, steps, seed, None)
     rows = compare(
         r,
         cfg,
-        routings=tuple(x.strip() for x in routings.split(",") if x.strip()),
+        routings=names,
         features=features,
         recompute=recompute,
         device=resolve_device(device),
@@ -582,19 +604,37 @@ def demo_cmd(
         typer.Option(
             "--steps", help="Training steps of each expert (and of the FLOP-matched monolith)."
         ),
-    ] = 1500,
+    ] = 400,
     batch: Annotated[
         int, typer.Option("--batch", help="Monolith batch B; each expert uses B/K.")
     ] = 128,
     router_steps: Annotated[
         int, typer.Option("--router-steps", help="Router training steps.")
-    ] = 600,
+    ] = 400,
     preset: Annotated[str, typer.Option("--preset", help="Model size.")] = "small",
-    n: Annotated[int, typer.Option("--n", help="Images per evaluated model.")] = 500,
+    class_cond: Annotated[
+        bool,
+        typer.Option(
+            "--class-cond/--no-class-cond",
+            help="Class-conditional experts, router and monolith (as the paper's ImageNet "
+            "experts), sampled with classifier-free guidance inside each expert.",
+        ),
+    ] = True,
+    guidance: Annotated[
+        float, typer.Option("--guidance", help="Classifier-free guidance scale (1 = none).")
+    ] = 1.5,
+    n: Annotated[int, typer.Option("--n", help="Images per evaluated model.")] = 250,
+    sample_steps: Annotated[
+        int, typer.Option("--sample-steps", help="Euler steps per sample.")
+    ] = 20,
     quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """The whole DDM pipeline on the embedded MNIST: partition, K experts, router, FLOP-matched
-    monolith, samples with top1/topk:2/full, eval, compare, report. Resumes if interrupted."""
+    monolith, samples with top1/topk:2/full, eval, compare, report. Resumes if interrupted.
+
+    The defaults fit about ten minutes on two CPU cores; --steps, --n and --preset scale it."""
     import time
 
     from .ddm.store import partition_path
@@ -602,14 +642,25 @@ def demo_cmd(
 
     t0 = time.perf_counter()
     r = Run(run)
-    sets = [f"train.batch={batch}", f"model.preset={preset}"]
+    sets = [
+        f"train.batch={batch}",
+        f"model.preset={preset}",
+        f"model.class_cond={str(class_cond).lower()}",
+        f"sample.guidance={guidance}",
+        f"sample.steps={sample_steps}",
+        *(set_ or []),
+    ]
     if not partition_path(r).is_file():
-        partition_cmd(run, parts=parts, data="mnist5k", set_=sets)
-    cli_ddm.train_experts_cmd(run, preset=preset, steps=steps, quiet=quiet, set_=sets)
-    train_router_cmd(run, preset=preset, steps=router_steps, batch=batch, quiet=quiet, set_=sets)
-    train_monolith(run, preset=preset, flop_match=True, quiet=quiet, set_=sets)
-    compare_cmd(run, n=n, quiet=quiet, set_=sets)
-    report_cmd(run)
+        partition_cmd(run, parts=parts, data="mnist5k", config=config, set_=sets)
+    cli_ddm.train_experts_cmd(
+        run, preset=preset, steps=steps, quiet=quiet, config=config, set_=sets
+    )
+    train_router_cmd(
+        run, preset=preset, steps=router_steps, batch=batch, quiet=quiet, config=config, set_=sets
+    )
+    train_monolith(run, preset=preset, flop_match=True, quiet=quiet, config=config, set_=sets)
+    compare_cmd(run, n=n, quiet=quiet, config=config, set_=sets)
+    report_cmd(run, config=config, set_=sets)
     from .evaluation.evaluate import read_rows
     from .report import _summary
 
@@ -620,14 +671,28 @@ def demo_cmd(
 
 def _log_command(args: list[str]) -> None:
     """Append a successful command to RUN/commands.txt (for the report's "Reproduce" section)."""
+    import os
     import shlex
 
     if not args or args[0] in ("data", "--help", "-h") or "--help" in args:
         return
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the island
+        return
     for a in args:
         p = Path(a)
         if (p / "run.toml").is_file():
-            with (p / "commands.txt").open("a") as f:
+            log = p / "commands.txt"
+            if args[:2] == ["train", "expert"]:
+                # An island writes only inside its own expert directory (no shared file, no race
+                # between parallel islands); the report gathers these logs.
+                k = next(
+                    (args[i + 1] for i, x in enumerate(args[:-1]) if x in ("--expert", "-k")),
+                    None,
+                )
+                if k is None or not (p / "experts" / k).is_dir():
+                    return
+                log = p / "experts" / k / "commands.txt"
+            with log.open("a") as f:
                 f.write("decentdiff " + " ".join(shlex.quote(x) for x in args) + "\n")
             return
 
@@ -642,8 +707,15 @@ def main(argv: list[str] | None = None) -> None:
         _log_command(args)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.UsageError as e:  # bad option or argument: one line, with where to get help
+        cmd = e.ctx.command_path if e.ctx is not None else "decentdiff"
+        print(
+            f"decentdiff: error: {e.format_message()} (see `{cmd} --help`)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     except click.ClickException as e:
-        e.show()
+        print(f"decentdiff: error: {e.format_message()}", file=sys.stderr)
         sys.exit(2 if e.exit_code in (1, 2) else e.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
         print("decentdiff: interrupted; run the same command again to resume", file=sys.stderr)

@@ -42,14 +42,13 @@ def _model_dirs(run: Run, spec: str) -> Path:
             raise ConfigError(f"--model {spec!r}: expected expert:K with an integer K") from None
         check_expert_index(load_partition(run), k)
         return expert_dir(run, k)
-    if spec.startswith("federated"):
-        return (
-            run.path / spec.replace(":", "/clients/")
-            if ":" in spec
-            else run.path / "federated" / "global"
-        )
+    if spec in ("federated", "global") or spec.startswith("client:"):
+        from .federated.run import model_dir
+
+        return model_dir(run.path, spec)
     raise ConfigError(
-        f"unknown --model {spec!r}; choose one of: ensemble, monolith, distilled, expert:K"
+        f"unknown --model {spec!r}; choose one of: ensemble, monolith, distilled, expert:K, "
+        "federated, client:I"
     )
 
 

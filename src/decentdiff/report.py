@@ -100,10 +100,15 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _hidden(path: Path, root: Path) -> bool:
+    """Inside a dot-directory of RUN (a checkpoint's ``.prev`` copy, launcher scratch, ...)."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def _curves(run: Run) -> dict[str, list[tuple[int, float]]]:
     curves = {}
     for p in sorted(run.path.glob("**/metrics.jsonl")):
-        if p.parent == run.path:
+        if p.parent == run.path or _hidden(p, run.path):
             continue
         pts = []
         for line in p.read_text().splitlines():
@@ -139,17 +144,28 @@ def write_report(run: Run, cfg: Config) -> Path:
     ]
     part = None
     if (rp / "partition.npz").is_file():
+        from .ddm.membership import added_sources
         from .ddm.store import load_partition
 
         part = load_partition(run, data)
+        added = added_sources(run)
+        sizes = [
+            f"{int(s)}" if k not in added else f"(added: `{added[k][0]}`)"
+            for k, s in enumerate(part.sizes())
+        ]
         md += [
             f"Partition: `{part.method}` ({part.features} features), K = {part.num_parts}, sizes "
-            + ", ".join(str(int(s)) for s in part.sizes())
+            + ", ".join(sizes)
             + ".",
             "",
             "![partition](figures/partition.png)",
             "",
         ]
+        from .ddm.membership import membership_lines
+
+        changes = membership_lines(run)
+        if changes:
+            md += ["### Membership changes", "", *[f"- {c}" for c in changes], ""]
     # Training
     md += [
         "## Training",
@@ -157,7 +173,11 @@ def write_report(run: Run, cfg: Config) -> Path:
         "| model | params | steps | batch | train PFLOPs | final loss |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    dirs = sorted(p.parent for p in rp.glob("**/meta.json") if p.parent.name not in ("classifier",))
+    dirs = sorted(
+        p.parent
+        for p in rp.glob("**/meta.json")
+        if p.parent.name not in ("classifier",) and not _hidden(p, rp)
+    )
     for d in dirs:
         try:
             m = read_meta(d)
@@ -245,17 +265,30 @@ def write_report(run: Run, cfg: Config) -> Path:
                     "",
                 ]
     cmds = rp / "commands.txt"
-    if cmds.is_file():
-        md += [
-            "## Reproduce",
-            "",
-            "The commands that made this run, in order:",
-            "",
-            "```bash",
-            *cmds.read_text().strip().splitlines(),
-            "```",
-            "",
-        ]
+    islands = sorted(
+        (rp / "experts").glob("*/commands.txt") if (rp / "experts").is_dir() else [],
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 1 << 30,
+    )
+    if cmds.is_file() or islands:
+        md += ["## Reproduce", ""]
+        if cmds.is_file():
+            md += [
+                "The commands that made this run, in order:",
+                "",
+                "```bash",
+                *cmds.read_text().strip().splitlines(),
+                "```",
+                "",
+            ]
+        if islands:
+            md += [
+                "Each island's own commands (logged inside its expert directory):",
+                "",
+                "```bash",
+                *[line for p in islands for line in p.read_text().strip().splitlines()],
+                "```",
+                "",
+            ]
     out = rp / "report.md"
     atomic_write_text(out, "\n".join(md) + "\n")
     return out

@@ -96,6 +96,12 @@ def test_remove_expert_renumbers_and_retrains_only_the_router(run_dir, capsys):
     # Distillation after a withdrawal uses the remaining members only (no teacher for cluster 1).
     meta = distill(r, _cfg(run_dir), steps=2, batch=4, progress=False)
     assert meta["num_images"] == int((old != 1).sum()) and meta["num_parts"] == 2
+    # The report states the withdrawal, with the number of images withdrawn.
+    code, out, err = cli(capsys, "report", run_dir)
+    assert code == 0, err
+    report = (run_dir / "report.md").read_text()
+    assert "Membership changes" in report
+    assert f"Expert 1 withdrawn ({int((old == 1).sum())} training images" in report
 
 
 def test_remove_the_last_expert_is_refused(run_dir, capsys):
@@ -124,6 +130,11 @@ def test_add_expert_leaves_other_experts_byte_identical(run_dir, tmp_path, capsy
     ens, *_ = load_ensemble(Run(run_dir), "top1")
     with torch.no_grad():
         assert torch.isfinite(ens(torch.randn(2, 1, 8, 8), torch.full((2,), 0.3))).all()
+    code, out, err = cli(capsys, "report", run_dir)
+    assert code == 0, err
+    report = (run_dir / "report.md").read_text()
+    assert f"Expert 3 added: trained alone on {meta3['shard_size']} images" in report
+    assert "(added: `npz:" in report
 
 
 def test_add_data_of_another_shape_is_one_line(run_dir, tmp_path, capsys):

@@ -140,6 +140,12 @@ def test_expert_is_isolated(tmp_path, source, capsys):
     after = tree_hashes(run)
     changed = {k for k in after if before.get(k) != after[k]}
     assert changed and all(k.startswith("experts/0/") for k in changed)
+    # The same through the command line, which also logs the command: still only experts/1/.
+    code, _, err = cli(capsys, "train", "expert", run, "--expert", "1", "--steps", "2", *TINY)
+    assert code == 0, err
+    again = tree_hashes(run)
+    changed = {k for k in again if after.get(k) != again[k]} | (after.keys() - again.keys())
+    assert "experts/1/commands.txt" in changed and all(k.startswith("experts/1/") for k in changed)
 
     r2 = Run(twin)
     data = r2.data(cfg, create=False)

@@ -33,8 +33,9 @@ def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_
     run = tmp_path / "run"
     common = ["--data", "digits", "--preset", "tiny", "--clients", 3, "--split", "dirichlet:1"]
     common += ["--method", "udec", "--quantize", 8, "--local-steps", 2, "--batch", 16]
-    code, out, err = cli(capsys, "fed", "run", run, *common, "--rounds", 2)
+    code, out, err = cli(capsys, "fed", "run", run, *common, "--rounds", 2, "--eval-n", 0)
     assert code == 0, err
+    assert not (run / "metrics.jsonl").exists()  # --eval-n 0: no evaluation
     assert "round   2/2" in err and "personal models" in out
     rows = read_rounds(run)
     assert [r["round"] for r in rows] == [1, 2]
@@ -75,8 +76,36 @@ def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_
     enc = [k for k in models[0] if k.startswith("down.")]
     assert not torch.equal(models[0][enc[0]], models[1][enc[0]])  # private parts differ
     # Resume: two more rounds continue from round 2 (clients reload their private parts).
-    code, out, err = cli(capsys, "fed", "run", run, *common, "--rounds", 3)
+    code, out, err = cli(capsys, "fed", "run", run, *common, "--rounds", 3, "--eval-n", 12)
     assert code == 0, err
+    # ... then every client's personal model is scored, and the summary is their spread.
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    per = [e for e in evals if e["kind"] == "eval"]
+    assert [e["model"] for e in per] == ["client:0", "client:1", "client:2"]
+    assert all(e["n"] == 12 and np.isfinite(e["fid"]) for e in per)
+    summary = [e for e in evals if e["kind"] == "fed_eval"][-1]
+    fids = np.array([e["fid"] for e in per])
+    assert summary["fid"]["mean"] == pytest.approx(fids.mean())
+    assert summary["fid"]["std"] == pytest.approx(fids.std())
+    assert (summary["fid"]["min"], summary["fid"]["max"]) == (fids.min(), fids.max())
+    assert "per-client FID" in out
+    code, out, err = cli(
+        capsys,
+        "sample",
+        run,
+        "--model",
+        "client:1",
+        "--n",
+        4,
+        "--steps",
+        2,
+        "--out",
+        tmp_path / "c1.npz",
+    )
+    assert code == 0, err
+    assert np.load(tmp_path / "c1.npz")["images"].shape == (4, 1, 8, 8)
+    code, _, err = cli(capsys, "sample", run, "--model", "federated", "--out", tmp_path / "g.npz")
+    assert code == 2 and "not a usable generator" in err
     rows = read_rounds(run)
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert rows[2]["down"] == rows[1]["down"] and rows[2]["complete"]

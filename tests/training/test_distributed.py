@@ -18,17 +18,6 @@ from decentdiff.training.distributed import check_batch, dist_env
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
-# Each rank runs the CLI (its `train expert` is DDP-aware under torchrun).
-RANK_SCRIPT = """
-import sys
-from decentdiff.cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit as e:
-    if e.code:
-        raise
-"""
-
 
 @pytest.fixture
 def run_dir(tmp_path):
@@ -52,8 +41,7 @@ def run_dir(tmp_path):
 
 
 def _torchrun(tmp_path, *args, nproc=2):
-    script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
+    # Exactly the documented command: torchrun ... -m decentdiff train expert RUN --expert k
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
@@ -61,7 +49,8 @@ def _torchrun(tmp_path, *args, nproc=2):
         "torch.distributed.run",
         "--standalone",
         f"--nproc_per_node={nproc}",
-        str(script),
+        "-m",
+        "decentdiff",
         *map(str, args),
     ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -98,7 +87,8 @@ def test_ranks_agree(run_dir, tmp_path):
     # Every rank saves its own final weights through a hook: they must be bitwise equal.
     script = tmp_path / "agree.py"
     script.write_text(
-        "import os, sys, torch\n"
+        "import os, sys\n"
+        "from safetensors.torch import save_file\n"
         "from decentdiff import config as C\n"
         "from decentdiff.run import Run\n"
         "from decentdiff.training import distributed as D\n"
@@ -106,8 +96,8 @@ def test_ranks_agree(run_dir, tmp_path):
         "orig = loop.train\n"
         "def spy(model, *a, **kw):\n"
         "    out = orig(model, *a, **kw)\n"
-        "    torch.save({k: v.clone() for k, v in model.state_dict().items()},\n"
-        "               sys.argv[2] + f'/rank{os.environ[\"RANK\"]}.pt')\n"
+        "    save_file({k: v.clone() for k, v in model.state_dict().items()},\n"
+        "              sys.argv[2] + f'/rank{os.environ[\"RANK\"]}.safetensors')\n"
         "    return out\n"
         "loop.train = spy\n"
         "run = Run(sys.argv[1])\n"
@@ -128,7 +118,7 @@ def test_ranks_agree(run_dir, tmp_path):
     ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    w0, w1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     # ... and the ranks really trained (weights moved from their identical initialisation).
     saved = _weights_k(run_dir, 1)

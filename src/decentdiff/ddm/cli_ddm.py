@@ -171,6 +171,12 @@ def train_experts_cmd(
     retries: Annotated[
         int, typer.Option("--retries", help="Ray: retries of a failed island. (default: 2)")
     ] = 2,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads", help="process/ray: torch threads per island. (default: cores / jobs)"
+        ),
+    ] = None,
     preset: PresetOpt = None,
     objective: ObjectiveOpt = None,
     steps: StepsOpt = None,
@@ -199,6 +205,7 @@ def train_experts_cmd(
         fresh=fresh,
         progress=not quiet,
         max_retries=retries,
+        threads=threads,
     )
     for k, meta in metas.items():
         typer.echo(

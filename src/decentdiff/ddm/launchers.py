@@ -67,6 +67,7 @@ def train_experts(
     fresh: bool = False,
     progress: bool = True,
     max_retries: int = 2,
+    threads: int | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Train experts ``experts`` (default all K) with the chosen launcher.
 
@@ -77,6 +78,7 @@ def train_experts(
             from the expert's checkpoint).
         jobs: parallel islands (default: K, capped at the number of cores).
         address: Ray cluster address (``ray start --head`` prints it); None starts a local Ray.
+        threads: torch threads (and Ray CPUs) per island (default: cores // jobs).
 
     Returns:
         {k: meta.json of expert k}.
@@ -97,7 +99,9 @@ def train_experts(
     jobs = jobs if jobs is not None else min(len(ks), cores)
     if jobs < 1:
         raise ConfigError(f"--jobs must be ≥ 1, got {jobs}")
-    threads = max(1, cores // jobs)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be ≥ 1, got {threads}")
+    threads = threads if threads is not None else max(1, cores // jobs)
     config = _config_file(run, cfg)
     if launcher == "process":
         _run_processes(run, ks, config, jobs=jobs, batch=batch, fresh=fresh, threads=threads)

@@ -19,7 +19,6 @@ cluster": the router trainer here uses it, and so should any consumer that needs
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from dataclasses import asdict, replace
@@ -34,8 +33,15 @@ from torch.nn import functional as F
 from ..config import Config
 from ..errors import ConfigError, DataError, RunError
 from ..run import Run, RunData, load_data
-from ..training.checkpoint import atomic_write_bytes, atomic_write_text
-from .store import PartitionRecord, expert_dir, load_partition, partition_path
+from ..training.checkpoint import atomic_write_text
+from .store import (
+    PartitionRecord,
+    expert_dir,
+    load_partition,
+    partition_extras,
+    partition_path,
+    save_partition,
+)
 
 WITHDRAWN = -1  # assignment of a training row whose owner withdrew
 
@@ -61,26 +67,14 @@ def added_sources(run: Run) -> dict[int, tuple[str, str]]:
 def _write_partition(
     run: Run, rec: PartitionRecord, train_idx: np.ndarray, added: dict[int, tuple[str, str]]
 ) -> None:
-    """``store.save_partition`` plus the added sources (extra keys old readers ignore)."""
-    arrays: dict[str, Any] = {
-        "assignments": rec.assignments.astype(np.int64),
-        "train_idx": train_idx.astype(np.int64),
-        "num_parts": np.int64(rec.num_parts),
-        "method": np.str_(rec.method),
-        "features": np.str_(rec.features),
-        "seed": np.int64(rec.seed),
-        "fingerprint": np.str_(rec.fingerprint),
+    """``store.save_partition`` keeping the clustering arrays, with the added sources."""
+    extra: dict[str, Any] = {
+        k: v for k, v in partition_extras(run).items() if not k.startswith("added_")
     }
-    if rec.centroids is not None:
-        arrays["centroids"] = rec.centroids.astype(np.float32)
-    for k, idx in enumerate(rec.parts()):
-        arrays[f"part_{k}"] = train_idx[idx].astype(np.int64)
     for k, (spec, fp) in added.items():
-        arrays[f"added_{k}_source"] = np.str_(spec)
-        arrays[f"added_{k}_fingerprint"] = np.str_(fp)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(partition_path(run), buf.getvalue())
+        extra[f"added_{k}_source"] = np.str_(spec)
+        extra[f"added_{k}_fingerprint"] = np.str_(fp)
+    save_partition(run, rec, train_idx, extra)
 
 
 def _added_data(spec: str, cfg: Config, shape: tuple[int, ...], fingerprint: str | None) -> RunData:

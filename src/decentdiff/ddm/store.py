@@ -39,14 +39,42 @@ class PartitionRecord:
         return [np.flatnonzero(self.assignments == k) for k in range(self.num_parts)]
 
     def sizes(self) -> np.ndarray:
-        return np.bincount(self.assignments, minlength=self.num_parts)
+        """Training images per part (rows withdrawn by ``experts remove``, marked −1, excluded;
+        a part added from another source by ``experts add`` has none here)."""
+        a = self.assignments
+        return np.bincount(a[a >= 0], minlength=self.num_parts)
 
 
 def partition_path(run: Run) -> Path:
     return run.path / "partition.npz"
 
 
-def save_partition(run: Run, rec: PartitionRecord, train_idx: np.ndarray) -> Path:
+#: Keys of partition.npz beyond the record: the clustering itself (``kmeans_*``: fine centroids,
+#: fine -> coarse map, parameters; enough to assign new images) and sources added by
+#: ``experts add`` (``added_*``). Readers that do not know them ignore them.
+EXTRA_PREFIXES = ("kmeans_", "added_")
+
+
+def partition_extras(run: Run) -> dict[str, np.ndarray]:
+    """The extra arrays of RUN/partition.npz (see :data:`EXTRA_PREFIXES`); {} if none."""
+    path = partition_path(run)
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files if k.startswith(EXTRA_PREFIXES)}
+
+
+def save_partition(
+    run: Run,
+    rec: PartitionRecord,
+    train_idx: np.ndarray,
+    extra: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Write RUN/partition.npz atomically: the record, indices per part, and ``extra`` arrays
+    (names must start with one of :data:`EXTRA_PREFIXES`)."""
+    bad = [k for k in extra or {} if not k.startswith(EXTRA_PREFIXES)]
+    if bad:
+        raise ValueError(f"partition extras must start with {EXTRA_PREFIXES}: {bad}")
     arrays = {
         "assignments": rec.assignments.astype(np.int64),
         "train_idx": train_idx.astype(np.int64),
@@ -60,6 +88,7 @@ def save_partition(run: Run, rec: PartitionRecord, train_idx: np.ndarray) -> Pat
         arrays["centroids"] = rec.centroids.astype(np.float32)
     for k, idx in enumerate(rec.parts()):
         arrays[f"part_{k}"] = train_idx[idx].astype(np.int64)  # indices into the source, per part
+    arrays.update(extra or {})
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     path = partition_path(run)

@@ -105,9 +105,10 @@ def evaluate(
 
     data = run.data(cfg, create=False)
     t0 = time.perf_counter()
+    # Sample first: a missing model or a bad routing fails before anything is cached in RUN/eval.
+    gen = generate(run, model, cfg.sample, routing=routing, device=device, progress=progress)
     net, net_meta = feature_net(run, data, features, progress=progress)
     real = _real(run, data, net, features)
-    gen = generate(run, model, cfg.sample, routing=routing, device=device, progress=progress)
     if save_samples_to is not None:
         save_samples(save_samples_to, gen)
     fake = extract(net, gen.images)

@@ -27,6 +27,10 @@ from . import parts as P
 #: Suffix of the key that carries a quantised tensor's (offset, step) as float32 (2,).
 QPARAMS = "::qparams"
 QUANTIZE_BITS = (8,)
+#: A reply whose change ||θ_client − θ_global|| (over the keys it reports) exceeds this multiple of
+#: max(||θ_global||, 1) is rejected: honest local training moves a model by a small fraction of its
+#: norm, while a finite but huge update (a scaling attack) would dominate the weighted average.
+MAX_UPDATE_NORM_RATIO = 100.0
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -146,12 +150,15 @@ def decode_update(
     global_: Arrays,
     keys: Iterable[str],
     bits: int | None = None,
+    max_norm_ratio: float | None = MAX_UPDATE_NORM_RATIO,
 ) -> Update:
     """Validate a client's reply and turn it into full values; raise UpdateRejected otherwise.
 
     Checks, in order: the weight (a positive finite number), the total size (no larger than a
     valid update for ``keys``), the key set (none missing, none unexpected), each array's dtype and
-    shape, and finiteness (of values, of quantisation parameters and of the decoded result).
+    shape, finiteness (of values, of quantisation parameters and of the decoded result), and the
+    size of the change: ||θ − θ_global|| ≤ max_norm_ratio · max(||θ_global||, 1) over the
+    reported floating-point keys.
 
     Args:
         client: the client's id (for the Update).
@@ -160,6 +167,7 @@ def decode_update(
         global_: the global arrays sent this round (shapes, dtypes and the quantisation origin).
         keys: the keys this client had to report this round.
         bits: the quantisation the run uses (None: full precision).
+        max_norm_ratio: the norm guard (None: off).
     """
     keys = list(keys)
     layout = expected_layout(layout_of(global_), keys, bits)
@@ -200,6 +208,19 @@ def decode_update(
             out[k] = val
         else:
             out[k] = np.array(arrays[k], copy=True)
+    if max_norm_ratio is not None:
+        d2 = g2 = 0.0
+        for k, v in out.items():
+            if np.issubdtype(v.dtype, np.floating):
+                ref = np.asarray(global_[k], dtype=np.float64)
+                d2 += float(np.sum(np.square(v.astype(np.float64) - ref)))
+                g2 += float(np.sum(np.square(ref)))
+        limit = max_norm_ratio * max(math.sqrt(g2), 1.0)
+        if not math.sqrt(d2) <= limit:
+            raise UpdateRejected(
+                f"huge norm: ||update − global|| = {math.sqrt(d2):.3g} exceeds "
+                f"{max_norm_ratio:g}·max(||global||, 1) = {limit:.3g}"
+            )
     return Update(client, w, out)
 
 

