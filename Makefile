@@ -9,7 +9,7 @@ export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 export HF_HUB_OFFLINE=1
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup demo test test-fast lint format bench soak clean
 
 setup: $(STAMP)
 
@@ -40,8 +40,13 @@ format: setup
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 bench: setup
-	$(PY) -m pip install -q "diffusers>=0.30"
+	$(PY) -m pip install -q "diffusers==0.42.1"
 	$(PY) benchmarks/run.py --out benchmarks/results.json --md BENCHMARKS.md
+
+# The crash-resume suite at 20 seeded SIGKILL points per trainer; the summary goes to a file.
+soak: setup
+	DECENTDIFF_SOAK_KILLS=20 $(PY) -m pytest -q -p no:cacheprovider tests/reliability/test_crash_resume.py > benchmarks/soak.txt 2>&1; \
+	status=$$?; tail -n 5 benchmarks/soak.txt; exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

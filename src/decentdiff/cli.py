@@ -136,14 +136,23 @@ def data_show(
     out: Annotated[
         Path | None, typer.Option("--out", help="Write a grid of examples to this PNG.")
     ] = None,
-    heldout: Annotated[float, typer.Option(help="Held-out share for the split summary.")] = 0.2,
+    heldout: Annotated[
+        float | None,
+        typer.Option(help=f"Held-out share for the split summary. {_d('data', 'heldout')}"),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Counts, shape, classes and (with --out) a grid image of a data source."""
     import numpy as np
 
     from .run import load_data
 
-    d = load_data(C.DataConfig(source=source, heldout=heldout))
+    cfg = C.resolve(config, set_)
+    cfg.data.source = source
+    if heldout is not None:
+        cfg.data.heldout = heldout
+    d = load_data(cfg.data)
     typer.echo(f"source       {source}")
     typer.echo(f"images       {len(d.images)}  shape (C, H, W) = {d.shape}  dtype uint8")
     typer.echo(f"split        train {len(d.train_idx)}  held-out {len(d.heldout_idx)}")
@@ -599,6 +608,9 @@ def report_cmd(
 def demo_cmd(
     run: Annotated[Path, typer.Argument(help="Run directory.")] = Path("runs/demo"),
     parts: Annotated[int, typer.Option("--parts", "-K", help="Number of experts.")] = 4,
+    data: Annotated[
+        str, typer.Option("--data", help="Data source (default: the embedded MNIST subset).")
+    ] = "mnist5k",
     steps: Annotated[
         int,
         typer.Option(
@@ -622,7 +634,7 @@ def demo_cmd(
     ] = True,
     guidance: Annotated[
         float, typer.Option("--guidance", help="Classifier-free guidance scale (1 = none).")
-    ] = 1.5,
+    ] = 2.0,
     n: Annotated[int, typer.Option("--n", help="Images per evaluated model.")] = 250,
     sample_steps: Annotated[
         int, typer.Option("--sample-steps", help="Euler steps per sample.")
@@ -635,6 +647,7 @@ def demo_cmd(
     monolith, samples with top1/topk:2/full, eval, compare, report. Resumes if interrupted.
 
     The defaults fit about ten minutes on two CPU cores; --steps, --n and --preset scale it."""
+    import json
     import time
 
     from .ddm.store import partition_path
@@ -650,51 +663,72 @@ def demo_cmd(
         f"sample.steps={sample_steps}",
         *(set_ or []),
     ]
+    stages: dict[str, float] = {}
+
+    def stage(name: str, fn, **kw) -> None:
+        t = time.perf_counter()
+        fn(run, config=config, set_=sets, **kw)
+        stages[name] = stages.get(name, 0.0) + time.perf_counter() - t
+
     if not partition_path(r).is_file():
-        partition_cmd(run, parts=parts, data="mnist5k", config=config, set_=sets)
-    cli_ddm.train_experts_cmd(
-        run, preset=preset, steps=steps, quiet=quiet, config=config, set_=sets
-    )
-    train_router_cmd(
-        run, preset=preset, steps=router_steps, batch=batch, quiet=quiet, config=config, set_=sets
-    )
-    train_monolith(run, preset=preset, flop_match=True, quiet=quiet, config=config, set_=sets)
-    compare_cmd(run, n=n, quiet=quiet, config=config, set_=sets)
-    report_cmd(run, config=config, set_=sets)
+        stage("partition", partition_cmd, parts=parts, data=data)
+    stage("experts", cli_ddm.train_experts_cmd, preset=preset, steps=steps, quiet=quiet)
+    stage("router", train_router_cmd, preset=preset, steps=router_steps, batch=batch, quiet=quiet)
+    stage("monolith", train_monolith, preset=preset, flop_match=True, quiet=quiet)
+    stage("compare", compare_cmd, n=n, quiet=quiet)
+    stage("report", report_cmd)
     from .evaluation.evaluate import read_rows
     from .report import _summary
+    from .training.checkpoint import atomic_write_text
 
-    typer.echo(f"\ndemo done in {time.perf_counter() - t0:.0f} s; report: {r.path / 'report.md'}")
+    wall = time.perf_counter() - t0
+    # The timing of this invocation (a resumed demo times only what it still had to do).
+    record = {"wall_s": wall, "stages_s": stages, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_text(r.path / "demo.json", json.dumps(record, indent=2) + "\n")
+    typer.echo(f"\ndemo done in {wall:.0f} s; report: {r.path / 'report.md'}")
     for line in _summary(r, read_rows(r)):
         typer.echo(f"  {line}")
 
 
-def _log_command(args: list[str]) -> None:
-    """Append a successful command to RUN/commands.txt (for the report's "Reproduce" section)."""
+def _log_target(args: list[str]) -> Path | None:
+    """Where a command is logged: RUN/commands.txt, or, for `train expert`, the island's own
+    RUN/experts/<k>/commands.txt (no shared file, no race between parallel islands)."""
     import os
-    import shlex
 
     if not args or args[0] in ("data", "--help", "-h") or "--help" in args:
-        return
+        return None
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the island
-        return
+        return None
     for a in args:
         p = Path(a)
         if (p / "run.toml").is_file():
-            log = p / "commands.txt"
-            if args[:2] == ["train", "expert"]:
-                # An island writes only inside its own expert directory (no shared file, no race
-                # between parallel islands); the report gathers these logs.
-                k = next(
-                    (args[i + 1] for i, x in enumerate(args[:-1]) if x in ("--expert", "-k")),
-                    None,
-                )
-                if k is None or not (p / "experts" / k).is_dir():
-                    return
-                log = p / "experts" / k / "commands.txt"
-            with log.open("a") as f:
-                f.write("decentdiff " + " ".join(shlex.quote(x) for x in args) + "\n")
-            return
+            if args[:2] != ["train", "expert"]:
+                return p / "commands.txt"
+            k = next(
+                (args[i + 1] for i, x in enumerate(args[:-1]) if x in ("--expert", "-k")), None
+            )
+            return None if k is None else p / "experts" / k / "commands.txt"
+    return None
+
+
+def _stamp(path: Path | None) -> int | None:
+    """mtime of the island's meta.json (a `train expert` that trained nothing is not logged)."""
+    if path is None or path.name != "commands.txt" or path.parent.parent.name != "experts":
+        return None
+    meta = path.parent / "meta.json"
+    return meta.stat().st_mtime_ns if meta.is_file() else 0
+
+
+def _log_command(args: list[str], log: Path | None, stamp: int | None) -> None:
+    """Append a successful command to its log (for the report's "Reproduce" section)."""
+    import shlex
+
+    if log is None or not log.parent.is_dir():
+        return
+    if stamp is not None and _stamp(log) == stamp:
+        return  # an island relaunched after it finished: nothing happened, nothing to log
+    with log.open("a") as f:
+        f.write("decentdiff " + " ".join(shlex.quote(x) for x in args) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -703,8 +737,10 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
+        log = _log_target(args)
+        stamp = _stamp(log)
         app(args=args, prog_name="decentdiff", standalone_mode=False)
-        _log_command(args)
+        _log_command(args, _log_target(args) if log is None else log, stamp)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.UsageError as e:  # bad option or argument: one line, with where to get help

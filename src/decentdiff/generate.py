@@ -130,6 +130,7 @@ def generate(
         )
         networks = {"model": unet}
         train_flops = meta.get("train_flops", 0.0)
+    _check_fits(s.n, tuple(meta["image_shape"]))
     ncls = unet.num_classes
     if ncls > 0:
         if label is not None and not 0 <= label < ncls:
@@ -188,6 +189,31 @@ def generate(
         train_flops=float(train_flops),
         wall_s=wall,
     )
+
+
+def _available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_fits(n: int, shape: tuple[int, ...]) -> None:
+    """Refuse an ``n`` whose images (float32, kept in memory to be saved and scored) cannot fit."""
+    need = n * int(np.prod(shape)) * 4
+    avail = _available_bytes()
+    if avail is not None and need > avail // 2:
+        most = max(1, (avail // 2) // (int(np.prod(shape)) * 4))
+        raise ConfigError(
+            f"--n {n} would hold {need / 2**30:.1f} GiB of {'×'.join(map(str, shape))} images in "
+            f"memory, more than half of the {avail / 2**30:.1f} GiB available; use --n {most} or "
+            "fewer (or several runs with different --seed)"
+        )
 
 
 def save_samples(out: Path, gen: Generated) -> Path:

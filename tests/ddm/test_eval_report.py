@@ -111,3 +111,38 @@ def test_report_references_existing_files(run, capsys):
     for target in re.findall(r"\]\(([^)]+\.png)\)", md):
         assert (run / target).is_file(), target
     assert "decentdiff train experts" in md  # the reproduce section lists the real commands
+
+
+def test_demo_runs_the_whole_pipeline_and_records_its_timing(tmp_path, capsys):
+    # The tiny demo on the blobs: every stage runs, the report exists, demo.json has the stages.
+    rng = np.random.default_rng(2)
+    x = np.zeros((120, 1, 8, 8), np.uint8)
+    y = np.repeat(np.arange(2), 60)
+    x[y == 0, 0, :4] = 220
+    x[y == 1, 0, 4:] = 220
+    x = np.clip(x.astype(int) + rng.integers(0, 30, x.shape), 0, 255).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    run = tmp_path / "demo"
+    args = ["demo", run, "--data", f"npz:{tmp_path / 'd.npz'}", "--parts", 2, "--preset", "tiny"]
+    args += ["--steps", 2, "--router-steps", 2, "--batch", 8, "--n", 8, "--sample-steps", 2, "-q"]
+    code, out, err = cli(capsys, *args)
+    assert code == 0, err
+    timing = json.loads((run / "demo.json").read_text())
+    assert set(timing["stages_s"]) == {
+        "partition",
+        "experts",
+        "router",
+        "monolith",
+        "compare",
+        "report",
+    }
+    assert 0 < sum(timing["stages_s"].values()) <= timing["wall_s"]
+    got = {(r["model"], r.get("routing")) for r in rows(run) if r.get("kind") == "eval"}
+    assert got >= {
+        ("ensemble", "top1"),
+        ("ensemble", "topk:2"),
+        ("ensemble", "full"),
+        ("monolith", None),
+    }
+    assert all(r["guidance"] == 2.0 for r in rows(run) if r.get("kind") == "eval")
+    assert (run / "report.md").is_file() and "demo done in" in out

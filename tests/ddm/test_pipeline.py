@@ -208,7 +208,7 @@ def test_ddm_bad_inputs(ddm_run, tmp_path, capsys, source):
     )
     _bad(capsys, ddm_run, "partition", ddm_run, "--parts", "3", match="--force")
     # K larger than the data, and K = 0.
-    _bad(capsys, None, "partition", tmp_path / "k0", "--data", source, "--parts", "0", match="")
+    _bad(capsys, None, "partition", tmp_path / "k0", "--data", source, "--parts", "0", match=">= 1")
     _bad(
         capsys,
         None,
@@ -220,7 +220,7 @@ def test_ddm_bad_inputs(ddm_run, tmp_path, capsys, source):
         "1000",
         "--by",
         "random",
-        match="",
+        match="cannot make K=1000 parts",
     )
     # Missing expert and router checkpoints name the command that makes them.
     part_only = tmp_path / "po"
@@ -284,3 +284,27 @@ def test_class_conditional_ddm(tmp_path, source, capsys):
     )
     assert code == 0, err
     assert (np.load(out)["labels"] == 3).all()
+    # Guidance inside each expert, re-derived: Σ_k w_k · (v_k(∅) + w·(v_k(c) − v_k(∅))) with the
+    # router's weights, each expert loaded on its own (not through the ensemble).
+    import torch
+
+    from decentdiff.ddm.load import load_ensemble
+    from decentdiff.ddm.store import expert_dir
+    from decentdiff.training.generative import load_generative
+
+    ens, *_ = load_ensemble(Run(run), "full", guidance=2.0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, *meta["image_shape"], generator=g)
+    t = torch.rand(5, generator=g)
+    c = torch.tensor([0, 1, 2, 3, 1])
+    with torch.no_grad():
+        w = ens.weights(x, t, c)
+        want = torch.zeros_like(x)
+        for k in range(2):
+            v, unet, _, _ = load_generative(expert_dir(Run(run), k))
+            vc, vu = v(x, t, c), v(x, t, torch.full_like(c, unet.num_classes))
+            want += w[:, k].float().reshape(-1, 1, 1, 1) * (vu + 2.0 * (vc - vu))
+        got = ens(x, t, c)
+        plain = load_ensemble(Run(run), "full")[0](x, t, c)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(got, plain)  # guidance changed the velocity

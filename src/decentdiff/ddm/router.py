@@ -23,7 +23,7 @@ from ..run import Run
 from ..training.checkpoint import atomic_write_text, load_tensors, read_meta
 from ..training.generative import image_batches, to_model_space
 from ..training.loop import resolve_device, train
-from .store import load_partition
+from .store import PartitionRecord, load_partition
 
 
 def router_dir(run: Run) -> Path:
@@ -41,15 +41,48 @@ def train_router(
     """Train the router of RUN's partition into ``RUN/router`` and measure its accuracy vs t."""
     data = run.data(cfg, create=False)
     rec = load_partition(run, data)
+    return fit_router(
+        run,
+        cfg,
+        data.images[data.train_idx],
+        data.labels[data.train_idx] if data.labels is not None else None,
+        rec.assignments,
+        rec,
+        num_classes=data.num_classes if cfg.model.class_cond else 0,
+        meta={"data_fingerprint": data.fingerprint},
+        fresh=fresh,
+        progress=progress,
+    )
+
+
+def fit_router(
+    run: Run,
+    cfg: Config,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    clusters: np.ndarray,
+    rec: PartitionRecord,
+    *,
+    num_classes: int,
+    meta: dict[str, Any],
+    fresh: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Cross-entropy on (x_t, t[, class]) -> cluster of x0, x0 drawn from ``images`` at their
+    natural frequencies; writes RUN/router, its accuracy.json and figures/router_accuracy.png.
+
+    Args:
+        images: uint8 (N, C, H, W), every image the router must know; ``clusters[i]`` is the
+            cluster of ``images[i]`` (0..K-1).
+        labels: (N,) class labels, used when ``num_classes`` > 0.
+        meta: extra entries for meta.json (e.g. the data fingerprint).
+    """
     device = resolve_device(cfg.train.device)
-    n_cls = data.num_classes if cfg.model.class_cond else 0
-    rcfg = router_config(cfg.model.preset, data.shape[0], rec.num_parts, n_cls)
+    rcfg = router_config(cfg.model.preset, images.shape[1], rec.num_parts, num_classes)
     torch.manual_seed(cfg.train.seed)
     model = Router(rcfg).to(device)
-    images = data.images[data.train_idx]
-    labels = data.labels[data.train_idx] if data.labels is not None else None
-    parts = torch.from_numpy(rec.assignments)
-    draw = image_batches(images, labels, cfg.train.batch, device, cfg.train.cond_drop, n_cls)
+    parts = torch.from_numpy(np.asarray(clusters, dtype=np.int64))
+    draw = image_batches(images, labels, cfg.train.batch, device, cfg.train.cond_drop, num_classes)
 
     def loss_fn(m: nn.Module, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         x0, cond, idx = draw(g)
@@ -60,7 +93,7 @@ def train_router(
         loss = F.cross_entropy(logits, target)
         return loss, {"acc": float((logits.argmax(1) == target).float().mean())}
 
-    meta = train(
+    out = train(
         model,
         loss_fn,
         router_dir(run),
@@ -71,8 +104,8 @@ def train_router(
             "model": asdict(cfg.model),
             "num_parts": rec.num_parts,
             "partition_id": rec.partition_id,
-            "data_fingerprint": data.fingerprint,
-            "image_shape": list(data.shape),
+            "image_shape": list(images.shape[1:]),
+            **meta,
         },
         metrics_path=router_dir(run) / "metrics.jsonl",
         role="router",
@@ -83,8 +116,8 @@ def train_router(
     acc = router_accuracy(
         router,
         images,
-        labels if n_cls else None,
-        rec.assignments,
+        labels if num_classes else None,
+        clusters,
         device=device,
         seed=cfg.train.seed,
     )
@@ -92,7 +125,7 @@ def train_router(
     from ..figures import router_accuracy_figure
 
     router_accuracy_figure(acc, run.path / "figures" / "router_accuracy.png")
-    return {**meta, "accuracy": acc}
+    return {**out, "accuracy": acc}
 
 
 def load_router(

@@ -234,8 +234,9 @@ def fed_eval(
 @fed_app.command("bytes")
 def fed_bytes(
     preset: Annotated[
-        str, typer.Option("--preset", help="Model size: tiny, small, base.")
-    ] = "small",
+        str | None,
+        typer.Option("--preset", help="Model size: tiny, small, base. [default: model.preset]"),
+    ] = None,
     clients: Annotated[int, typer.Option("--clients", "-n", help="Number of clients.")] = 5,
     rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 15,
     quantize: Annotated[
@@ -249,10 +250,21 @@ def fed_bytes(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object keyed by method.")
     ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML file; its [model] preset is used without --preset."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override one config value, section.key=value (repeatable)."),
+    ] = None,
 ) -> None:
     """Bytes each method sends (every client, every round, initial broadcast included), no training."""
+    from .. import config as C
     from ..models.registry import build_unet, unet_config
     from . import aggregate as A
+
+    preset = preset or C.resolve(config, set_).model.preset
 
     if clients < 1 or rounds < 1:
         raise ConfigError("--clients and --rounds must be ≥ 1")

@@ -341,10 +341,20 @@ def resume_point(run_dir: str | Path, settings: FedSettings) -> tuple[dict[str, 
     meta = read_meta(d)
     t = load_tensors(d, "model", meta)
     unknown = sorted(set(t) - set(arrays))
-    if unknown:
+    # A stored tensor must also have the run's shape and dtype (a tampered or foreign checkpoint
+    # with the right names would otherwise fail later, inside Flower, with a traceback).
+    misfit = [
+        k
+        for k, v in t.items()
+        if k in arrays and (tuple(v.shape) != arrays[k].shape or v.numpy().dtype != arrays[k].dtype)
+    ]
+    if unknown or misfit:
         from ..errors import CheckpointError
 
-        raise CheckpointError(f"{d} does not fit this run's model; pass --fresh")
+        what = unknown[:3] or misfit[:3]
+        raise CheckpointError(
+            f"{d}/model.safetensors does not fit this run's model ({', '.join(what)}); pass --fresh"
+        )
     for k, v in t.items():
         arrays[k] = v.numpy()
     return arrays, int(meta.get("round", 0))

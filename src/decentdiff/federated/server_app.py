@@ -127,6 +127,31 @@ def make_server_app(
     return server_app
 
 
+#: The run-config keys :func:`settings_from_run_config` reads; any other key is a typo.
+RUN_CONFIG_KEYS = (
+    "run-dir",
+    "data",
+    "preset",
+    "method",
+    "clients",
+    "split",
+    "rounds",
+    "local-epochs",
+    "local-steps",
+    "prox",
+    "quantize",
+    "seed",
+    "min-replies",
+    "round-timeout",
+    "batch",
+    "lr",
+    "objective",
+    "image-shape",
+    "num-classes",
+    "class-cond",
+)
+
+
 def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
     """Settings from a Flower run config (``[tool.flwr.app.config]`` or ``flwr run -c``).
 
@@ -138,6 +163,14 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
     from ..run import load_data
     from ..training.checkpoint import atomic_write_text
     from .run import FED_BASE
+
+    unknown = sorted(set(rc) - set(RUN_CONFIG_KEYS))
+    if unknown:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"unknown run-config key(s) {', '.join(unknown)}; valid: {', '.join(RUN_CONFIG_KEYS)}"
+        )
 
     def get(key: str, default: Any) -> Any:
         return rc.get(key, default)

@@ -212,38 +212,21 @@ def train_expert_ddp(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Expert k of RUN on W ranks: the island's batch (B/K by default) is split over the ranks."""
-    from dataclasses import replace
+    from ..ddm.experts import expert_job
 
-    from ..ddm.experts import expert_batch
-    from ..ddm.store import check_expert_index, expert_dir, load_partition
-
-    data = run.data(cfg, create=False)
-    rec = load_partition(run, data)
-    check_expert_index(rec, k)
-    b = expert_batch(cfg, rec.num_parts, batch)
-    check_batch(b, env.world_size)  # before any process group exists: a clean one-line error
-    shard = rec.parts()[k]
-    images = data.images[data.train_idx]
-    labels = data.labels[data.train_idx][shard] if data.labels is not None else None
-    ecfg = replace(cfg, train=replace(cfg.train, batch=b))
+    job = expert_job(run, k, cfg, batch=batch)
+    check_batch(job.cfg.train.batch, env.world_size)  # before any process group: one clean line
     return run_island(
         train_generative_ddp,
-        expert_dir(run, k),
-        images[shard],
-        labels,
-        data.num_classes,
-        ecfg,
+        job.out_dir,
+        job.images,
+        job.labels,
+        job.data.num_classes,
+        job.cfg,
         env,
         role=f"expert {k}",
-        meta={
-            "expert": k,
-            "num_parts": rec.num_parts,
-            "partition_id": rec.partition_id,
-            "data_fingerprint": data.fingerprint,
-            "source": data.source,
-            "shard_size": len(shard),
-        },
-        metrics_path=expert_dir(run, k) / "metrics.jsonl",
+        meta=job.meta,
+        metrics_path=job.out_dir / "metrics.jsonl",
         fresh=fresh,
         progress=progress,
     )
