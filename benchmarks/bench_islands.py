@@ -51,7 +51,7 @@ def _time(run: Run, cfg: C.Config, **kw: Any) -> float:
 
 
 def bench_islands(ctx: Context) -> dict[str, Any]:
-    steps, batch = (30, 128) if ctx.quick else (100, 128)  # expert batch = 64
+    steps, batch = (20, 128) if ctx.quick else (50, 128)  # expert batch = 64
     with tempfile.TemporaryDirectory() as tmp:
         run = _run(Path(tmp))
         sets = [
