@@ -28,6 +28,12 @@ METHOD_HELP = (
 SPLIT_HELP = "iid, dirichlet:ALPHA (label skew), quantity:ALPHA (size skew), classes:N."
 
 
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one config value, section.key=value (repeatable)."),
+]
+
+
 def _flwr_env() -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -98,10 +104,7 @@ def fed_run(
         Path | None,
         typer.Option("--config", help="TOML file with [data] [model] [objective] [train]."),
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override one config value, section.key=value (repeatable)."),
-    ] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Train one UNet by federated averaging with Flower's simulation engine (resumable)."""
     _flwr_env()
@@ -211,10 +214,7 @@ def fed_eval(
             "--config", help="TOML file with [data] [model] [objective] [train] [sample]."
         ),
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override one config value, section.key=value (repeatable)."),
-    ] = None,
+    set_: SetOpt = None,
 ) -> None:
     """FID of a federated run: its global model (FULL, USPLIT) or each client's personal model
     (UDEC, ULATDEC), with mean ± std, min and max over clients; rows go to RUN/metrics.jsonl."""
@@ -254,10 +254,7 @@ def fed_bytes(
         Path | None,
         typer.Option("--config", help="TOML file; its [model] preset is used without --preset."),
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override one config value, section.key=value (repeatable)."),
-    ] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Bytes each method sends (every client, every round, initial broadcast included), no training."""
     from .. import config as C
