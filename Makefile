@@ -9,7 +9,7 @@ export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 export HF_HUB_OFFLINE=1
 
-.PHONY: setup demo test test-fast lint format bench soak clean
+.PHONY: setup demo test test-fast lint format bench soak repro clean
 
 setup: $(STAMP)
 
@@ -32,12 +32,12 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments
 
 format: setup
-	$(VENV)/bin/ruff format src tests benchmarks
-	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks experiments
+	$(VENV)/bin/ruff check --fix src tests benchmarks experiments
 
 bench: setup
 	$(PY) -m pip install -q "diffusers==0.42.1"
@@ -47,6 +47,11 @@ bench: setup
 soak: setup
 	DECENTDIFF_SOAK_KILLS=20 $(PY) -m pytest -q -p no:cacheprovider tests/reliability/test_crash_resume.py > benchmarks/soak.txt 2>&1; \
 	status=$$?; tail -n 5 benchmarks/soak.txt; exit $$status
+
+# The reproduction study (hours on 2 cores; resumes where it stopped): docs/reproduction.md.
+# `make repro STUDIES="s1 s4"` runs some of them.
+repro: setup
+	$(PY) experiments/run_all.py $(STUDIES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -84,8 +84,12 @@ def bench_demo(ctx: Context) -> dict[str, Any]:
             shutil.copy2(src, out / f"demo-{name}.png")
             figures.append(f"docs/figures/demo-{name}.png")
     top1 = latest.get(("ensemble", "top1"), {})
+    import tomllib
+
+    model = tomllib.loads((run / "run.toml").read_text()).get("model", {})
     return {
         "run": str(run),
+        "preset": model.get("preset"),
         "wall_s": timing["wall_s"],
         "stages_s": timing["stages_s"],
         "demo_time": timing.get("time"),
@@ -104,7 +108,8 @@ def render_demo(r: dict[str, Any]) -> str:
 
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["stages_s"].items())
     text = (
-        f"`make demo` (= `decentdiff demo runs/demo`, defaults) finished in **{r['wall_s'] / 60:.1f} "
+        f"`make demo` (= `decentdiff demo runs/demo`, defaults: the `{r.get('preset')}` UNet) "
+        f"finished in **{r['wall_s'] / 60:.1f} "
         f"min** on {r.get('demo_time') or 'the day recorded'} (target ≤ 10 min: "
         f"{verdict(r['time_met'])})"
         + (f"; stages: {stages}" if stages else "")

@@ -67,7 +67,9 @@ DataOpt = Annotated[
 ]
 PresetOpt = Annotated[
     str | None,
-    typer.Option("--preset", help=f"Model size: tiny, small, base. {_d('model', 'preset')}"),
+    typer.Option(
+        "--preset", help=f"Model size: tiny, compact, small, base. {_d('model', 'preset')}"
+    ),
 ]
 ObjectiveOpt = Annotated[
     str | None,
@@ -616,14 +618,16 @@ def demo_cmd(
         typer.Option(
             "--steps", help="Training steps of each expert (and of the FLOP-matched monolith)."
         ),
-    ] = 400,
+    ] = 350,
     batch: Annotated[
         int, typer.Option("--batch", help="Monolith batch B; each expert uses B/K.")
     ] = 128,
     router_steps: Annotated[
         int, typer.Option("--router-steps", help="Router training steps.")
     ] = 400,
-    preset: Annotated[str, typer.Option("--preset", help="Model size.")] = "small",
+    preset: Annotated[
+        str, typer.Option("--preset", help="Model size of experts, router and monolith.")
+    ] = "compact",
     class_cond: Annotated[
         bool,
         typer.Option(
@@ -646,7 +650,8 @@ def demo_cmd(
     """The whole DDM pipeline on the embedded MNIST: partition, K experts, router, FLOP-matched
     monolith, samples with top1/topk:2/full, eval, compare, report. Resumes if interrupted.
 
-    The defaults fit about ten minutes on two CPU cores; --steps, --n and --preset scale it."""
+    The defaults (the `compact` UNet, 350 steps) are sized for ten minutes on two slow CPU cores
+    (measured: BENCHMARKS.md); --steps, --n and --preset scale it."""
     import json
     import time
 

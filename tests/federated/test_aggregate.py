@@ -229,3 +229,33 @@ def test_fed_bytes_ratios_at_the_small_preset_follow_from_parameter_counts():
     for m in P.METHODS:
         assert q[m]["down"] == table[m]["down"]  # only updates (uplink) are quantised
         assert 3.9 < table[m]["up"] / q[m]["up"] <= 4.0
+
+
+def test_aggregate_does_not_depend_on_the_order_replies_arrive_in():
+    """Replies arrive in whatever order clients finish; the average must be bitwise the same."""
+    import itertools
+
+    rng = np.random.default_rng(7)
+    n = 20_000
+    glob = {"w": np.zeros(n, np.float32)}
+    # two large updates that cancel and small ones: float sums of these depend on their order
+    big = rng.uniform(1e8, 1e9, n).astype(np.float32)
+    values = [big, -big] + [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+    updates = [A.Update(i, 10.0, {"w": v}) for i, v in enumerate(values)]
+
+    def naive(ups):  # the same weighted mean, summed in the order given (float64, then float32)
+        total = math.fsum(u.weight for u in ups)
+        acc = np.zeros(n, np.float64)
+        for u in ups:
+            acc += (u.weight / total) * u.arrays["w"].astype(np.float64)
+        return acc.astype(np.float32)
+
+    orders = list(itertools.permutations(range(len(updates))))[::7]
+    results = [A.aggregate(glob, [updates[i] for i in order])["w"] for order in orders]
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+    # the data are such that summation order matters: the check above can fail
+    naive_results = [naive([updates[i] for i in order]) for order in orders]
+    assert any(not np.array_equal(naive_results[0], r) for r in naive_results[1:])
+    # and it is the weighted mean (NumPy oracle: the big pair cancels exactly when summed first)
+    oracle = sum(v.astype(np.float64) for v in values[2:]) / len(values)
+    np.testing.assert_allclose(results[0], oracle, atol=1e-5)

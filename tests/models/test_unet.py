@@ -159,3 +159,16 @@ def test_zero_init_output():
     # Blocks start as the identity and the output layer at zero: an untrained model predicts 0.
     model = build_unet(unet_config("tiny", 1))
     assert model(torch.randn(2, 1, 8, 8), torch.rand(2)).abs().max() == 0
+
+
+def test_every_preset_has_a_router_and_is_documented():
+    """`--preset X` is used for the experts and the router alike, and `--help` lists it."""
+    from typer.testing import CliRunner
+
+    from decentdiff.cli import app
+    from decentdiff.models.router import ROUTER_PRESETS
+
+    assert set(PRESETS) == set(ROUTER_PRESETS)
+    out = CliRunner().invoke(app, ["train", "monolith", "--help"], terminal_width=200).output
+    for name in PRESETS:
+        assert name in out

@@ -15,23 +15,43 @@ pytest.importorskip("flwr")
 
 from _cli import cli
 
-COMMON = ["--data", "digits", "--preset", "tiny", "--clients", 2, "--method", "full"]
-COMMON += ["--local-steps", 2, "--batch", 16, "--eval-n", 0, "--quiet"]
-COMMON += ["--set", "train.threads=1"]
+COMMON = ["--data", "digits", "--preset", "tiny", "--local-steps", 2, "--batch", 16]
+COMMON += ["--eval-n", 0, "--quiet", "--set", "train.threads=1"]
+#: FULL at full precision: the global model; UDEC with 8-bit updates under label skew: the
+#: server's shared parts and every client's personal model (its private parts come back from disk).
+CASES = {
+    "full": ["--method", "full", "--clients", 2],
+    "udec-q8": ["--method", "udec", "--quantize", 8, "--clients", 3, "--split", "dirichlet:1"],
+}
+
+
+def _models(run):
+    """Every checkpointed model of a federated run: global or shared, and each client's own."""
+    fed = run / "federated"
+    files = sorted(fed.glob("global/model.safetensors")) + sorted(
+        fed.glob("shared/model.safetensors")
+    )
+    files += sorted(fed.glob("clients/*/model.safetensors"))
+    return {str(f.relative_to(fed)): load_file(f) for f in files}
 
 
 @pytest.mark.slow
-def test_stopped_and_resumed_federation_equals_an_uninterrupted_one(tmp_path, capsys):
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_stopped_and_resumed_federation_equals_an_uninterrupted_one(tmp_path, capsys, case):
     once, twice = tmp_path / "once", tmp_path / "twice"
-    code, _, err = cli(capsys, "fed", "run", once, *COMMON, "--rounds", 3)
+    args = [*COMMON, *CASES[case]]
+    code, _, err = cli(capsys, "fed", "run", once, *args, "--rounds", 3)
     assert code == 0, err
-    code, _, err = cli(capsys, "fed", "run", twice, *COMMON, "--rounds", 2)
+    code, _, err = cli(capsys, "fed", "run", twice, *args, "--rounds", 2)
     assert code == 0, err
-    after_two = load_file(twice / "federated" / "global" / "model.safetensors")
-    code, _, err = cli(capsys, "fed", "run", twice, *COMMON, "--rounds", 3)
+    after_two = _models(twice)
+    code, _, err = cli(capsys, "fed", "run", twice, *args, "--rounds", 3)
     assert code == 0, err
-    a = load_file(once / "federated" / "global" / "model.safetensors")
-    b = load_file(twice / "federated" / "global" / "model.safetensors")
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), "resumed federation drifted"
-    assert any(not torch.equal(after_two[k], b[k]) for k in b)  # round 3 really trained
+    a, b = _models(once), _models(twice)
+    assert a.keys() == b.keys() and len(a) == (1 if case == "full" else 4)
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        drift = [k for k in a[name] if not torch.equal(a[name][k], b[name][k])]
+        assert not drift, f"resumed federation drifted in {name}: {drift[:3]}"
+        # round 3 really trained every model
+        assert any(not torch.equal(after_two[name][k], b[name][k]) for k in b[name]), name

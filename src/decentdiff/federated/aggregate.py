@@ -14,6 +14,7 @@ Nothing here imports Flower: arrays are ``dict[str, np.ndarray]`` (a state dict 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,6 +50,17 @@ class Update:
 
 
 # ------------------------------------------------------------------------------ aggregation
+def _content_key(u: Update) -> tuple[bytes, float]:
+    """sha256 of an update's keys and bytes (then its weight): an order no client can influence
+    beyond its own content, and the same in every run."""
+    h = hashlib.sha256()
+    for k in sorted(u.arrays):
+        a = np.ascontiguousarray(u.arrays[k])
+        h.update(f"{k}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.digest(), float(u.weight)
+
+
 def aggregate(global_: Arrays, updates: Sequence[Update]) -> dict[str, np.ndarray]:
     """Per-key average weighted by client data size, over the clients that reported the key.
 
@@ -60,6 +72,9 @@ def aggregate(global_: Arrays, updates: Sequence[Update]) -> dict[str, np.ndarra
         objects as in ``global_`` (bitwise unchanged).
     """
     out = dict(global_)
+    # A canonical order (by content, not by arrival): float sums depend on their order, and replies
+    # arrive in whatever order the clients finish, so without this a re-run could differ bitwise.
+    updates = sorted(updates, key=_content_key)
     for key, ref in global_.items():
         got = [(u.weight, u.arrays[key]) for u in updates if key in u.arrays]
         if not got:

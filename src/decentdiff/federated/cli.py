@@ -62,7 +62,8 @@ def fed_run(
         int, typer.Option("--local-steps", help="Fixed local steps per round (0: from E).")
     ] = 0,
     preset: Annotated[
-        str | None, typer.Option("--preset", help="Model size: tiny, small, base. [default: small]")
+        str | None,
+        typer.Option("--preset", help="Model size: tiny, compact, small, base. [default: small]"),
     ] = None,
     objective: Annotated[
         str | None,
@@ -235,7 +236,9 @@ def fed_eval(
 def fed_bytes(
     preset: Annotated[
         str | None,
-        typer.Option("--preset", help="Model size: tiny, small, base. [default: model.preset]"),
+        typer.Option(
+            "--preset", help="Model size: tiny, compact, small, base. [default: model.preset]"
+        ),
     ] = None,
     clients: Annotated[int, typer.Option("--clients", "-n", help="Number of clients.")] = 5,
     rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 15,

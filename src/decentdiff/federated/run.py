@@ -30,6 +30,9 @@ from ..errors import ConfigError
 from . import aggregate as A
 from . import parts as P
 
+#: How often Ray restarts a client's worker process that died during a simulation.
+ACTOR_RESTARTS = 3
+
 #: Paper defaults (de Goede et al., arXiv 2406.12575): DDPM ε with Huber loss, linear β, T = 1000,
 #: Adam lr 1e-4 re-created every round, batch 128. Warm-up would restart every round, so it is off;
 #: EMA across re-created optimisers means nothing, so clients keep none (decay 0: EMA == weights).
@@ -553,8 +556,17 @@ def run_federated(
         os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         # Ray actors start with OMP_NUM_THREADS = their CPUs; torch in each uses `threads`.
+        # A client's worker process that dies (OOM killer, SIGKILL) is restarted by Ray and its
+        # task re-run once: a client round is a pure function of (seed, round, client), so the
+        # re-run sends the same update. Without this, Flower 1.41 keeps the dead actor in its
+        # pool and every later task sent to it fails.
         backend = {
-            "client_resources": {"num_cpus": threads, "num_gpus": 0.0},
+            "client_resources": {
+                "num_cpus": threads,
+                "num_gpus": 0.0,
+                "max_restarts": ACTOR_RESTARTS,
+                "max_task_retries": 1,
+            },
             "init_args": {"num_cpus": par * threads, "include_dashboard": False},
         }
         flwr_log = logging.getLogger("flwr")

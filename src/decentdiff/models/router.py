@@ -37,6 +37,7 @@ class RouterConfig:
 ROUTER_PRESETS: dict[str, tuple[int, ...]] = {
     # About 1/20 of an expert's forward FLOPs at each size (the paper's router: ~4% of training).
     "tiny": (8, 16),
+    "compact": (8, 16, 32),
     "small": (16, 32, 64),
     "base": (32, 64, 128),
 }

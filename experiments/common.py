@@ -1,0 +1,349 @@
+"""Shared plumbing of the reproduction study: run decentdiff commands, skip finished work, log.
+
+Every study drives the public command line (``python -m decentdiff ...``), the same commands a user
+types, so the study also tests the tool. Work is resumable at three levels: training commands
+resume from their checkpoints (and return at once when finished), an evaluation is skipped when
+RUN/metrics.jsonl already holds its row, and a study's results file is rewritten at the end.
+
+Environment:
+    DECENTDIFF_REPRO         where the runs go (default ``runs/repro``; never committed).
+    DECENTDIFF_REPRO_SCALE   multiplies every step count and image count (default 1; a tiny
+                             scale checks the plumbing, not the results).
+    DECENTDIFF_REPRO_SEEDS   how many seeds the multi-seed studies use (default 3).
+    DECENTDIFF_REPRO_RESULTS where the results JSON go (default docs/reproduction).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+ROOT = Path(os.environ.get("DECENTDIFF_REPRO", REPO / "runs" / "repro"))
+#: Small JSON results, committed with the doc (``DECENTDIFF_REPRO_RESULTS`` elsewhere: smoke runs).
+RESULTS = Path(os.environ.get("DECENTDIFF_REPRO_RESULTS", REPO / "docs" / "reproduction"))
+SCALE = float(os.environ.get("DECENTDIFF_REPRO_SCALE", "1"))
+
+
+def scaled(x: int, minimum: int = 1) -> int:
+    """An integer budget times DECENTDIFF_REPRO_SCALE (at least ``minimum``)."""
+    return max(minimum, round(x * SCALE))
+
+
+#: The budget every DDM study shares (sized for 2 CPU cores; see docs/reproduction.md).
+DDM = {
+    "data": "mnist5k",
+    "preset": "compact",
+    "batch": 64,  # the monolith's batch B; each of K experts uses B/K
+    "steps": scaled(300, 2),
+    "router_steps": scaled(300, 2),
+    "n": scaled(500, 20),  # generated images per evaluation (vs the 1000 held-out images)
+    "sample_steps": 20,
+}
+SEEDS = tuple(range(int(os.environ.get("DECENTDIFF_REPRO_SEEDS", "3"))))
+
+#: Federated budget: 5 clients; the total of client training steps x batch equals one monolith's
+#: (and one DDM run's) 300 steps x 64 images, so every arm of studies 6-8 has the same FLOPs.
+FED = {
+    "data": "mnist5k",
+    "preset": "compact",
+    "clients": 5,
+    "rounds": scaled(6, 1),
+    "local_steps": scaled(10, 1),
+    "batch": 64,
+    "lr": 1e-3,  # the paper's 1e-4 learns next to nothing in this few steps; same for every arm
+    "n": scaled(300, 20),
+    "sample_steps": 20,
+}
+
+
+def fed_run(
+    run: Path, *, method: str, split: str, study: str, seed: int = 0, extra: tuple[Any, ...] = ()
+) -> dict[str, Any]:
+    """A federation with the FED budget, then its evaluation; returns the fed_eval row + bytes."""
+    f = FED
+    cli(
+        "fed",
+        "run",
+        run,
+        "--data",
+        f["data"],
+        "-n",
+        f["clients"],
+        "--split",
+        split,
+        "--method",
+        method,
+        "--rounds",
+        f["rounds"],
+        "--local-steps",
+        f["local_steps"],
+        "--preset",
+        f["preset"],
+        "--batch",
+        f["batch"],
+        "--seed",
+        seed,
+        "--eval-n",
+        0,
+        "--set",
+        f"train.lr={f['lr']}",
+        "--quiet",
+        *extra,
+        study=study,
+    )
+    row = find_row(run, kind="fed_eval", n=f["n"])
+    if row is None:
+        cli(
+            "fed",
+            "eval",
+            run,
+            "--n",
+            f["n"],
+            "--steps",
+            f["sample_steps"],
+            "--seed",
+            seed,
+            "--quiet",
+            study=study,
+        )
+        row = find_row(run, kind="fed_eval", n=f["n"])
+    rounds = [
+        json.loads(x)
+        for x in (run / "federated" / "rounds.jsonl").read_text().splitlines()
+        if x.strip()
+    ]
+    sizes = [c.get("num_examples") for c in rounds[0]["clients"]] if rounds else []
+    return {
+        "fid": row["fid"],
+        "precision": row.get("precision"),
+        "recall": row.get("recall"),
+        "per_model": row.get("per_model"),
+        "floor_fid": row.get("floor_fid"),
+        "bytes_total": sum(r["total"] for r in rounds),
+        "bytes_up": sum(r["up"] for r in rounds),
+        "bytes_down": sum(r["down"] for r in rounds),
+        "rounds": len(rounds),
+        "client_sizes": sizes,
+        "seconds": sum(r.get("seconds", 0.0) for r in rounds),
+    }
+
+
+def log_path() -> Path:
+    return ROOT / "commands.jsonl"
+
+
+def cli(*args: Any, study: str) -> float:
+    """Run ``decentdiff ARGS`` (quiet), fail loudly, log the command and its wall time."""
+    argv = [str(a) for a in args]
+    cmd = [sys.executable, "-m", "decentdiff", *argv]
+    ROOT.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    print("$ decentdiff " + " ".join(shlex.quote(a) for a in argv), flush=True)
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if res.returncode != 0:
+        sys.stderr.write(res.stdout[-2000:] + res.stderr[-4000:])
+        raise SystemExit(f"study {study}: `decentdiff {' '.join(argv)}` failed ({res.returncode})")
+    out = res.stdout.strip().splitlines()
+    if out:
+        print("  " + out[-1], flush=True)
+    with log_path().open("a") as f:
+        row = {"study": study, "cmd": "decentdiff " + " ".join(shlex.quote(a) for a in argv)}
+        row.update(wall_s=round(wall, 2), time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        f.write(json.dumps(row) + "\n")
+    return wall
+
+
+def rows(run: Path, kind: str = "eval") -> list[dict[str, Any]]:
+    """The rows of RUN/metrics.jsonl of one kind."""
+    p = run / "metrics.jsonl"
+    if not p.is_file():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            if r.get("kind") == kind:
+                out.append(r)
+    return out
+
+
+def find_row(run: Path, kind: str = "eval", **match: Any) -> dict[str, Any] | None:
+    """The last row of ``kind`` whose fields equal ``match``."""
+    found = None
+    for r in rows(run, kind):
+        if all(r.get(k) == v for k, v in match.items()):
+            found = r
+    return found
+
+
+def evaluate(
+    run: Path,
+    model: str,
+    *,
+    study: str,
+    routing: str | None = None,
+    n: int,
+    seed: int = 0,
+    steps: int = 20,
+) -> dict[str, Any]:
+    """The eval row of (model, routing, n, seed, steps), computed only if it is not there yet."""
+    want: dict[str, Any] = {"model": model, "n": n, "seed": seed, "steps": steps}
+    if model == "ensemble":
+        want["routing"] = routing or "top1"
+    row = find_row(run, **want)
+    if row is None:
+        args: list[Any] = ["eval", run, "--model", model, "--n", n, "--seed", seed]
+        args += ["--steps", steps, "--quiet"]
+        if model == "ensemble":
+            args += ["--routing", want["routing"]]
+        cli(*args, study=study)
+        row = find_row(run, **want)
+        if row is None:
+            raise SystemExit(f"study {study}: eval of {model} {routing} wrote no row in {run}")
+    return row
+
+
+def ddm_run(
+    run: Path,
+    *,
+    K: int,
+    study: str,
+    seed: int = 0,
+    by: str = "kmeans",
+    monolith: bool = True,
+    objective: str | None = None,
+) -> Path:
+    """Partition + K experts + router (+ the FLOP-matched monolith) with the DDM budget."""
+    b = DDM
+    if not (run / "partition.npz").is_file():
+        cli(
+            "partition", run, "-K", K, "--data", b["data"], "--by", by, "--seed", seed,
+            "--set", f"model.preset={b['preset']}",  # recorded in run.toml: every command uses it
+            study=study,
+        )  # fmt: skip
+    extra = ["--objective", objective] if objective else []
+    cli(
+        "train",
+        "experts",
+        run,
+        "--preset",
+        b["preset"],
+        "--steps",
+        b["steps"],
+        "--seed",
+        seed,
+        "--batch",
+        b["batch"] // K,
+        "--quiet",
+        *extra,
+        study=study,
+    )
+    cli(
+        "train",
+        "router",
+        run,
+        "--preset",
+        b["preset"],
+        "--steps",
+        b["router_steps"],
+        "--batch",
+        b["batch"],
+        "--seed",
+        seed,
+        "--quiet",
+        study=study,
+    )
+    if monolith:
+        cli(
+            "train",
+            "monolith",
+            run,
+            "--preset",
+            b["preset"],
+            "--flop-match",
+            "--seed",
+            seed,
+            "--quiet",
+            study=study,
+        )
+    return run
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    """mean, sample std (0 for one value), min, max, count."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "count": n}
+
+
+def pick(row: dict[str, Any]) -> dict[str, Any]:
+    """The figures of an eval row a study keeps."""
+    keys = (
+        "fid",
+        "kid_mean",
+        "precision",
+        "recall",
+        "confident_share",
+        "train_flops",
+        "sample_gflops_per_image",
+        "router_share",
+        "n",
+        "seed",
+    )
+    out = {k: row.get(k) for k in keys}
+    out["floor_fid"] = (row.get("floor") or {}).get("fid")
+    return out
+
+
+def study_wall(study: str) -> float:
+    """Seconds of commands logged for ``study`` (all sessions: a resumed study adds up)."""
+    p = log_path()
+    if not p.is_file():
+        return 0.0
+    total = 0.0
+    for line in p.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("study") == study:
+            total += float(r.get("wall_s", 0.0))
+    return total
+
+
+def commands(study: str) -> list[str]:
+    """The distinct commands logged for ``study``, in first-run order."""
+    p = log_path()
+    seen: dict[str, None] = {}
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("study") == study:
+                seen.setdefault(r["cmd"], None)
+    return list(seen)
+
+
+def save(study: str, result: dict[str, Any]) -> Path:
+    """Write docs/reproduction/<study>.json (the study's numbers, verdict and set-up)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {
+        **result,
+        "study": study,
+        "scale": SCALE,
+        "wall_s": round(study_wall(study), 1),
+        "commands": commands(study),
+        "recorded": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    out = RESULTS / f"{study}.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, out)
+    print(f"{study}: {result.get('verdict')} -> {out}", flush=True)
+    return out

@@ -1,0 +1,81 @@
+"""A federated client process SIGKILLed in the middle of a round does not stop the federation.
+
+`decentdiff fed run` runs as a user runs it (a subprocess); once round 1 is on disk, one of the Ray
+worker processes that execute the ClientApp is killed with SIGKILL while round 2 trains. Ray
+restarts the worker and re-runs its task; since a client round is a pure function of (seed,
+round, client), every round completes with all clients and the final global model is bitwise the
+one of a federation that nobody killed. (Found by this test: without the restart, Flower 1.41
+kept the dead actor in its pool and every later task sent to it failed, so from round 2 on the
+rounds were incomplete and the global model froze.)
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("flwr")
+
+
+def _client_workers() -> list[int]:
+    """PIDs of Ray worker processes running Flower's ClientApp actor (named by Ray)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if "ClientAppActor" in line]
+
+
+@pytest.mark.slow
+def test_a_client_killed_mid_round_does_not_stop_the_federation(tmp_path):
+    run, twin = tmp_path / "fed", tmp_path / "twin"
+    args = ["--data", "digits", "--preset", "tiny", "--clients", "3", "--rounds", "2"]
+    args += ["--local-steps", "200", "--batch", "32", "--min-replies", "2"]
+    args += ["--eval-n", "0", "--quiet", "--set", "train.threads=1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "decentdiff", "fed", "run", str(run), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    rounds = run / "federated" / "rounds.jsonl"
+    killed, rounds_at_kill = None, None
+    deadline = time.monotonic() + 300
+    try:
+        while killed is None and time.monotonic() < deadline and proc.poll() is None:
+            if rounds.is_file() and rounds.read_text().count("\n") >= 1:
+                time.sleep(0.5)  # round 2 is under way: every worker has a client to train
+                workers = _client_workers()
+                if workers:
+                    killed = workers[0]
+                    os.kill(killed, signal.SIGKILL)
+                    rounds_at_kill = rounds.read_text().count("\n")
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed is not None, "no ClientApp worker process was found to kill"
+    assert rounds_at_kill == 1, "the kill came after round 2 had finished: not mid-round"
+    assert proc.returncode == 0, err[-3000:]
+    rows = [json.loads(x) for x in rounds.read_text().splitlines() if x.strip()]
+    assert [r["round"] for r in rows] == [1, 2]
+    for r in rows:
+        statuses = [c["status"] for c in r["clients"]]
+        assert r["complete"] and r["accepted"] == 3, f"round {r['round']}: {statuses}"
+    model = load_file(run / "federated" / "global" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
+    # the same federation, nobody killed: bitwise the same global model
+    res = subprocess.run(
+        [sys.executable, "-m", "decentdiff", "fed", "run", str(twin), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref = load_file(twin / "federated" / "global" / "model.safetensors")
+    assert ref.keys() == model.keys()
+    assert all(torch.equal(ref[k], model[k]) for k in ref), "the re-run client changed the result"

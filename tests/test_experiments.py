@@ -1,0 +1,95 @@
+"""The reproduction study's plumbing: verdict rules and the generated document (not the results)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+EXP = Path(__file__).resolve().parent.parent / "experiments"
+sys.path.insert(0, str(EXP))
+
+import common  # noqa: E402
+import report  # noqa: E402
+import s1_ddm_vs_monolith as s1  # noqa: E402
+
+
+def test_s1_verdict_rule():
+    assert s1.verdict_of([0.8, 0.9, 0.99]) == "held"
+    assert s1.verdict_of([1.2, 1.01, 1.5]) == "not held"
+    assert s1.verdict_of([0.8, 1.2, 0.9]) == "mixed"
+
+
+def test_summarise_matches_numpy():
+    np = pytest.importorskip("numpy")
+    xs = [3.0, 1.5, 2.25, 7.0]
+    s = common.summarise(xs)
+    assert s["mean"] == pytest.approx(np.mean(xs))
+    assert s["std"] == pytest.approx(np.std(xs, ddof=1))
+    assert (s["min"], s["max"], s["count"]) == (1.5, 7.0, 4)
+    assert common.summarise([2.0])["std"] == 0.0
+
+
+def test_find_row_takes_the_last_match(tmp_path):
+    rows = [
+        {"kind": "eval", "model": "monolith", "n": 10, "fid": 1.0},
+        {"kind": "eval", "model": "ensemble", "routing": "top1", "n": 10, "fid": 2.0},
+        {"kind": "eval", "model": "monolith", "n": 10, "fid": 3.0},
+        {"kind": "fed_eval", "model": "monolith", "n": 10, "fid": 4.0},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert common.find_row(tmp_path, model="monolith", n=10)["fid"] == 3.0
+    assert common.find_row(tmp_path, model="ensemble", routing="top1")["fid"] == 2.0
+    assert common.find_row(tmp_path, model="ensemble", routing="full") is None
+    assert common.find_row(tmp_path, kind="fed_eval", n=10)["fid"] == 4.0
+
+
+def _fid(row_fid):
+    return {"fid": row_fid, "train_flops": 100.0, "sample_gflops_per_image": 1.0}
+
+
+def test_report_renders_every_verdict(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(report, "DOC", tmp_path / "reproduction.md")
+    monkeypatch.setattr(report, "FIGS", tmp_path / "figures")
+    (tmp_path / "results").mkdir()
+    per_seed = {
+        str(s): {"monolith": _fid(2.0), "K4_top1": _fid(1.5), "K8_top1": _fid(2.5)} for s in (0, 1)
+    }
+    s1_result = {
+        "claim": "c1",
+        "setup": {"n": 50, "seeds": [0, 1]},
+        "per_seed": per_seed,
+        "monolith": {"fid": common.summarise([2.0, 2.0])},
+        "K4": {
+            "fid": common.summarise([1.5, 1.5]),
+            "ratio_to_monolith": common.summarise([0.75, 0.75]),
+            "ratios": [0.75, 0.75],
+            "train_flops_vs_monolith": 1.0,
+        },
+        "K8": {
+            "fid": common.summarise([2.5, 2.5]),
+            "ratio_to_monolith": common.summarise([1.25, 1.25]),
+            "ratios": [1.25, 1.25],
+            "train_flops_vs_monolith": 1.0,
+        },
+        "verdicts": {"K4": "held", "K8": "not held"},
+        "verdict": "mixed",
+        "wall_s": 60.0,
+        "recorded": "now",
+        "scale": 1.0,
+        "commands": ["decentdiff partition x"],
+    }
+    (tmp_path / "results" / "s1_ddm_vs_monolith.json").write_text(json.dumps(s1_result))
+    assert report.main() == 0
+    doc = (tmp_path / "reproduction.md").read_text()
+    assert "**mixed**" in doc and "| 0 | 2.00 | 1.50 | 2.50 | 0.750 | 1.250 |" in doc
+    assert "not run yet" in doc  # the other seven studies
+    assert "decentdiff partition x" in doc
+    assert (tmp_path / "figures" / "repro_s1.png").stat().st_size > 1000
+
+
+def test_report_without_results_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(report, "RESULTS", tmp_path / "none")
+    assert report.main() == 2
+    assert "run_all.py" in capsys.readouterr().err
