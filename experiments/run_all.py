@@ -19,6 +19,7 @@ STUDIES = (
     "s6_feddiffuse",
     "s7_feddm",
     "s8_ddm_vs_federated",
+    "s9_router_budget",
 )
 
 
