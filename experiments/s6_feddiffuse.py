@@ -17,30 +17,14 @@ SPLITS = ("iid", "quantity:0.5", "dirichlet:0.5")
 
 
 def central() -> dict:
-    """The centralised baseline at the same compute: one DDPM UNet on all data, as many steps."""
+    """The centralised baseline at the same compute: one UNet on all data, as many steps."""
     run = ROOT / "s6" / "central"
     steps = FED["rounds"] * FED["clients"] * FED["local_steps"]  # the federation's client steps
     cli(
-        "train",
-        "monolith",
-        run,
-        "--data",
-        FED["data"],
-        "--preset",
-        FED["preset"],
-        "--objective",
-        "ddpm",
-        "--steps",
-        steps,
-        "--batch",
-        FED["batch"],
-        "--seed",
-        0,
-        "--set",
-        "objective.loss=huber",
-        "--quiet",
-        study=STUDY,
-    )
+        "train", "monolith", run, "--data", FED["data"], "--preset", FED["preset"],
+        "--objective", FED["objective"], "--steps", steps, "--batch", FED["batch"], "--seed", 0,
+        "--quiet", study=STUDY,
+    )  # fmt: skip
     return pick(
         evaluate(run, "monolith", n=FED["n"], seed=0, steps=FED["sample_steps"], study=STUDY)
     )

@@ -45,7 +45,6 @@ def main() -> None:
         method="full",
         split="iid",
         study=STUDY,
-        extra=("--objective", "fm"),
         local_steps=matched,
     )
     shipped = sum(model_bytes(ddm / "experts" / str(k)) for k in range(4)) + model_bytes(
@@ -78,7 +77,7 @@ def main() -> None:
             "claim": CLAIM,
             "setup": {
                 "ddm": {**DDM, "K": 4, "seed": seed},
-                "fed": {**FED, "local_steps": matched, "objective": "fm"},
+                "fed": {**FED, "local_steps": matched},
                 "eval_n": n,
             },
             "arms": arms,
