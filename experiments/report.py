@@ -279,6 +279,45 @@ BODIES = {
 
 #: What the numbers say, written after reading them (kept apart from the generated figures).
 READING = {
+    "s9_router_budget": (
+        "Not held: ten times the router's steps made it much more accurate at low noise (K=4: "
+        "0.97 vs 0.88 at t~0.05; K=8: 0.96 vs 0.79) and top-1 no better (K=4 11.83 vs 11.61, K=8 "
+        "19.15 vs 18.87). So the router's accuracy is not what separates top-1 (18.9) from oracle "
+        "routing (10.2) at K=8. A likely explanation, not measured: unconditionally, at t near 1 no "
+        "router can tell the clusters apart (accuracy = the prior), so top-1 sends every sample's "
+        "first steps to the same, largest cluster's expert; oracle, sample-1 and nucleus routing "
+        "spread them. The class-conditional `make demo` router knows the class from the start, and "
+        "there top-1 beat the monolith (0.74x)."
+    ),
+    "s8_ddm_vs_federated": (
+        "On the same training images (so the same FLOPs), the K=4 DDM ensemble (top-1) scores FID "
+        "12.27 and FedAvg's global model 267: FedAvg is not trained at this budget, its 5 rounds "
+        "of 12 averaged local steps amounting to ~60 sequential steps where each DDM expert takes "
+        "300. FedAvg also moved 129 MB during training against none for DDM (10.5 MB once, to "
+        "ship the 4 experts and the router to whoever samples). Held, but as a statement about a "
+        "small budget: FedAvg needs more rounds, each costing ~26 MB here. The wall times are not "
+        "comparable: the DDM islands ran one after another, and their first run shared the cores "
+        "with another job (inflated); on 4 machines they would take a quarter."
+    ),
+    "s6_feddiffuse": (
+        "Bytes (measured over 5 rounds, the initial broadcast included): USPLIT saved 23.8%, "
+        "ULATDEC 30.5%, UDEC 55.8% against FULL, the paper's order, but less than its count over "
+        "15 rounds (25 / 41 / 73.5%): with 5 rounds the initial full broadcast weighs more, and the "
+        "compact UNet keeps more of its weights in the decoder than the paper's (as `small` does, "
+        "BENCHMARKS.md). Quality: not trained. At 5 rounds x 6 local steps every federated model "
+        "scores FID 245-499 (per-client means) against 19.7 for the centralised run on the same "
+        "number of images: averaging 5 clients that each take 6 steps moves the model about as far "
+        "as 6 steps, 30 in all, where the centralised run takes 150. So the quality claims are "
+        "inconclusive here (the script's rule: FULL under IID must be within 3x of the centralised "
+        "FID), and the quality checks that the rule still prints are noise. The paper ran 15 rounds "
+        "x 5 local epochs; that is about 10x this budget. The quantity-skew split gave one client 3 "
+        "images."
+    ),
+    "s7_feddm": (
+        "8-bit updates: the uplink is 0.250x of full precision's (held: the paper's ~4x), all bytes "
+        "0.625x because the downlink stays at full precision. The FID ratios (8-bit 1.17x, FedProx "
+        "1.13x under label skew) compare untrained models (FID ~370-420, study 6) and mean nothing."
+    ),
     "s5_heterogeneous": (
         "With 2 of the 4 experts retrained as epsilon-models, the ensemble is far worse: top-1 FID "
         "72.4 vs 11.61, top-2 56.7 vs 12.50. The epsilon-experts themselves are the cause: sampled "
@@ -323,7 +362,7 @@ READING = {
         "and stochastic routing lies between 14.9 and 16.4. What agrees with the paper: top-1 "
         "costs one expert plus the router (1.72 vs the monolith's 1.64 GFLOPs per image), full "
         "costs K experts, and oracle routing is close to the best. The ordering is what a weak "
-        "router produces (see study 9)."
+        "router at high noise produces; study 9 shows it is not the router's accuracy."
     ),
 }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common import FED, ROOT, fed_run, save
+from common import FED, ROOT, fed_run, find_row, save
 
 STUDY = "s7_feddm"
 CLAIM = (
@@ -36,12 +36,16 @@ def main() -> None:
     q8_up = q8["bytes_up"] / vanilla_iid["bytes_up"]
     q8_total = q8["bytes_total"] / vanilla_iid["bytes_total"]
     prox_fid = prox["fid"]["mean"] / vanilla_skew["fid"]["mean"]
+    # FID ratios mean something only if the vanilla model is trained (see study 6).
+    central = find_row(ROOT / "s6" / "central", model="monolith", n=FED["n"])
+    trained = central is not None and vanilla_iid["fid"]["mean"] <= 3 * central["fid"]
+    q = "inconclusive"
     checks = {
         "q8_uplink_about_4x_smaller": "held" if q8_up <= 0.3 else "not held",
-        "q8_fid_at_most_1.75x": "held" if q8_fid <= 1.75 else "not held",
-        "prox_better_under_label_skew": "held" if prox_fid < 1 else "not held",
+        "q8_fid_at_most_1.75x": ("held" if q8_fid <= 1.75 else "not held") if trained else q,
+        "prox_better_under_label_skew": ("held" if prox_fid < 1 else "not held") if trained else q,
     }
-    v = set(checks.values())
+    v = {x for x in checks.values() if x != q}
     save(
         STUDY,
         {
@@ -56,7 +60,9 @@ def main() -> None:
             "q8_total_bytes_ratio": q8_total,
             "prox_fid_ratio": prox_fid,
             "checks": checks,
-            "verdict": v.pop() if len(v) == 1 else "mixed",
+            "models_trained_enough": trained,
+            "verdict": (v.pop() if len(v) == 1 else "mixed")
+            + ("" if trained else " (bytes only; quality inconclusive)"),
         },
     )
 
