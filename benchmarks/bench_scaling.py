@@ -116,8 +116,9 @@ def render_scaling(r: dict[str, Any]) -> str:
     )
     g = r["growth"]
     text += (
-        f"\n\nWall time and peak memory of each stage, each its own process (start-up, about 3 s, "
-        f"included). From the smallest to the largest full set ({r['data_growth']:.0f}× the data): "
+        f"\n\nWall time and peak memory of each stage, each its own process (interpreter start-up "
+        f"and imports included: they dominate partition below 20,000 images). From the smallest to "
+        f"the largest full set ({r['data_growth']:.0f}× the data): "
         f"partition {g['partition']:.2f}×, training {g['train']:.2f}× (fixed steps: should stay "
         f"flat), evaluation {g['eval']:.2f}× (the feature classifier is trained on the training "
         "part each time, and the real features are computed once per run)."
