@@ -292,6 +292,17 @@ def ddm_run(
     return run
 
 
+INCONCLUSIVE = "inconclusive"
+
+
+def overall(checks: dict[str, str]) -> str:
+    """One verdict from several: the common one if all agree, else mixed (inconclusive ignored)."""
+    v = {x for x in checks.values() if x != INCONCLUSIVE}
+    if not v:
+        return INCONCLUSIVE
+    return v.pop() if len(v) == 1 else "mixed"
+
+
 def summarise(values: list[float]) -> dict[str, float]:
     """mean, sample std (0 for one value), min, max, count."""
     n = len(values)

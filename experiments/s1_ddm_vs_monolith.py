@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common import DDM, ROOT, SEEDS, ddm_run, evaluate, pick, save, summarise
+from common import DDM, ROOT, SEEDS, ddm_run, evaluate, overall, pick, save, summarise
 
 STUDY = "s1_ddm_vs_monolith"
 CLAIM = (
@@ -56,8 +56,7 @@ def main() -> None:
     result["monolith"] = {"fid": summarise([per_seed[s]["monolith"]["fid"] for s in SEEDS])}
     result["per_seed"] = per_seed
     result["verdicts"] = {f"K{K}": v for K, v in verdicts.items()}
-    v = set(verdicts.values())
-    result["verdict"] = v.pop() if len(v) == 1 else "mixed"
+    result["verdict"] = overall(verdicts)
     save(STUDY, result)
 
 

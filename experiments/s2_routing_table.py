@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common import DDM, evaluate, pick, save
+from common import DDM, evaluate, overall, pick, save
 from s1_ddm_vs_monolith import STUDY as S1
 from s1_ddm_vs_monolith import seed_runs
 
@@ -54,7 +54,6 @@ def main() -> None:
         # (d) top-1 beats the monolith
         "top1_beats_monolith": "held" if fids["top1"] < mono["fid"] else "not held",
     }
-    v = set(checks.values())
     save(
         STUDY,
         {
@@ -63,7 +62,7 @@ def main() -> None:
             "table": table,
             "best_non_oracle": best,
             "checks": checks,
-            "verdict": v.pop() if len(v) == 1 else "mixed",
+            "verdict": overall(checks),
         },
     )
 

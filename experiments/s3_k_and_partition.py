@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common import DDM, ROOT, ddm_run, evaluate, pick, save
+from common import DDM, ROOT, ddm_run, evaluate, overall, pick, save
 from s1_ddm_vs_monolith import STUDY as S1
 from s1_ddm_vs_monolith import seed_runs
 
@@ -43,7 +43,6 @@ def main() -> None:
         if f["kmeans K=8"] <= 1.05 * f["kmeans K=2"]
         else "not held",
     }
-    v = set(checks.values())
     save(
         STUDY,
         {
@@ -51,7 +50,7 @@ def main() -> None:
             "setup": {**DDM, "seed": seed, "routing": "top1"},
             "table": table,
             "checks": checks,
-            "verdict": v.pop() if len(v) == 1 else "mixed",
+            "verdict": overall(checks),
         },
     )
 

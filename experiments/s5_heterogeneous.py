@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from common import DDM, ROOT, cli, evaluate, pick, save, summarise
+from common import DDM, ROOT, cli, evaluate, overall, pick, save, summarise
 from common import SEEDS as ALL_SEEDS
 from s1_ddm_vs_monolith import STUDY as S1
 from s1_ddm_vs_monolith import seed_runs
@@ -97,8 +97,7 @@ def main() -> None:
         "top2_beats_top1": "held" if all(top2) else ("not held" if not any(top2) else "mixed"),
     }
     out.update(per_seed=per_seed, ratios=ratios, checks=checks)
-    v = set(checks.values())
-    out["verdict"] = v.pop() if len(v) == 1 else "mixed"
+    out["verdict"] = overall(checks)
     save(STUDY, out)
 
 

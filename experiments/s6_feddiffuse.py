@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common import DDM, FED, ROOT, cli, evaluate, fed_run, pick, save
+from common import DDM, FED, INCONCLUSIVE, ROOT, cli, evaluate, fed_run, overall, pick, save
 
 STUDY = "s6_feddiffuse"
 CLAIM = (
@@ -54,7 +54,7 @@ def main() -> None:
     # Quality checks need trained models: if FedAvg's global model is far from the centralised
     # baseline (> 3x its FID) under IID data, the FIDs say nothing about the methods.
     trained = g["iid"]["full"]["fid"]["mean"] <= 3 * base["fid"]
-    q = "inconclusive"
+    q = INCONCLUSIVE
     checks = {
         "bytes_order_udec_ulatdec_usplit": "held" if order_ok else "not held",
         # personal models within 1.5x of the centralised baseline under IID (paper: 1.13x, 1.16x)
@@ -76,7 +76,6 @@ def main() -> None:
         if trained
         else q,
     }
-    v = {x for x in checks.values() if x != q}
     save(
         STUDY,
         {
@@ -94,8 +93,7 @@ def main() -> None:
             "label_skew_fid_ratio": label,
             "checks": checks,
             "models_trained_enough": trained,
-            "verdict": (v.pop() if len(v) == 1 else "mixed")
-            + ("" if trained else " (bytes only; quality inconclusive)"),
+            "verdict": overall(checks) + ("" if trained else " (bytes only; quality inconclusive)"),
             "ddm_budget_for_reference": {"steps": DDM["steps"], "batch": DDM["batch"]},
         },
     )

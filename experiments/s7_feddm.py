@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common import FED, ROOT, fed_run, find_row, save
+from common import FED, INCONCLUSIVE, ROOT, fed_run, find_row, overall, save
 
 STUDY = "s7_feddm"
 CLAIM = (
@@ -39,13 +39,12 @@ def main() -> None:
     # FID ratios mean something only if the vanilla model is trained (see study 6).
     central = find_row(ROOT / "s6" / "central", model="monolith", n=FED["n"])
     trained = central is not None and vanilla_iid["fid"]["mean"] <= 3 * central["fid"]
-    q = "inconclusive"
+    q = INCONCLUSIVE
     checks = {
         "q8_uplink_about_4x_smaller": "held" if q8_up <= 0.3 else "not held",
         "q8_fid_at_most_1.75x": ("held" if q8_fid <= 1.75 else "not held") if trained else q,
         "prox_better_under_label_skew": ("held" if prox_fid < 1 else "not held") if trained else q,
     }
-    v = {x for x in checks.values() if x != q}
     save(
         STUDY,
         {
@@ -61,8 +60,7 @@ def main() -> None:
             "prox_fid_ratio": prox_fid,
             "checks": checks,
             "models_trained_enough": trained,
-            "verdict": (v.pop() if len(v) == 1 else "mixed")
-            + ("" if trained else " (bytes only; quality inconclusive)"),
+            "verdict": overall(checks) + ("" if trained else " (bytes only; quality inconclusive)"),
         },
     )
 

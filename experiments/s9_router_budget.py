@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from common import DDM, ROOT, cli, evaluate, pick, save
+from common import DDM, ROOT, cli, evaluate, overall, pick, save
 from s1_ddm_vs_monolith import STUDY as S1
 from s1_ddm_vs_monolith import seed_runs
 
@@ -52,7 +52,6 @@ def main() -> None:
     checks = {
         f"K{K}_longer_router_helps": "held" if ok else "not held" for K, ok in improved.items()
     }
-    v = set(checks.values())
     save(
         STUDY,
         {
@@ -60,7 +59,7 @@ def main() -> None:
             "setup": {**DDM, "long_router_steps": ROUTER_STEPS, "seed": seed},
             "table": table,
             "checks": checks,
-            "verdict": v.pop() if len(v) == 1 else "mixed",
+            "verdict": overall(checks),
         },
     )
 

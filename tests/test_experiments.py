@@ -93,3 +93,10 @@ def test_report_without_results_is_one_clear_error(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(report, "RESULTS", tmp_path / "none")
     assert report.main() == 2
     assert "run_all.py" in capsys.readouterr().err
+
+
+def test_overall_verdict_rule():
+    assert common.overall({"a": "held", "b": "held"}) == "held"
+    assert common.overall({"a": "held", "b": "not held"}) == "mixed"
+    assert common.overall({"a": "not held", "b": common.INCONCLUSIVE}) == "not held"
+    assert common.overall({"a": common.INCONCLUSIVE}) == common.INCONCLUSIVE
