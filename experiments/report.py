@@ -170,6 +170,15 @@ def body_s5(r: dict) -> list[str]:
         + ", ".join(f"{k}: {v}" for k, v in r["checks"].items())
         + ".",
     ]
+    d = r.get("longer_eps_experts")
+    if d:
+        out += [
+            "",
+            f"Diagnostic (seed {d['seed']}, no verdict): the two epsilon-experts trained "
+            f"{d['eps_expert_steps']} steps instead of {d['flow_expert_steps']} (the flow experts "
+            f"unchanged): heterogeneous top-1 FID {f2(d['heterogeneous top1']['fid'])}, top-2 "
+            f"{f2(d['heterogeneous topk:2']['fid'])}.",
+        ]
     return out
 
 
@@ -246,18 +255,28 @@ def body_s7(r: dict) -> list[str]:
 
 
 def body_s8(r: dict) -> list[str]:
-    out = ["| arm | FID | bytes during training | training wall time here |", "|---|---|---|---|"]
-    for name, a in r["arms"].items():
-        extra = (
-            f" (+ {mb(a['one_time_bytes'])} once, to ship the models)"
-            if a.get("one_time_bytes")
-            else ""
-        )
-        out.append(
-            f"| {name} | {f2(a['fid'])} | {mb(a['train_bytes'])}{extra} | {a['wall_s']:.0f} s |"
-        )
+    out = []
+    budgets = r.get("budgets") or {"one budget": r["arms"]}  # (older results: one budget)
+    for label, arms in budgets.items():
+        out += [
+            f"**{label}**",
+            "",
+            "| arm | FID | bytes during training | training wall time here |",
+            "|---|---|---|---|",
+        ]
+        for name, a in arms.items():
+            extra = (
+                f" (+ {mb(a['one_time_bytes'])} once, to ship the models)"
+                if a.get("one_time_bytes")
+                else ""
+            )
+            if a.get("rounds"):
+                extra += f" over {a['rounds']} rounds"
+            out.append(
+                f"| {name} | {f2(a['fid'])} | {mb(a['train_bytes'])}{extra} | {a['wall_s']:.0f} s |"
+            )
+        out.append("")
     out += [
-        "",
         "Checks: " + ", ".join(f"{k}: {v}" for k, v in r["checks"].items()) + ".",
         "The DDM wall time is one island after another on this machine; islands on separate "
         "machines would take a quarter of it. The federation's rounds are synchronous.",

@@ -7,8 +7,8 @@ from common import SEEDS as ALL_SEEDS
 from s1_ddm_vs_monolith import STUDY as S1
 from s1_ddm_vs_monolith import seed_runs
 
-#: One seed: the 2-core budget went to study 1's three seeds (edit here for more).
-SEEDS = ALL_SEEDS[:1]
+#: Study 1's seeds (their K=4 runs are the teachers).
+SEEDS = ALL_SEEDS
 STUDY = "s4_distillation"
 CLAIM = (
     "A dense student distilled from the experts (teacher = the expert of the example's cluster) "

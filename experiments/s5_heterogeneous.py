@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import shutil
 
-from common import DDM, ROOT, cli, evaluate, overall, pick, save, summarise
+from common import DDM, ROOT, cli, evaluate, overall, pick, save, scaled, summarise
 from common import SEEDS as ALL_SEEDS
 from s1_ddm_vs_monolith import STUDY as S1
 from s1_ddm_vs_monolith import seed_runs
 
-#: One seed: the 2-core budget went to study 1's three seeds (edit here for more).
-SEEDS = ALL_SEEDS[:1]
+#: Study 1's seeds (their K=4 runs give the flow experts and the router).
+SEEDS = ALL_SEEDS
+#: A diagnostic arm on the first seed: the epsilon-experts trained for this many steps.
+EPS_LONG_STEPS = scaled(1000, 2)
 STUDY = "s5_heterogeneous"
 CLAIM = (
     "Experts trained with different objectives mix without retraining once every output is "
@@ -20,11 +22,12 @@ CLAIM = (
 EPS_EXPERTS = (0, 1)
 
 
-def hetero_run(seed: int):
+def hetero_run(seed: int, eps_steps: int | None = None, tag: str = ""):
     """A copy of study 1's K=4 run in which experts 0 and 1 are retrained as epsilon-experts
-    (same cluster, steps, batch and seed); the router and experts 2, 3 are the same files."""
+    (same cluster, batch and seed; steps as the flow experts unless ``eps_steps``); the router
+    and experts 2, 3 are the same files."""
     src = seed_runs(seed)[4]
-    dst = ROOT / "s5" / f"seed{seed}"
+    dst = ROOT / "s5" / f"seed{seed}{tag}"
     if not (dst / "run.toml").is_file():
         keep = {"run.toml", "partition.npz", "router", "experts"}
         dst.mkdir(parents=True, exist_ok=True)
@@ -50,7 +53,7 @@ def hetero_run(seed: int):
             "--preset",
             DDM["preset"],
             "--steps",
-            DDM["steps"],
+            eps_steps or DDM["steps"],
             "--batch",
             DDM["batch"] // 4,
             "--seed",
@@ -96,7 +99,21 @@ def main() -> None:
         else ("not held" if all(r > 1.05 for r in ratios) else "mixed"),
         "top2_beats_top1": "held" if all(top2) else ("not held" if not any(top2) else "mixed"),
     }
-    out.update(per_seed=per_seed, ratios=ratios, checks=checks)
+    # Diagnostic (no verdict): do the epsilon-experts catch up when trained longer?
+    s0, long_steps = SEEDS[0], EPS_LONG_STEPS
+    _, het_long = hetero_run(s0, eps_steps=long_steps, tag=f"-eps{long_steps}")
+    diagnostic = {
+        "seed": s0,
+        "eps_expert_steps": long_steps,
+        "flow_expert_steps": DDM["steps"],
+        **{
+            f"heterogeneous {r}": pick(
+                evaluate(het_long, "ensemble", routing=r, n=n, seed=s0, steps=steps, study=STUDY)
+            )
+            for r in ("top1", "topk:2")
+        },
+    }
+    out.update(per_seed=per_seed, ratios=ratios, checks=checks, longer_eps_experts=diagnostic)
     out["verdict"] = overall(checks)
     save(STUDY, out)
 

@@ -100,3 +100,20 @@ def test_overall_verdict_rule():
     assert common.overall({"a": "held", "b": "not held"}) == "mixed"
     assert common.overall({"a": "not held", "b": common.INCONCLUSIVE}) == "not held"
     assert common.overall({"a": common.INCONCLUSIVE}) == common.INCONCLUSIVE
+
+
+def test_s8_table_has_one_block_per_budget():
+    def arms(ddm, fed):
+        return {
+            "DDM K=4 top-1 (fm)": {"fid": ddm, "train_bytes": 0, "one_time_bytes": 2e6, "wall_s": 9},
+            "FedAvg FULL iid (fm)": {"fid": fed, "train_bytes": 5e6, "rounds": 10, "wall_s": 7},
+        }
+
+    r = {
+        "budgets": {"19k images": arms(12.5, 260.0), "64k images": arms(7.25, 30.5)},
+        "checks": {"at_19k": "held", "at_64k": "held"},
+    }
+    text = "\n".join(report.body_s8(r))
+    assert text.index("**19k images**") < text.index("12.50") < text.index("**64k images**")
+    assert text.index("**64k images**") < text.index("7.25") and "30.50" in text
+    assert text.count("over 10 rounds") == 2 and "at_64k: held" in text
