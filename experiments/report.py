@@ -185,7 +185,22 @@ def body_s5(r: dict) -> list[str]:
 def body_s6(r: dict) -> list[str]:
     g = r["grid"]
     out = [
-        f"Centralised baseline (same compute, same objective): FID {f2(r['central']['fid'])}.",
+        f"Centralised baseline (same compute, same objective): FID {f2(r['central']['fid'])}."
+        + (
+            f" The same with the paper's objective, DDPM ε (for reference): FID "
+            f"{f2(r['central_ddpm_reference']['fid'])}."
+            if r.get("central_ddpm_reference")
+            else ""
+        )
+        + (
+            f" A centralised run with as many steps as the federation's global model takes in "
+            f"sequence ({r['setup']['central_sequential_steps']}): FID "
+            f"{f2(r['central_sequential']['fid'])}. FedAvg FULL (IID) / centralised: "
+            f"{r['fedavg_iid_vs_central']:.2f} at the same compute, "
+            f"{r['fedavg_iid_vs_central_sequential']:.2f} at the same sequential steps."
+            if r.get("central_sequential")
+            else ""
+        ),
         "",
         "| split | method | FID (per-client mean ± std (min–max) for UDEC/ULATDEC) | bytes | "
         "client sizes |",
@@ -396,9 +411,11 @@ or all in order (`make repro`, i.e. `python experiments/run_all.py`); they drive
 
 **Scale.** These are 2-CPU-core runs on the 4,000 training images of the embedded MNIST subset
 (1,000 held out): the `compact` UNet (0.65 M parameters), 300 steps at batch 64 for a monolith (each
-of K experts: 300 steps at 64/K), unconditional; a federation: 5 clients x 5 rounds x 6 local
-steps at batch 64 (half a DDM run's images; study 8's federation takes 12 local steps, the same
-images and so the same training FLOPs as the DDM run). Studies 4 and 5 use one seed. The papers trained for hundreds of thousands of steps
+of K experts: 300 steps at 64/K), unconditional, 19k training images in all; a federation: 5
+clients x 10 rounds x 20 local steps at batch 64, 64k images (3.3x a DDM run's). Study 8 compares
+the two at both budgets. An earlier federated budget of 5 rounds x 6 local steps left every
+federated model untrained (FID 245-499 vs 19.7 centralised); its results are in the git history
+(commit ff35cb2). The papers trained for hundreds of thousands of steps
 on ImageNet, LAION or Fashion-MNIST. FID here uses the features of a small classifier trained on the
 training part (not Inception), so the absolute numbers are not comparable with the papers', only the
 ratios and orderings; the *floor* (training part vs held-out part) is given beside each study. With

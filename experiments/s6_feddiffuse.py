@@ -16,18 +16,34 @@ METHODS = ("full", "usplit", "udec", "ulatdec")
 SPLITS = ("iid", "quantity:0.5", "dirichlet:0.5")
 
 
-def central() -> dict:
-    """The centralised baseline at the same compute: one UNet on all data, as many steps."""
-    run = ROOT / "s6" / "central"
-    steps = FED["rounds"] * FED["clients"] * FED["local_steps"]  # the federation's client steps
+def central(objective: str = FED["objective"], steps: int | None = None, name: str = "") -> dict:
+    """The centralised baseline at the same compute: one UNet on all data, as many steps as the
+    federation's clients take together (or ``steps``)."""
+    if not name:
+        name = "central" if objective == FED["objective"] else f"central-{objective}"
+    run = ROOT / "s6" / name
+    steps = steps or FED["rounds"] * FED["clients"] * FED["local_steps"]
     cli(
         "train", "monolith", run, "--data", FED["data"], "--preset", FED["preset"],
-        "--objective", FED["objective"], "--steps", steps, "--batch", FED["batch"], "--seed", 0,
+        "--objective", objective, "--steps", steps, "--batch", FED["batch"], "--seed", 0,
         "--quiet", study=STUDY,
     )  # fmt: skip
     return pick(
         evaluate(run, "monolith", n=FED["n"], seed=0, steps=FED["sample_steps"], study=STUDY)
     )
+
+
+def central_sequential() -> dict:
+    """A centralised run with as many optimiser steps as the federation's global model takes in
+    sequence (rounds x local steps): the most FedAvg's averaging can be worth."""
+    return central(steps=FED["rounds"] * FED["local_steps"], name="central-sequential")
+
+
+def trained_enough(fedavg_iid_fid: float, sequential: dict) -> bool:
+    """Quality checks need trained federated models: FedAvg FULL under IID data within 3x the FID
+    of the centralised run with as many sequential steps. (Until stop 12 the reference was the
+    centralised run at the same compute; see docs/reproduction.md, study 6, for why it changed.)"""
+    return fedavg_iid_fid <= 3 * sequential["fid"]
 
 
 def grid() -> dict[str, dict[str, dict]]:
@@ -43,6 +59,9 @@ def grid() -> dict[str, dict[str, dict]]:
 def main() -> None:
     base = central()
     g = grid()
+    # For reference (no check): the paper's objective, DDPM epsilon, centralised at this budget;
+    # the federations here use flow matching (FED["objective"]).
+    ddpm_ref = central("ddpm")
     full_bytes = g["iid"]["full"]["bytes_total"]
     saved = {m: 1 - g["iid"][m]["bytes_total"] / full_bytes for m in METHODS}
     order_ok = saved["udec"] > saved["ulatdec"] > saved["usplit"] > 0
@@ -51,9 +70,8 @@ def main() -> None:
     # under quantity skew the personal models spread more than under IID (the tiny clients)
     spread = {m: (qty[m]["fid"]["std"], g["iid"][m]["fid"]["std"]) for m in ("udec", "ulatdec")}
     label = {m: g["dirichlet:0.5"][m]["fid"]["mean"] / g["iid"][m]["fid"]["mean"] for m in METHODS}
-    # Quality checks need trained models: if FedAvg's global model is far from the centralised
-    # baseline (> 3x its FID) under IID data, the FIDs say nothing about the methods.
-    trained = g["iid"]["full"]["fid"]["mean"] <= 3 * base["fid"]
+    seq = central_sequential()
+    trained = trained_enough(g["iid"]["full"]["fid"]["mean"], seq)
     q = INCONCLUSIVE
     checks = {
         "bytes_order_udec_ulatdec_usplit": "held" if order_ok else "not held",
@@ -85,8 +103,13 @@ def main() -> None:
                 "methods": list(METHODS),
                 "splits": list(SPLITS),
                 "central_steps": FED["rounds"] * FED["clients"] * FED["local_steps"],
+                "central_sequential_steps": FED["rounds"] * FED["local_steps"],
             },
             "central": base,
+            "central_ddpm_reference": ddpm_ref,
+            "central_sequential": seq,
+            "fedavg_iid_vs_central": g["iid"]["full"]["fid"]["mean"] / base["fid"],
+            "fedavg_iid_vs_central_sequential": g["iid"]["full"]["fid"]["mean"] / seq["fid"],
             "grid": g,
             "bytes_saved_vs_full": saved,
             "quantity_skew_std_vs_iid": spread,

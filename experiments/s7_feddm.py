@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from common import FED, INCONCLUSIVE, ROOT, fed_run, find_row, overall, save
+from common import FED, INCONCLUSIVE, ROOT, fed_run, overall, save
+from s6_feddiffuse import central_sequential, trained_enough
 
 STUDY = "s7_feddm"
 CLAIM = (
@@ -36,9 +37,8 @@ def main() -> None:
     q8_up = q8["bytes_up"] / vanilla_iid["bytes_up"]
     q8_total = q8["bytes_total"] / vanilla_iid["bytes_total"]
     prox_fid = prox["fid"]["mean"] / vanilla_skew["fid"]["mean"]
-    # FID ratios mean something only if the vanilla model is trained (see study 6).
-    central = find_row(ROOT / "s6" / "central", model="monolith", n=FED["n"])
-    trained = central is not None and vanilla_iid["fid"]["mean"] <= 3 * central["fid"]
+    # FID ratios mean something only if the vanilla model is trained (study 6's rule).
+    trained = trained_enough(vanilla_iid["fid"]["mean"], central_sequential())
     q = INCONCLUSIVE
     checks = {
         "q8_uplink_about_4x_smaller": "held" if q8_up <= 0.3 else "not held",
