@@ -112,7 +112,15 @@ def main() -> None:
             )
             for r in ("top1", "topk:2")
         },
-    }
+        # the same 300-step ensembles, sampled by the ancestral DDPM sampler instead of the ODE
+        **{
+            f"{name} top1, ancestral": pick(
+                evaluate(run, "ensemble", routing="top1", n=n, seed=s0, steps=steps,
+                         solver="ddpm", study=STUDY)
+            )
+            for name, run in zip(("homogeneous", "heterogeneous"), hetero_run(s0), strict=True)
+        },
+    }  # fmt: skip
     out.update(per_seed=per_seed, ratios=ratios, checks=checks, longer_eps_experts=diagnostic)
     out["verdict"] = overall(checks)
     save(STUDY, out)
