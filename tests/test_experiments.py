@@ -105,7 +105,12 @@ def test_overall_verdict_rule():
 def test_s8_table_has_one_block_per_budget():
     def arms(ddm, fed):
         return {
-            "DDM K=4 top-1 (fm)": {"fid": ddm, "train_bytes": 0, "one_time_bytes": 2e6, "wall_s": 9},
+            "DDM K=4 top-1 (fm)": {
+                "fid": ddm,
+                "train_bytes": 0,
+                "one_time_bytes": 2e6,
+                "wall_s": 9,
+            },
             "FedAvg FULL iid (fm)": {"fid": fed, "train_bytes": 5e6, "rounds": 10, "wall_s": 7},
         }
 
