@@ -66,9 +66,9 @@ def hetero_run(seed: int, eps_steps: int | None = None, tag: str = ""):
 
 def main() -> None:
     n, steps = DDM["n"], DDM["sample_steps"]
-    per_seed = {}
+    per_seed, runs = {}, {}
     for seed in SEEDS:
-        homo, het = hetero_run(seed)
+        homo, het = runs[seed] = hetero_run(seed)
         row = {}
         for routing in ("top1", "topk:2"):
             row[f"homogeneous {routing}"] = pick(
@@ -118,7 +118,7 @@ def main() -> None:
                 evaluate(run, "ensemble", routing="top1", n=n, seed=s0, steps=steps,
                          solver="ddpm", study=STUDY)
             )
-            for name, run in zip(("homogeneous", "heterogeneous"), hetero_run(s0), strict=True)
+            for name, run in zip(("homogeneous", "heterogeneous"), runs[s0], strict=True)
         },
     }  # fmt: skip
     out.update(per_seed=per_seed, ratios=ratios, checks=checks, longer_eps_experts=diagnostic)
