@@ -241,16 +241,22 @@ def ddm_run(
     monolith: bool = True,
     objective: str | None = None,
     steps: int | None = None,
+    budget: dict[str, Any] | None = None,
+    class_cond: bool = False,
 ) -> Path:
     """Partition + K experts + router (+ the FLOP-matched monolith) with the DDM budget.
 
-    ``steps`` overrides the budget's steps (each expert: ``steps`` at batch B/K).
+    ``steps`` overrides the budget's steps (each expert: ``steps`` at batch B/K); ``budget``
+    replaces DDM (keys data, preset, batch, steps, router_steps, optional router_preset).
     """
-    b = DDM
+    b = budget or DDM
     if not (run / "partition.npz").is_file():
+        sets = [f"model.preset={b['preset']}"]  # recorded in run.toml: every command uses it
+        if class_cond:
+            sets.append("model.class_cond=true")
         cli(
             "partition", run, "-K", K, "--data", b["data"], "--by", by, "--seed", seed,
-            "--set", f"model.preset={b['preset']}",  # recorded in run.toml: every command uses it
+            *[a for s in sets for a in ("--set", s)],
             study=study,
         )  # fmt: skip
     extra = ["--objective", objective] if objective else []
@@ -275,7 +281,7 @@ def ddm_run(
         "router",
         run,
         "--preset",
-        b["preset"],
+        b.get("router_preset", b["preset"]),
         "--steps",
         b["router_steps"],
         "--batch",

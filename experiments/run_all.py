@@ -20,6 +20,7 @@ STUDIES = (
     "s7_feddm",
     "s8_ddm_vs_federated",
     "s9_router_budget",
+    "s10_routing_budgets",
 )
 
 

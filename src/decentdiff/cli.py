@@ -14,8 +14,22 @@ import typer
 import typer.core
 
 from . import config as C
+from .ddm.defaults import DEFAULT_ROUTING, DEFAULT_ROUTINGS
 from .errors import ConfigError, DecentDiffError
 from .federated.cli import fed_app
+
+RoutingOpt = Annotated[
+    str,
+    typer.Option(
+        "--routing",
+        help="Ensemble routing. mixture (the default): each image is made by ONE expert drawn "
+        "from the cluster sizes (class-conditional: p(cluster | class)), no router call — "
+        "measured best at one expert's cost (docs/reproduction.md, study 10). Also: top1, "
+        "topk:K, full, sample:K, threshold:P, nucleus:P[,T], oracle, sticky:P (mixture, but a "
+        "router confident >= P takes the image over), schedule:T0,R (mixture while t >= T0, "
+        "routing R below).",
+    ),
+]
 
 # Plain click help: typer escapes "[default: …]" for rich even when rich markup is off, which
 # prints "\[default: …]"; rich is present only as a dependency of flwr.
@@ -380,13 +394,7 @@ def sample_cmd(
             "--model", help="ensemble (experts + router), monolith, distilled or expert:K."
         ),
     ] = "monolith",
-    routing: Annotated[
-        str,
-        typer.Option(
-            "--routing",
-            help="Ensemble routing: full, top1, topk:K, sample:K, threshold:P, nucleus:P[,T], oracle.",
-        ),
-    ] = "top1",
+    routing: RoutingOpt = DEFAULT_ROUTING,
     drop_expert: Annotated[
         list[int] | None,
         typer.Option(
@@ -494,7 +502,7 @@ def eval_cmd(
     model: Annotated[
         str, typer.Option("--model", help="ensemble, monolith, distilled or expert:K.")
     ] = "ensemble",
-    routing: Annotated[str, typer.Option("--routing", help="Ensemble routing.")] = "top1",
+    routing: RoutingOpt = DEFAULT_ROUTING,
     n: NOpt = None,
     features: FeaturesOpt = "classifier",
     steps: Annotated[
@@ -550,8 +558,12 @@ def compare_cmd(
         Path, typer.Argument(help="Run directory with experts + router and/or a monolith.")
     ],
     routings: Annotated[
-        str, typer.Option("--routings", help="Comma-separated routings for the ensemble.")
-    ] = "top1,topk:2,full",
+        str,
+        typer.Option(
+            "--routings",
+            help="Comma-separated routings for the ensemble (forms as --routing of `eval`).",
+        ),
+    ] = ",".join(DEFAULT_ROUTINGS),
     n: NOpt = None,
     features: FeaturesOpt = "classifier",
     steps: Annotated[
@@ -569,13 +581,12 @@ def compare_cmd(
     set_: SetOpt = None,
 ) -> None:
     """The ensemble under each routing vs the monolith (and distilled): a table like the paper's Table 1."""
-    from .ddm.ensemble import parse_routing
+    from .ddm.ensemble import split_routings
     from .report import compare, comparison_table
     from .training.loop import resolve_device
 
-    names = tuple(x.strip() for x in routings.split(",") if x.strip())
-    for name in names:
-        parse_routing(name)  # every routing is checked before anything is computed or written
+    # Every routing is checked before anything is computed or written.
+    names = tuple(split_routings(routings))
     r = _existing_run(run)
     cfg = _eval_cfg(r, config, set_, n, steps, seed, None)
     rows = compare(
@@ -648,7 +659,8 @@ def demo_cmd(
     set_: SetOpt = None,
 ) -> None:
     """The whole DDM pipeline on the embedded MNIST: partition, K experts, router, FLOP-matched
-    monolith, samples with top1/topk:2/full, eval, compare, report. Resumes if interrupted.
+    monolith, samples with mixture/top1/topk:2, eval, compare, routing diagnostics, report.
+    Resumes if interrupted.
 
     The defaults (the `compact` UNet, 350 steps) are sized for ten minutes on two slow CPU cores
     (measured: BENCHMARKS.md); --steps, --n and --preset scale it."""
@@ -681,6 +693,7 @@ def demo_cmd(
     stage("router", train_router_cmd, preset=preset, steps=router_steps, batch=batch, quiet=quiet)
     stage("monolith", train_monolith, preset=preset, flop_match=True, quiet=quiet)
     stage("compare", compare_cmd, n=n, quiet=quiet)
+    stage("diagnose", cli_ddm.diagnose_cmd, n=128)
     stage("report", report_cmd)
     from .evaluation.evaluate import read_rows
     from .report import _summary

@@ -155,3 +155,62 @@ def attribution_figure(
     axes[0, 0].set_title("generated (dominant expert)", fontsize=8)
     axes[0, 1].set_title("real images of that cluster", fontsize=8)
     return _save(fig, path)
+
+
+def routing_diagnostics_figure(diag: dict[str, Any], path: Path) -> Path:
+    """Router accuracy / ECE / entropy vs t, and each diagnosed routing's expert usage vs t."""
+    plt = _plt()
+    usage = diag["usage"]
+    cols = 1 + len(usage)
+    fig, axes = plt.subplots(1, cols, figsize=(4.6 * cols, 3.4), squeeze=False)
+    cal, ax = diag["calibration"], axes[0, 0]
+    ax.plot(cal["t"], cal["accuracy"], "o-", label="accuracy")
+    ax.plot(cal["t"], cal["ece"], "s-", label="ECE")
+    ax.axhline(cal["prior"], color="gray", ls="--", label="largest cluster")
+    ax2 = ax.twinx()
+    ax2.plot(cal["t"], cal["entropy"], "^-", color="tab:red", alpha=0.6, label="entropy (nats)")
+    ax2.set_ylabel("entropy (nats)", color="tab:red")
+    ax.set_xlabel("t (0 = data, 1 = noise)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Router vs noise level")
+    ax.legend(loc="center left", fontsize=7)
+    ax.grid(alpha=0.3)
+    for i, u in enumerate(usage, start=1):
+        ax = axes[0, i]
+        share = np.asarray(u["share"])
+        t = np.asarray(u["t"])
+        ax.stackplot(t, share.T, labels=[f"expert {k}" for k in range(share.shape[1])], alpha=0.8)
+        ax.plot(t, u["switch_rate"], "k.-", label="switch rate")
+        if "prior" in u:  # where the expert mix should sit: the cluster sizes
+            for c in np.cumsum(u["prior"])[:-1]:
+                ax.axhline(c, color="k", ls=":", lw=1)
+        ax.invert_xaxis()
+        ax.set_xlabel("t (sampling runs right to left →)")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{u['routing']}: {u['switches_per_image']:.1f} switches / image", fontsize=10)
+        ax.legend(loc="upper left", fontsize=6, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def class_histogram_figure(
+    rows: list[dict[str, Any]], real: np.ndarray, path: Path, max_rows: int = 6
+) -> Path:
+    """Share of generated images per predicted class, per model/routing, against the data's."""
+    plt = _plt()
+    rows = [r for r in rows if r.get("class_hist")][:max_rows]
+    k = len(real)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * k + 2), 3.4))
+    width = 0.8 / (len(rows) + 1)
+    x = np.arange(k)
+    ax.bar(x, real / real.sum(), width, color="gray", label="held-out data")
+    for i, r in enumerate(rows, start=1):
+        h = np.asarray(r["class_hist"], float)
+        name = r["model"] if not r.get("routing") else f"{r['model']} {r['routing']}"
+        ax.bar(x + i * width, h / h.sum(), width, label=f"{name} (FID {r['fid']:.1f})")
+    ax.set_xticks(x + 0.4 - width / 2, [str(c) for c in range(k)])
+    ax.set_xlabel("class predicted by the evaluation classifier")
+    ax.set_ylabel("share of images")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .config import SampleConfig
+from .ddm.defaults import DEFAULT_ROUTING
 from .errors import ConfigError
 from .run import Run
 
@@ -63,7 +64,7 @@ def generate(
     model: str,
     s: SampleConfig,
     *,
-    routing: str = "top1",
+    routing: str = DEFAULT_ROUTING,
     drop: Sequence[int] = (),
     label: int | None = None,
     device: torch.device | str = "cpu",

@@ -10,10 +10,9 @@ import numpy as np
 import torch
 
 from .config import Config
+from .ddm.defaults import DEFAULT_ROUTING, DEFAULT_ROUTINGS
 from .evaluation.evaluate import evaluate, find_row, read_rows, sample_key
 from .run import Run
-
-DEFAULT_ROUTINGS = ("top1", "topk:2", "full")
 
 
 def _name(model: str, routing: str | None) -> str:
@@ -23,7 +22,7 @@ def _name(model: str, routing: str | None) -> str:
 def available_models(run: Run) -> list[str]:
     """Models of RUN that can be evaluated, in the order the comparison shows them."""
     out = []
-    if (run.path / "experts").is_dir() and (run.path / "router" / "meta.json").is_file():
+    if (run.path / "experts").is_dir():  # routings that need the router check for it
         out.append("ensemble")
     for m in ("monolith", "distilled"):
         if (run.path / m / "meta.json").is_file():
@@ -54,7 +53,14 @@ def compare(
         )
     rows, key = [], {**sample_key(cfg), "features": features}
     existing = [] if recompute else read_rows(run)
-    jobs = [("ensemble", r) for r in routings if "ensemble" in models]
+    from .ddm.ensemble import parse_routing
+
+    has_router = (run.path / "router" / "meta.json").is_file()
+    jobs = [
+        ("ensemble", r)
+        for r in routings
+        if "ensemble" in models and (has_router or not parse_routing(r).needs_router)
+    ]
     jobs += [(m, None) for m in models if m != "ensemble"]
     for model, routing in jobs:
         row = find_row(existing, model=model, routing=routing, **key)
@@ -64,7 +70,7 @@ def compare(
                 run,
                 cfg,
                 model,
-                routing=routing or "top1",
+                routing=routing or DEFAULT_ROUTING,
                 features=features,
                 device=device,
                 progress=progress,
@@ -232,6 +238,41 @@ def write_report(run: Run, cfg: Config) -> Path:
             "Sampling GFLOPs are measured by counting network evaluations during sampling.",
             "",
         ]
+        with_hist = [r for r in latest.values() if r.get("class_hist")]
+        if with_hist and data.labels is not None:
+            from .figures import class_histogram_figure
+
+            real = np.bincount(
+                data.labels[data.heldout_idx], minlength=len(with_hist[0]["class_hist"])
+            )
+            class_histogram_figure(with_hist, real, rp / "figures" / "class_histogram.png")
+            md += [
+                "Which classes each model makes (the evaluation classifier's prediction for each "
+                "generated image) against the held-out data: a routing that favours the large "
+                "clusters shows here as too many of their classes.",
+                "",
+                "![class histogram](figures/class_histogram.png)",
+                "",
+            ]
+    if (rp / "diagnostics.json").is_file():
+        from .ddm.diagnostics import summary_lines
+
+        try:
+            diag = json.loads((rp / "diagnostics.json").read_text())
+            lines = summary_lines(diag)
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+            lines = ["(diagnostics.json is unreadable: run `decentdiff diagnose` again)"]
+        md += [
+            "## Routing diagnostics",
+            "",
+            "From `decentdiff diagnose`: the router's accuracy, entropy and expected calibration "
+            "error per noise level, and which expert a router-driven routing picks at each step.",
+            "",
+            *[f"- {x}" for x in lines],
+            "",
+        ]
+        if (rp / "figures" / "routing_diagnostics.png").is_file():
+            md += ["![routing diagnostics](figures/routing_diagnostics.png)", ""]
     # Samples
     grids = sorted((rp / "samples").glob("*.png")) if (rp / "samples").is_dir() else []
     if grids:
@@ -239,7 +280,9 @@ def write_report(run: Run, cfg: Config) -> Path:
         for g in grids:
             md += [f"**{g.stem}**", "", f"![{g.stem}](samples/{g.name})", ""]
     # Attribution
-    att = rp / "samples" / "ensemble-top1.npz"
+    att = rp / "samples" / f"ensemble-{DEFAULT_ROUTING.replace(':', '')}.npz"
+    if not att.is_file():
+        att = rp / "samples" / "ensemble-top1.npz"
     if part is not None and att.is_file():
         with np.load(att) as z:
             if "routing" in z.files:
@@ -255,9 +298,10 @@ def write_report(run: Run, cfg: Config) -> Path:
                 md += [
                     "## Attribution",
                     "",
-                    "Each generated image (ensemble, top-1 routing) is attributed to the experts, hence "
-                    "the data clusters, that produced it: the mean router weight of each expert along its "
-                    "trajectory. Samples per dominant expert: "
+                    f"Each generated image (ensemble, {att.stem.removeprefix('ensemble-')} routing) is "
+                    "attributed to the experts, hence the data clusters, that produced it: the mean "
+                    "weight of each expert along its trajectory (with mixture routing one expert made "
+                    "the whole image). Samples per dominant expert: "
                     + ", ".join(f"expert {k}: {int(c)}" for k, c in enumerate(dom))
                     + ".",
                     "",
@@ -308,11 +352,12 @@ def _summary(run: Run, rows: list[dict]) -> list[str]:
             f"DDM ensemble, best routing `{best['routing']}`: FID {best['fid']:.2f} at "
             f"{best['sample_gflops_per_image']:.2f} GFLOPs/image"
         )
-        top1 = latest.get(("ensemble", "top1"))
-        if top1:
+        default = latest.get(("ensemble", DEFAULT_ROUTING))
+        if default:
             lines.append(
-                f"top-1 routing: FID {top1['fid']:.2f}, {100 * top1.get('confident_share', 0):.0f}% of "
-                f"samples classified with confidence ≥ 0.9"
+                f"default routing `{DEFAULT_ROUTING}` (one expert per image, no router): FID "
+                f"{default['fid']:.2f}, {100 * default.get('confident_share', 0):.0f}% of samples "
+                "classified with confidence ≥ 0.9"
             )
     if mono:
         lines.append(

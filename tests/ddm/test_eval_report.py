@@ -134,15 +134,23 @@ def test_demo_runs_the_whole_pipeline_and_records_its_timing(tmp_path, capsys):
         "router",
         "monolith",
         "compare",
+        "diagnose",
         "report",
     }
     assert 0 < sum(timing["stages_s"].values()) <= timing["wall_s"]
     got = {(r["model"], r.get("routing")) for r in rows(run) if r.get("kind") == "eval"}
     assert got >= {
+        ("ensemble", "mixture"),
         ("ensemble", "top1"),
         ("ensemble", "topk:2"),
-        ("ensemble", "full"),
         ("monolith", None),
     }
+    assert "default routing `mixture`" in out
+    diag = json.loads((run / "diagnostics.json").read_text())
+    assert len(diag["calibration"]["accuracy"]) == 10 and diag["usage"][0]["routing"] == "top1"
+    report = (run / "report.md").read_text()
+    assert (
+        "## Routing diagnostics" in report and (run / "figures" / "class_histogram.png").is_file()
+    )
     assert all(r["guidance"] == 2.0 for r in rows(run) if r.get("kind") == "eval")
     assert (run / "report.md").is_file() and "demo done in" in out

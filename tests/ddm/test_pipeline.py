@@ -61,7 +61,19 @@ def test_expert_batch_is_flop_matched_and_monolith_flop_match(ddm_run, capsys):
 
 
 @pytest.mark.parametrize(
-    "routing", ["top1", "full", "topk:2", "sample:1", "threshold:0.05", "nucleus:0.9", "oracle"]
+    "routing",
+    [
+        "top1",
+        "full",
+        "topk:2",
+        "sample:1",
+        "threshold:0.05",
+        "nucleus:0.9",
+        "oracle",
+        "mixture",
+        "sticky:0.9",
+        "schedule:0.5,topk:2",
+    ],
 )
 def test_sample_ensemble_every_routing(ddm_run, capsys, tmp_path, routing):
     out = tmp_path / "s.npz"
@@ -85,9 +97,27 @@ def test_sample_ensemble_every_routing(ddm_run, capsys, tmp_path, routing):
     assert z["images"].shape == (6, 1, 8, 8)
     w = z["routing"]
     assert w.shape == (6, 2) and np.allclose(w.sum(1), 1, atol=1e-5)
-    if routing in ("top1", "oracle", "sample:1", "nucleus:0.9"):
+    if routing in ("top1", "oracle", "sample:1", "nucleus:0.9", "sticky:0.9"):
         # one expert per step: the trajectory mean is a mean of one-hot rows
         assert np.all((w * 3).round(5) == np.round(w * 3))
+    if routing == "mixture":  # one expert for the whole trajectory
+        assert set(np.unique(w)) <= {0.0, 1.0}
+
+
+def test_sample_defaults_to_mixture_without_a_router(ddm_run, capsys, tmp_path):
+    """The default routing needs no router: a RUN whose router is missing still samples."""
+    run = tmp_path / "norouter"
+    shutil.copytree(ddm_run, run)
+    shutil.rmtree(run / "router")
+    out = tmp_path / "m.npz"
+    code, _, err = cli(capsys, "sample", run, "--model", "ensemble", "--n", "8", "--steps", "2",
+                       "--out", out)  # fmt: skip
+    assert code == 0, err
+    w = np.load(out)["routing"]
+    assert set(np.unique(w)) <= {0.0, 1.0} and np.allclose(w.sum(1), 1)
+    code, _, err = cli(capsys, "sample", run, "--model", "ensemble", "--routing", "top1",
+                       "--n", "2", "--steps", "2", "--out", out)  # fmt: skip
+    assert code != 0 and "router" in err
 
 
 def test_drop_expert_and_single_expert(ddm_run, capsys, tmp_path):
@@ -308,3 +338,20 @@ def test_class_conditional_ddm(tmp_path, source, capsys):
         plain = load_ensemble(Run(run), "full")[0](x, t, c)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert not torch.equal(got, plain)  # guidance changed the velocity
+
+    # mixture routing draws each image's expert from p(cluster | class), counted here from the
+    # data file and partition.npz directly.
+    with np.load(source.removeprefix("npz:")) as z:
+        labels = z["y"]
+    with np.load(run / "partition.npz") as z:
+        table = np.zeros((4, 2))
+        for k in range(2):
+            np.add.at(table, (labels[z[f"part_{k}"]], k), 1)
+    mix, *_ = load_ensemble(Run(run), "mixture")
+    np.testing.assert_array_equal(mix.prior.numpy(), table)
+    out = tmp_path / "m.npz"
+    code, _, err = cli(capsys, "sample", run, "--model", "ensemble", "--label", "1",
+                       "--n", "4", "--steps", "2", "--out", out)  # fmt: skip
+    assert code == 0, err
+    chosen = np.load(out)["routing"].argmax(1)
+    assert all(table[1, k] > 0 for k in chosen)

@@ -21,6 +21,7 @@ from ..cli import (
     StepsOpt,
     _resolve,
 )
+from ..errors import ConfigError
 
 RunDDM = Annotated[Path, typer.Argument(help="Run directory with a partition and trained experts.")]
 
@@ -213,6 +214,46 @@ def train_experts_cmd(
         )
 
 
+def diagnose_cmd(
+    run: RunDDM,
+    routings: Annotated[
+        str,
+        typer.Option(
+            "--routings",
+            help="Router-driven routings whose expert usage per step is traced (comma-separated).",
+        ),
+    ] = "top1",
+    n: Annotated[int, typer.Option("--n", help="Images sampled per traced routing.")] = 256,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="Solver steps. (default: sample.steps)")
+    ] = None,
+    seed: SeedOpt = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps.")] = "auto",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Why a routing helps or hurts: the router's accuracy, entropy and calibration (ECE) per
+    noise level, and which expert each traced routing picks at every sampling step (usage, and
+    how often an image switches expert). Writes RUN/diagnostics.json and
+    RUN/figures/routing_diagnostics.png; `report` shows them."""
+    from ..run import Run
+    from ..training.loop import resolve_device
+    from .diagnostics import diagnose, summary_lines
+    from .ensemble import split_routings
+
+    names = tuple(split_routings(routings))
+    r = Run(run)
+    cfg = _resolve(r, config, set_, sample_steps=steps, sample_seed=seed)
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    out = diagnose(r, cfg, routings=names, n=n, device=resolve_device(device))
+    for line in summary_lines(out):
+        typer.echo(line)
+    typer.echo(
+        f"-> {r.path / 'diagnostics.json'}, {r.path / 'figures' / 'routing_diagnostics.png'}"
+    )
+
+
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     """Add these commands to the ``decentdiff`` app (replacing ``train expert``/``train experts``).
 
@@ -222,7 +263,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     train_app.registered_commands = [c for c in train_app.registered_commands if c.name not in new]
     for name, fn in new.items():
         train_app.command(name)(fn)
-    app.registered_commands = [c for c in app.registered_commands if c.name != "distill"]
+    app.registered_commands = [
+        c for c in app.registered_commands if c.name not in ("distill", "diagnose")
+    ]
     app.command("distill")(distill_cmd)
+    app.command("diagnose")(diagnose_cmd)
     app.registered_groups = [g for g in app.registered_groups if g.name != "experts"]
     app.add_typer(experts_app, name="experts")

@@ -14,7 +14,19 @@ of it (Table 1), chosen by a routing spec:
 ``nucleus:P[,T]``  q = softmax(logits / T); the smallest set of largest q with mass ≥ P; ONE
                    expert drawn from q renormalised over that set (one-hot); T defaults to 1
 ``oracle``         one-hot at given labels (the cluster each sample "belongs to"); no router call
+``mixture``        ONE expert per sample, drawn once per trajectory from the cluster prior
+                   π_k = |S_k|/N (class-conditional: p(k | class)); no router call. With exact
+                   experts this is exact ancestral sampling of Σ_k π_k p_k, i.e. of the data
+``sticky:P``       as mixture, but at each step the router may take the trajectory over: when
+                   its top probability is ≥ P the sample switches to that expert (router + one
+                   expert per step)
+``schedule:T0,R``  as mixture while t ≥ T0 (high noise, where the router cannot see the
+                   cluster); routing R (e.g. top1, topk:2) below T0
 =================  =========================================================================
+
+Trajectory state: mixture, sticky and schedule keep each sample's expert between calls; it is
+drawn at the first call after :meth:`EnsembleVelocity.reset_trace` (or when the batch size
+changes), so call ``reset_trace()`` before sampling each new batch.
 
 Cost: an expert is evaluated only on the sub-batch of samples that give it a nonzero weight, and
 not at all when no sample does, so top1 costs one expert evaluation per sample. ``expert_calls``
@@ -38,9 +50,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from decentdiff.ddm.defaults import DEFAULT_ROUTING, DEFAULT_ROUTINGS
 from decentdiff.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_ROUTING",
+    "DEFAULT_ROUTINGS",
     "ROUTING_FORMS",
     "EnsembleVelocity",
     "Routing",
@@ -49,9 +64,16 @@ __all__ = [
 
 #: The valid routing specs, as listed in every routing error message.
 ROUTING_FORMS = (
-    "full, top1, topk:K, sample:K, threshold:P, nucleus:P, nucleus:P,T, oracle "
-    "(K an integer >= 1, 0 < P <= 1, T > 0)"
+    "full, top1, topk:K, sample:K, threshold:P, nucleus:P, nucleus:P,T, oracle, mixture, "
+    "sticky:P, schedule:T0,R (K an integer >= 1, 0 < P <= 1, T > 0, 0 < T0 < 1, R one of full, "
+    "top1, topk:K, sample:K, threshold:P, nucleus:P[,T])"
 )
+
+
+#: Routings that need the cluster prior (a trajectory's expert is drawn from it).
+PRIOR_KINDS = ("mixture", "sticky", "schedule")
+#: Routings a ``schedule`` may use below its switch time.
+_LOW_KINDS = ("full", "top1", "topk", "sample", "threshold", "nucleus")
 
 Velocity = Callable[..., Tensor]
 Router = Callable[..., Tensor]
@@ -66,25 +88,36 @@ class Routing:
     """A parsed routing strategy.
 
     Attributes:
-        kind: one of "full", "top1", "topk", "sample", "threshold", "nucleus", "oracle".
+        kind: one of "full", "top1", "topk", "sample", "threshold", "nucleus", "oracle",
+            "mixture", "sticky", "schedule".
         k: number of experts for topk / sample, else None.
-        p: threshold for threshold, mass for nucleus, else None.
+        p: threshold for threshold, mass for nucleus, confidence for sticky, else None.
         temperature: softmax temperature for nucleus (1 otherwise).
+        t0: switch time of schedule (mixture while t >= t0), else None.
+        low: the routing schedule uses below t0, else None.
     """
 
     kind: str
     k: int | None = None
     p: float | None = None
     temperature: float = 1.0
+    t0: float | None = None
+    low: Routing | None = None
 
     def __post_init__(self) -> None:
         # Validate here too so a Routing built by hand is as safe as a parsed one.
         why = _problem(self.kind, self.k, self.p, self.temperature)
+        if why is None:
+            why = _schedule_problem(self.kind, self.t0, self.low)
         if why:
             raise _bad(repr(self), why)
 
     def __str__(self) -> str:
         """The canonical spec, e.g. "topk:2" or "nucleus:0.9,0.5" (parse_routing(str(r)) == r)."""
+        if self.kind == "schedule":
+            return f"schedule:{self.t0:g},{self.low}"
+        if self.kind == "sticky":
+            return f"sticky:{self.p:g}"
         if self.kind in ("topk", "sample"):
             return f"{self.kind}:{self.k}"
         if self.kind == "threshold":
@@ -98,7 +131,29 @@ class Routing:
     @property
     def stochastic(self) -> bool:
         """Whether the weights depend on the random generator."""
-        return self.kind in ("sample", "nucleus")
+        return self.kind in ("sample", "nucleus", *PRIOR_KINDS)
+
+    @property
+    def needs_router(self) -> bool:
+        """Whether the router is evaluated (mixture and oracle never call it)."""
+        return self.kind not in ("oracle", "mixture")
+
+    @property
+    def needs_prior(self) -> bool:
+        """Whether each trajectory's expert is drawn from the cluster prior."""
+        return self.kind in PRIOR_KINDS
+
+    @property
+    def experts_per_step(self) -> int | None:
+        """Experts evaluated per sample per step (None: as many as the router gives weight)."""
+        if self.kind in ("top1", "nucleus", "oracle", "mixture", "sticky"):
+            return 1
+        if self.kind in ("topk", "sample"):
+            return self.k
+        if self.kind == "schedule":
+            assert self.low is not None
+            return self.low.experts_per_step
+        return None
 
 
 # Which parameters each strategy takes: the registry parse_routing and Routing validate against.
@@ -110,7 +165,36 @@ _ARITY: dict[str, tuple[str, ...]] = {
     "threshold": ("p",),
     "nucleus": ("p", "T?"),
     "oracle": (),
+    "mixture": (),
+    "sticky": ("p",),
+    "schedule": (),  # parsed by _parse_schedule (its second argument is a routing spec)
 }
+
+
+def _schedule_problem(kind: str, t0: object, low: object) -> str | None:
+    """Why schedule's (t0, low) are invalid, or None; other kinds must not set them."""
+    if kind != "schedule":
+        return None if t0 is None and low is None else f"{kind} takes no switch time or routing"
+    if not isinstance(t0, (int, float)) or isinstance(t0, bool) or not 0.0 < t0 < 1.0:
+        return "the switch time T0 must satisfy 0 < T0 < 1"
+    if not isinstance(low, Routing) or low.kind not in _LOW_KINDS:
+        return f"below T0 the routing must be one of {', '.join(_LOW_KINDS)}"
+    return None
+
+
+def _parse_schedule(spec: str, rest: str) -> Routing:
+    t0_text, sep, low_text = rest.partition(",")
+    if not sep or not t0_text.strip() or not low_text.strip():
+        raise _bad(repr(spec), "schedule takes a switch time and a routing, e.g. schedule:0.5,top1")
+    try:
+        t0 = float(t0_text)
+    except ValueError:
+        raise _bad(repr(spec), "the switch time T0 must be a number") from None
+    low = parse_routing(low_text)
+    why = _schedule_problem("schedule", t0, low)
+    if why:
+        raise _bad(repr(spec), why)
+    return Routing("schedule", t0=t0, low=low)
 
 
 def _problem(kind: str, k: object, p: object, temperature: object) -> str | None:
@@ -158,6 +242,8 @@ def parse_routing(spec: str | Routing) -> Routing:
     kind = kind.strip()
     if kind not in _ARITY:
         raise _bad(repr(spec), "unknown strategy")
+    if kind == "schedule":
+        return _parse_schedule(spec, rest)
     args = [a.strip() for a in rest.split(",")] if sep else []
     needs = _ARITY[kind]
     required = [n for n in needs if not n.endswith("?")]
@@ -171,7 +257,7 @@ def parse_routing(spec: str | Routing) -> Routing:
             if not args[0].isdigit():  # "2.0", "-1", "two": not an integer count
                 raise _bad(repr(spec), "k must be an integer >= 1")
             k = int(args[0])
-        elif kind in ("threshold", "nucleus"):
+        elif kind in ("threshold", "nucleus", "sticky"):
             p = float(args[0])
             temperature = float(args[1]) if len(args) > 1 else 1.0
     except ValueError:
@@ -180,6 +266,36 @@ def parse_routing(spec: str | Routing) -> Routing:
     if why:
         raise _bad(repr(spec), why)
     return Routing(kind, k=k, p=p, temperature=temperature)
+
+
+def split_routings(text: str) -> list[str]:
+    """Split a comma-separated list of routing specs, keeping the commas inside a spec
+    ("top1,nucleus:0.9,0.5,schedule:0.5,topk:2" -> top1, nucleus:0.9,0.5, schedule:0.5,topk:2).
+
+    A piece that starts with a number continues the previous spec (nucleus's T), and so does the
+    piece right after ``schedule:T0`` (its routing); every spec is validated.
+
+    Raises:
+        ConfigError: an empty list or an invalid spec.
+    """
+    specs: list[str] = []
+    for piece in (x.strip() for x in text.split(",")):
+        if not piece:
+            continue
+        name = piece.partition(":")[0].strip().lower()
+        opens_low = (
+            bool(specs) and specs[-1].lower().startswith("schedule:") and "," not in specs[-1]
+        )
+        numeric = name[:1].isdigit() or name[:1] in ".-+"
+        if specs and (numeric or opens_low):
+            specs[-1] += "," + piece
+        else:
+            specs.append(piece)
+    if not specs:
+        raise _bad(repr(text), "no routing given")
+    for spec in specs:
+        parse_routing(spec)
+    return specs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,6 +394,10 @@ class EnsembleVelocity:
             attribute can be reassigned between batches.
         drop: expert indices to remove; the router's distribution is renormalised over the rest.
             ``topk:K`` / ``sample:K`` use min(K, number of remaining experts).
+        prior: the cluster prior for ``mixture`` / ``sticky`` / ``schedule``: (K,) non-negative
+            weights (e.g. cluster sizes), or (C, K) for a class-conditional model (row c:
+            training images of class c in each cluster, so p(k | c) up to normalisation). Dropped
+            experts get 0; a class whose row is all 0 falls back to the marginal Σ_c prior[c].
 
     Attributes:
         expert_calls: per expert, the number of samples it has been evaluated on (cost accounting);
@@ -301,6 +421,7 @@ class EnsembleVelocity:
         generator: torch.Generator | None = None,
         oracle_labels: Tensor | None = None,
         drop: Sequence[int] = (),
+        prior: Tensor | None = None,
     ) -> None:
         self.experts = list(experts)
         k = len(self.experts)
@@ -324,8 +445,23 @@ class EnsembleVelocity:
                 raise ConfigError(
                     "routing oracle needs oracle_labels (one expert index per sample)"
                 )
-        elif router is None:
+        elif self.routing.needs_router and router is None:
             raise ConfigError(f"routing {self.routing} needs a router")
+        self.prior = None if prior is None else self._check_prior(prior, k)
+        if self.routing.needs_prior and self.prior is None:
+            raise ConfigError(
+                f"routing {self.routing} needs the cluster prior (the sizes of the parts)"
+            )
+        low = self.routing.low
+        if low is not None and low.k is not None and low.k > k:
+            raise ConfigError(
+                f"routing {self.routing} asks for {low.k} experts but there are only {k}"
+            )
+        self._assigned: Tensor | None = None  # (B,) each trajectory's expert (prior routings)
+        #: When a list: every call appends (t (B,), weights (B, K)) on the CPU (diagnostics:
+        #: which expert is used at which t, and how often a trajectory switches).
+        self.history: list[tuple[Tensor, Tensor]] | None = None
+        self.switches = 0  # samples whose expert changed between calls (sticky / schedule)
         self.router = router
         self.generator = generator
         self.oracle_labels = oracle_labels
@@ -346,6 +482,100 @@ class EnsembleVelocity:
         )
 
     # ---------------------------------------------------------------------------------- weights
+
+    def _check_prior(self, prior: Tensor, k: int) -> Tensor:
+        p = torch.as_tensor(prior, dtype=torch.float64).detach().cpu()
+        if p.ndim not in (1, 2) or p.shape[-1] != k:
+            raise ConfigError(f"prior must have shape ({k},) or (C, {k}), got {tuple(p.shape)}")
+        if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
+            raise ConfigError("prior weights must be finite and >= 0")
+        p = p * self._available.to(torch.float64)
+        if float(p.sum()) <= 0:
+            raise ConfigError("the prior gives no weight to any expert that is kept")
+        return p
+
+    def _draw_prior(self, b: int, cond: Tensor | None, device: torch.device) -> Tensor:
+        """(B,) one expert per sample from the prior (per class when the prior is (C, K))."""
+        assert self.prior is not None
+        marginal = self.prior if self.prior.ndim == 1 else self.prior.sum(0)
+        if self.prior.ndim == 2 and cond is not None:
+            c = torch.as_tensor(cond).reshape(-1).long().cpu()
+            if bool(((c < 0) | (c >= self.prior.shape[0])).any()):
+                raise ConfigError(f"class labels must lie in 0..{self.prior.shape[0] - 1}")
+            rows = self.prior[c]
+            empty = rows.sum(1, keepdim=True) <= 0
+            rows = torch.where(empty, marginal.expand_as(rows), rows)
+        else:
+            rows = marginal.expand(b, -1)
+        # Drawn on the CPU with the ensemble's generator: the same draws on every device.
+        idx = torch.multinomial(rows, 1, replacement=True, generator=self.generator)
+        return idx.reshape(-1).to(device)
+
+    def _trajectory(self, b: int, cond: Tensor | None, device: torch.device) -> Tensor:
+        if self._assigned is None or self._assigned.shape[0] != b:
+            self._assigned = self._draw_prior(b, cond, device)
+        return self._assigned.to(device)
+
+    def _router_probs(
+        self, x: Tensor, t: Tensor, cond: Tensor | None, available: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(logits, probs), both (B, K) float64; dropped experts at −inf / 0."""
+        assert self.router is not None
+        b, k = x.shape[0], self.num_experts
+        logits = self.router(x, t, cond)
+        self.router_calls += b
+        if logits.shape != (b, k):
+            raise ValueError(f"router returned shape {tuple(logits.shape)}, expected ({b}, {k})")
+        logits = logits.detach().to(torch.float64)
+        # The softmax is computed once per call; every strategy derives from it (nucleus re-tempers
+        # the same logits).
+        probs = _masked_softmax(logits, available)
+        if bool(torch.isnan(probs).any()):
+            raise ValueError("router returned NaN logits")
+        return logits, probs
+
+    def _strategy(
+        self, r: Routing, x: Tensor, t: Tensor, cond: Tensor | None, available: Tensor
+    ) -> Tensor:
+        logits, probs = self._router_probs(x, t, cond, available)
+        n_avail = self.num_experts - len(self.dropped)
+        return _STRATEGIES[r.kind](
+            probs,
+            logits=logits,
+            available=available,
+            k=None if r.k is None else min(r.k, n_avail),
+            p=r.p,
+            temperature=r.temperature,
+            generator=self.generator,
+        )
+
+    def _prior_weights(
+        self, x: Tensor, t: Tensor, cond: Tensor | None, available: Tensor
+    ) -> Tensor:
+        """mixture / sticky / schedule: the trajectory's expert, overridden by the router where
+        the routing says so."""
+        r, b, k = self.routing, x.shape[0], self.num_experts
+        assigned = self._trajectory(b, cond, x.device)
+        if r.kind == "mixture":
+            return _one_hot(assigned, k)
+        if r.kind == "sticky":
+            assert r.p is not None
+            _, probs = self._router_probs(x, t, cond, available)
+            conf, top = probs.max(1)
+            new = torch.where(conf >= r.p, top, assigned)
+            self.switches += int((new != assigned).sum())
+            self._assigned = new
+            return _one_hot(new, k)
+        assert r.kind == "schedule" and r.low is not None and r.t0 is not None
+        w = _one_hot(assigned, k)
+        low = torch.nonzero(t < r.t0).reshape(-1)
+        if low.numel() == 0:
+            return w
+        sub_cond = None if cond is None else cond.index_select(0, low)
+        wl = self._strategy(
+            r.low, x.index_select(0, low), t.index_select(0, low), sub_cond, available
+        )
+        return w.index_copy(0, low, wl)
 
     def _time(self, x: Tensor, t: Tensor | float) -> Tensor:
         # Samplers pass (B,); accept a scalar too and broadcast, so sub-batches can be indexed.
@@ -371,27 +601,9 @@ class EnsembleVelocity:
             if not bool(available[labels].all()):
                 raise ConfigError(f"oracle_labels select a dropped expert {list(self.dropped)}")
             return _one_hot(labels, k)
-        assert self.router is not None
-        logits = self.router(x, t, cond)
-        self.router_calls += b
-        if logits.shape != (b, k):
-            raise ValueError(f"router returned shape {tuple(logits.shape)}, expected ({b}, {k})")
-        logits = logits.detach().to(torch.float64)
-        # The softmax is computed once per call; every strategy derives from it (nucleus re-tempers
-        # the same logits).
-        probs = _masked_softmax(logits, available)
-        if bool(torch.isnan(probs).any()):
-            raise ValueError("router returned NaN logits")
-        n_avail = k - len(self.dropped)
-        return _STRATEGIES[r.kind](
-            probs,
-            logits=logits,
-            available=available,
-            k=None if r.k is None else min(r.k, n_avail),
-            p=r.p,
-            temperature=r.temperature,
-            generator=self.generator,
-        )
+        if r.needs_prior:
+            return self._prior_weights(x, t, cond, available)
+        return self._strategy(r, x, t, cond, available)
 
     def weights(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:
         """The mixing weights the routing gives (evaluates the router, not the experts).
@@ -428,6 +640,8 @@ class EnsembleVelocity:
         t = self._time(x, t)
         w = self._weights(x, t, cond)  # (B, K) float64
         self._record(w)
+        if self.history is not None:
+            self.history.append((t.detach().cpu(), w.detach().cpu()))
         out = torch.zeros_like(x)
         bcast = (-1,) + (1,) * (x.ndim - 1)
         for k, expert in enumerate(self.experts):  # loop over experts only, never over samples
@@ -458,14 +672,17 @@ class EnsembleVelocity:
             self._steps += 1
 
     def reset_trace(self) -> None:
-        """Forget the attribution trace (call before sampling a new batch)."""
+        """Forget the attribution trace and each trajectory's expert (call before sampling a new
+        batch: mixture / sticky / schedule draw the next batch's experts afresh)."""
         self.trace = None
         self._steps = 0
+        self._assigned = None
 
     def reset_counts(self) -> None:
         """Zero ``expert_calls`` and ``router_calls``."""
         self.expert_calls = [0] * self.num_experts
         self.router_calls = 0
+        self.switches = 0
 
     def mean_weights(self) -> Tensor:
         """Mean weight of each expert for each sample over the calls since :meth:`reset_trace`.

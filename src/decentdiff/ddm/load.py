@@ -52,7 +52,7 @@ def load_ensemble(
         networks[f"expert {k}"] = unet
         experts.append(guided(v, guidance, unet.num_classes) if unet.num_classes > 0 else v)
     router = None
-    if spec.kind != "oracle":
+    if spec.needs_router:
         router, rmeta = load_router(router_dir(run), ema=ema, device=device)
         networks["router"] = router
         if rmeta.get("partition_id") != rec.partition_id:
@@ -60,8 +60,24 @@ def load_ensemble(
                 f"the router in {router_dir(run)} was trained on another partition; retrain it with "
                 f"`decentdiff train router {run.path} --fresh`"
             )
+    prior = None
+    if spec.needs_prior:
+        from ..config import resolve
+        from .membership import cluster_prior
+
+        cfg = resolve(base=run.base_config())
+        class_cond = any(
+            getattr(n, "num_classes", 0) > 0 for name, n in networks.items() if name != "router"
+        )
+        prior = torch.as_tensor(cluster_prior(run, cfg, class_cond=class_cond))
     ens = EnsembleVelocity(
-        experts, router, spec, generator=generator, drop=tuple(drop), oracle_labels=oracle_labels
+        experts,
+        router,
+        spec,
+        generator=generator,
+        drop=tuple(drop),
+        oracle_labels=oracle_labels,
+        prior=prior,
     )
     return ens, metas, rec, networks
 

@@ -121,6 +121,33 @@ def member_data(
     )
 
 
+def cluster_prior(run: Run, cfg: Config, *, class_cond: bool) -> np.ndarray:
+    """The prior the ``mixture`` routing draws each sample's expert from, counted over the current
+    members (withdrawn rows out, added sources in).
+
+    Returns:
+        float64 (K,) images per cluster, or (C, K) images per (class, cluster) when ``class_cond``
+        and the data has labels (row c ∝ p(k | c)).
+    """
+    data = run.data(cfg, create=False)
+    rec = load_partition(run, data)
+    keep = rec.assignments >= 0
+    clusters = [rec.assignments[keep]]
+    labels = [data.labels[data.train_idx][keep]] if data.labels is not None else None
+    for k, (spec, fp) in sorted(added_sources(run).items()):
+        extra = _added_data(spec, cfg, data.shape, fp)
+        clusters.append(np.full(len(extra.train_idx), k, np.int64))
+        if labels is not None:
+            labels = None if extra.labels is None else [*labels, extra.labels[extra.train_idx]]
+    c = np.concatenate(clusters)
+    if not class_cond or labels is None:
+        return np.bincount(c, minlength=rec.num_parts).astype(np.float64)
+    y = np.concatenate(labels).astype(np.int64)
+    table = np.zeros((int(y.max()) + 1, rec.num_parts), np.float64)
+    np.add.at(table, (y, c), 1.0)
+    return table
+
+
 def train_member_router(
     run: Run, cfg: Config, *, fresh: bool = True, progress: bool = True
 ) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..config import Config
+from ..ddm.defaults import DEFAULT_ROUTING
 from ..errors import ConfigError
 from ..run import Run, RunData
 
@@ -88,7 +89,7 @@ def evaluate(
     cfg: Config,
     model: str,
     *,
-    routing: str = "top1",
+    routing: str = DEFAULT_ROUTING,
     features: str = "classifier",
     device: torch.device | str = "cpu",
     progress: bool = True,
@@ -121,6 +122,13 @@ def evaluate(
         seed=cfg.sample.seed,
     )
     floor = _floor(run, real, labels, features)
+    # The generated images' features, kept for intervals (bootstrap of FID ratios) and
+    # histograms after the fact; small (N x feature width).
+    fake_path = _fake_path(run, model, routing, cfg, features)
+    _save_fake(fake_path, fake)
+    hist = None
+    if fake.get("probs") is not None:
+        hist = np.bincount(np.asarray(fake["probs"]).argmax(1), minlength=fake["probs"].shape[1])
     row = {
         "kind": "eval",
         "model": model,
@@ -141,10 +149,56 @@ def evaluate(
         "sample_wall_s": gen.wall_s,
         "wall_s": time.perf_counter() - t0,
         "samples": str(save_samples_to) if save_samples_to else None,
+        "fake_features": str(fake_path.relative_to(run.path)),
+        "class_hist": None if hist is None else [int(c) for c in hist],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     append_jsonl(run.metrics_path, row)
     return row
+
+
+def _fake_path(run: Run, model: str, routing: str, cfg: Config, features: str) -> Path:
+    s = cfg.sample
+    name = model if model != "ensemble" else f"ensemble-{routing}"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return (
+        run.path
+        / "eval"
+        / "fake"
+        / (f"{safe}-{features}-n{s.n}-s{s.seed}-{s.steps}{s.solver}-g{s.guidance:g}.npz")
+    )
+
+
+def _save_fake(path: Path, fake: dict[str, Any]) -> None:
+    import io
+
+    from ..training.checkpoint import atomic_write_bytes
+
+    arrays = {"features": np.asarray(fake["features"], np.float32)}
+    if fake.get("probs") is not None:
+        arrays["probs"] = np.asarray(fake["probs"], np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def row_features(run: Run, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out features, generated features) behind an eval row of RUN (for intervals).
+
+    Raises:
+        RunError: the row predates saved features, or the files are gone.
+    """
+    from ..errors import RunError
+
+    rel = row.get("fake_features")
+    real = run.path / "eval" / f"real-{row.get('features', 'classifier')}.npz"
+    if not rel or not (run.path / rel).is_file() or not real.is_file():
+        raise RunError(
+            f"the features behind this eval row of {run.path} are not saved; re-run "
+            f"`decentdiff eval {run.path}` with the same options"
+        )
+    with np.load(run.path / rel, allow_pickle=False) as z, np.load(real, allow_pickle=False) as r:
+        return r["held_features"], z["features"]
 
 
 def _floor(run: Run, real: dict, labels, features: str) -> dict[str, float]:

@@ -1,0 +1,282 @@
+"""Study 10 (issue 14): which routing makes the ensemble beat its FLOP-matched monolith, on 3 seeds
+and 3 budgets, K in {2, 4, 8}, unconditional and class-conditional.
+
+The budget is the capacity-limited regime DDM is made for: the `tiny` UNet (87k parameters), trained
+long (500, 1,500 and 5,000 steps at batch 64; each of K experts at 64/K), where K experts hold K times
+the monolith's parameters at the same FLOPs. Every FID is on 1,000 generated images; ratios to the
+monolith carry a bootstrap 95% interval (generated and held-out features resampled together) and a
+t-interval over seeds.
+
+Phases (each resumable; run both in order with no argument):
+    python experiments/s10_routing_budgets.py train [--worker I/N]
+    python experiments/s10_routing_budgets.py eval  [--worker I/N]
+    python experiments/s10_routing_budgets.py report
+``--worker I/N`` lets N processes share the jobs (a job is claimed by creating its lock file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, SEEDS, cli, ddm_run, evaluate, save, scaled, summarise
+
+STUDY = "s10_routing_budgets"
+CLAIM = (
+    "Issue 14: the best routing at one expert per sample per step has FID <= 0.9x the FLOP-matched "
+    "monolith at K=4 and K=8 (unconditional, mean of 3 seeds, every seed below 1.0) at one budget "
+    "or more; class-conditional <= 0.8x."
+)
+
+BASE: dict[str, Any] = {
+    "data": "mnist5k",
+    "preset": "tiny",
+    "router_preset": "compact",
+    "batch": 64,
+    "n": scaled(1000, 20),
+    "sample_steps": 20,
+}
+#: steps per budget (monolith at batch 64; each expert the same steps at 64/K)
+BUDGETS = {"b500": scaled(500, 2), "b1500": scaled(1500, 2), "b5000": scaled(5000, 2)}
+ROUTER_STEPS_MAX = scaled(1500, 2)
+#: one-expert-per-step routings compared everywhere, and the extra ones at the middle budget
+ROUTINGS = ("mixture", "top1", "schedule:0.5,top1")
+EXTRA = ("sticky:0.9", "nucleus:0.9", "topk:2")
+
+
+def budget(name: str) -> dict[str, Any]:
+    steps = BUDGETS[name]
+    return {**BASE, "steps": steps, "router_steps": min(steps, ROUTER_STEPS_MAX)}
+
+
+def jobs() -> list[tuple[str, bool, int, int]]:
+    """(budget, class-conditional, seed, K) in priority order."""
+    out: list[tuple[str, bool, int, int]] = []
+    for b, cc, ks in (
+        ("b1500", False, (4, 8, 2)),
+        ("b500", False, (4, 8, 2)),
+        ("b1500", True, (4, 8)),
+        ("b5000", False, (4, 8)),
+    ):
+        for seed in SEEDS:
+            out += [(b, cc, seed, k) for k in ks]
+    return out
+
+
+def run_dir(b: str, cc: bool, seed: int, K: int) -> Path:
+    return ROOT / "s10" / f"{b}{'-cc' if cc else ''}" / f"seed{seed}" / f"K{K}"
+
+
+def mono_run(b: str, cc: bool, seed: int) -> Path:
+    """The monolith of a (budget, seed) lives in the K=4 run (FLOP-matched to its experts)."""
+    return run_dir(b, cc, seed, 4)
+
+
+def _claim(path: Path) -> bool:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def _mine(i: int, worker: tuple[int, int] | None) -> bool:
+    return worker is None or i % worker[1] == worker[0]
+
+
+def train(worker: tuple[int, int] | None) -> None:
+    for b, cc, seed, K in jobs():
+        run = run_dir(b, cc, seed, K)
+        if (run / "trained").is_file():
+            continue
+        # Workers share the queue: the first to create the claim trains it (a stale claim after a
+        # crash: delete runs/repro/s10/**/.claim-train and restart).
+        if worker is not None and not _claim(run / ".claim-train"):
+            continue
+        ddm_run(run, K=K, seed=seed, study=STUDY, budget=budget(b), class_cond=cc, monolith=False)
+        if K == 4:
+            cli("train", "monolith", run, "--preset", BASE["preset"], "--flop-match",
+                "--seed", seed, "--quiet", study=STUDY)  # fmt: skip
+        (run / "trained").write_text("")
+
+
+def routings_for(b: str, cc: bool) -> tuple[str, ...]:
+    return ROUTINGS + (EXTRA if b == "b1500" else ())
+
+
+def ev(run: Path, model: str, seed: int, routing: str | None = None) -> dict[str, Any]:
+    return evaluate(run, model, routing=routing, n=BASE["n"], seed=seed,
+                    steps=BASE["sample_steps"], study=STUDY)  # fmt: skip
+
+
+def eval_all(worker: tuple[int, int] | None) -> None:
+    for i, (b, cc, seed, K) in enumerate(jobs()):
+        run = run_dir(b, cc, seed, K)
+        if not _mine(i, worker) or not (run / "trained").is_file():
+            continue
+        if K == 4:
+            ev(run, "monolith", seed)
+        for r in routings_for(b, cc):
+            ev(run, "ensemble", seed, r)
+
+
+# ------------------------------------------------------------------------------------ results
+
+
+def _row(run: Path, model: str, seed: int, routing: str | None = None) -> dict[str, Any] | None:
+    from common import find_row
+
+    want: dict[str, Any] = {"model": model, "n": BASE["n"], "seed": seed}
+    want.update(steps=BASE["sample_steps"], solver="euler")
+    if model == "ensemble":
+        want["routing"] = routing
+    return find_row(run, **want)
+
+
+def _t95(n: int) -> float:
+    return {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78}.get(n, 1.96)
+
+
+def _boot(e_run: Path, e: dict[str, Any], m_run: Path, m: dict[str, Any]) -> list[float] | None:
+    """Bootstrap 95% interval of FID(e) / FID(m) from the saved features (None: not saved)."""
+    from decentdiff.errors import RunError
+    from decentdiff.evaluation.evaluate import row_features
+    from decentdiff.evaluation.metrics import bootstrap_fid_ratio
+    from decentdiff.run import Run
+
+    try:
+        real, fe = row_features(Run(e_run), e)
+        _, fm = row_features(Run(m_run), m)
+    except RunError:
+        return None
+    return list(bootstrap_fid_ratio(real, fe, fm, n_boot=200, seed=0))
+
+
+def diagnostics() -> dict[str, Any]:
+    """Router calibration and top-1 usage of the middle budget's runs (unconditional, K=4/8)."""
+    out: dict[str, Any] = {}
+    for cc in (False, True):
+        for K in (4, 8):
+            for seed in SEEDS:
+                run = run_dir("b1500", cc, seed, K)
+                if not (run / "trained").is_file():
+                    continue
+                if not (run / "diagnostics.json").is_file():
+                    cli("diagnose", run, "--routings", "top1", "--n", 500, "--steps",
+                        BASE["sample_steps"], "--seed", seed, study=STUDY)  # fmt: skip
+                d = json.loads((run / "diagnostics.json").read_text())
+                u = d["usage"][0]
+                out[f"b1500{'-cc' if cc else ''}/K{K}/seed{seed}"] = {
+                    "accuracy": d["calibration"]["accuracy"],
+                    "ece": d["calibration"]["ece"],
+                    "entropy": d["calibration"]["entropy"],
+                    "t": d["calibration"]["t"],
+                    "prior_accuracy": d["calibration"]["prior"],
+                    "top1_tv_first": u["tv_first"],
+                    "top1_tv_final": u["tv_final"],
+                    "top1_switches_per_image": u["switches_per_image"],
+                    "top1_ever_switch": u["ever_switch"],
+                }
+    return out
+
+
+def report() -> dict[str, Any]:
+    cells: dict[str, Any] = {}
+    for b in BUDGETS:
+        for cc in (False, True):
+            for K in (2, 4, 8):
+                for r in ROUTINGS + EXTRA:
+                    per_seed = []
+                    for seed in SEEDS:
+                        m = _row(mono_run(b, cc, seed), "monolith", seed)
+                        e = _row(run_dir(b, cc, seed, K), "ensemble", seed, r)
+                        if m is None or e is None:
+                            continue
+                        ratio = e["fid"] / m["fid"]
+                        boot = _boot(run_dir(b, cc, seed, K), e, mono_run(b, cc, seed), m)
+                        per_seed.append({"seed": seed, "fid": e["fid"], "monolith_fid": m["fid"],
+                                         "ratio": ratio, "ratio_ci95": boot,
+                                         "precision": e.get("precision"),
+                                         "recall": e.get("recall"),
+                                         "gflops": e.get("sample_gflops_per_image"),
+                                         "train_flops_ratio": e["train_flops"] / m["train_flops"]})  # fmt: skip
+                    if not per_seed:
+                        continue
+                    ratios = [p["ratio"] for p in per_seed]
+                    s = summarise(ratios)
+                    half = _t95(len(ratios)) * s["std"] / math.sqrt(len(ratios))
+                    cells[f"{b}{'-cc' if cc else ''}/K{K}/{r}"] = {
+                        "budget": b, "steps": BUDGETS[b], "class_cond": cc, "K": K, "routing": r,
+                        "ratio": s, "ratio_t95": [s["mean"] - half, s["mean"] + half],
+                        "fid": summarise([p["fid"] for p in per_seed]),
+                        "monolith_fid": summarise([p["monolith_fid"] for p in per_seed]),
+                        "per_seed": per_seed,
+                    }  # fmt: skip
+    verdicts = _verdicts(cells)
+    result = {
+        "diagnostics": diagnostics(),
+        "claim": CLAIM,
+        "setup": {**BASE, "budgets": BUDGETS, "router_steps_max": ROUTER_STEPS_MAX,
+                  "seeds": list(SEEDS), "routings": list(ROUTINGS + EXTRA)},
+        "cells": cells,
+        **verdicts,
+    }  # fmt: skip
+    save(STUDY, result)
+    return result
+
+
+ONE_EXPERT = ("mixture", "top1", "sticky:0.9", "schedule:0.5,top1", "nucleus:0.9")
+
+
+def _verdicts(cells: dict[str, Any]) -> dict[str, Any]:
+    """The issue's bar: ratio mean <= 0.9 with every seed < 1 at K=4 and K=8 (unconditional) at some
+    budget with one routing of one-expert cost; class-conditional <= 0.8."""
+    best: dict[str, Any] = {}
+    for c in cells.values():
+        if c["routing"] not in ONE_EXPERT or len(c["per_seed"]) < len(SEEDS):
+            continue
+        group = f"{c['budget']}{'-cc' if c['class_cond'] else ''}/K{c['K']}"
+        if group not in best or c["ratio"]["mean"] < best[group]["ratio"]["mean"]:
+            best[group] = {"routing": c["routing"], "ratio": c["ratio"],
+                           "every_seed_below_1": all(p["ratio"] < 1 for p in c["per_seed"])}  # fmt: skip
+    checks: dict[str, str] = {}
+    for b in BUDGETS:
+        for cc, bar in ((False, 0.9), (True, 0.8)):
+            gs = [best.get(f"{b}{'-cc' if cc else ''}/K{K}") for K in (4, 8)]
+            if any(g is None for g in gs):
+                continue
+            ok = all(g["ratio"]["mean"] <= bar and g["every_seed_below_1"] for g in gs)
+            checks[f"{b}{'-cc' if cc else ''}"] = "held" if ok else "not held"
+    unc = [v for k, v in checks.items() if not k.endswith("-cc")]
+    cc = [v for k, v in checks.items() if k.endswith("-cc")]
+    verdict = "held" if ("held" in unc and (not cc or "held" in cc)) else (
+        "not held" if unc else "inconclusive")  # fmt: skip
+    return {"best": best, "checks": checks, "verdict": verdict}
+
+
+def _worker(argv: list[str]) -> tuple[int, int] | None:
+    if "--worker" not in argv:
+        return None
+    i, n = argv[argv.index("--worker") + 1].split("/")
+    return int(i), int(n)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    phase = argv[0] if argv and not argv[0].startswith("-") else "all"
+    w = _worker(argv)
+    if phase in ("train", "all"):
+        train(w)
+    if phase in ("eval", "all"):
+        eval_all(w)
+    if phase in ("report", "all"):
+        print(json.dumps(report()["checks"]))
+
+
+if __name__ == "__main__":
+    main()

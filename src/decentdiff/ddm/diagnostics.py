@@ -1,0 +1,202 @@
+"""Why a routing helps or hurts (issue 14): the router's accuracy, entropy and calibration per
+noise level, and which expert a router-driven routing picks at each sampling step.
+
+``decentdiff diagnose RUN`` writes RUN/diagnostics.json and RUN/figures/routing_diagnostics.png;
+``report`` shows both. Everything is measured, nothing is modelled:
+
+- calibration: training images drawn at their natural frequencies, fresh noise and t in each of
+  ``bins`` equal t-bins (the router saw these images, with other noise); per bin: top-1 accuracy,
+  the accuracy of always answering the largest cluster, mean entropy of p(k | x_t) in nats, the
+  negative log-likelihood of the true cluster, and the expected calibration error (ECE: confidence
+  bins of width 0.1, |accuracy − confidence| weighted by the bin's share);
+- usage: ``n`` images sampled with a routing (default top1) by the RUN's solver; per step, the
+  share of samples each expert made, and the share of trajectories whose expert changed since the
+  previous step; per trajectory, the number of switches.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..run import Run
+from .router import _noisy, load_router, router_dir
+
+__all__ = ["calibration", "diagnose", "expected_calibration_error", "usage"]
+
+
+def expected_calibration_error(probs: np.ndarray, target: np.ndarray, bins: int = 10) -> float:
+    """ECE of a classifier: Σ_b (n_b / n)·|accuracy_b − mean confidence_b| over confidence bins.
+
+    Args:
+        probs: (N, K) predicted probabilities.
+        target: (N,) true classes.
+        bins: equal-width confidence bins on [0, 1].
+    """
+    conf = probs.max(1)
+    correct = probs.argmax(1) == target
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+@torch.no_grad()
+def calibration(
+    router: torch.nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    clusters: np.ndarray,
+    *,
+    bins: int = 10,
+    n: int = 1000,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Accuracy, entropy, NLL and ECE of the router per t-bin (see the module docstring).
+
+    Returns:
+        {"t": centres, "accuracy", "entropy", "nll", "ece", "confidence": lists per bin,
+        "prior": accuracy of always answering the largest cluster, "n": n}.
+    """
+    from ..training.generative import to_model_space
+
+    g = torch.Generator().manual_seed(20_000 + seed)
+    idx = torch.randint(0, len(images), (n,), generator=g)
+    x0 = to_model_space(torch.from_numpy(np.ascontiguousarray(images))[idx]).to(device)
+    target = np.asarray(clusters, np.int64)[idx.numpy()]
+    cond = None if labels is None else torch.from_numpy(np.asarray(labels, np.int64))[idx]
+    eps = torch.randn(x0.shape, generator=g).to(device)
+    out: dict[str, list[float]] = {k: [] for k in ("t", "accuracy", "entropy", "nll", "ece")}
+    out["confidence"] = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        t = (lo + (hi - lo) * torch.rand(n, generator=g)).to(device)
+        logp = []
+        for i in range(0, n, 256):
+            c = None if cond is None else cond[i : i + 256].to(device)
+            logits = router(
+                _noisy(x0[i : i + 256], t[i : i + 256], eps[i : i + 256]), t[i : i + 256], c
+            )
+            logp.append(torch.log_softmax(logits.double(), 1).cpu())
+        lp = torch.cat(logp).numpy()
+        p = np.exp(lp)
+        out["t"].append((lo + hi) / 2)
+        out["accuracy"].append(float((p.argmax(1) == target).mean()))
+        out["entropy"].append(float(-(p * np.where(p > 0, lp, 0.0)).sum(1).mean()))
+        out["nll"].append(float(-lp[np.arange(n), target].mean()))
+        out["ece"].append(expected_calibration_error(p, target))
+        out["confidence"].append(float(p.max(1).mean()))
+    sizes = np.bincount(np.asarray(clusters, np.int64))
+    return {**out, "prior": float(sizes.max() / sizes.sum()), "n": n}
+
+
+def usage(
+    run: Run,
+    cfg: Config,
+    routing: str = "top1",
+    *,
+    n: int = 256,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Which expert a routing uses at each sampling step, and how often trajectories switch.
+
+    Returns:
+        {"routing", "n", "t": per step, "share": (steps, K) share of samples per expert,
+        "switch_rate": per step (0 at the first), "switches_per_image": mean, "ever_switch": share
+        of images whose expert changed at least once}.
+    """
+    from ..diffusion.solvers import sample
+    from .load import load_ensemble
+
+    s = cfg.sample
+    g = torch.Generator().manual_seed(s.seed)
+    ens, metas, rec, networks = load_ensemble(run, routing, device=device, ema=s.ema,
+                                              guidance=s.guidance, generator=g)  # fmt: skip
+    ens.history = []
+    unet = networks[next(k for k in networks if k.startswith("expert"))]
+    shape = tuple(metas[0]["image_shape"])
+    ncls = unet.num_classes
+    cond = (torch.arange(n) % ncls).to(device) if ncls > 0 else None
+    with torch.no_grad():
+        sample(ens, (n, *shape), steps=s.steps, solver=s.solver, generator=g, cond=cond,
+               device=device)  # fmt: skip
+    # One entry per velocity call; a multi-evaluation solver (heun) calls twice per step.
+    ts = [float(t[0]) for t, _ in ens.history]
+    picks = np.stack([w.argmax(1).numpy() for _, w in ens.history])  # (calls, n)
+    k = rec.num_parts
+    share = np.stack([np.bincount(p, minlength=k) / n for p in picks])
+    changed = np.concatenate([[0.0], (picks[1:] != picks[:-1]).mean(1)])
+    per_image = (picks[1:] != picks[:-1]).sum(0) if len(picks) > 1 else np.zeros(n)
+    # What each image's expert mix should be: the cluster prior (per class when conditional).
+    sizes = rec.sizes().astype(np.float64)
+    prior = sizes / sizes.sum()
+    return {
+        "prior": prior.tolist(),
+        "tv_final": float(0.5 * np.abs(share[-1] - prior).sum()),
+        "tv_first": float(0.5 * np.abs(share[0] - prior).sum()),
+        "routing": routing,
+        "n": n,
+        "t": ts,
+        "share": share.tolist(),
+        "switch_rate": changed.tolist(),
+        "switches_per_image": float(per_image.mean()),
+        "ever_switch": float((per_image > 0).mean()),
+    }
+
+
+def diagnose(
+    run: Run,
+    cfg: Config,
+    *,
+    routings: tuple[str, ...] = ("top1",),
+    n: int = 256,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Calibration + usage of each routing; writes RUN/diagnostics.json and the figure."""
+    from ..figures import routing_diagnostics_figure
+    from ..training.checkpoint import atomic_write_text
+    from .membership import member_data
+
+    images, labels, clusters, rec = member_data(run, cfg)
+    router, rmeta = load_router(router_dir(run), ema=cfg.sample.ema, device=device)
+    class_cond = int(rmeta.get("router", {}).get("num_classes", 0)) > 0
+    cal = calibration(router, images, labels if class_cond else None, clusters, device=device,
+                      seed=cfg.sample.seed)  # fmt: skip
+    out = {
+        "calibration": cal,
+        "usage": [usage(run, cfg, r, n=n, device=device) for r in routings],
+        "num_parts": rec.num_parts,
+        "class_cond": class_cond,
+        "sample": {"steps": cfg.sample.steps, "solver": cfg.sample.solver, "seed": cfg.sample.seed},
+    }
+    atomic_write_text(run.path / "diagnostics.json", json.dumps(out, indent=1) + "\n")
+    routing_diagnostics_figure(out, run.path / "figures" / "routing_diagnostics.png")
+    return out
+
+
+def summary_lines(diag: dict[str, Any]) -> list[str]:
+    """A few sentences of numbers for report.md and the command's output."""
+    cal = diag["calibration"]
+    lines = [
+        f"router accuracy {cal['accuracy'][0]:.2f} at t≈{cal['t'][0]:.2f} … "
+        f"{cal['accuracy'][-1]:.2f} at t≈{cal['t'][-1]:.2f} (largest cluster: {cal['prior']:.2f}); "
+        f"entropy {cal['entropy'][0]:.2f} … {cal['entropy'][-1]:.2f} nats; "
+        f"ECE {min(cal['ece']):.3f} … {max(cal['ece']):.3f}",
+    ]
+    for u in diag["usage"]:
+        lines.append(
+            f"{u['routing']}: {u['switches_per_image']:.1f} expert switches per image; "
+            f"{100 * u['ever_switch']:.0f}% of images change expert at least once; its expert "
+            f"mix departs from the cluster sizes by TV {u['tv_first']:.2f} at the first step, "
+            f"{u['tv_final']:.2f} at the last"
+        )
+    return lines
