@@ -525,7 +525,9 @@ def eval_cmd(
 
     r = _existing_run(run)
     cfg = _eval_cfg(r, config, set_, n, steps, seed, solver)
-    name = model if model != "ensemble" else f"ensemble-{routing.replace(':', '')}"
+    from .report import sample_name
+
+    name = sample_name(model, routing if model == "ensemble" else None)
     row = evaluate(
         r,
         cfg,

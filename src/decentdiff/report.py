@@ -15,8 +15,9 @@ from .evaluation.evaluate import evaluate, find_row, read_rows, sample_key
 from .run import Run
 
 
-def _name(model: str, routing: str | None) -> str:
-    return model if routing is None else f"{model}-{routing.replace(':', '')}"
+def sample_name(model: str, routing: str | None) -> str:
+    """File stem of a model's samples: ``ensemble-topk2``, ``ensemble-schedule0.5-top1``."""
+    return model if routing is None else f"{model}-{routing.replace(':', '').replace(',', '-')}"
 
 
 def available_models(run: Run) -> list[str]:
@@ -65,7 +66,7 @@ def compare(
     for model, routing in jobs:
         row = find_row(existing, model=model, routing=routing, **key)
         if row is None:
-            out = run.path / "samples" / f"{_name(model, routing)}.npz"
+            out = run.path / "samples" / f"{sample_name(model, routing)}.npz"
             row = evaluate(
                 run,
                 cfg,
@@ -280,7 +281,7 @@ def write_report(run: Run, cfg: Config) -> Path:
         for g in grids:
             md += [f"**{g.stem}**", "", f"![{g.stem}](samples/{g.name})", ""]
     # Attribution
-    att = rp / "samples" / f"ensemble-{DEFAULT_ROUTING.replace(':', '')}.npz"
+    att = rp / "samples" / f"{sample_name('ensemble', DEFAULT_ROUTING)}.npz"
     if not att.is_file():
         att = rp / "samples" / "ensemble-top1.npz"
     if part is not None and att.is_file():

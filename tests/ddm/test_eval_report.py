@@ -79,6 +79,23 @@ def test_eval_row_and_measured_flops(run, capsys):
     ]
     assert r_top1["train_flops"] == pytest.approx(sum(m["train_flops"] for m in metas))
 
+    # mixture: one expert per step and no router, neither to sample nor to train; schedule:0.5:
+    # the router only at the steps with t < 0.5 (Euler on 4 steps evaluates t = 1, .75, .5, .25).
+    for routing in ("mixture", "schedule:0.5,top1"):
+        code, _, err = cli(
+            capsys, "eval", run, "--routing", routing, "--n", "20", "--steps", steps, "-q"
+        )
+        assert code == 0, err
+    r_mix, r_sched = rows(run)[-2:]
+    assert r_mix["sample_gflops_per_image"] * 1e9 == pytest.approx(steps * f_exp, rel=1e-6)
+    assert r_mix["router_share"] == 0
+    assert r_mix["train_flops"] == pytest.approx(sum(m["train_flops"] for m in metas[:2]))
+    assert r_sched["sample_gflops_per_image"] * 1e9 == pytest.approx(
+        steps * f_exp + 1 * f_router, rel=1e-6
+    )
+    assert r_mix["fake_features"] and (run / r_mix["fake_features"]).is_file()
+    assert sum(r_mix["class_hist"]) == 20
+
 
 def test_compare_reuses_rows_and_writes_table(run, capsys):
     args = ["compare", run, "--n", "20", "--steps", "4", "--routings", "top1,full", "-q"]

@@ -13,7 +13,9 @@ of it (Table 1), chosen by a routing spec:
 ``threshold:P``    experts with p ≥ P, renormalised (none → top1)
 ``nucleus:P[,T]``  q = softmax(logits / T); the smallest set of largest q with mass ≥ P; ONE
                    expert drawn from q renormalised over that set (one-hot); T defaults to 1
-``oracle``         one-hot at given labels (the cluster each sample "belongs to"); no router call
+``oracle``         one-hot at given labels (the cluster each sample "belongs to"); no router call.
+                   The paper's Table 1 row; ``generate`` draws the labels from the cluster sizes,
+                   which for an unconditional model is the same procedure as ``mixture``
 ``mixture``        ONE expert per sample, drawn once per trajectory from the cluster prior
                    π_k = |S_k|/N (class-conditional: p(k | class)); no router call. With exact
                    experts this is exact ancestral sampling of Σ_k π_k p_k, i.e. of the data
