@@ -211,6 +211,6 @@ def class_histogram_figure(
     ax.set_xticks(x + 0.4 - width / 2, [str(c) for c in range(k)])
     ax.set_xlabel("class predicted by the evaluation classifier")
     ax.set_ylabel("share of images")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)

@@ -21,7 +21,7 @@ from ..errors import CheckpointError
 from ..models.router import Router, RouterConfig, router_config
 from ..run import Run
 from ..training.checkpoint import atomic_write_text, load_tensors, read_meta
-from ..training.generative import image_batches, to_model_space
+from ..training.generative import image_batches
 from ..training.loop import resolve_device, train
 from .store import PartitionRecord, load_partition
 
@@ -160,33 +160,10 @@ def router_accuracy(
     """Top-1 accuracy of the router in ``bins`` equal t-bins, on fresh noise over ``n`` images.
 
     Returns a dict with ``t`` (bin centres), ``accuracy`` per bin, and ``prior`` (the accuracy of
-    always answering the largest cluster: what the router must beat).
+    always answering the largest cluster: what the router must beat). The same draws as
+    :func:`decentdiff.ddm.diagnostics.calibration`, which also gives entropy, NLL and ECE.
     """
-    g = torch.Generator().manual_seed(10_000 + seed)
-    idx = torch.randint(0, len(images), (n,), generator=g)
-    x0 = to_model_space(torch.from_numpy(np.ascontiguousarray(images))[idx]).to(device)
-    target = torch.from_numpy(assignments)[idx].to(device)
-    cond = (
-        torch.from_numpy(np.asarray(labels, dtype=np.int64))[idx].to(device)
-        if labels is not None
-        else None
-    )
-    eps = torch.randn(x0.shape, generator=g).to(device)
-    centres, accs = [], []
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        t = (lo + (hi - lo) * torch.rand(n, generator=g)).to(device)
-        pred = torch.cat(
-            [
-                router(
-                    _noisy(x0[i : i + 256], t[i : i + 256], eps[i : i + 256]),
-                    t[i : i + 256],
-                    None if cond is None else cond[i : i + 256],
-                ).argmax(1)
-                for i in range(0, n, 256)
-            ]
-        )
-        centres.append((lo + hi) / 2)
-        accs.append(float((pred == target).float().mean()))
-    prior = float(np.bincount(assignments).max() / len(assignments))
-    return {"t": centres, "accuracy": accs, "prior": prior, "n": n}
+    from .diagnostics import calibration
+
+    cal = calibration(router, images, labels, assignments, bins=bins, n=n, device=device, seed=seed)
+    return {k: cal[k] for k in ("t", "accuracy", "prior", "n")}
