@@ -170,7 +170,13 @@ def diagnostics() -> dict[str, Any]:
                     cli("diagnose", run, "--routings", "top1", "--n", 500, "--steps",
                         BASE["sample_steps"], "--seed", seed, study=STUDY)  # fmt: skip
                 d = json.loads((run / "diagnostics.json").read_text())
-                u = d["usage"][0]
+                u = next((u for u in d["usage"] if u["routing"] == "top1"), None)
+                if u is None:  # traced with other routings by hand: trace top1 again
+                    (run / "diagnostics.json").unlink()
+                    cli("diagnose", run, "--routings", "top1", "--n", 500, "--steps",
+                        BASE["sample_steps"], "--seed", seed, study=STUDY)  # fmt: skip
+                    d = json.loads((run / "diagnostics.json").read_text())
+                    u = d["usage"][0]
                 out[f"b1500{'-cc' if cc else ''}/K{K}/seed{seed}"] = {
                     "accuracy": d["calibration"]["accuracy"],
                     "ece": d["calibration"]["ece"],
