@@ -368,6 +368,10 @@ def partition_cmd(
         for k, v in p.to_arrays().items()
         if k in ("fine_centroids", "fine_to_coarse", "params")
     }
+    # The prior the default `mixture` routing draws experts from, so sampling needs no data.
+    from .ddm.membership import prior_arrays
+
+    extra.update(prior_arrays(rec.assignments, labels, d.num_classes, rec.num_parts))
     path = save_partition(r, rec, d.train_idx, extra)
     fig = partition_figure(images, rec.parts(), r.path / "figures" / "partition.png")
     typer.echo(

@@ -61,7 +61,10 @@ def test_exact_routings_reproduce_the_data_distribution(spec):
     counts = _landing_counts(_sample(ens, n, seed=2), data)
     assert chisquare(counts.numpy()).pvalue > 1e-3, counts.tolist()
     # The same test passes for the global exact flow (the reference) ...
-    ref = _landing_counts(_euler(EmpiricalFlow(data), torch.randn(n, 2, dtype=torch.float64)), data)
+    g = torch.Generator().manual_seed(3)
+    ref = _landing_counts(
+        _euler(EmpiricalFlow(data), torch.randn(n, 2, dtype=torch.float64, generator=g)), data
+    )
     assert chisquare(ref.numpy()).pvalue > 1e-3
     # ... and can fail: a uniform prior over clusters (not their sizes) over-weights the small one.
     wrong = EnsembleVelocity(
@@ -148,6 +151,17 @@ def test_trajectory_state_is_kept_until_reset_and_reproducible():
     a1, c1 = draw(5)
     a2, _ = draw(5)
     assert torch.equal(a1, a2) and not torch.equal(a1, c1)
+
+
+def test_a_new_batch_of_other_classes_draws_again_without_reset():
+    """Experts drawn for one batch's classes are not reused for another batch of the same size
+    with other classes, even if the caller forgets reset_trace()."""
+    experts = [lambda x, t, c=None: x] * 2
+    table = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # class 0 -> expert 0, class 1 -> expert 1
+    ens = EnsembleVelocity(experts, None, "mixture", generator=torch.Generator(), prior=table)
+    x, t = torch.zeros(4, 1), torch.full((4,), 0.5)
+    assert (ens.weights(x, t, torch.zeros(4, dtype=torch.long))[:, 0] == 1).all()
+    assert (ens.weights(x, t, torch.ones(4, dtype=torch.long))[:, 1] == 1).all()
 
 
 def test_sticky_switches_only_on_a_confident_router_and_keeps_the_switch():

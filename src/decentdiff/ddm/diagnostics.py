@@ -136,9 +136,19 @@ def usage(
     share = np.stack([np.bincount(p, minlength=k) / n for p in picks])
     changed = np.concatenate([[0.0], (picks[1:] != picks[:-1]).mean(1)])
     per_image = (picks[1:] != picks[:-1]).sum(0) if len(picks) > 1 else np.zeros(n)
-    # What each image's expert mix should be: the cluster prior (per class when conditional).
-    sizes = rec.sizes().astype(np.float64)
-    prior = sizes / sizes.sum()
+    # What the expert mix should be: the cluster prior, averaged over the classes sampled when
+    # the model is class-conditional (the members' counts: added sources in, withdrawn out).
+    from .membership import cluster_prior
+
+    table = cluster_prior(run, cfg, class_cond=ncls > 0, num_classes=ncls)
+    if table.ndim == 2 and cond is not None:
+        rows = table[cond.cpu().numpy()]
+        marginal = table.sum(0)
+        rows = np.where(rows.sum(1, keepdims=True) > 0, rows, marginal)
+        prior = (rows / rows.sum(1, keepdims=True)).mean(0)
+    else:
+        sizes = table if table.ndim == 1 else table.sum(0)
+        prior = sizes / sizes.sum()
     return {
         "prior": prior.tolist(),
         "tv_final": float(0.5 * np.abs(share[-1] - prior).sum()),

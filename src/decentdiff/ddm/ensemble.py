@@ -85,6 +85,12 @@ def _bad(spec: object, why: str) -> ConfigError:
     return ConfigError(f"invalid routing {spec!s}: {why}; valid forms: {ROUTING_FORMS}")
 
 
+def _num(x: float | None) -> str:
+    """Shortest text that parses back to the same float ("0.9", "1", "0.1234567")."""
+    text = repr(float(x))  # type: ignore[arg-type]
+    return text[:-2] if text.endswith(".0") else text
+
+
 @dataclass(frozen=True)
 class Routing:
     """A parsed routing strategy.
@@ -117,16 +123,16 @@ class Routing:
     def __str__(self) -> str:
         """The canonical spec, e.g. "topk:2" or "nucleus:0.9,0.5" (parse_routing(str(r)) == r)."""
         if self.kind == "schedule":
-            return f"schedule:{self.t0:g},{self.low}"
+            return f"schedule:{_num(self.t0)},{self.low}"
         if self.kind == "sticky":
-            return f"sticky:{self.p:g}"
+            return f"sticky:{_num(self.p)}"
         if self.kind in ("topk", "sample"):
             return f"{self.kind}:{self.k}"
         if self.kind == "threshold":
-            return f"threshold:{self.p:g}"
+            return f"threshold:{_num(self.p)}"
         if self.kind == "nucleus":
-            return f"nucleus:{self.p:g}" + (
-                "" if self.temperature == 1.0 else f",{self.temperature:g}"
+            return f"nucleus:{_num(self.p)}" + (
+                "" if self.temperature == 1.0 else f",{_num(self.temperature)}"
             )
         return self.kind
 
@@ -147,7 +153,8 @@ class Routing:
 
     @property
     def experts_per_step(self) -> int | None:
-        """Experts evaluated per sample per step (None: as many as the router gives weight)."""
+        """Experts evaluated per sample per step, at most (None: as many as the router gives
+        weight; schedule: its routing's below T0, one expert above)."""
         if self.kind in ("top1", "nucleus", "oracle", "mixture", "sticky"):
             return 1
         if self.kind in ("topk", "sample"):
@@ -460,10 +467,13 @@ class EnsembleVelocity:
                 f"routing {self.routing} asks for {low.k} experts but there are only {k}"
             )
         self._assigned: Tensor | None = None  # (B,) each trajectory's expert (prior routings)
+        self._assigned_cond: Tensor | None = None  # the classes it was drawn for
         #: When a list: every call appends (t (B,), weights (B, K)) on the CPU (diagnostics:
         #: which expert is used at which t, and how often a trajectory switches).
         self.history: list[tuple[Tensor, Tensor]] | None = None
-        self.switches = 0  # samples whose expert changed between calls (sticky / schedule)
+        # sticky: samples whose expert changed; schedule: low-t evaluations whose main expert
+        # differs from the trajectory's
+        self.switches = 0
         self.router = router
         self.generator = generator
         self.oracle_labels = oracle_labels
@@ -514,8 +524,17 @@ class EnsembleVelocity:
         return idx.reshape(-1).to(device)
 
     def _trajectory(self, b: int, cond: Tensor | None, device: torch.device) -> Tensor:
-        if self._assigned is None or self._assigned.shape[0] != b:
+        # A new batch (other size or other classes) draws its experts afresh, even when the
+        # caller forgot reset_trace().
+        c = None if cond is None else torch.as_tensor(cond).reshape(-1).detach().cpu()
+        same_cond = (c is None and self._assigned_cond is None) or (
+            c is not None
+            and self._assigned_cond is not None
+            and torch.equal(c, self._assigned_cond)
+        )
+        if self._assigned is None or self._assigned.shape[0] != b or not same_cond:
             self._assigned = self._draw_prior(b, cond, device)
+            self._assigned_cond = c
         return self._assigned.to(device)
 
     def _router_probs(
@@ -577,6 +596,8 @@ class EnsembleVelocity:
         wl = self._strategy(
             r.low, x.index_select(0, low), t.index_select(0, low), sub_cond, available
         )
+        # Below T0 the low routing decides; a sample whose main expert differs has switched.
+        self.switches += int((wl.argmax(1) != assigned.index_select(0, low)).sum())
         return w.index_copy(0, low, wl)
 
     def _time(self, x: Tensor, t: Tensor | float) -> Tensor:
@@ -679,6 +700,7 @@ class EnsembleVelocity:
         self.trace = None
         self._steps = 0
         self._assigned = None
+        self._assigned_cond = None
 
     def reset_counts(self) -> None:
         """Zero ``expert_calls`` and ``router_calls``."""

@@ -66,10 +66,11 @@ def load_ensemble(
         from .membership import cluster_prior
 
         cfg = resolve(base=run.base_config())
-        class_cond = any(
-            getattr(n, "num_classes", 0) > 0 for name, n in networks.items() if name != "router"
+        ncls = max(
+            (getattr(n, "num_classes", 0) for name, n in networks.items() if name != "router"),
+            default=0,
         )
-        prior = torch.as_tensor(cluster_prior(run, cfg, class_cond=class_cond))
+        prior = torch.as_tensor(cluster_prior(run, cfg, class_cond=ncls > 0, num_classes=ncls))
     ens = EnsembleVelocity(
         experts,
         router,

@@ -65,8 +65,10 @@ def _write_partition(
     run: Run, rec: PartitionRecord, train_idx: np.ndarray, added: dict[int, tuple[str, str]]
 ) -> None:
     """``store.save_partition`` keeping the clustering arrays, with the added sources."""
+    # The stored prior counts the old membership: dropped here, recounted from the data by
+    # cluster_prior until the next partition.
     extra: dict[str, Any] = {
-        k: v for k, v in partition_extras(run).items() if not k.startswith("added_")
+        k: v for k, v in partition_extras(run).items() if not k.startswith(("added_", "prior_"))
     }
     for k, (spec, fp) in added.items():
         extra[f"added_{k}_source"] = np.str_(spec)
@@ -121,14 +123,46 @@ def member_data(
     )
 
 
-def cluster_prior(run: Run, cfg: Config, *, class_cond: bool) -> np.ndarray:
-    """The prior the ``mixture`` routing draws each sample's expert from, counted over the current
-    members (withdrawn rows out, added sources in).
+def prior_arrays(
+    clusters: np.ndarray, labels: np.ndarray | None, num_classes: int, num_parts: int
+) -> dict[str, np.ndarray]:
+    """``prior_sizes`` (K,) and, with labels, ``prior_class_counts`` (C, K): images per cluster and
+    per (class, cluster); rows marked withdrawn (< 0) are left out."""
+    c = np.asarray(clusters, np.int64)
+    keep = c >= 0
+    k = num_parts
+    out = {"prior_sizes": np.bincount(c[keep], minlength=k).astype(np.int64)}
+    if labels is not None:
+        y = np.asarray(labels, np.int64)[keep]
+        table = np.zeros((max(num_classes, int(y.max()) + 1 if y.size else 0), k), np.int64)
+        np.add.at(table, (y, c[keep]), 1)
+        out["prior_class_counts"] = table
+    return out
+
+
+def cluster_prior(run: Run, cfg: Config, *, class_cond: bool, num_classes: int = 0) -> np.ndarray:
+    """The prior the ``mixture`` routing draws each sample's expert from: images per cluster over
+    the current members. Read from partition.npz when the partition stored it (no data needed to
+    sample); after ``experts remove|add`` counted from the data (withdrawn rows out, added sources
+    in).
 
     Returns:
-        float64 (K,) images per cluster, or (C, K) images per (class, cluster) when ``class_cond``
-        and the data has labels (row c ∝ p(k | c)).
+        float64 (K,) images per cluster, or, when ``class_cond`` and labels exist, (C, K) images
+        per (class, cluster) with C ≥ ``num_classes`` (row c ∝ p(k | c); a class without images
+        is a row of zeros, which the ensemble replaces by the marginal).
     """
+    rec = None
+    stored = partition_extras(run)
+    if "prior_sizes" in stored:
+        rec = load_partition(run)
+        sizes = np.asarray(stored["prior_sizes"], np.float64)
+        table = stored.get("prior_class_counts")
+        if len(sizes) == rec.num_parts and (not class_cond or table is not None):
+            if not class_cond:
+                return sizes
+            table = np.asarray(table, np.float64)
+            rows = max(num_classes, table.shape[0])
+            return np.pad(table, ((0, rows - table.shape[0]), (0, 0)))
     data = run.data(cfg, create=False)
     rec = load_partition(run, data)
     keep = rec.assignments >= 0
@@ -142,10 +176,8 @@ def cluster_prior(run: Run, cfg: Config, *, class_cond: bool) -> np.ndarray:
     c = np.concatenate(clusters)
     if not class_cond or labels is None:
         return np.bincount(c, minlength=rec.num_parts).astype(np.float64)
-    y = np.concatenate(labels).astype(np.int64)
-    table = np.zeros((int(y.max()) + 1, rec.num_parts), np.float64)
-    np.add.at(table, (y, c), 1.0)
-    return table
+    arrays = prior_arrays(c, np.concatenate(labels), num_classes, rec.num_parts)
+    return arrays["prior_class_counts"].astype(np.float64)
 
 
 def train_member_router(

@@ -51,8 +51,9 @@ def partition_path(run: Run) -> Path:
 
 #: Keys of partition.npz beyond the record: the clustering itself (``kmeans_*``: fine centroids,
 #: fine -> coarse map, parameters; enough to assign new images) and sources added by
-#: ``experts add`` (``added_*``). Readers that do not know them ignore them.
-EXTRA_PREFIXES = ("kmeans_", "added_")
+#: ``experts add`` (``added_*``), the cluster prior of ``mixture`` routing (``prior_*``: sizes and
+#: class x cluster counts). Readers that do not know them ignore them.
+EXTRA_PREFIXES = ("kmeans_", "added_", "prior_")
 
 
 def partition_extras(run: Run) -> dict[str, np.ndarray]:

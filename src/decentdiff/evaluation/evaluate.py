@@ -125,7 +125,7 @@ def evaluate(
     # The generated images' features, kept for intervals (bootstrap of FID ratios) and
     # histograms after the fact; small (N x feature width).
     fake_path = _fake_path(run, model, routing, cfg, features)
-    _save_fake(fake_path, fake)
+    _save_fake(fake_path, fake, metrics["fid"])
     hist = None
     if fake.get("probs") is not None:
         hist = np.bincount(np.asarray(fake["probs"]).argmax(1), minlength=fake["probs"].shape[1])
@@ -158,23 +158,22 @@ def evaluate(
 
 
 def _fake_path(run: Run, model: str, routing: str, cfg: Config, features: str) -> Path:
+    from ..ddm.ensemble import parse_routing
+
     s = cfg.sample
-    name = model if model != "ensemble" else f"ensemble-{routing}"
+    name = model if model != "ensemble" else f"ensemble-{parse_routing(routing)}"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    return (
-        run.path
-        / "eval"
-        / "fake"
-        / (f"{safe}-{features}-n{s.n}-s{s.seed}-{s.steps}{s.solver}-g{s.guidance:g}.npz")
-    )
+    stem = f"{safe}-{features}-n{s.n}-s{s.seed}-{s.steps}{s.solver}-g{s.guidance:g}"
+    return run.path / "eval" / "fake" / f"{stem}-b{s.batch}-{'ema' if s.ema else 'raw'}.npz"
 
 
-def _save_fake(path: Path, fake: dict[str, Any]) -> None:
+def _save_fake(path: Path, fake: dict[str, Any], fid: float) -> None:
     import io
 
     from ..training.checkpoint import atomic_write_bytes
 
-    arrays = {"features": np.asarray(fake["features"], np.float32)}
+    # The FID they gave travels with them: a later eval that overwrites the file is detected.
+    arrays = {"features": np.asarray(fake["features"], np.float32), "fid": np.float64(fid)}
     if fake.get("probs") is not None:
         arrays["probs"] = np.asarray(fake["probs"], np.float32)
     buf = io.BytesIO()
@@ -198,6 +197,11 @@ def row_features(run: Run, row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]
             f"`decentdiff eval {run.path}` with the same options"
         )
     with np.load(run.path / rel, allow_pickle=False) as z, np.load(real, allow_pickle=False) as r:
+        if "fid" in z.files and not np.isclose(float(z["fid"]), float(row["fid"]), rtol=1e-9):
+            raise RunError(
+                f"{run.path / rel} belongs to a later evaluation than this row (FID "
+                f"{float(z['fid']):.4f} vs {row['fid']:.4f}); use the newest row or re-run eval"
+            )
         return r["held_features"], z["features"]
 
 

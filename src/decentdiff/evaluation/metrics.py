@@ -428,11 +428,15 @@ def bootstrap_fid_ratio(
     level: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of FID(real, a) / FID(real, b).
+    """Basic (reverse-percentile) bootstrap interval of FID(real, a) / FID(real, b).
 
     Each replicate resamples the real, the a and the b features with replacement (one real
     resample shared by both FIDs, as both are measured against the same reference), so the
-    interval covers the sampling noise of all three finite sets.
+    interval covers the sampling noise of all three finite sets. FID is biased upwards on finite
+    sets, and a resample with replacement adds that bias again, which pulls replicate ratios
+    towards 1; the basic interval (2·r̂ − q_high, 2·r̂ − q_low) reflects the replicates about the
+    estimate r̂ and so corrects that first-order shift, where the plain percentile interval can
+    miss r̂ itself.
 
     Args:
         real: float (N, D) reference features.
@@ -460,8 +464,10 @@ def bootstrap_fid_ratio(
         fa = frechet_distance(xr, a[rng.integers(0, len(a), len(a))])
         fb = frechet_distance(xr, b[rng.integers(0, len(b), len(b))])
         out[i] = fa / fb if fb > 0 else np.inf
-    lo, hi = np.quantile(out, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    fb0 = frechet_distance(x, b)
+    est = frechet_distance(x, a) / fb0 if fb0 > 0 else np.inf
+    q_lo, q_hi = np.quantile(out, [(1 - level) / 2, (1 + level) / 2])
+    return float(2 * est - q_hi), float(2 * est - q_lo)
 
 
 # --------------------------------------------------------------------------------------------------
