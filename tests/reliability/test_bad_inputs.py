@@ -150,8 +150,8 @@ CASES = {
         "evil.weight",
         lambda r: _rewrite_ema(r, _extra_key),
     ),
-    "sample-router-meta-not-json": (
-        ["sample", "{run}", "--model", "ensemble", *OUT],
+    "sample-router-meta-not-json": (  # the default routing (mixture) needs no router
+        ["sample", "{run}", "--model", "ensemble", "--routing", "top1", *OUT],
         "router/meta.json",
         lambda r: (r / "router" / "meta.json").write_text('{"step": 2, "fil'),
     ),
@@ -223,6 +223,11 @@ CASES = {
     "train-expert-bad-toml": (
         ["train", "expert", "{run}", "--expert", "0", "--config", "{d}/bad.toml", *TINY],
         "bad.toml",
+        None,
+    ),
+    "sample-bad-schedule": (
+        ["sample", "{run}", "--model", "ensemble", "--routing", "schedule:1.5,top1", *OUT],
+        "schedule:1.5,top1",
         None,
     ),
     "sample-bad-routing": (
