@@ -142,19 +142,33 @@ def _t95(n: int) -> float:
     return {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78}.get(n, 1.96)
 
 
+N_BOOT = 200
+_BOOT_CACHE: dict[str, list[float]] = {}
+
+
 def _boot(e_run: Path, e: dict[str, Any], m_run: Path, m: dict[str, Any]) -> list[float] | None:
-    """Bootstrap 95% interval of FID(e) / FID(m) from the saved features (None: not saved)."""
+    """Bootstrap 95% interval of FID(e) / FID(m) from the saved features (None: not saved);
+    cached in runs/repro/s10/bootstrap.json (a few seconds each at 128-d features)."""
     from decentdiff.errors import RunError
     from decentdiff.evaluation.evaluate import row_features
     from decentdiff.evaluation.metrics import bootstrap_fid_ratio
     from decentdiff.run import Run
 
-    try:
-        real, fe = row_features(Run(e_run), e)
-        _, fm = row_features(Run(m_run), m)
-    except RunError:
-        return None
-    return list(bootstrap_fid_ratio(real, fe, fm, n_boot=200, seed=0))
+    path = ROOT / "s10" / "bootstrap.json"
+    if not _BOOT_CACHE and path.is_file():
+        _BOOT_CACHE.update(json.loads(path.read_text()))
+    key = f"{e_run}|{e.get('time')}|{e['fid']}|{m_run}|{m.get('time')}|{m['fid']}|{N_BOOT}"
+    if key not in _BOOT_CACHE:
+        try:
+            real, fe = row_features(Run(e_run), e)
+            _, fm = row_features(Run(m_run), m)
+        except RunError:
+            return None
+        _BOOT_CACHE[key] = list(bootstrap_fid_ratio(real, fe, fm, n_boot=N_BOOT, seed=0))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(_BOOT_CACHE))
+        os.replace(tmp, path)
+    return _BOOT_CACHE[key]
 
 
 def diagnostics() -> dict[str, Any]:
@@ -280,6 +294,15 @@ def main(argv: list[str] | None = None) -> None:
         train(w)
     if phase in ("eval", "all"):
         eval_all(w)
+    if phase == "eval-wait":  # evaluate as the trainers finish runs, until all are evaluated
+        import time
+
+        while True:
+            eval_all(w)
+            if all((run_dir(*j) / "trained").is_file() for j in jobs()):
+                eval_all(w)
+                break
+            time.sleep(60)
     if phase in ("report", "all"):
         print(json.dumps(report()["checks"]))
 
