@@ -93,7 +93,11 @@ def bench_demo(ctx: Context) -> dict[str, Any]:
         if src.is_file():
             shutil.copy2(src, out / f"demo-{name}.png")
             figures.append(f"docs/figures/demo-{name}.png")
-    default = latest.get(("ensemble", DEFAULT_ROUTING), {})
+    from decentdiff.ddm.load import resolve_routing
+    from decentdiff.run import Run
+
+    chosen = resolve_routing(Run(run), DEFAULT_ROUTING)
+    default = latest.get(("ensemble", chosen), {})
     import tomllib
 
     model = tomllib.loads((run / "run.toml").read_text()).get("model", {})
@@ -109,7 +113,7 @@ def bench_demo(ctx: Context) -> dict[str, Any]:
         "floor": {k: floor.get(k) for k in ("fid", "precision", "recall", "confident_share")},
         "figures": figures,
         "time_met": timing["wall_s"] <= TARGET_S,
-        "default_routing": DEFAULT_ROUTING,
+        "default_routing": f"{DEFAULT_ROUTING} = {chosen}",
         "confident_met": (default.get("confident_share") or 0) >= TARGET_CONFIDENT,
     }
 

@@ -22,12 +22,13 @@ RoutingOpt = Annotated[
     str,
     typer.Option(
         "--routing",
-        help="Ensemble routing. mixture (the default): each image is made by ONE expert drawn "
-        "from the cluster sizes (class-conditional: p(cluster | class)), no router call — "
-        "measured best at one expert's cost (docs/reproduction.md, study 10). Also: top1, "
-        "topk:K, full, sample:K, threshold:P, nucleus:P[,T], oracle, sticky:P (mixture, but a "
-        "router confident >= P takes the image over), schedule:T0,R (mixture while t >= T0, "
-        "routing R below).",
+        help="Ensemble routing. auto (the default): mixture for an unconditional model, top1 "
+        "for a class-conditional one — the best measured at one expert's cost (docs/routing.md). "
+        "mixture: each image is made by ONE expert drawn from the cluster sizes "
+        "(class-conditional: p(cluster | class)), no router call. Also: top1, topk:K, full, "
+        "sample:K, threshold:P, nucleus:P[,T], oracle, sticky:P (mixture, but a router "
+        "confident >= P takes the image over), schedule:T0,R (mixture while t >= T0, routing R "
+        "below).",
     ),
 ]
 
@@ -529,8 +530,11 @@ def eval_cmd(
 
     r = _existing_run(run)
     cfg = _eval_cfg(r, config, set_, n, steps, seed, solver)
+    from .ddm.load import resolve_routing
     from .report import sample_name
 
+    if model == "ensemble":
+        routing = resolve_routing(r, routing)
     name = sample_name(model, routing if model == "ensemble" else None)
     row = evaluate(
         r,
@@ -592,8 +596,10 @@ def compare_cmd(
     from .training.loop import resolve_device
 
     # Every routing is checked before anything is computed or written.
-    names = tuple(split_routings(routings))
     r = _existing_run(run)
+    from .ddm.load import resolve_routing
+
+    names = tuple(dict.fromkeys(resolve_routing(r, x) for x in split_routings(routings)))
     cfg = _eval_cfg(r, config, set_, n, steps, seed, None)
     rows = compare(
         r,

@@ -86,6 +86,9 @@ def generate(
     g = torch.Generator().manual_seed(s.seed)
     ens, oracle = None, None
     if model == "ensemble":
+        from .ddm.load import resolve_routing
+
+        routing = resolve_routing(run, routing)
         from .ddm.ensemble import parse_routing
         from .ddm.load import load_ensemble
         from .ddm.router import router_dir

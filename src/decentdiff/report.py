@@ -281,7 +281,9 @@ def write_report(run: Run, cfg: Config) -> Path:
         for g in grids:
             md += [f"**{g.stem}**", "", f"![{g.stem}](samples/{g.name})", ""]
     # Attribution
-    att = rp / "samples" / f"{sample_name('ensemble', DEFAULT_ROUTING)}.npz"
+    from .ddm.load import resolve_routing
+
+    att = rp / "samples" / f"{sample_name('ensemble', resolve_routing(run, DEFAULT_ROUTING))}.npz"
     if not att.is_file():
         att = rp / "samples" / "ensemble-top1.npz"
     if part is not None and att.is_file():
@@ -353,12 +355,16 @@ def _summary(run: Run, rows: list[dict]) -> list[str]:
             f"DDM ensemble, best routing `{best['routing']}`: FID {best['fid']:.2f} at "
             f"{best['sample_gflops_per_image']:.2f} GFLOPs/image"
         )
-        default = latest.get(("ensemble", DEFAULT_ROUTING))
+        from .ddm.load import resolve_routing
+
+        chosen = resolve_routing(run, DEFAULT_ROUTING)
+        default = latest.get(("ensemble", chosen))
         if default:
             lines.append(
-                f"default routing `{DEFAULT_ROUTING}` (one expert per image, no router): FID "
-                f"{default['fid']:.2f}, {100 * default.get('confident_share', 0):.0f}% of samples "
-                "classified with confidence ≥ 0.9"
+                f"default routing `{DEFAULT_ROUTING}` = `{chosen}` for this model (one expert per "
+                f"image per step): FID {default['fid']:.2f}, "
+                f"{100 * default.get('confident_share', 0):.0f}% of samples classified with "
+                "confidence ≥ 0.9"
             )
     if mono:
         lines.append(

@@ -162,7 +162,7 @@ def test_demo_runs_the_whole_pipeline_and_records_its_timing(tmp_path, capsys):
         ("ensemble", "topk:2"),
         ("monolith", None),
     }
-    assert "default routing `mixture`" in out
+    assert "default routing `auto` = `top1`" in out  # the demo is class-conditional
     diag = json.loads((run / "diagnostics.json").read_text())
     assert len(diag["calibration"]["accuracy"]) == 10 and diag["usage"][0]["routing"] == "top1"
     report = (run / "report.md").read_text()

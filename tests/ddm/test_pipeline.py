@@ -120,6 +120,20 @@ def test_sample_defaults_to_mixture_without_a_router(ddm_run, capsys, tmp_path):
     assert code != 0 and "router" in err
 
 
+def test_auto_routing_follows_the_kind_of_model(ddm_run, tmp_path):
+    from decentdiff.ddm.defaults import AUTO_ROUTING
+    from decentdiff.ddm.load import resolve_routing
+
+    assert resolve_routing(Run(ddm_run), "auto") == AUTO_ROUTING[False] == "mixture"
+    assert resolve_routing(Run(ddm_run), "topk:2") == "topk:2"
+    cc = tmp_path / "cc"
+    shutil.copytree(ddm_run, cc)
+    toml = (cc / "run.toml").read_text()
+    assert "class_cond = false" in toml
+    (cc / "run.toml").write_text(toml.replace("class_cond = false", "class_cond = true"))
+    assert resolve_routing(Run(cc), "AUTO") == AUTO_ROUTING[True] == "top1"
+
+
 def test_drop_expert_and_single_expert(ddm_run, capsys, tmp_path):
     code, _, err = cli(
         capsys,

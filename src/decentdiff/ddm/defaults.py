@@ -1,12 +1,21 @@
 """Routing defaults, in a module without heavy imports (the command line reads them for --help).
 
-The choice is measured: docs/reproduction.md, study 10 (issue 14).
+The choice is measured: docs/reproduction.md, study 10, and docs/routing.md (issue 14).
 """
 
-#: The routing ``sample``, ``eval``, ``demo`` and ``report`` use unless told otherwise: each image is
-#: made by ONE expert drawn from the cluster prior (class-conditional: p(cluster | class)), with no
-#: router call.
-DEFAULT_ROUTING = "mixture"
+#: What ``sample``, ``eval``, ``demo`` and ``report`` use unless told otherwise: ``auto`` picks, per
+#: RUN, the routing of :data:`AUTO_ROUTING` for its kind of model.
+DEFAULT_ROUTING = "auto"
 
-#: What ``compare`` (and the demo) evaluates by default: the default, the paper's top-1, and top-2.
+#: ``auto``: unconditional models make each image with ONE expert drawn from the cluster sizes
+#: (``mixture``, no router call); class-conditional ones follow the router's top-1 expert, which
+#: knows the class from the first step.
+AUTO_ROUTING = {False: "mixture", True: "top1"}
+
+#: What ``compare`` (and the demo) evaluates by default: both automatic choices and top-2.
 DEFAULT_ROUTINGS = ("mixture", "top1", "topk:2")
+
+
+def auto_routing(class_cond: bool) -> str:
+    """The routing ``auto`` stands for, for an unconditional or a class-conditional model."""
+    return AUTO_ROUTING[bool(class_cond)]

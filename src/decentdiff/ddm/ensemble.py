@@ -303,7 +303,8 @@ def split_routings(text: str) -> list[str]:
     if not specs:
         raise _bad(repr(text), "no routing given")
     for spec in specs:
-        parse_routing(spec)
+        if spec.strip().lower() != "auto":  # resolved per RUN (ddm.load.resolve_routing)
+            parse_routing(spec)
     return specs
 
 

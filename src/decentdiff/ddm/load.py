@@ -16,6 +16,17 @@ from .router import load_router, router_dir
 from .store import PartitionRecord, expert_dir, load_partition
 
 
+def resolve_routing(run: Run, routing: str) -> str:
+    """``auto`` -> the routing :data:`~decentdiff.ddm.defaults.AUTO_ROUTING` gives this RUN's kind
+    of model (run.toml's ``model.class_cond``); any other spec is returned unchanged."""
+    from ..config import resolve
+    from .defaults import auto_routing
+
+    if routing.strip().lower() != "auto":
+        return routing
+    return auto_routing(resolve(base=run.base_config()).model.class_cond)
+
+
 def load_ensemble(
     run: Run,
     routing: str,

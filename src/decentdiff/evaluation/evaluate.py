@@ -104,6 +104,10 @@ def evaluate(
     from .features import extract
     from .metrics import all_metrics
 
+    if model == "ensemble":
+        from ..ddm.load import resolve_routing
+
+        routing = resolve_routing(run, routing)  # the row records what was sampled
     data = run.data(cfg, create=False)
     t0 = time.perf_counter()
     # Sample first: a missing model or a bad routing fails before anything is cached in RUN/eval.
