@@ -211,9 +211,13 @@ def evaluate(
     seed: int = 0,
     steps: int = 20,
     solver: str = "euler",
+    guidance: float | None = None,
 ) -> dict[str, Any]:
-    """The eval row of (model, routing, n, seed, steps, solver), computed only if not there yet."""
+    """The eval row of (model, routing, n, seed, steps, solver[, guidance]), computed only if not
+    there yet (guidance None: the RUN's default, not part of the match)."""
     want: dict[str, Any] = {"model": model, "n": n, "seed": seed, "steps": steps, "solver": solver}
+    if guidance is not None:
+        want["guidance"] = guidance
     if model == "ensemble":
         want["routing"] = routing or "top1"
     row = find_row(run, **want)
@@ -224,6 +228,8 @@ def evaluate(
             args += ["--solver", solver]
         if model == "ensemble":
             args += ["--routing", want["routing"]]
+        if guidance is not None:
+            args += ["--set", f"sample.guidance={guidance}"]
         cli(*args, study=study)
         row = find_row(run, **want)
         if row is None:

@@ -333,14 +333,17 @@ def body_s10(r: dict) -> list[str]:
     ]
     groups: dict[str, list[dict]] = {}
     for c in cells.values():
-        g = f"{c['budget']}{'-cc' if c['class_cond'] else ''}"
+        g = c.get("group") or f"{c['budget']}{'-cc' if c['class_cond'] else ''}"
         groups.setdefault(g, []).append(c)
-    for g in sorted(groups, key=lambda x: (x.endswith("-cc"), budgets[x.split("-")[0]])):
+    for g in sorted(groups, key=lambda x: ("-cc" in x, x.count("-g"), budgets[x.split("-")[0]])):
         cs = groups[g]
         steps = budgets[g.split("-")[0]]
         mono = cs[0]["monolith_fid"]
+        kind = "class-conditional, " if "-cc" in g else "unconditional, "
+        guided = f", guidance {cs[0]['guidance']:g}" if cs[0].get("guidance", 1.0) != 1.0 else ""
+        seeds = max(len(c["per_seed"]) for c in cs)
         out += [
-            f"**{'class-conditional, ' if g.endswith('-cc') else ''}{steps} steps** "
+            f"**{kind}{steps} steps{guided}, {seeds} seed{'s' if seeds > 1 else ''}** "
             f"(monolith FID {ms(mono)})",
             "",
             "| K | routing | ensemble FID | ratio, mean [95% CI] | per seed (bootstrap 95%) | "

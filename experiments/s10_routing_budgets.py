@@ -10,6 +10,7 @@ t-interval over seeds.
 Phases (each resumable; run both in order with no argument):
     python experiments/s10_routing_budgets.py train [--worker I/N]
     python experiments/s10_routing_budgets.py eval  [--worker I/N]
+    python experiments/s10_routing_budgets.py guided [--worker I/N]   (class-conditional, guidance 2)
     python experiments/s10_routing_budgets.py report
 ``--worker I/N`` lets N processes share the jobs (a job is claimed by creating its lock file).
 """
@@ -109,9 +110,27 @@ def routings_for(b: str, cc: bool) -> tuple[str, ...]:
     return ROUTINGS + (EXTRA if b == "b1500" else ())
 
 
-def ev(run: Path, model: str, seed: int, routing: str | None = None) -> dict[str, Any]:
+#: Class-conditional runs are also sampled with classifier-free guidance (as `make demo`).
+GUIDANCE = 2.0
+CC_GUIDED = ("top1", "mixture")
+
+
+def ev(
+    run: Path, model: str, seed: int, routing: str | None = None, guidance: float | None = None
+) -> dict[str, Any]:
     return evaluate(run, model, routing=routing, n=BASE["n"], seed=seed,
-                    steps=BASE["sample_steps"], study=STUDY)  # fmt: skip
+                    steps=BASE["sample_steps"], study=STUDY, guidance=guidance)  # fmt: skip
+
+
+def eval_guided(worker: tuple[int, int] | None) -> None:
+    for i, (b, cc, seed, K) in enumerate(jobs()):
+        run = run_dir(b, cc, seed, K)
+        if not cc or not _mine(i, worker) or not (run / "trained").is_file():
+            continue
+        if K == 4:
+            ev(run, "monolith", seed, guidance=GUIDANCE)
+        for r in CC_GUIDED:
+            ev(run, "ensemble", seed, r, guidance=GUIDANCE)
 
 
 def eval_all(worker: tuple[int, int] | None) -> None:
@@ -128,11 +147,13 @@ def eval_all(worker: tuple[int, int] | None) -> None:
 # ------------------------------------------------------------------------------------ results
 
 
-def _row(run: Path, model: str, seed: int, routing: str | None = None) -> dict[str, Any] | None:
+def _row(
+    run: Path, model: str, seed: int, routing: str | None = None, guidance: float = 1.0
+) -> dict[str, Any] | None:
     from common import find_row
 
     want: dict[str, Any] = {"model": model, "n": BASE["n"], "seed": seed}
-    want.update(steps=BASE["sample_steps"], solver="euler")
+    want.update(steps=BASE["sample_steps"], solver="euler", guidance=guidance)
     if model == "ensemble":
         want["routing"] = routing
     return find_row(run, **want)
@@ -208,13 +229,13 @@ def diagnostics() -> dict[str, Any]:
 def report() -> dict[str, Any]:
     cells: dict[str, Any] = {}
     for b in BUDGETS:
-        for cc in (False, True):
+        for cc, g in ((False, 1.0), (True, 1.0), (True, GUIDANCE)):
             for K in (2, 4, 8):
                 for r in ROUTINGS + EXTRA:
                     per_seed = []
                     for seed in SEEDS:
-                        m = _row(mono_run(b, cc, seed), "monolith", seed)
-                        e = _row(run_dir(b, cc, seed, K), "ensemble", seed, r)
+                        m = _row(mono_run(b, cc, seed), "monolith", seed, guidance=g)
+                        e = _row(run_dir(b, cc, seed, K), "ensemble", seed, r, guidance=g)
                         if m is None or e is None:
                             continue
                         ratio = e["fid"] / m["fid"]
@@ -230,8 +251,10 @@ def report() -> dict[str, Any]:
                     ratios = [p["ratio"] for p in per_seed]
                     s = summarise(ratios)
                     half = _t95(len(ratios)) * s["std"] / math.sqrt(len(ratios))
-                    cells[f"{b}{'-cc' if cc else ''}/K{K}/{r}"] = {
+                    tag = f"{b}{'-cc' if cc else ''}{f'-g{g:g}' if g != 1.0 else ''}"
+                    cells[f"{tag}/K{K}/{r}"] = {
                         "budget": b, "steps": BUDGETS[b], "class_cond": cc, "K": K, "routing": r,
+                        "guidance": g, "group": tag,
                         "ratio": s, "ratio_t95": [s["mean"] - half, s["mean"] + half],
                         "fid": summarise([p["fid"] for p in per_seed]),
                         "monolith_fid": summarise([p["monolith_fid"] for p in per_seed]),
@@ -260,20 +283,20 @@ def _verdicts(cells: dict[str, Any]) -> dict[str, Any]:
     for c in cells.values():
         if c["routing"] not in ONE_EXPERT or len(c["per_seed"]) < len(SEEDS):
             continue
-        group = f"{c['budget']}{'-cc' if c['class_cond'] else ''}/K{c['K']}"
+        group = f"{c['group']}/K{c['K']}"
         if group not in best or c["ratio"]["mean"] < best[group]["ratio"]["mean"]:
             best[group] = {"routing": c["routing"], "ratio": c["ratio"],
                            "every_seed_below_1": all(p["ratio"] < 1 for p in c["per_seed"])}  # fmt: skip
     checks: dict[str, str] = {}
     for b in BUDGETS:
-        for cc, bar in ((False, 0.9), (True, 0.8)):
-            gs = [best.get(f"{b}{'-cc' if cc else ''}/K{K}") for K in (4, 8)]
+        for tag, bar in ((b, 0.9), (f"{b}-cc", 0.8), (f"{b}-cc-g{GUIDANCE:g}", 0.8)):
+            gs = [best.get(f"{tag}/K{K}") for K in (4, 8)]
             if any(g is None for g in gs):
                 continue
             ok = all(g["ratio"]["mean"] <= bar and g["every_seed_below_1"] for g in gs)
-            checks[f"{b}{'-cc' if cc else ''}"] = "held" if ok else "not held"
-    unc = [v for k, v in checks.items() if not k.endswith("-cc")]
-    cc = [v for k, v in checks.items() if k.endswith("-cc")]
+            checks[tag] = "held" if ok else "not held"
+    unc = [v for k, v in checks.items() if "-cc" not in k]
+    cc = [v for k, v in checks.items() if "-cc" in k]
     verdict = "held" if ("held" in unc and (not cc or "held" in cc)) else (
         "not held" if unc else "inconclusive")  # fmt: skip
     return {"best": best, "checks": checks, "verdict": verdict}
@@ -303,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
                 eval_all(w)
                 break
             time.sleep(60)
+    if phase in ("guided", "all"):
+        eval_guided(w)
     if phase in ("report", "all"):
         print(json.dumps(report()["checks"]))
 
