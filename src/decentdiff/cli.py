@@ -14,7 +14,7 @@ import typer
 import typer.core
 
 from . import config as C
-from .ddm.defaults import DEFAULT_ROUTING, DEFAULT_ROUTINGS
+from .ddm.defaults import DEFAULT_ROUTING, DEFAULT_ROUTINGS, EVIDENCE
 from .errors import ConfigError, DecentDiffError
 from .federated.cli import fed_app
 
@@ -23,7 +23,9 @@ RoutingOpt = Annotated[
     typer.Option(
         "--routing",
         help="Ensemble routing. auto (the default): mixture for an unconditional model, top1 "
-        "for a class-conditional one — the best measured at one expert's cost (docs/routing.md). "
+        "for a class-conditional one — the best measured at one expert's cost; "
+        + EVIDENCE
+        + " (docs/routing.md). "
         "mixture: each image is made by ONE expert drawn from the cluster sizes "
         "(class-conditional: p(cluster | class)), no router call. Also: top1, topk:K, full, "
         "sample:K, threshold:P, nucleus:P[,T], oracle, sticky:P (mixture, but a router "

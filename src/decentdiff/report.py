@@ -378,4 +378,8 @@ def _summary(run: Run, rows: list[dict]) -> list[str]:
         )
     if rows and rows[-1].get("floor"):
         lines.append(f"floor (training vs held-out images): FID {rows[-1]['floor']['fid']:.2f}")
-    return lines[:5] or ["no evaluation yet: run `decentdiff eval` or `decentdiff compare`"]
+    if ens:
+        from .ddm.defaults import EVIDENCE
+
+        lines.append(f"why `auto` routes this way: {EVIDENCE} (docs/routing.md)")
+    return lines[:6] or ["no evaluation yet: run `decentdiff eval` or `decentdiff compare`"]
