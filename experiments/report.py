@@ -461,7 +461,10 @@ READING = {
         "the time the router could see the cluster) and cost a router call more. "
         "Class-conditionally the router sees the cluster through the class (accuracy 0.6-0.76 at "
         "t~0.95): top-1 is the best routing (0.88x / 0.94x) and `mixture` is not (0.98x / "
-        "0.98x), so `auto` picks top1 there; the <= 0.8x bar is not met. {B5000_READING}"
+        "0.98x), so `auto` picks top1 there; the <= 0.8x bar is not met. At 5,000 steps (2 seeds; the third and K=2 did not fit the session) the edge grows "
+        "further: `mixture` 0.69x (K=4) and 0.55x (K=8), top-1 1.02x / 1.90x. With guidance 2 "
+        "the class-conditional ensembles did not gain (top1 0.93x / 1.04x, mixture 0.97x / "
+        "1.01x)."
     ),
     "s9_router_budget": (
         "Not held: ten times the router's steps made it much more accurate at low noise (K=4: "

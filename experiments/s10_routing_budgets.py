@@ -295,11 +295,15 @@ def _verdicts(cells: dict[str, Any]) -> dict[str, Any]:
                 continue
             ok = all(g["ratio"]["mean"] <= bar and g["every_seed_below_1"] for g in gs)
             checks[tag] = "held" if ok else "not held"
-    unc = [v for k, v in checks.items() if "-cc" not in k]
-    cc = [v for k, v in checks.items() if "-cc" in k]
-    verdict = "held" if ("held" in unc and (not cc or "held" in cc)) else (
-        "not held" if unc else "inconclusive")  # fmt: skip
-    return {"best": best, "checks": checks, "verdict": verdict}
+    from common import overall
+
+    # Each kind of model is held when it is held at one budget or more (the bar).
+    kinds = {}
+    for kind, vs in (("unconditional", [v for k, v in checks.items() if "-cc" not in k]),
+                     ("class-conditional", [v for k, v in checks.items() if "-cc" in k])):  # fmt: skip
+        if vs:
+            kinds[kind] = "held" if "held" in vs else "not held"
+    return {"best": best, "checks": checks, "kinds": kinds, "verdict": overall(kinds)}
 
 
 def _worker(argv: list[str]) -> tuple[int, int] | None:
