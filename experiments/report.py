@@ -443,7 +443,7 @@ BODIES = {
 #: What the numbers say, written after reading them (kept apart from the generated figures).
 READING = {
     "s10_routing_budgets": (
-        "Held unconditionally at 1,500 steps, not held class-conditionally. The cause of studies "
+        "Held unconditionally at 1,500 and 5,000 steps, not held class-conditionally. The cause of studies "
         "1-2 is measured (diagnostics table): the router is calibrated (ECE <= 0.06) and accurate "
         "at low noise, but at t~0.95 an unconditional router can only answer the prior, so top-1 "
         "sends most trajectories' first steps to the largest cluster's expert (K=8: total "
@@ -459,10 +459,10 @@ READING = {
         "UNet's 87k parameters. The hybrids that start from the prior (`sticky:0.9`, "
         "`schedule:0.5,top1`) match `mixture` within 0.01 (the trajectories have committed by "
         "the time the router could see the cluster) and cost a router call more. "
-        "Class-conditionally the router sees the cluster through the class (accuracy 0.6-0.76 at "
+        "Class-conditionally the router sees the cluster through the class (accuracy 0.58-0.76 at "
         "t~0.95): top-1 is the best routing (0.88x / 0.94x) and `mixture` is not (0.98x / "
-        "0.98x), so `auto` picks top1 there; the <= 0.8x bar is not met. At 5,000 steps (2 seeds; the third and K=2 did not fit the session) the edge grows "
-        "further: `mixture` 0.69x (K=4) and 0.55x (K=8), top-1 1.02x / 1.90x. With guidance 2 "
+        "0.98x), so `auto` picks top1 there; the <= 0.8x bar is not met. At 5,000 steps (K=2 did not fit the session) the edge grows further: `mixture` "
+        "0.71x (K=4) and 0.58x (K=8), every seed below 1, top-1 1.14x / 1.95x. With guidance 2 "
         "the class-conditional ensembles did not gain (top1 0.93x / 1.04x, mixture 0.97x / "
         "1.01x)."
     ),
