@@ -27,8 +27,8 @@ of it (Table 1), chosen by a routing spec:
 =================  =========================================================================
 
 Trajectory state: mixture, sticky and schedule keep each sample's expert between calls; it is
-drawn at the first call after :meth:`EnsembleVelocity.reset_trace` (or when the batch size
-changes), so call ``reset_trace()`` before sampling each new batch.
+drawn at the first call after :meth:`EnsembleVelocity.reset_trace`, or when the batch size or
+its classes change; call ``reset_trace()`` before sampling each new batch.
 
 Cost: an expert is evaluated only on the sub-batch of samples that give it a nonzero weight, and
 not at all when no sample does, so top1 costs one expert evaluation per sample. ``expert_calls``
