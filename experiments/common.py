@@ -224,8 +224,7 @@ def evaluate(
     if row is None:
         args: list[Any] = ["eval", run, "--model", model, "--n", n, "--seed", seed]
         args += ["--steps", steps, "--quiet"]
-        if solver != "euler":  # the default: earlier logged commands stay as they were
-            args += ["--solver", solver]
+        args += ["--solver", solver]  # explicit: the default is auto
         if model == "ensemble":
             args += ["--routing", want["routing"]]
         if guidance is not None:

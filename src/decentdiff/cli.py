@@ -14,6 +14,7 @@ import typer
 import typer.core
 
 from . import config as C
+from .config import SOLVER_HELP
 from .ddm.defaults import DEFAULT_ROUTING, DEFAULT_ROUTINGS, EVIDENCE
 from .errors import ConfigError, DecentDiffError
 from .federated.cli import fed_app
@@ -417,7 +418,7 @@ def sample_cmd(
     ] = None,
     solver: Annotated[
         str | None,
-        typer.Option("--solver", help=f"euler, heun, ddpm, ddim. {_d('sample', 'solver')}"),
+        typer.Option("--solver", help=SOLVER_HELP),
     ] = None,
     guidance: Annotated[
         float | None,
@@ -515,9 +516,7 @@ def eval_cmd(
     steps: Annotated[
         int | None, typer.Option("--steps", help=f"Solver steps. {_d('sample', 'steps')}")
     ] = None,
-    solver: Annotated[
-        str | None, typer.Option("--solver", help=f"Solver. {_d('sample', 'solver')}")
-    ] = None,
+    solver: Annotated[str | None, typer.Option("--solver", help=SOLVER_HELP)] = None,
     seed: Annotated[
         int | None, typer.Option("--seed", help=f"Sampling seed. {_d('sample', 'seed')}")
     ] = None,

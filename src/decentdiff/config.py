@@ -39,6 +39,7 @@ class ObjectiveConfig:
     schedule: str = "linear"  # ddpm: linear | cosine
     loss: str = "mse"  # mse | huber
     timesteps: int = 1000  # ddpm: T
+    weighting: str = "uniform"  # ddpm: uniform (Ho's simple loss) | velocity:G (capped v-loss)
 
 
 @dataclass
@@ -58,11 +59,20 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
 
 
+#: --solver's help, shared by sample, eval, compare and fed eval.
+SOLVER_HELP = (
+    "auto (the default): ancestral ddpm for a model with any DDPM ε-network, euler for flow "
+    "matching — each one's best measured sampler (docs/reproduction.md, study 11: a briefly "
+    "trained ε-model scores several times worse by any deterministic solver). Or euler, heun "
+    "(2 evaluations per step), ddim, ddpm."
+)
+
+
 @dataclass
 class SampleConfig:
     n: int = 64
     steps: int = 50
-    solver: str = "euler"  # euler | heun | ddim | ddpm
+    solver: str = "auto"  # auto (by the model's objective) | euler | heun | ddim | ddpm
     guidance: float = 1.0  # classifier-free guidance scale (1 = none)
     seed: int = 0
     ema: bool = True  # sample from the EMA weights

@@ -29,6 +29,7 @@ class Generated:
     cost: dict[str, Any] = field(default_factory=dict)  # gflops_per_image, router_share, ...
     train_flops: float = 0.0  # total training FLOPs of everything this model needed
     wall_s: float = 0.0
+    solver: str = ""  # the solver used (``auto`` resolved)
 
 
 def _model_dirs(run: Run, spec: str) -> Path:
@@ -53,6 +54,38 @@ def _model_dirs(run: Run, spec: str) -> Path:
     )
 
 
+def objective_kinds(run: Run, model: str) -> list[str]:
+    """Objective kinds (``fm``, ``ddpm``) of the network(s) behind ``model``, from meta.json alone;
+    models not trained yet are skipped (loading them fails later with the command to run)."""
+    import json
+
+    if model == "ensemble":
+        from .ddm.store import expert_dir, load_partition
+
+        dirs = [expert_dir(run, k) for k in range(load_partition(run).num_parts)]
+    else:
+        dirs = [_model_dirs(run, model)]
+    kinds = []
+    for d in dirs:
+        try:
+            kinds.append(str(json.loads((d / "meta.json").read_text())["objective"]["kind"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return kinds
+
+
+def resolve_solver(run: Run, model: str, solver: str) -> str:
+    """``auto`` -> the solver that suits the model's objective(s) (:data:`AUTO_SOLVER`); an
+    ensemble with any ε-expert counts as ε. Any other name is returned unchanged."""
+    from .diffusion.solvers import AUTO_SOLVER, get_solver
+
+    if solver != "auto":
+        get_solver(solver)  # unknown names fail here, with the choices
+        return solver
+    kinds = objective_kinds(run, model)
+    return AUTO_SOLVER["ddpm" if "ddpm" in kinds else "fm"]
+
+
 _HINTS = {
     "monolith": "decentdiff train monolith {run}",
     "distilled": "decentdiff distill {run}",
@@ -70,7 +103,8 @@ def generate(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Generated:
-    """Draw ``s.n`` images from ``model`` of RUN with solver ``s.solver`` in ``s.steps`` steps."""
+    """Draw ``s.n`` images from ``model`` of RUN with solver ``s.solver`` in ``s.steps`` steps
+    (``auto``: the one that suits the model's objective, :func:`resolve_solver`)."""
     from tqdm.auto import tqdm
 
     from .diffusion.paths import DDPM
@@ -81,6 +115,7 @@ def generate(
 
     if s.n < 1:
         raise ConfigError(f"--n must be ≥ 1, got {s.n}")
+    solver = resolve_solver(run, model, s.solver)
     if s.batch < 1:
         raise ConfigError(f"sample.batch must be ≥ 1, got {s.batch}")
     g = torch.Generator().manual_seed(s.seed)
@@ -153,7 +188,7 @@ def generate(
         cond = None
     grid_t = (
         ddpm_grid(objective, s.steps)
-        if s.solver in ("ddpm", "ddim") and isinstance(objective, DDPM)
+        if solver in ("ddpm", "ddim") and isinstance(objective, DDPM)
         else None
     )
     shape = tuple(meta["image_shape"])
@@ -177,7 +212,7 @@ def generate(
                     velocity,
                     (b, *shape),
                     steps=s.steps,
-                    solver=s.solver,
+                    solver=solver,
                     generator=g,
                     cond=None if cond is None else cond[i : i + b],
                     device=device,
@@ -197,6 +232,7 @@ def generate(
         cost=cost,
         train_flops=float(train_flops),
         wall_s=wall,
+        solver=solver,
     )
 
 

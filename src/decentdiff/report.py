@@ -63,8 +63,11 @@ def compare(
         if "ensemble" in models and (has_router or not parse_routing(r).needs_router)
     ]
     jobs += [(m, None) for m in models if m != "ensemble"]
+    from .generate import resolve_solver
+
     for model, routing in jobs:
-        row = find_row(existing, model=model, routing=routing, **key)
+        solver = resolve_solver(run, model, cfg.sample.solver)
+        row = find_row(existing, model=model, routing=routing, **{**key, "solver": solver})
         if row is None:
             out = run.path / "samples" / f"{sample_name(model, routing)}.npz"
             row = evaluate(

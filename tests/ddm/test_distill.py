@@ -93,6 +93,41 @@ def test_distill_loss_falls_and_student_approaches_teachers(run_dir):
     assert meta0["step"] == 1
 
 
+def test_teachers_give_the_ensemble_or_own_expert_velocity(run_dir, tmp_path, capsys):
+    """--teacher full: the target is the router-weighted velocity, exactly the ensemble built by
+    load_ensemble; own: each example's cluster expert. Also the measured teachers' FLOPs: full
+    runs both experts and the router per example, own one expert."""
+    import shutil
+
+    from decentdiff.ddm.distill import _routed_teacher, make_teacher
+    from decentdiff.ddm.load import load_ensemble
+
+    run = tmp_path / "routed"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("distilled"))
+    assert cli(capsys, "train", "router", run, "--steps", "5", "--batch", "16", *TINY)[0] == 0
+    code, _, err = cli(capsys, "distill", run, "--teacher", "mixture", "--steps", "2", "-q")
+    assert code != 0 and "per-step routing" in err and not (run / "distilled").exists()
+    experts = [load_generative(expert_dir(Run(run), k))[0] for k in (0, 1)]
+    g = torch.Generator().manual_seed(5)
+    x_t = torch.randn(16, 1, 8, 8, generator=g)
+    t = torch.rand(16, generator=g)
+    who = torch.tensor([0, 1] * 8)
+    ens, *_ = load_ensemble(Run(run), "full")
+    with torch.no_grad():
+        full = make_teacher(experts, _routed_teacher(Run(run), "full", torch.device("cpu")))
+        assert torch.allclose(full(x_t, t, None, who), ens(x_t, t), atol=1e-6)
+        own = make_teacher(experts)(x_t, t, None, who)
+        for k in (0, 1):
+            assert torch.allclose(own[who == k], experts[k](x_t[who == k], t[who == k]))
+        assert not torch.allclose(own, ens(x_t, t), atol=1e-4)  # the two targets differ
+    cfg = _cfg(run)
+    cfg.train.batch = 32
+    m_own = distill(Run(run), cfg, steps=1, progress=False, fresh=True)
+    m_full = distill(Run(run), cfg, steps=2, progress=False, fresh=True, teacher="full")
+    assert m_full["teacher"] == "full" and m_own["teacher"] == "own" and m_full["step"] == 2
+    assert m_full["teacher_flops_per_step"] > 2 * m_own["teacher_flops_per_step"]
+
+
 def test_distilled_model_samples_through_cli(run_dir, capsys, tmp_path):
     if not (run_dir / "distilled" / "meta.json").is_file():
         distill(Run(run_dir), _cfg(run_dir), steps=2, progress=False)

@@ -171,3 +171,37 @@ def test_demo_runs_the_whole_pipeline_and_records_its_timing(tmp_path, capsys):
     )
     assert all(r["guidance"] == 2.0 for r in rows(run) if r.get("kind") == "eval")
     assert (run / "report.md").is_file() and "demo done in" in out
+
+
+def test_solver_auto_follows_the_objectives(run, tmp_path, capsys):
+    """--solver auto (the default): euler for flow models; ancestral ddpm as soon as any network
+    behind the model is an ε-model (issue 15). The row records the solver that actually ran, and
+    the ε-ensemble really sampled with it: same seed, same images as an explicit --solver ddpm."""
+    import shutil
+
+    from decentdiff.config import resolve
+    from decentdiff.generate import resolve_solver
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(run, mixed)
+    assert resolve_solver(Run(mixed), "ensemble", "auto") == "euler"
+    assert resolve_solver(Run(mixed), "monolith", "auto") == "euler"
+    shutil.rmtree(mixed / "experts" / "0")  # retrained below as an ε-expert
+    code, _, err = cli(capsys, "train", "expert", mixed, "--expert", "0", "--objective", "ddpm",
+                       "--steps", "3", "--set", "train.batch=8", *TINY)  # fmt: skip
+    assert code == 0, err
+    assert resolve_solver(Run(mixed), "ensemble", "auto") == "ddpm"
+    assert resolve_solver(Run(mixed), "expert:0", "auto") == "ddpm"
+    assert resolve_solver(Run(mixed), "expert:1", "auto") == "euler"
+    assert resolve_solver(Run(mixed), "ensemble", "heun") == "heun"  # explicit wins
+    base = ["eval", mixed, "--routing", "top1", "--n", "20", "--steps", "4", "-q"]
+    assert cli(capsys, *base)[0] == 0
+    assert cli(capsys, *base, "--solver", "ddpm")[0] == 0
+    assert cli(capsys, *base, "--solver", "euler")[0] == 0
+    auto, ddpm, euler = rows(mixed)[-3:]
+    assert auto["solver"] == ddpm["solver"] == "ddpm" and euler["solver"] == "euler"
+    assert auto["fid"] == ddpm["fid"] and auto["fid"] != euler["fid"]
+    cfg = resolve(base=Run(mixed).base_config())
+    assert cfg.sample.solver == "auto"
+    code, _, err = cli(capsys, *base, "--solver", "rk4")
+    assert code != 0 and "auto, euler" in err

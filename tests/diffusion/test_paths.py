@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,3 +142,40 @@ def test_huber_loss_option():
     r = (eps - x0).abs()
     want = torch.where(r < 1, 0.5 * r**2, r - 0.5).mean()
     assert math.isclose(loss.item(), want.item(), rel_tol=1e-6)
+
+
+def test_velocity_weighting_is_the_flow_loss_of_the_converted_velocity():
+    """weighting=velocity:G: the ε-loss weighted by min(1/(1 − t)², G). Below the cap this is
+    exactly the squared error of the velocity the converter makes from ε̂ (re-derived here: the
+    flow state x_t = x'/c, v̂ = EpsilonVelocity(ε̂), v = ε − x0)."""
+    d = P.DDPM(weighting="velocity:1e9")
+    n = torch.tensor([10, 200, 500, 800, 950])
+    x0 = torch.rand(5, 1, 3, 3, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(5, 1, 3, 3, dtype=torch.float64)
+    err = 0.01 * torch.randn(5, 1, 3, 3, dtype=torch.float64)
+    x_vp = d.q_sample(x0, n, eps)
+    t = d.time_of_step(n)
+    x_flow = x_vp / P.bcast(P.vp_scale(t), x_vp)
+    model = lambda x, tau, cond=None: eps + err  # noqa: E731  an ε-model off by err
+    v_hat = P.EpsilonVelocity(model, d, clip_x0=None)(x_flow, t)
+    flow_loss = (v_hat - (eps - x0)).pow(2).flatten(1).mean(1)
+    w = d.loss_weight(n).double()
+    assert torch.allclose(w * err.pow(2).flatten(1).mean(1), flow_loss, rtol=1e-4)
+    # The weights by NumPy from the schedule alone: ᾱ, then t = √(1−ᾱ)/(√ᾱ + √(1−ᾱ)).
+    ab = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[n.numpy()]
+    t_np = np.sqrt(1 - ab) / (np.sqrt(ab) + np.sqrt(1 - ab))
+    capped = P.DDPM(weighting="velocity:100").loss_weight(n).numpy()
+    assert np.allclose(capped, np.minimum(1 / (1 - t_np) ** 2, 100), rtol=1e-5)
+    assert P.DDPM().loss_weight(n) is None  # uniform: Ho et al.'s simple loss
+
+
+def test_weighted_loss_and_bad_weightings():
+    d = P.DDPM(weighting="velocity:100")
+    net = torch.nn.Conv2d(1, 1, 1)
+    model = lambda x, tau, cond=None: net(x)  # noqa: E731
+    loss = d.loss(model, torch.zeros(4, 1, 2, 2), None, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and net.weight.grad is not None
+    for bad in ("velocity", "velocity:0.5", "velocity:x", "snr"):
+        with pytest.raises(ConfigError, match="uniform or velocity:G"):
+            P.DDPM(weighting=bad)

@@ -39,19 +39,30 @@ def distill_cmd(
         typer.Option("--batch", help="Student batch. (default: train.batch / 4, as the paper)"),
     ] = None,
     seed: SeedOpt = None,
+    teacher: Annotated[
+        str,
+        typer.Option(
+            "--teacher",
+            help="own: each example's cluster expert (the paper's; no router). Or a per-step "
+            "routing of the ensemble (full, top1, topk:K, ...): the router-weighted velocity, "
+            "a lower-variance target (full costs K expert forwards per example).",
+        ),
+    ] = "own",
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Distil the experts into one dense student (teacher = the expert of each example's cluster)
-    into RUN/distilled; then `sample/eval/compare --model distilled`."""
+    """Distil the experts into one dense student into RUN/distilled; then
+    `sample/eval/compare --model distilled`."""
     from ..run import Run
     from .distill import distill
 
     r = Run(run)
     cfg = _resolve(r, config, set_, seed=seed)
-    meta = distill(r, cfg, steps=steps, batch=batch, fresh=fresh, progress=not quiet)
+    meta = distill(
+        r, cfg, steps=steps, batch=batch, fresh=fresh, progress=not quiet, teacher=teacher
+    )
     typer.echo(
         f"distilled: step {meta['step']}, batch {meta['train']['batch']}, loss {meta.get('loss')}, "
         f"{meta['train_flops'] / 1e12:.3f} TFLOPs (teachers' forwards included) "

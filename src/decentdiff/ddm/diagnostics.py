@@ -115,9 +115,11 @@ def usage(
         of images whose expert changed at least once}.
     """
     from ..diffusion.solvers import sample
+    from ..generate import resolve_solver
     from .load import load_ensemble
 
     s = cfg.sample
+    solver = resolve_solver(run, "ensemble", s.solver)
     g = torch.Generator().manual_seed(s.seed)
     ens, metas, rec, networks = load_ensemble(run, routing, device=device, ema=s.ema,
                                               guidance=s.guidance, generator=g)  # fmt: skip
@@ -127,7 +129,7 @@ def usage(
     ncls = unet.num_classes
     cond = (torch.arange(n) % ncls).to(device) if ncls > 0 else None
     with torch.no_grad():
-        sample(ens, (n, *shape), steps=s.steps, solver=s.solver, generator=g, cond=cond,
+        sample(ens, (n, *shape), steps=s.steps, solver=solver, generator=g, cond=cond,
                device=device)  # fmt: skip
     # One entry per velocity call; a multi-evaluation solver (heun) calls twice per step.
     ts = [float(t[0]) for t, _ in ens.history]
@@ -173,6 +175,7 @@ def diagnose(
 ) -> dict[str, Any]:
     """Calibration + usage of each routing; writes RUN/diagnostics.json and the figure."""
     from ..figures import routing_diagnostics_figure
+    from ..generate import resolve_solver
     from ..training.checkpoint import atomic_write_text
     from .membership import member_data
 
@@ -186,7 +189,11 @@ def diagnose(
         "usage": [usage(run, cfg, r, n=n, device=device) for r in routings],
         "num_parts": rec.num_parts,
         "class_cond": class_cond,
-        "sample": {"steps": cfg.sample.steps, "solver": cfg.sample.solver, "seed": cfg.sample.seed},
+        "sample": {
+            "steps": cfg.sample.steps,
+            "solver": resolve_solver(run, "ensemble", cfg.sample.solver),
+            "seed": cfg.sample.seed,
+        },
     }
     atomic_write_text(run.path / "diagnostics.json", json.dumps(out, indent=1) + "\n")
     routing_diagnostics_figure(out, run.path / "figures" / "routing_diagnostics.png")

@@ -1,9 +1,14 @@
 """Distil the DDM ensemble into one dense student (McAllister et al. 2025, PAPERS.md §1).
 
 The student has the experts' architecture and is trained by flow matching on the *teachers'*
-velocities instead of ε − x0: loss = ||v_student(x_t, t) − v_teacher(x_t, t)||², where the teacher
-of an example is the expert of its cluster (top-1 by the partition label, as the paper does — no
-router is needed). x0 comes from the training part at its natural frequencies, t from the flow
+velocities instead of ε − x0: loss = ||v_student(x_t, t) − v_teacher(x_t, t)||². The teacher:
+
+- ``own`` (default, the paper's): the expert of the example's cluster (no router needed). Its
+  target v_k(x_t) is the global velocity only in expectation over which cluster x_t came from.
+- a per-step routing (``full``, ``top1``, ``topk:K``, ...): the ensemble's routed velocity
+  Σ_k w_k(x_t)·v_k(x_t) with the router's weights — with ``full`` and a calibrated router, the
+  global velocity itself, a lower-variance target at the cost of K expert forwards.
+ x0 comes from the training part at its natural frequencies, t from the flow
 objective's time distribution. The result is written to ``RUN/distilled/`` in the generative
 checkpoint layout, so ``sample``/``eval``/``compare``/``report --model distilled`` load it like a
 monolith.
@@ -43,6 +48,7 @@ def distill(
     batch: int | None = None,
     fresh: bool = False,
     progress: bool = True,
+    teacher: str = "own",
 ) -> dict[str, Any]:
     """Train ``RUN/distilled`` from the K experts of RUN.
 
@@ -52,6 +58,7 @@ def distill(
         steps: total student steps (None = ``train.steps``).
         batch: student batch (None = ``train.batch`` / 4).
         fresh: start over instead of resuming.
+        teacher: ``own`` or a per-step routing of the ensemble (see the module docstring).
 
     Returns:
         The student's meta.json. ``train_flops`` counts the student's forward+backward *and* the
@@ -80,6 +87,7 @@ def distill(
         )
     ucfg = UNetConfig.from_dict(metas[0]["unet"])
     n_cls = ucfg.num_classes
+    routed = None if teacher == "own" else _routed_teacher(run, teacher, device)
     # The student is a flow-matching model whatever its teachers were (ε-teachers are converted).
     obj_cfg = replace(cfg.objective, kind="fm")
     objective = objective_from(obj_cfg)
@@ -93,14 +101,7 @@ def distill(
     parts = torch.from_numpy(clusters)
     draw = image_batches(images, labels, tcfg.batch, device, tcfg.cond_drop, n_cls)
 
-    @torch.no_grad()
-    def teacher_velocity(x_t: Tensor, t: Tensor, cond: Tensor | None, who: Tensor) -> Tensor:
-        # Each example goes through exactly one teacher: top-1 by its cluster label.
-        v = torch.empty_like(x_t)
-        for k in who.unique().tolist():
-            m = who == k
-            v[m] = teachers[k](x_t[m], t[m], None if cond is None else cond[m])
-        return v
+    teacher_velocity = make_teacher(teachers, routed)
 
     def loss_fn(m: nn.Module, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         x0, cond, idx = draw(g)
@@ -116,7 +117,8 @@ def distill(
     x = torch.zeros(tcfg.batch, *images.shape[1:], device=device)
     t = torch.full((tcfg.batch,), 0.5, device=device)
     c = torch.zeros(tcfg.batch, dtype=torch.long, device=device) if n_cls else None
-    teacher_fps = forward_flops(unets[0], (x, t, c) if c is not None else (x, t))
+    teacher_net = routed if routed is not None else unets[0]
+    teacher_fps = forward_flops(teacher_net, (x, t, c) if c is not None else (x, t))
 
     meta = {
         "kind": "generative",
@@ -129,6 +131,7 @@ def distill(
         "num_parts": rec.num_parts,
         "data_fingerprint": data_fp,
         "source": source,
+        "teacher": teacher,
         "teacher_flops_per_step": teacher_fps,
         "teachers_train_flops": float(sum(m.get("train_flops", 0.0) for m in metas)),
     }
@@ -144,3 +147,40 @@ def distill(
         fresh=fresh,
         progress=progress,
     )
+
+
+def make_teacher(teachers: list[nn.Module], routed: nn.Module | None = None):
+    """The distillation target ``(x_t, t, cond, who) -> v`` (no gradient): the routed ensemble's
+    velocity if ``routed`` is given, else each example's own cluster expert ``teachers[who]``."""
+
+    @torch.no_grad()
+    def velocity(x_t: Tensor, t: Tensor, cond: Tensor | None, who: Tensor) -> Tensor:
+        if routed is not None:
+            return routed(x_t, t, cond)
+        v = torch.empty_like(x_t)
+        for k in who.unique().tolist():
+            m = who == k
+            v[m] = teachers[k](x_t[m], t[m], None if cond is None else cond[m])
+        return v
+
+    return velocity
+
+
+def _routed_teacher(run: Run, teacher: str, device: torch.device) -> nn.Module:
+    """The ensemble under a per-step routing, as a frozen velocity (the router is needed)."""
+    from ..errors import ConfigError
+    from .ensemble import parse_routing
+    from .load import load_ensemble
+
+    spec = parse_routing(teacher)  # a malformed spec names the valid ones
+    if spec.needs_prior or spec.kind == "oracle":
+        raise ConfigError(
+            f"--teacher {teacher}: a teacher must give each noisy example a velocity of its own; "
+            "use own (the example's cluster expert) or a per-step routing: full, top1, topk:K, "
+            "threshold:P, nucleus:P"
+        )
+    ens, _, _, networks = load_ensemble(run, teacher, device=device)
+    for net in networks.values():
+        for p in net.parameters():
+            p.requires_grad_(False)
+    return ens

@@ -80,12 +80,36 @@ def ddpm_betas(schedule: str, timesteps: int = 1000) -> Tensor:
     raise ConfigError(f"unknown DDPM schedule {schedule!r}; choose one of: linear, cosine")
 
 
-def _loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
-    if kind == "mse":
-        return F.mse_loss(pred, target)
-    if kind == "huber":
+def _loss(pred: Tensor, target: Tensor, kind: str, weight: Tensor | None = None) -> Tensor:
+    """Mean loss; ``weight`` (B,) scales each example's mean loss (None: unweighted)."""
+    if kind not in ("mse", "huber"):
+        raise ConfigError(f"unknown loss {kind!r}; choose one of: mse, huber")
+    if weight is None:
+        if kind == "mse":
+            return F.mse_loss(pred, target)
         return F.huber_loss(pred, target, delta=1.0)
-    raise ConfigError(f"unknown loss {kind!r}; choose one of: mse, huber")
+    if kind == "mse":
+        per = F.mse_loss(pred, target, reduction="none")
+    else:
+        per = F.huber_loss(pred, target, delta=1.0, reduction="none")
+    return (per.flatten(1).mean(1) * weight.to(per.dtype)).mean()
+
+
+def parse_weighting(spec: str) -> float | None:
+    """DDPM loss weighting: ``uniform`` -> None, ``velocity:G`` -> the cap G ≥ 1."""
+    if spec == "uniform":
+        return None
+    if spec.startswith("velocity:"):
+        try:
+            cap = float(spec.split(":", 1)[1])
+        except ValueError:
+            cap = 0.0
+        if cap >= 1:
+            return cap
+    raise ConfigError(
+        f"unknown DDPM weighting {spec!r}; choose uniform or velocity:G with a cap G ≥ 1 "
+        "(e.g. velocity:100)"
+    )
 
 
 # ---------------------------------------------------------------- objectives
@@ -132,11 +156,18 @@ class DDPM:
 
     kind = "ddpm"
 
-    def __init__(self, schedule: str = "linear", timesteps: int = 1000, loss: str = "mse"):
+    def __init__(
+        self,
+        schedule: str = "linear",
+        timesteps: int = 1000,
+        loss: str = "mse",
+        weighting: str = "uniform",
+    ):
         if timesteps < 2:
             raise ConfigError(f"DDPM needs at least 2 timesteps, got {timesteps}")
         _loss(torch.zeros(1), torch.zeros(1), loss)
         self.schedule, self.timesteps, self.loss_kind = schedule, timesteps, loss
+        self.weighting, self.weight_cap = weighting, parse_weighting(weighting)
         self.betas = ddpm_betas(schedule, timesteps)
         self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)  # (T,) float64, index n = 0..T-1
         # −log SNR increases with n: the key for mapping a continuous ᾱ back to a (fractional) step.
@@ -153,7 +184,19 @@ class DDPM:
         n = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator).to(x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
         pred = model(self.q_sample(x0, n, eps), n.to(x0.dtype) / self.timesteps, cond)
-        return _loss(pred, eps, self.loss_kind)
+        return _loss(pred, eps, self.loss_kind, self.loss_weight(n))
+
+    def loss_weight(self, n: Tensor) -> Tensor | None:
+        """Per-example weight of the ε-loss at steps n, or None (uniform, Ho et al.'s simple loss).
+
+        ``velocity:G`` weights by min(1/(1 − t)², G), t the flow time of step n: an ε error δ is a
+        velocity error δ/(1 − t), so this is the flow-matching loss of the converted velocity,
+        capped at G where 1 − t → 0.
+        """
+        if self.weight_cap is None:
+            return None
+        t = self.time_of_step(n.cpu()).to(n.device)
+        return (1 / (1 - t) ** 2).clamp(max=self.weight_cap).float()
 
     def step_from_time(self, t: Tensor) -> Tensor:
         """Fractional DDPM step whose SNR equals that of flow time t (linear in log-SNR), clamped to [0, T−1]."""
@@ -207,10 +250,11 @@ def make_objective(
     schedule: str = "linear",
     loss: str = "mse",
     timesteps: int = 1000,
+    weighting: str = "uniform",
 ) -> FlowMatching | DDPM:
     """Build an objective from config values; unknown kinds list the valid choices."""
     if kind == "fm":
         return FlowMatching(time_dist=time_dist, loss=loss)
     if kind == "ddpm":
-        return DDPM(schedule=schedule, timesteps=timesteps, loss=loss)
+        return DDPM(schedule=schedule, timesteps=timesteps, loss=loss, weighting=weighting)
     raise ConfigError(f"unknown objective {kind!r}; choose one of: {', '.join(OBJECTIVES)}")

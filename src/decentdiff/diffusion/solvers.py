@@ -136,9 +136,15 @@ SOLVERS: dict[str, Callable[..., Tensor]] = {
 }
 
 
+#: ``--solver auto``: the solver per objective kind, chosen by measurement (docs/solvers.md).
+AUTO_SOLVER = {"fm": "euler", "ddpm": "ddpm"}
+
+
 def get_solver(name: str) -> Callable[..., Tensor]:
+    if name == "auto":
+        raise ConfigError("solver 'auto' must be resolved against a model first (resolve_solver)")
     if name not in SOLVERS:
-        raise ConfigError(f"unknown solver {name!r}; choose one of: {', '.join(SOLVERS)}")
+        raise ConfigError(f"unknown solver {name!r}; choose one of: auto, {', '.join(SOLVERS)}")
     return SOLVERS[name]
 
 
@@ -178,6 +184,7 @@ def sample(
 
 
 __all__ = [
+    "AUTO_SOLVER",
     "SOLVERS",
     "bcast",
     "ddim",

@@ -108,6 +108,13 @@ def evaluate(
         from ..ddm.load import resolve_routing
 
         routing = resolve_routing(run, routing)  # the row records what was sampled
+    from dataclasses import replace
+
+    from ..generate import resolve_solver
+
+    # The row, the cache name and later matches record the solver actually used.
+    solver = resolve_solver(run, model, cfg.sample.solver)
+    cfg = replace(cfg, sample=replace(cfg.sample, solver=solver))
     data = run.data(cfg, create=False)
     t0 = time.perf_counter()
     # Sample first: a missing model or a bad routing fails before anything is cached in RUN/eval.

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from ..config import SOLVER_HELP
 from ..errors import ConfigError
 
 fed_app = typer.Typer(
@@ -201,7 +202,8 @@ def fed_eval(
         int | None, typer.Option("--steps", help="Solver steps. [default: sample.steps]")
     ] = None,
     solver: Annotated[
-        str | None, typer.Option("--solver", help="euler, heun, ddim, ddpm. [default: euler]")
+        str | None,
+        typer.Option("--solver", help=SOLVER_HELP),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed. [default: 0]")] = None,
     features: Annotated[

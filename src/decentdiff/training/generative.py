@@ -43,6 +43,7 @@ def objective_from(cfg: ObjectiveConfig) -> FlowMatching | DDPM:
         schedule=cfg.schedule,
         loss=cfg.loss,
         timesteps=cfg.timesteps,
+        weighting=cfg.weighting,
     )
 
 

@@ -1,0 +1,166 @@
+"""Study 12 (issue 15): a student distilled from the ensemble at about a third of the monolith's
+training FLOPs, in the regime where the monolith is trained (study 10's longest budget).
+
+Teachers: study 10's K=4 experts of the 5,000-step budget (tiny UNet, each expert 5,000 steps at
+batch 16, the monolith 5,000 steps at batch 64; the ensemble `mixture` scored 0.71x the monolith).
+Students (tiny UNet, 5,000 steps, flow matching on the teachers' velocities):
+  own     each example's cluster expert (the paper's), batch 16  (student 3F + teacher F per image)
+  top1    the router's top-1 expert, batch 16                    (+ the router's forward)
+  full    the router-weighted velocity of all 4 experts, batch 8 (+ 4 experts and the router)
+Every FID on 1,000 images (20 Euler steps), the student's training FLOPs (teachers' forwards
+included) reported against the monolith's; 3 seeds.
+
+    python experiments/s12_distill_budget.py [run] [--worker I/N]
+    python experiments/s12_distill_budget.py report
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, SEEDS, cli, evaluate, save, scaled, summarise
+
+STUDY = "s12_distill_budget"
+CLAIM = (
+    "Issue 15: a student taught by the ensemble has FID <= 1.1x the FLOP-matched monolith's at "
+    "about a third of its training FLOPs (the DDM paper: 7.76 vs 7.82), 3 seeds."
+)
+TEACHERS = {"own": 16, "top1": 16, "full": 8}  # teacher -> student batch
+STEPS = scaled(5000, 2)
+N = scaled(1000, 20)
+BAR = 1.1
+
+
+def source(seed: int) -> Path:
+    return ROOT / "s10" / "b5000" / f"seed{seed}" / "K4"
+
+
+def run_dir(teacher: str, seed: int) -> Path:
+    return ROOT / "s12" / teacher / f"seed{seed}"
+
+
+def _claim(path: Path) -> bool:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def prepare(teacher: str, seed: int) -> Path:
+    """A RUN holding study 10's partition, experts and router (copied, never modified)."""
+    src, dst = source(seed), run_dir(teacher, seed)
+    if not (src / "trained").is_file():
+        raise SystemExit(f"study {STUDY}: needs study 10's {src} (run s10_routing_budgets first)")
+    if not (dst / "run.toml").is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ("partition.npz", "run.toml"):
+            shutil.copy2(src / name, dst / name)
+        for name in ("experts", "router"):
+            shutil.copytree(src / name, dst / name, dirs_exist_ok=True)
+        (dst / "eval").mkdir(exist_ok=True)
+        for f in (src / "eval").glob("real-*.npz"):
+            shutil.copy2(f, dst / "eval" / f.name)
+    return dst
+
+
+def ev(run: Path, model: str, seed: int, routing: str | None = None) -> dict[str, Any]:
+    return evaluate(run, model, routing=routing, n=N, seed=seed, steps=20, solver="euler",
+                    study=STUDY)  # fmt: skip
+
+
+def work(worker: tuple[int, int] | None) -> None:
+    for seed in SEEDS:
+        for teacher, batch in TEACHERS.items():
+            run = run_dir(teacher, seed)
+            if (run / "evaluated").is_file():
+                continue
+            if worker is not None and not _claim(run.parent / f".claim-{run.name}"):
+                continue
+            run = prepare(teacher, seed)
+            cli("distill", run, "--teacher", teacher, "--steps", STEPS, "--batch", batch,
+                "--seed", seed, "--quiet", study=STUDY)  # fmt: skip
+            ev(run, "distilled", seed)
+            (run / "evaluated").write_text("")
+
+
+def _t_interval(xs: list[float]) -> list[float]:
+    n = len(xs)
+    if n < 2:
+        return [xs[0], xs[0]]
+    q = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(n, 2.0)
+    s = summarise(xs)
+    half = q * s["std"] / math.sqrt(n)
+    return [s["mean"] - half, s["mean"] + half]
+
+
+def report() -> dict[str, Any]:
+    per: dict[str, dict[str, Any]] = {}
+    ratios: dict[str, list[float]] = {}
+    flops: dict[str, list[float]] = {}
+    for seed in SEEDS:
+        src = source(seed)
+        mono = ev(src, "monolith", seed)
+        mix = ev(src, "ensemble", seed, "mixture")
+        row = {"monolith": mono["fid"], "ensemble mixture": mix["fid"]}
+        for teacher in TEACHERS:
+            run = run_dir(teacher, seed)
+            if not (run / "evaluated").is_file():
+                continue
+            d = ev(run, "distilled", seed)
+            meta = json.loads((run / "distilled" / "meta.json").read_text())
+            row[f"student {teacher}"] = d["fid"]
+            ratios.setdefault(teacher, []).append(d["fid"] / mono["fid"])
+            flops.setdefault(teacher, []).append(meta["train_flops"] / mono["train_flops"])
+        per[f"seed{seed}"] = row
+    summary = {
+        t: {
+            "ratio_to_monolith": summarise(r),
+            "interval95": _t_interval(r),
+            "train_flops_vs_monolith": summarise(flops[t]),
+        }
+        for t, r in ratios.items()
+    }
+    checks = {
+        f"student ({t}) <= {BAR}x monolith": ("held" if summarise(r)["mean"] <= BAR else "not held")
+        for t, r in ratios.items()
+        if len(r) == len(SEEDS)
+    }
+    verdicts = set(checks.values())
+    verdict = "inconclusive" if not verdicts else ("held" if "held" in verdicts else "not held")
+    result = {
+        "claim": CLAIM,
+        "setup": {"teachers": TEACHERS, "steps": STEPS, "n": N, "preset": "tiny", "K": 4,
+                  "sample_steps": 20, "seeds": list(SEEDS), "source": "study 10, b5000"},
+        "per_seed": per,
+        "ratios": ratios,
+        "summary": summary,
+        "checks": checks,
+        "verdict": verdict,
+    }  # fmt: skip
+    save(STUDY, result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    phase = argv[0] if argv and not argv[0].startswith("-") else "all"
+    w = None
+    if "--worker" in argv:
+        i, n = argv[argv.index("--worker") + 1].split("/")
+        w = (int(i), int(n))
+    if phase in ("run", "all"):
+        work(w)
+    if phase in ("report", "all"):
+        print(json.dumps(report()["checks"]))
+
+
+if __name__ == "__main__":
+    main()

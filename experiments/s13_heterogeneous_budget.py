@@ -1,0 +1,164 @@
+"""Study 13 (issue 15): heterogeneous ensembles (2 DDPM ε-experts + 2 flow experts) against 4 flow
+experts, at study 10's longest budget, with the best routing of study 10 (``mixture``) and each
+model's best sampler.
+
+Set-up: study 10's K=4 runs of the 5,000-step budget (tiny UNet, experts 5,000 steps at batch 16);
+experts 0 and 1 retrained as ε-experts (same cluster, preset, steps, batch and seed), experts 2, 3
+and the partition are the same files. Same data, same FLOPs. Sampled by the ancestral sampler
+(what ``--solver auto`` picks for an ensemble with an ε-expert) and, for comparison, by Euler;
+the homogeneous ensemble by both as well. FID on 1,000 images, 20 steps, 3 seeds.
+
+    python experiments/s13_heterogeneous_budget.py [run] [--worker I/N]
+    python experiments/s13_heterogeneous_budget.py report
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, SEEDS, cli, evaluate, save, scaled, summarise
+
+STUDY = "s13_heterogeneous_budget"
+CLAIM = (
+    "Issue 15 / Heterogeneous DDM (2026: 11.88 vs 12.45 for 2 DDPM + 6 flow experts vs 8 flow): "
+    "the heterogeneous ensemble's FID <= 1.1x the homogeneous one's, 3 seeds."
+)
+EPS_EXPERTS = (0, 1)
+#: arm -> extra training arguments of the ε-experts
+ARMS = {"eps": ["--set", "objective.weighting=uniform"]}
+STEPS = scaled(5000, 2)
+N = scaled(1000, 20)
+ROUTING = "mixture"
+BAR = 1.1
+
+
+def source(seed: int) -> Path:
+    return ROOT / "s10" / "b5000" / f"seed{seed}" / "K4"
+
+
+def run_dir(arm: str, seed: int) -> Path:
+    return ROOT / "s13" / arm / f"seed{seed}"
+
+
+def _claim(path: Path) -> bool:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def prepare(arm: str, seed: int) -> Path:
+    src, dst = source(seed), run_dir(arm, seed)
+    if not (src / "trained").is_file():
+        raise SystemExit(f"study {STUDY}: needs study 10's {src} (run s10_routing_budgets first)")
+    if not (dst / "run.toml").is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ("partition.npz", "run.toml"):
+            shutil.copy2(src / name, dst / name)
+        ignore = shutil.ignore_patterns(*(str(k) for k in EPS_EXPERTS))
+        shutil.copytree(src / "experts", dst / "experts", ignore=ignore, dirs_exist_ok=True)
+        shutil.copytree(src / "router", dst / "router", dirs_exist_ok=True)
+        (dst / "eval").mkdir(exist_ok=True)
+        for f in (src / "eval").glob("real-*.npz"):
+            shutil.copy2(f, dst / "eval" / f.name)
+    return dst
+
+
+def ev(run: Path, seed: int, solver: str) -> dict[str, Any]:
+    return evaluate(run, "ensemble", routing=ROUTING, n=N, seed=seed, steps=20, solver=solver,
+                    study=STUDY)  # fmt: skip
+
+
+def work(worker: tuple[int, int] | None) -> None:
+    for seed in SEEDS:
+        for arm, extra in ARMS.items():
+            run = run_dir(arm, seed)
+            if (run / "evaluated").is_file():
+                continue
+            if worker is not None and not _claim(run.parent / f".claim-{run.name}"):
+                continue
+            run = prepare(arm, seed)
+            for k in EPS_EXPERTS:
+                cli("train", "expert", run, "--expert", k, "--objective", "ddpm", *extra,
+                    "--preset", "tiny", "--steps", STEPS, "--batch", 16, "--seed", seed,
+                    "--quiet", study=STUDY)  # fmt: skip
+            for solver in ("ddpm", "euler"):
+                ev(run, seed, solver)
+            (run / "evaluated").write_text("")
+        ev(source(seed), seed, "ddpm")  # the homogeneous ensemble by the ancestral sampler too
+
+
+def _t_interval(xs: list[float]) -> list[float]:
+    n = len(xs)
+    if n < 2:
+        return [xs[0], xs[0]]
+    q = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(n, 2.0)
+    s = summarise(xs)
+    half = q * s["std"] / math.sqrt(n)
+    return [s["mean"] - half, s["mean"] + half]
+
+
+def report() -> dict[str, Any]:
+    per: dict[str, dict[str, float]] = {}
+    ratios: dict[str, list[float]] = {}
+    for seed in SEEDS:
+        homo = {s: ev(source(seed), seed, s)["fid"] for s in ("euler", "ddpm")}
+        row = {f"homogeneous {s}": v for s, v in homo.items()}
+        for arm in ARMS:
+            run = run_dir(arm, seed)
+            if not (run / "evaluated").is_file():
+                continue
+            het = {s: ev(run, seed, s)["fid"] for s in ("euler", "ddpm")}
+            row.update({f"heterogeneous ({arm}) {s}": v for s, v in het.items()})
+            # each ensemble by its best sampler
+            ratios.setdefault(arm, []).append(min(het.values()) / min(homo.values()))
+        per[f"seed{seed}"] = row
+    keys = next(iter(per.values())).keys() if per else []
+    summary = {k: summarise([per[s][k] for s in per if k in per[s]]) for k in keys}
+    checks = {
+        f"heterogeneous ({arm}) <= {BAR}x homogeneous": (
+            "held" if summarise(r)["mean"] <= BAR else "not held"
+        )
+        for arm, r in ratios.items()
+        if len(r) == len(SEEDS)
+    }
+    verdict = "inconclusive" if not checks else next(iter(checks.values()))
+    result = {
+        "claim": CLAIM,
+        "setup": {"source": "study 10, b5000, K=4", "eps_experts": list(EPS_EXPERTS),
+                  "arms": ARMS, "steps": STEPS, "batch": 16, "preset": "tiny", "n": N,
+                  "routing": ROUTING, "sample_steps": 20, "seeds": list(SEEDS)},
+        "per_seed": per,
+        "summary": summary,
+        "ratios": ratios,
+        "intervals95": {a: _t_interval(r) for a, r in ratios.items()},
+        "checks": checks,
+        "verdict": verdict,
+    }  # fmt: skip
+    save(STUDY, result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    phase = argv[0] if argv and not argv[0].startswith("-") else "all"
+    w = None
+    if "--worker" in argv:
+        i, n = argv[argv.index("--worker") + 1].split("/")
+        w = (int(i), int(n))
+    if phase in ("run", "all"):
+        work(w)
+    if phase in ("report", "all"):
+        print(json.dumps(report()["checks"]))
+
+
+if __name__ == "__main__":
+    main()
