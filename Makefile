@@ -25,7 +25,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/decentdiff demo $(RUN)
 
+# The optional suites (federated, diffusers oracles, TLS deployment) skip when their package is
+# missing; here they must run, so a broken install fails instead of skipping silently.
 test: setup lint
+	$(PY) -c "import flwr, diffusers, cryptography, torchmetrics" || \
+		{ echo "make test: the [test,federated] extras are not importable; run make clean setup"; exit 1; }
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -21,6 +21,9 @@ STUDIES = (
     "s8_ddm_vs_federated",
     "s9_router_budget",
     "s10_routing_budgets",
+    "s11_eps_sampling",
+    "s12_distill_budget",
+    "s13_heterogeneous_budget",
 )
 
 

@@ -5,7 +5,6 @@ Teachers: study 10's K=4 experts of the 5,000-step budget (tiny UNet, each exper
 batch 16, the monolith 5,000 steps at batch 64; the ensemble `mixture` scored 0.71x the monolith).
 Students (tiny UNet, 5,000 steps, flow matching on the teachers' velocities):
   own     each example's cluster expert (the paper's), batch 16  (student 3F + teacher F per image)
-  top1    the router's top-1 expert, batch 16                    (+ the router's forward)
   full    the router-weighted velocity of all 4 experts, batch 8 (+ 4 experts and the router)
 Every FID on 1,000 images (20 Euler steps), the student's training FLOPs (teachers' forwards
 included) reported against the monolith's; 3 seeds.
@@ -31,7 +30,7 @@ CLAIM = (
     "Issue 15: a student taught by the ensemble has FID <= 1.1x the FLOP-matched monolith's at "
     "about a third of its training FLOPs (the DDM paper: 7.76 vs 7.82), 3 seeds."
 )
-TEACHERS = {"own": 16, "top1": 16, "full": 8}  # teacher -> student batch
+TEACHERS = {"own": 16, "full": 8}  # teacher -> student batch
 STEPS = scaled(5000, 2)
 N = scaled(1000, 20)
 BAR = 1.1

@@ -122,3 +122,37 @@ def test_s8_table_has_one_block_per_budget():
     assert text.index("**19k images**") < text.index("12.50") < text.index("**64k images**")
     assert text.index("**64k images**") < text.index("7.25") and "30.50" in text
     assert text.count("over 10 rounds") == 2 and "at_64k: held" in text
+
+
+def test_s11_ratio_is_best_ode_over_best_ancestral(tmp_path, monkeypatch):
+    """Study 11's numbers from eval rows alone: per seed, min(Euler FIDs) / min(ancestral FIDs),
+    the verdict on the default ε arm, and the table body."""
+    import s11_eps_sampling as s11
+
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(s11, "ROOT", tmp_path)
+    monkeypatch.setattr(s11, "SEEDS", (0, 1))
+    monkeypatch.setattr(s11, "ARMS", {"eps-uniform": [], "fm": []})
+    fids = {
+        "eps-uniform": {"euler20": 90.0, "euler50": 60.0, "ddim20": 40.0, "ddpm20": 20.0,
+                        "ddpm50": 30.0},
+        "fm": {"euler20": 6.0, "euler50": 5.5, "ddim20": 6.0, "ddpm20": 5.0, "ddpm50": 5.0},
+    }  # fmt: skip
+    for arm, table in fids.items():
+        for seed in (0, 1):
+            run = s11.run_dir(arm, seed)
+            run.mkdir(parents=True)
+            (run / "evaluated").write_text("")
+            rows = [
+                {"kind": "eval", "model": "monolith", "n": s11.BASE["n"], "seed": seed,
+                 "steps": int(k[-2:]), "solver": k[:-2], "fid": v * (1 + seed)}
+                for k, v in table.items()
+            ]  # fmt: skip
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = s11.report()
+    assert r["ratios"]["eps-uniform"] == pytest.approx([3.0, 3.0])  # 60 / 20
+    assert r["ratios"]["fm"] == pytest.approx([1.1, 1.1])  # 5.5 / 5.0
+    assert r["verdict"] == "not held"
+    text = "\n".join(report.body_s11(r))
+    assert "| eps-uniform |" in text and "3.00 [3.00, 3.00]" in text

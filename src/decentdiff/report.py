@@ -180,7 +180,7 @@ def write_report(run: Run, cfg: Config) -> Path:
     md += [
         "## Training",
         "",
-        "| model | params | steps | batch | train PFLOPs | final loss |",
+        "| model | params | steps | batch | train TFLOPs | final loss |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     dirs = sorted(
@@ -198,7 +198,7 @@ def write_report(run: Run, cfg: Config) -> Path:
             continue
         md.append(
             f"| {d.relative_to(rp)} | {m.get('params', 0):,} | {m.get('step')} | "
-            f"{m['train'].get('batch')} | {m.get('train_flops', 0) / 1e12:.2f} | "
+            f"{m['train'].get('batch')} | {m.get('train_flops', 0) / 1e12:.3g} | "
             f"{(m.get('loss') or float('nan')):.4f} |"
         )
     curves = _curves(run)

@@ -128,6 +128,14 @@ def test_report_references_existing_files(run, capsys):
     for target in re.findall(r"\]\(([^)]+\.png)\)", md):
         assert (run / target).is_file(), target
     assert "decentdiff train experts" in md  # the reproduce section lists the real commands
+    # The Training table's numbers and unit against meta.json (TFLOPs = train_flops / 1e12).
+    assert "train TFLOPs" in md and "PFLOPs" not in md
+    meta = json.loads((run / "monolith" / "meta.json").read_text())
+    line = next(x for x in md.splitlines() if x.startswith("| monolith |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1] == f"{meta['params']:,}" and int(cells[2]) == meta["step"]
+    assert meta["train_flops"] > 0
+    assert float(cells[4]) == pytest.approx(meta["train_flops"] / 1e12, rel=5e-3)
 
 
 def test_demo_runs_the_whole_pipeline_and_records_its_timing(tmp_path, capsys):
