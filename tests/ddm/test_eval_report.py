@@ -213,3 +213,49 @@ def test_solver_auto_follows_the_objectives(run, tmp_path, capsys):
     assert cfg.sample.solver == "auto"
     code, _, err = cli(capsys, *base, "--solver", "rk4")
     assert code != 0 and "auto, euler" in err
+
+
+def test_flops_of_heun_and_guidance_and_guidance_changes_samples(run, tmp_path, capsys):
+    """Measured sampling FLOPs against forward FLOPs × evaluations: Heun evaluates twice per step
+    except the last (to t = 0, Euler): 2·steps − 1; classifier-free guidance doubles the batch.
+    And guidance changes a class-conditional monolith's samples (same seed)."""
+    steps = 4
+    code, _, err = cli(capsys, "eval", run, "--model", "monolith", "--solver", "heun",
+                       "--n", "20", "--steps", steps, "-q")  # fmt: skip
+    assert code == 0, err
+    heun = rows(run)[-1]
+    mono = load_generative_unet(run / "monolith")
+    x, t = torch.zeros(1, 1, 8, 8), torch.full((1,), 0.5)
+    f = forward_flops(mono, (x, t))
+    assert heun["solver"] == "heun"
+    assert heun["sample_gflops_per_image"] * 1e9 == pytest.approx((2 * steps - 1) * f, rel=1e-6)
+
+    src = next(p for p in (run / "commands.txt").read_text().split() if p.startswith("npz:"))
+    cc = tmp_path / "cc"
+    assert cli(capsys, "train", "monolith", cc, "--data", src, "--class-cond", "--steps", "3",
+               "--batch", "8", *TINY)[0] == 0  # fmt: skip
+    outs = {}
+    for w in (1.0, 3.0):
+        out = tmp_path / f"g{w}.npz"
+        code, _, err = cli(capsys, "sample", cc, "--model", "monolith", "--n", "8", "--steps",
+                           steps, "--guidance", w, "--out", out)  # fmt: skip
+        assert code == 0, err
+        with np.load(out) as z:
+            outs[w] = z["images"]
+    assert not np.allclose(outs[1.0], outs[3.0])
+    for w in (1.0, 3.0):
+        code, _, err = cli(capsys, "eval", cc, "--model", "monolith", "--n", "20", "--steps",
+                           steps, "--set", f"sample.guidance={w}", "-q")  # fmt: skip
+        assert code == 0, err
+    plain, guided = rows(cc)[-2:]
+    unet = load_generative_unet(cc / "monolith")
+    c = torch.zeros(1, dtype=torch.long)
+    fc = forward_flops(unet, (x, t, c))
+    assert plain["sample_gflops_per_image"] * 1e9 == pytest.approx(steps * fc, rel=1e-6)
+    assert guided["sample_gflops_per_image"] * 1e9 == pytest.approx(2 * steps * fc, rel=1e-6)
+
+
+def load_generative_unet(directory):
+    from decentdiff.training.generative import load_generative
+
+    return load_generative(directory)[1]

@@ -138,6 +138,20 @@ def test_classifier_free_guidance_formula():
     assert S.guided(v, 1.0, 10) is v
 
 
+def test_guidance_uses_the_unconditional_branch():
+    """v_u = 1, v_c = c: u + w(c − u) gives 1 + w(c − 1), which w·c (dropping u) or c + w·u
+    would not: (1, 4) at w = 3 for c = (1, 2)."""
+
+    def v(x, t, cond=None):
+        val = torch.where(cond == 10, 1.0, cond.float())
+        return val.reshape(-1, 1, 1, 1).expand_as(x)
+
+    out = S.guided(v, 3.0, null_class=10)(
+        torch.zeros(2, 1, 2, 2), torch.rand(2), torch.tensor([1, 2])
+    )
+    assert torch.allclose(out[:, 0, 0, 0], torch.tensor([1.0, 4.0]))
+
+
 def test_sample_is_seeded_and_respects_shape():
     a = S.sample(gauss_v, (3, 1, 2, 2), steps=5, generator=torch.Generator().manual_seed(7))
     b = S.sample(gauss_v, (3, 1, 2, 2), steps=5, generator=torch.Generator().manual_seed(7))
