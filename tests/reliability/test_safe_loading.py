@@ -29,10 +29,26 @@ UNSAFE_MODULES = {
 UNSAFE_CALLS = {"eval", "exec", "compile", "__import__"}  # builtins, not methods like model.eval()
 
 
+def _torch_aliases(tree: ast.AST) -> set[str]:
+    """Names the module binds to torch (``import torch``, ``import torch as th``) and to its
+    serialization module, whose ``load`` unpickles unless ``weights_only=True``."""
+    names = {"torch", "torch.serialization"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in ("torch", "torch.serialization") and a.asname:
+                    names.add(a.asname)
+        elif isinstance(node, ast.ImportFrom) and node.module == "torch":
+            names |= {a.asname or a.name for a in node.names if a.name == "serialization"}
+    return names
+
+
 def unsafe_uses(source: str, filename: str = "<src>") -> list[str]:
     """Every construct in ``source`` that can run code hidden in data, as ``file:line what``."""
     found = []
-    for node in ast.walk(ast.parse(source, filename)):
+    tree = ast.parse(source, filename)
+    torch_names = _torch_aliases(tree)
+    for node in ast.walk(tree):
         where = f"{filename}:{getattr(node, 'lineno', 0)}"
         if isinstance(node, ast.Import):
             found += [
@@ -40,10 +56,14 @@ def unsafe_uses(source: str, filename: str = "<src>") -> list[str]:
                 for a in node.names
                 if a.name.split(".")[0] in UNSAFE_MODULES
             ]
-        elif (
-            isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in UNSAFE_MODULES
-        ):
-            found.append(f"{where} from {node.module} import")
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if mod.split(".")[0] in UNSAFE_MODULES:
+                found.append(f"{where} from {mod} import")
+            elif mod in ("torch", "torch.serialization") and any(
+                a.name == "load" for a in node.names
+            ):
+                found.append(f"{where} from {mod} import load (a bare load() cannot be checked)")
         elif isinstance(node, ast.Call):
             f = node.func
             kw = {k.arg: k.value for k in node.keywords}
@@ -54,13 +74,31 @@ def unsafe_uses(source: str, filename: str = "<src>") -> list[str]:
             if (
                 isinstance(f, ast.Attribute)
                 and f.attr == "load"
-                and ast.unparse(f.value) == "torch"
+                and ast.unparse(f.value) in torch_names
             ):
                 wo = kw.get("weights_only")
                 if not (isinstance(wo, ast.Constant) and wo.value is True):
                     found.append(f"{where} torch.load without weights_only=True")
             if isinstance(f, ast.Attribute) and f.attr == "load" and ast.unparse(f.value) == "yaml":
                 found.append(f"{where} yaml.load")
+            # importlib.import_module("pickle") / import_module(name): an import by name
+            if (isinstance(f, ast.Attribute) and f.attr == "import_module") or (
+                isinstance(f, ast.Name) and f.id == "import_module"
+            ):
+                arg = node.args[0] if node.args else None
+                if not isinstance(arg, ast.Constant):
+                    found.append(f"{where} import_module(<computed name>)")
+                elif str(arg.value).split(".")[0] in UNSAFE_MODULES:
+                    found.append(f"{where} import_module({arg.value!r})")
+            # getattr(torch, "load"): the unsafe function fetched by name
+            if (
+                isinstance(f, ast.Name)
+                and f.id == "getattr"
+                and len(node.args) >= 2
+                and ast.unparse(node.args[0]) in torch_names | UNSAFE_MODULES
+                and not (isinstance(node.args[1], ast.Constant) and node.args[1].value != "load")
+            ):
+                found.append(f"{where} getattr({ast.unparse(node.args[0])}, ...)")
             ap = kw.get("allow_pickle")
             if ap is not None and not (isinstance(ap, ast.Constant) and ap.value is False):
                 found.append(f"{where} allow_pickle={ast.unparse(ap)}")
@@ -76,7 +114,31 @@ def test_the_scanner_finds_what_it_looks_for_and_ignores_methods():
     assert len(unsafe_uses(bad)) == 8, unsafe_uses(bad)
     ok = "model.eval()\nnet.train().eval()\ntorch.load(p, weights_only=True)\nnp.load(p)\n"
     ok += "np.load(p, allow_pickle=False)\nself.exec_cmd()\n"
+    ok += "import torch as th\nth.load(p, weights_only=True)\nimportlib.import_module('json')\n"
+    ok += "getattr(torch, 'nn')\n"
     assert unsafe_uses(ok) == []
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "from torch import load\nload(p)\n",
+        "from torch import load as L\nL(p)\n",
+        "import torch as th\nth.load(p)\n",
+        "import torch.serialization as ser\nser.load(p)\n",
+        "from torch import serialization\nserialization.load(p)\n",
+        "torch.serialization.load(p)\n",
+        "import importlib\nimportlib.import_module('pickle').loads(b)\n",
+        "from importlib import import_module\nimport_module('_pickle')\n",
+        "import importlib\nimportlib.import_module(name)\n",
+        "import torch\ngetattr(torch, 'load')(p)\n",
+        "import torch\ngetattr(torch, fn)(p)\n",
+        "__import__('pickle')\n",
+    ],
+)
+def test_the_scanner_sees_aliases_and_imports_by_name(planted):
+    """Each planted form of an unpickling load is found (issue 19, item 9)."""
+    assert unsafe_uses(planted), planted
 
 
 def test_source_has_no_unpickling_eval_or_exec():
