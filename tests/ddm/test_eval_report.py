@@ -259,3 +259,58 @@ def load_generative_unet(directory):
     from decentdiff.training.generative import load_generative
 
     return load_generative(directory)[1]
+
+
+def _fid_scipy(a, b):
+    """Fréchet distance re-derived with scipy.linalg.sqrtm (not the package's eigen route)."""
+    from scipy import linalg
+
+    m1, m2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_eval_compares_with_the_held_out_part(run, capsys, monkeypatch):
+    """What eval compares with (issue 19, item 2): the reference is the held-out part (features
+    extracted here independently), the FID of the row is recomputed from those and the saved
+    generated features, the floor is training-part vs held-out, and the feature classifier is
+    trained on no held-out image."""
+    from decentdiff.config import resolve
+    from decentdiff.evaluation import features as FE
+    from decentdiff.evaluation.evaluate import feature_net
+
+    seen = {}
+    real_get = FE.get_feature_net
+
+    def spy(images, *a, **kw):
+        seen["train"] = np.asarray(images)
+        return real_get(images, *a, **kw)
+
+    monkeypatch.setattr(FE, "get_feature_net", spy)
+    r = Run(run)
+    cfg = resolve(base=r.base_config())
+    data = r.data(cfg, create=False)
+    net, _ = feature_net(r, data, "classifier", progress=False)
+    held_images = data.images[data.heldout_idx]
+    train_set = {im.tobytes() for im in seen["train"]}
+    assert len(held_images) >= 20 and not any(im.tobytes() in train_set for im in held_images)
+    assert len(seen["train"]) == len(data.train_idx)
+
+    code, _, err = cli(capsys, "eval", run, "--model", "monolith", "--n", "30", "--steps", "3",
+                       "-q")  # fmt: skip
+    assert code == 0, err
+    row = rows(run)[-1]
+    held = FE.extract(net, held_images)["features"]
+    with np.load(run / row["fake_features"]) as z:
+        fake = z["features"]
+    assert row["n_real"] == len(held_images)
+    assert row["fid"] == pytest.approx(_fid_scipy(held, fake), rel=1e-4)
+    # Had the reference been the training part, the FID would differ.
+    train_feats = FE.extract(net, data.images[data.train_idx])["features"]
+    assert abs(_fid_scipy(train_feats, fake) - row["fid"]) > 1e-3
+    # The floor: an equal-size slice of the training part against the held-out part.
+    rng = np.random.default_rng(0)
+    tr = rng.permutation(data.train_idx)[: len(data.heldout_idx)]
+    floor = _fid_scipy(held, FE.extract(net, data.images[tr])["features"])
+    assert row["floor"]["fid"] == pytest.approx(floor, rel=1e-4)
