@@ -54,6 +54,27 @@ def test_fed_bytes_json_is_the_prediction_keyed_by_method(capsys):
     assert code == 0 and "udec" in out and "× full" in out
 
 
+def test_readme_byte_ratios_are_what_fed_bytes_predicts(capsys):
+    """README's "UDEC sends 0.40×, ULATDEC 0.67× and USPLIT 0.76× of FULL" (small, 5 clients, 15
+    rounds) is read from README.md itself and checked against `fed bytes`, so neither can drift."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    m = re.search(
+        r"UDEC sends (\d\.\d+)×, ULATDEC (\d\.\d+)× and USPLIT (\d\.\d+)× of FULL \(5 clients, 15",
+        " ".join(readme.split()),
+    )
+    assert m, "README no longer states the byte ratios this test checks"
+    claimed = dict(zip(("udec", "ulatdec", "usplit"), map(float, m.groups()), strict=True))
+    code, out, err = cli(capsys, "fed", "bytes", "--preset", "small", "--clients", 5,
+                         "--rounds", 15, "--json")  # fmt: skip
+    assert code == 0, err
+    table = json.loads(out)
+    for method, ratio in claimed.items():
+        assert table[method]["ratio_to_full"] == pytest.approx(ratio, abs=0.005), method
+
+
 def test_fed_bytes_cli_prints_the_accounting_table(capsys):
     """The command shows what ``aggregate.bytes_table`` computes (that table is checked against a
     closed form in test_aggregate.py; the measured bytes of a real run in test_simulation.py)."""
