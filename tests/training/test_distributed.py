@@ -149,3 +149,54 @@ def test_world_size_must_divide_batch(run_dir, capsys, monkeypatch):
         *TRAIN,
         match="does not divide over 3",
     )
+
+
+def test_two_ranks_at_half_batch_equal_one_process_at_full_batch(run_dir, tmp_path):
+    """Issue 19, item 3. DDP on 2 gloo ranks, each drawing B/2 with its own rank generator, equals
+    one process that draws both ranks' halves itself and averages their losses (what DDP's
+    all-reduce does to the gradients), through the same training loop: same weights after 5
+    steps within float tolerance (the all-reduce sums in another order). The ranks' halves are
+    different samples, and the weights moved."""
+    from dataclasses import replace
+
+    from decentdiff import config as C
+    from decentdiff.ddm.experts import expert_job
+    from decentdiff.models.registry import build_unet, unet_config
+    from decentdiff.run import Run
+    from decentdiff.training.distributed import rank_generator
+    from decentdiff.training.generative import image_batches, objective_from
+    from decentdiff.training.loop import train
+
+    steps = 5
+    r = _torchrun(tmp_path, "train", "expert", run_dir, "--expert", "0", "--steps", steps, *TRAIN)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ddp = _weights(run_dir)
+
+    cfg = C.resolve(None, ["model.preset=tiny", "train.batch=16", "train.threads=1",
+                           f"train.steps={steps}"], base=Run(run_dir).base_config())  # fmt: skip
+    job = expert_job(Run(run_dir), 0, cfg)  # the island: B/K = 8, so 4 per rank
+    tcfg = job.cfg.train
+    objective = objective_from(job.cfg.objective)
+    torch.manual_seed(tcfg.seed)
+    model = build_unet(unet_config("tiny", job.images.shape[1], 0))
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    draw = image_batches(job.images, None, tcfg.batch // 2, torch.device("cpu"), 0.0, 0)
+    seen = []
+
+    def loss_fn(m, g):
+        state = g.get_state()
+        losses = []
+        for rank in (0, 1):
+            g.set_state(state)  # every rank derives its generator from the same step generator
+            gr = rank_generator(g, rank)
+            x0, cond, idx = draw(gr)
+            seen.append(idx.tolist())
+            losses.append(objective.loss(m, x0, cond, gr))
+        return (losses[0] + losses[1]) / 2
+
+    train(model, loss_fn, tmp_path / "single", replace(tcfg, threads=1), meta={}, progress=False)
+    single = model.state_dict()
+    for k in ddp:
+        assert torch.allclose(ddp[k], single[k], atol=1e-5, rtol=1e-4), k
+    assert any(not torch.equal(init[k], single[k]) for k in init)  # the weights moved
+    assert all(a != b for a, b in zip(seen[0::2], seen[1::2], strict=True))  # halves differ
