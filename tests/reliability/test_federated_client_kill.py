@@ -23,10 +23,32 @@ from safetensors.torch import load_file
 pytest.importorskip("flwr")
 
 
-def _client_workers() -> list[int]:
-    """PIDs of Ray worker processes running Flower's ClientApp actor (named by Ray)."""
+def _descendants(root: int) -> set[int]:
+    """PIDs in the process tree under ``root`` (from ps's pid/ppid table)."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        pid, ppid = map(int, line.split())
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in found:
+                found.add(c)
+                todo.append(c)
+    return found
+
+
+def _client_workers(root: int) -> list[int]:
+    """PIDs of Ray worker processes running Flower's ClientApp actor (named by Ray) that belong
+    to the federation started as ``root``: no other process on the machine is ever touched."""
+    mine = _descendants(root)
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "ClientAppActor" in line]
+    return [
+        int(line.split()[0])
+        for line in out.splitlines()
+        if "ClientAppActor" in line and int(line.split()[0]) in mine
+    ]
 
 
 @pytest.mark.slow
@@ -48,7 +70,7 @@ def test_a_client_killed_mid_round_does_not_stop_the_federation(tmp_path):
         while killed is None and time.monotonic() < deadline and proc.poll() is None:
             if rounds.is_file() and rounds.read_text().count("\n") >= 1:
                 time.sleep(0.5)  # round 2 is under way: every worker has a client to train
-                workers = _client_workers()
+                workers = _client_workers(proc.pid)
                 if workers:
                     killed = workers[0]
                     os.kill(killed, signal.SIGKILL)
