@@ -583,6 +583,7 @@ def compare_cmd(
     seed: Annotated[
         int | None, typer.Option("--seed", help=f"Sampling seed. {_d('sample', 'seed')}")
     ] = None,
+    solver: Annotated[str | None, typer.Option("--solver", help=SOLVER_HELP)] = None,
     recompute: Annotated[
         bool, typer.Option("--recompute", help="Ignore matching rows already in metrics.jsonl.")
     ] = False,
@@ -601,7 +602,7 @@ def compare_cmd(
     from .ddm.load import resolve_routing
 
     names = tuple(dict.fromkeys(resolve_routing(r, x) for x in split_routings(routings)))
-    cfg = _eval_cfg(r, config, set_, n, steps, seed, None)
+    cfg = _eval_cfg(r, config, set_, n, steps, seed, solver)
     rows = compare(
         r,
         cfg,

@@ -209,6 +209,17 @@ def test_solver_auto_follows_the_objectives(run, tmp_path, capsys):
     auto, ddpm, euler = rows(mixed)[-3:]
     assert auto["solver"] == ddpm["solver"] == "ddpm" and euler["solver"] == "euler"
     assert auto["fid"] == ddpm["fid"] and auto["fid"] != euler["fid"]
+
+    # compare resolves the solver per model too: both rows above are reused, nothing recomputed.
+    def ensemble_rows():
+        return [x for x in rows(mixed) if x["model"] == "ensemble"]
+
+    n_rows = len(ensemble_rows())
+    for solver in ("euler", "auto"):
+        code, _, err = cli(capsys, "compare", mixed, "--routings", "top1", "--n", "20",
+                           "--steps", "4", "--solver", solver, "-q")  # fmt: skip
+        assert code == 0, err
+    assert len(ensemble_rows()) == n_rows
     cfg = resolve(base=Run(mixed).base_config())
     assert cfg.sample.solver == "auto"
     code, _, err = cli(capsys, *base, "--solver", "rk4")
