@@ -106,6 +106,20 @@ def test_compare_reuses_rows_and_writes_table(run, capsys):
     assert len(rows(run)) == n_rows  # nothing recomputed
     table = (run / "compare.md").read_text()
     assert "| ensemble | top1 |" in table and "| monolith |" in table and "floor" in table
+    # The table's numbers are the eval rows' (units: GFLOPs per image, TFLOPs of training).
+    for model, routing in (("ensemble", "top1"), ("monolith", None)):
+        row = [
+            x for x in rows(run)
+            if x["model"] == model and x.get("routing") == routing and x["n"] == 20
+            and x["steps"] == 4 and x["solver"] == "euler"
+        ][-1]  # fmt: skip
+        line = next(
+            x for x in table.splitlines() if x.startswith(f"| {model} | {routing or '–'} |")
+        )
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[2]) == pytest.approx(row["sample_gflops_per_image"], abs=0.006)
+        assert float(cells[3]) == pytest.approx(row["train_flops"] / 1e12, abs=0.006)
+        assert float(cells[4]) == pytest.approx(row["fid"], abs=0.006)
     assert (run / "figures" / "fid_vs_flops.png").stat().st_size > 0
 
 
