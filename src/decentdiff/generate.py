@@ -54,15 +54,17 @@ def _model_dirs(run: Run, spec: str) -> Path:
     )
 
 
-def objective_kinds(run: Run, model: str) -> list[str]:
-    """Objective kinds (``fm``, ``ddpm``) of the network(s) behind ``model``, from meta.json alone;
-    models not trained yet are skipped (loading them fails later with the command to run)."""
+def objective_kinds(run: Run, model: str, drop: Sequence[int] = ()) -> list[str]:
+    """Objective kinds (``fm``, ``ddpm``) of the network(s) behind ``model`` (an ensemble's kept
+    experts), from meta.json alone; models not trained yet are skipped (loading them fails later
+    with the command to run)."""
     import json
 
     if model == "ensemble":
         from .ddm.store import expert_dir, load_partition
 
-        dirs = [expert_dir(run, k) for k in range(load_partition(run).num_parts)]
+        n = load_partition(run).num_parts
+        dirs = [expert_dir(run, k) for k in range(n) if k not in drop]
     else:
         dirs = [_model_dirs(run, model)]
     kinds = []
@@ -74,15 +76,15 @@ def objective_kinds(run: Run, model: str) -> list[str]:
     return kinds
 
 
-def resolve_solver(run: Run, model: str, solver: str) -> str:
+def resolve_solver(run: Run, model: str, solver: str, drop: Sequence[int] = ()) -> str:
     """``auto`` -> the solver that suits the model's objective(s) (:data:`AUTO_SOLVER`); an
-    ensemble with any ε-expert counts as ε. Any other name is returned unchanged."""
+    ensemble with any ε-expert among those kept counts as ε. Other names are returned as they are."""
     from .diffusion.solvers import AUTO_SOLVER, get_solver
 
     if solver != "auto":
         get_solver(solver)  # unknown names fail here, with the choices
         return solver
-    kinds = objective_kinds(run, model)
+    kinds = objective_kinds(run, model, drop)
     return AUTO_SOLVER["ddpm" if "ddpm" in kinds else "fm"]
 
 
@@ -107,15 +109,15 @@ def generate(
     (``auto``: the one that suits the model's objective, :func:`resolve_solver`)."""
     from tqdm.auto import tqdm
 
-    from .diffusion.paths import DDPM
-    from .diffusion.solvers import ddpm_grid, guided, sample
+    from .config import ObjectiveConfig
+    from .diffusion.solvers import guided, sample, sampling_grid
     from .evaluation.flops import SampleCounter, sampling_cost
     from .training.checkpoint import read_meta
-    from .training.generative import load_generative
+    from .training.generative import load_generative, objective_from
 
     if s.n < 1:
         raise ConfigError(f"--n must be ≥ 1, got {s.n}")
-    solver = resolve_solver(run, model, s.solver)
+    solver = resolve_solver(run, model, s.solver, drop)
     if s.batch < 1:
         raise ConfigError(f"sample.batch must be ≥ 1, got {s.batch}")
     g = torch.Generator().manual_seed(s.seed)
@@ -127,7 +129,7 @@ def generate(
         from .ddm.ensemble import parse_routing
         from .ddm.load import load_ensemble
         from .ddm.router import router_dir
-        from .ddm.store import expert_dir, load_partition
+        from .ddm.store import load_partition
 
         rec = load_partition(run)
         if parse_routing(routing).kind == "oracle":
@@ -157,7 +159,11 @@ def generate(
         keep = next(k for k in range(rec.num_parts) if k not in drop)
         unet = networks[f"expert {keep}"]
         meta = metas[keep]
-        objective = load_generative(expert_dir(run, keep), ema=s.ema, device=device)[3]
+        objectives = [
+            objective_from(ObjectiveConfig(**metas[k]["objective"]))
+            for k in range(rec.num_parts)
+            if k not in drop
+        ]
         velocity = ens
         train_flops = sum(m.get("train_flops", 0.0) for m in metas)
         if "router" in networks:
@@ -172,6 +178,7 @@ def generate(
         velocity, unet, meta, objective = load_generative(
             d, ema=s.ema, device=device, make_hint=hint
         )
+        objectives = [objective]
         networks = {"model": unet}
         train_flops = meta.get("train_flops", 0.0)
     _check_fits(s.n, tuple(meta["image_shape"]))
@@ -186,11 +193,7 @@ def generate(
         if label is not None:
             raise ConfigError("--label needs a class-conditional model (train with --class-cond)")
         cond = None
-    grid_t = (
-        ddpm_grid(objective, s.steps)
-        if solver in ("ddpm", "ddim") and isinstance(objective, DDPM)
-        else None
-    )
+    grid_t = sampling_grid(objectives, solver, s.steps)
     shape = tuple(meta["image_shape"])
     counter = SampleCounter(networks)
     chunks, routes = [], []

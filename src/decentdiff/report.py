@@ -91,20 +91,21 @@ def compare(
 def comparison_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: model/routing, GFLOPs per image, FID, KID, precision, recall, confident share."""
     head = (
-        "| model | routing | sampling GFLOPs/img | train TFLOPs | FID | KID | precision | recall "
-        "| confident ≥0.9 |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| model | routing | solver | sampling GFLOPs/img | train TFLOPs | FID | KID | precision "
+        "| recall | confident ≥0.9 |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r.get('routing') or '–'} | {r['sample_gflops_per_image']:.2f} | "
+            f"| {r['model']} | {r.get('routing') or '–'} | {r.get('solver') or '–'} | "
+            f"{r['sample_gflops_per_image']:.2f} | "
             f"{r['train_flops'] / 1e12:.2f} | {r['fid']:.2f} | {r['kid_mean']:.3f} | "
             f"{r['precision']:.3f} | {r['recall']:.3f} | {r.get('confident_share', float('nan')):.3f} |"
         )
     if rows and rows[0].get("floor"):
         f = rows[0]["floor"]
         lines.append(
-            f"| *floor: train vs held-out* | – | – | – | {f['fid']:.2f} | {f['kid_mean']:.3f} | "
+            f"| *floor: train vs held-out* | – | – | – | – | {f['fid']:.2f} | {f['kid_mean']:.3f} | "
             f"{f['precision']:.3f} | {f['recall']:.3f} | {f.get('confident_share', float('nan')):.3f} |"
         )
     return "\n".join(lines)

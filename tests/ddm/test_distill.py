@@ -105,8 +105,10 @@ def test_teachers_give_the_ensemble_or_own_expert_velocity(run_dir, tmp_path, ca
     run = tmp_path / "routed"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("distilled"))
     assert cli(capsys, "train", "router", run, "--steps", "5", "--batch", "16", *TINY)[0] == 0
-    code, _, err = cli(capsys, "distill", run, "--teacher", "mixture", "--steps", "2", "-q")
-    assert code != 0 and "per-step routing" in err and not (run / "distilled").exists()
+    for bad, why in (("mixture", "same velocity"), ("sample:2", "same velocity"),
+                     ("owm", "unknown --teacher 'owm'")):  # fmt: skip
+        code, _, err = cli(capsys, "distill", run, "--teacher", bad, "--steps", "2", "-q")
+        assert code == 2 and why in err and "own" in err and not (run / "distilled").exists()
     experts = [load_generative(expert_dir(Run(run), k))[0] for k in (0, 1)]
     g = torch.Generator().manual_seed(5)
     x_t = torch.randn(16, 1, 8, 8, generator=g)
@@ -126,6 +128,9 @@ def test_teachers_give_the_ensemble_or_own_expert_velocity(run_dir, tmp_path, ca
     m_full = distill(Run(run), cfg, steps=2, progress=False, fresh=True, teacher="full")
     assert m_full["teacher"] == "full" and m_own["teacher"] == "own" and m_full["step"] == 2
     assert m_full["teacher_flops_per_step"] > 2 * m_own["teacher_flops_per_step"]
+    # Resuming a student with another teacher would mix two trainings: refused in one line.
+    code, _, err = cli(capsys, "distill", run, "--teacher", "own", "--steps", "3", "-q")
+    assert code == 2 and "--teacher full" in err and "--fresh" in err
 
 
 def test_distilled_model_samples_through_cli(run_dir, capsys, tmp_path):

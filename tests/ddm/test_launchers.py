@@ -74,7 +74,8 @@ def test_process_launcher_killed_island_is_finished_by_relaunch(run_dir, tmp_pat
                 deadline = time.time() + 600
                 while _step(run_dir, 0) < 5 and proc.poll() is None and time.time() < deadline:
                     time.sleep(0.01)
-                os.kill(proc.pid, signal.SIGKILL)
+                if proc.poll() is None:  # never signal a PID that may have been reused
+                    os.kill(proc.pid, signal.SIGKILL)
 
             threading.Thread(target=killer, daemon=True).start()
 

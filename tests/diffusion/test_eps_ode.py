@@ -64,6 +64,7 @@ def _land(x: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
         ("euler", 200, "uniform", None),
         ("heun", 60, "uniform", 1.0),
         ("ddim", 200, "ddpm", None),
+        ("ddpm", 100, "ddpm", 1.0),  # ancestral, what --solver auto picks for ε-models
     ],
 )
 def test_exact_eps_model_reproduces_the_data_set(solver, steps, grid, clip):

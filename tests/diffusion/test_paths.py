@@ -176,6 +176,8 @@ def test_weighted_loss_and_bad_weightings():
     loss = d.loss(model, torch.zeros(4, 1, 2, 2), None, torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and net.weight.grad is not None
-    for bad in ("velocity", "velocity:0.5", "velocity:x", "snr"):
+    for bad in ("velocity", "velocity:0.5", "velocity:x", "velocity:inf", "velocity:nan", "snr"):
         with pytest.raises(ConfigError, match="uniform or velocity:G"):
             P.DDPM(weighting=bad)
+    with pytest.raises(ConfigError, match="applies to --objective ddpm only"):
+        P.make_objective("fm", weighting="velocity:100")

@@ -235,3 +235,20 @@ def test_the_packages_flower_app_declaration_is_valid(tmp_path):
     assert s.data["source"] == rc["data"] and s.train["lr"] == rc["lr"]
     with pytest.raises(ConfigError, match="unknown run-config key"):
         settings_from_run_config({**rc, "rouns": 3})
+
+
+def test_a_fed_json_without_newer_objective_fields_still_resumes():
+    """fed.json written before `objective.weighting` existed is the same experiment as today's
+    settings with the default weighting (review finding: it used to read as a different run)."""
+    from dataclasses import asdict, replace
+
+    from decentdiff.config import ObjectiveConfig
+    from decentdiff.errors import ConfigError
+    from decentdiff.federated.run import FedSettings, check_resumable
+
+    new = FedSettings(objective=asdict(ObjectiveConfig(kind="ddpm", loss="huber")))
+    old_obj = {k: v for k, v in new.objective.items() if k != "weighting"}
+    check_resumable(replace(new, objective=old_obj), new)  # no error
+    other = replace(new, objective={**new.objective, "weighting": "velocity:100"})
+    with pytest.raises(ConfigError, match="objective"):
+        check_resumable(replace(new, objective=old_obj), other)

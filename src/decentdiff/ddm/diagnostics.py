@@ -114,8 +114,10 @@ def usage(
         "switch_rate": per step (0 at the first), "switches_per_image": mean, "ever_switch": share
         of images whose expert changed at least once}.
     """
-    from ..diffusion.solvers import sample
+    from ..config import ObjectiveConfig
+    from ..diffusion.solvers import sample, sampling_grid
     from ..generate import resolve_solver
+    from ..training.generative import objective_from
     from .load import load_ensemble
 
     s = cfg.sample
@@ -129,8 +131,10 @@ def usage(
     ncls = unet.num_classes
     cond = (torch.arange(n) % ncls).to(device) if ncls > 0 else None
     with torch.no_grad():
+        grid = sampling_grid([objective_from(ObjectiveConfig(**m["objective"])) for m in metas],
+                             solver, s.steps)  # the grid `eval` samples on  # fmt: skip
         sample(ens, (n, *shape), steps=s.steps, solver=solver, generator=g, cond=cond,
-               device=device)  # fmt: skip
+               device=device, grid=grid)  # fmt: skip
     # One entry per velocity call; a multi-evaluation solver (heun) calls twice per step.
     ts = [float(t[0]) for t, _ in ens.history]
     picks = np.stack([w.argmax(1).numpy() for _, w in ens.history])  # (calls, n)

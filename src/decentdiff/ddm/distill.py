@@ -66,6 +66,20 @@ def distill(
         ``teacher_flops_per_step`` is the teachers' share, ``teachers_train_flops`` what the
         experts themselves cost to train.
     """
+    check_teacher(teacher)  # before anything is loaded
+    out = run.model_dir("distilled")
+    if not fresh and (out / "meta.json").is_file():
+        import json
+
+        try:
+            before = json.loads((out / "meta.json").read_text()).get("teacher", "own")
+        except (OSError, ValueError):
+            before = teacher  # a damaged meta is the training loop's to report
+        if before != teacher:
+            raise RunError(
+                f"{out} was distilled with --teacher {before}; resume with --teacher {before}, "
+                f"or pass --fresh to start a student taught by {teacher}"
+            )
     # Every current member (withdrawn rows left out, added sources in) with its cluster.
     images, labels, clusters, rec = member_data(run, cfg)
     data_fp = run.read_toml().get("data", {}).get("fingerprint")
@@ -89,7 +103,7 @@ def distill(
     n_cls = ucfg.num_classes
     routed = None if teacher == "own" else _routed_teacher(run, teacher, device)
     # The student is a flow-matching model whatever its teachers were (ε-teachers are converted).
-    obj_cfg = replace(cfg.objective, kind="fm")
+    obj_cfg = replace(cfg.objective, kind="fm", weighting="uniform")
     objective = objective_from(obj_cfg)
     tcfg = replace(
         cfg.train,
@@ -135,7 +149,6 @@ def distill(
         "teacher_flops_per_step": teacher_fps,
         "teachers_train_flops": float(sum(m.get("train_flops", 0.0) for m in metas)),
     }
-    out = run.model_dir("distilled")
     return train(
         student,
         loss_fn,
@@ -166,19 +179,33 @@ def make_teacher(teachers: list[nn.Module], routed: nn.Module | None = None):
     return velocity
 
 
-def _routed_teacher(run: Run, teacher: str, device: torch.device) -> nn.Module:
-    """The ensemble under a per-step routing, as a frozen velocity (the router is needed)."""
+def check_teacher(teacher: str) -> None:
+    """``own`` or a deterministic per-step routing; anything else is one line naming --teacher."""
     from ..errors import ConfigError
     from .ensemble import parse_routing
+
+    if teacher == "own":
+        return
+    why = (
+        "use own (each example's cluster expert) or a deterministic per-step routing of the "
+        "ensemble: full, top1, topk:K, threshold:P"
+    )
+    try:
+        spec = parse_routing(teacher)
+    except ConfigError:
+        raise ConfigError(f"unknown --teacher {teacher!r}; {why}") from None
+    if spec.needs_prior or spec.kind == "oracle" or spec.stochastic:
+        raise ConfigError(
+            f"--teacher {teacher}: a teacher must give each noisy example the same velocity "
+            f"every time (resume is exact); {why}"
+        )
+
+
+def _routed_teacher(run: Run, teacher: str, device: torch.device) -> nn.Module:
+    """The ensemble under a per-step routing, as a frozen velocity (the router is needed)."""
     from .load import load_ensemble
 
-    spec = parse_routing(teacher)  # a malformed spec names the valid ones
-    if spec.needs_prior or spec.kind == "oracle":
-        raise ConfigError(
-            f"--teacher {teacher}: a teacher must give each noisy example a velocity of its own; "
-            "use own (the example's cluster expert) or a per-step routing: full, top1, topk:K, "
-            "threshold:P, nucleus:P"
-        )
+    check_teacher(teacher)
     ens, _, _, networks = load_ensemble(run, teacher, device=device)
     for net in networks.values():
         for p in net.parameters():

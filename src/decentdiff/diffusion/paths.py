@@ -104,10 +104,10 @@ def parse_weighting(spec: str) -> float | None:
             cap = float(spec.split(":", 1)[1])
         except ValueError:
             cap = 0.0
-        if cap >= 1:
+        if math.isfinite(cap) and cap >= 1:
             return cap
     raise ConfigError(
-        f"unknown DDPM weighting {spec!r}; choose uniform or velocity:G with a cap G ≥ 1 "
+        f"unknown DDPM weighting {spec!r}; choose uniform or velocity:G with a finite cap G ≥ 1 "
         "(e.g. velocity:100)"
     )
 
@@ -254,6 +254,11 @@ def make_objective(
 ) -> FlowMatching | DDPM:
     """Build an objective from config values; unknown kinds list the valid choices."""
     if kind == "fm":
+        if weighting != "uniform":
+            raise ConfigError(
+                f"objective.weighting={weighting} applies to --objective ddpm only (flow matching "
+                "already regresses the velocity); set objective.weighting=uniform"
+            )
         return FlowMatching(time_dist=time_dist, loss=loss)
     if kind == "ddpm":
         return DDPM(schedule=schedule, timesteps=timesteps, loss=loss, weighting=weighting)

@@ -136,7 +136,19 @@ SOLVERS: dict[str, Callable[..., Tensor]] = {
 }
 
 
-#: ``--solver auto``: the solver per objective kind, chosen by measurement (docs/solvers.md).
+def sampling_grid(objectives, solver: str, steps: int) -> Tensor | None:
+    """The time grid of a (resolved) solver: the DDPM grid of the first ε-objective for
+    ``ddpm``/``ddim`` when the model has one (the classic DDIM / ancestral steps), else None
+    (uniform in t). One rule for ``generate`` and ``diagnose`` alike."""
+    if solver in ("ddpm", "ddim"):
+        for o in objectives:
+            if isinstance(o, DDPM):
+                return ddpm_grid(o, steps)
+    return None
+
+
+#: ``--solver auto``: the solver per objective kind, chosen by measurement (docs/reproduction.md,
+#: study 11).
 AUTO_SOLVER = {"fm": "euler", "ddpm": "ddpm"}
 
 
@@ -196,5 +208,6 @@ __all__ = [
     "guided",
     "heun",
     "sample",
+    "sampling_grid",
     "uniform_grid",
 ]

@@ -73,6 +73,9 @@ def evaluate_federated(
         "clients": settings.clients,
         "models": models,
         "n": cfg.sample.n,
+        "steps": cfg.sample.steps,
+        "seed": cfg.sample.seed,
+        "solver": rows[0].get("solver"),  # resolved (auto: by the objective), as each row's
         "features": features,
         "per_model": {m: {k: r.get(k) for k in metrics} for m, r in zip(models, rows, strict=True)},
         "floor_fid": rows[0]["floor"].get("fid"),

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Config
+from ..config import Config, ObjectiveConfig
 from ..errors import ConfigError
 from . import aggregate as A
 from . import parts as P
@@ -235,6 +235,11 @@ def read_settings(run_dir: str | Path) -> FedSettings | None:
 
 def _identity(s: FedSettings) -> dict[str, Any]:
     d = asdict(s)
+    # Objective fields added after a run was started (e.g. `weighting`) take their defaults, so
+    # a fed.json written by an earlier version still resumes.
+    known = {f.name for f in fields(ObjectiveConfig)}
+    obj = d.get("objective") or {}
+    d["objective"] = {**asdict(ObjectiveConfig()), **obj} if set(obj) <= known else obj
     return {k: d[k] for k in IDENTITY}
 
 
