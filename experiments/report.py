@@ -541,6 +541,19 @@ READING = {
         "the class-conditional ensembles did not gain (top1 0.93x / 1.04x, mixture 0.97x / "
         "1.01x)."
     ),
+    "s13_heterogeneous_budget": (
+        "Not held, but far closer than study 5: with study 10's longer budget (each expert 5,000 "
+        "steps), the best routing (`mixture`) and each ensemble by its best sampler, 2 ε + 2 flow "
+        "experts score 1.45x the 4 flow experts (6.87-7.31 vs 4.73-5.03; 95% t-interval "
+        "1.33-1.59), where study 5 (300 steps, top-1, Euler) had 6.1x. The sampler matters most: "
+        "the same heterogeneous ensembles sampled by Euler score 10.5-16.2 (2.0-3.3x), ancestral "
+        "sampling halves that; `--solver auto` picks it for any ensemble with an ε-expert. What is "
+        "left is the ε-experts themselves: at equal budgets an ε-model is several times worse than "
+        "a flow model even sampled ancestrally (study 11: 17-18 vs 4.1-4.2 FID for the monolith), "
+        "and in `mixture` half of the images come from them. Not tried here: ε-experts trained "
+        "with `objective.weighting=velocity:100` (better in study 11), or more than 2 of 8 "
+        "experts being ε as in the paper (here 2 of 4)."
+    ),
     "s9_router_budget": (
         "Not held: ten times the router's steps made it much more accurate at low noise (K=4: "
         "0.97 vs 0.88 at t~0.05; K=8: 0.96 vs 0.79) and top-1 no better (K=4 11.83 vs 11.61, K=8 "
