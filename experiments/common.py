@@ -392,3 +392,67 @@ def save(study: str, result: dict[str, Any]) -> Path:
     os.replace(tmp, out)
     print(f"{study}: {result.get('verdict')} -> {out}", flush=True)
     return out
+
+
+# ------------------------------------------------------------------ shared by the multi-worker studies
+def claim(path: Path) -> bool:
+    """Claim a job for this worker by creating ``path`` (False: another worker has it). A stale
+    claim after a crash: delete the file and restart the worker."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def worker_arg(argv: list[str]) -> tuple[int, int] | None:
+    """``--worker I/N`` of a study's command line (None: one process does every job)."""
+    if "--worker" not in argv:
+        return None
+    i, n = argv[argv.index("--worker") + 1].split("/")
+    return int(i), int(n)
+
+
+def run_phases(argv: list[str] | None, work, report) -> None:
+    """A two-phase study's command line: ``run [--worker I/N]``, ``report``, or both (no argument)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    phase = argv[0] if argv and not argv[0].startswith("-") else "all"
+    if phase in ("run", "all"):
+        work(worker_arg(argv))
+    if phase in ("report", "all"):
+        print(json.dumps(report()["checks"]))
+
+
+def t95(n: int) -> float:
+    """Two-sided 95% Student-t quantile for n values (n − 1 degrees of freedom), n ≤ 5."""
+    return {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78}.get(n, 1.96)
+
+
+def t_interval(xs: list[float]) -> list[float]:
+    """95% t-interval of the mean of ``xs`` (a single value: that value twice)."""
+    if len(xs) < 2:
+        return [xs[0], xs[0]]
+    s = summarise(xs)
+    half = t95(len(xs)) * s["std"] / math.sqrt(len(xs))
+    return [s["mean"] - half, s["mean"] + half]
+
+
+def copy_run(src: Path, dst: Path, *, skip_experts: tuple[int, ...] = ()) -> Path:
+    """A RUN holding ``src``'s partition, experts (but ``skip_experts``), router and cached real
+    features, for a study that adds models without touching ``src``. Idempotent."""
+    import shutil
+
+    if not (dst / "run.toml").is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ("partition.npz", "run.toml"):
+            shutil.copy2(src / name, dst / name)
+        (dst / "experts").mkdir(exist_ok=True)
+        for e in sorted((src / "experts").iterdir()):
+            if e.is_dir() and e.name not in {str(k) for k in skip_experts}:
+                shutil.copytree(e, dst / "experts" / e.name, dirs_exist_ok=True)
+        shutil.copytree(src / "router", dst / "router", dirs_exist_ok=True)
+        (dst / "eval").mkdir(exist_ok=True)
+        for f in (src / "eval").glob("real-*.npz"):
+            shutil.copy2(f, dst / "eval" / f.name)
+    return dst

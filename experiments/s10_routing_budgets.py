@@ -24,7 +24,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, SEEDS, cli, ddm_run, evaluate, save, scaled, summarise
+from common import (
+    ROOT,
+    SEEDS,
+    claim,
+    cli,
+    ddm_run,
+    evaluate,
+    save,
+    scaled,
+    summarise,
+    t95,
+    worker_arg,
+)
 
 STUDY = "s10_routing_budgets"
 CLAIM = (
@@ -77,15 +89,6 @@ def mono_run(b: str, cc: bool, seed: int) -> Path:
     return run_dir(b, cc, seed, 4)
 
 
-def _claim(path: Path) -> bool:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        return True
-    except FileExistsError:
-        return False
-
-
 def _mine(i: int, worker: tuple[int, int] | None) -> bool:
     return worker is None or i % worker[1] == worker[0]
 
@@ -97,7 +100,7 @@ def train(worker: tuple[int, int] | None) -> None:
             continue
         # Workers share the queue: the first to create the claim trains it (a stale claim after a
         # crash: delete runs/repro/s10/**/.claim-train and restart).
-        if worker is not None and not _claim(run / ".claim-train"):
+        if worker is not None and not claim(run / ".claim-train"):
             continue
         ddm_run(run, K=K, seed=seed, study=STUDY, budget=budget(b), class_cond=cc, monolith=False)
         if K == 4:
@@ -157,10 +160,6 @@ def _row(
     if model == "ensemble":
         want["routing"] = routing
     return find_row(run, **want)
-
-
-def _t95(n: int) -> float:
-    return {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78}.get(n, 1.96)
 
 
 N_BOOT = 200
@@ -250,7 +249,7 @@ def report() -> dict[str, Any]:
                         continue
                     ratios = [p["ratio"] for p in per_seed]
                     s = summarise(ratios)
-                    half = _t95(len(ratios)) * s["std"] / math.sqrt(len(ratios))
+                    half = t95(len(ratios)) * s["std"] / math.sqrt(len(ratios))
                     tag = f"{b}{'-cc' if cc else ''}{f'-g{g:g}' if g != 1.0 else ''}"
                     cells[f"{tag}/K{K}/{r}"] = {
                         "budget": b, "steps": BUDGETS[b], "class_cond": cc, "K": K, "routing": r,
@@ -306,17 +305,10 @@ def _verdicts(cells: dict[str, Any]) -> dict[str, Any]:
     return {"best": best, "checks": checks, "kinds": kinds, "verdict": overall(kinds)}
 
 
-def _worker(argv: list[str]) -> tuple[int, int] | None:
-    if "--worker" not in argv:
-        return None
-    i, n = argv[argv.index("--worker") + 1].split("/")
-    return int(i), int(n)
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     phase = argv[0] if argv and not argv[0].startswith("-") else "all"
-    w = _worker(argv)
+    w = worker_arg(argv)
     if phase in ("train", "all"):
         train(w)
     if phase in ("eval", "all"):

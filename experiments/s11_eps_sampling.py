@@ -14,14 +14,21 @@ sampled by Euler (20 and 50 steps), DDIM (20, the DDPM grid) and the ancestral D
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, SEEDS, cli, evaluate, save, scaled, summarise
+from common import (
+    ROOT,
+    SEEDS,
+    claim,
+    cli,
+    evaluate,
+    run_phases,
+    save,
+    scaled,
+    summarise,
+    t_interval,
+)
 
 STUDY = "s11_eps_sampling"
 CLAIM = (
@@ -56,15 +63,6 @@ def jobs() -> list[tuple[str, int]]:
     return [(arm, seed) for seed in SEEDS for arm in ARMS]
 
 
-def _claim(path: Path) -> bool:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        return True
-    except FileExistsError:
-        return False
-
-
 def ev(arm: str, seed: int, solver: str, steps: int) -> dict[str, Any]:
     return evaluate(run_dir(arm, seed), "monolith", n=BASE["n"], seed=seed, steps=steps,
                     solver=solver, study=STUDY)  # fmt: skip
@@ -75,7 +73,7 @@ def work(worker: tuple[int, int] | None) -> None:
         run = run_dir(arm, seed)
         if (run / "evaluated").is_file():
             continue
-        if worker is not None and not _claim(run.parent / f".claim-{run.name}"):
+        if worker is not None and not claim(run.parent / f".claim-{run.name}"):
             continue
         cli("train", "monolith", run, "--data", BASE["data"], "--preset", BASE["preset"],
             *ARMS[arm], "--steps", BASE["steps"], "--batch", BASE["batch"], "--seed", seed,
@@ -83,17 +81,6 @@ def work(worker: tuple[int, int] | None) -> None:
         for solver, steps in SAMPLERS:
             ev(arm, seed, solver, steps)
         (run / "evaluated").write_text("")
-
-
-def _t_interval(xs: list[float]) -> list[float]:
-    """95% t-interval of the mean (n ≤ 5 seeds)."""
-    n = len(xs)
-    if n < 2:
-        return [xs[0], xs[0]]
-    q = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(n, 2.0)
-    s = summarise(xs)
-    half = q * s["std"] / math.sqrt(n)
-    return [s["mean"] - half, s["mean"] + half]
 
 
 def report() -> dict[str, Any]:
@@ -111,7 +98,7 @@ def report() -> dict[str, Any]:
     summary = {
         arm: {
             "ratio_ode_to_ancestral": summarise(r),
-            "ratio_interval95": _t_interval(r),
+            "ratio_interval95": t_interval(r),
             **{
                 key: summarise([per[arm][s][key] for s in per[arm]])
                 for key in next(iter(per[arm].values()))
@@ -144,16 +131,7 @@ def report() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    phase = argv[0] if argv and not argv[0].startswith("-") else "all"
-    w = None
-    if "--worker" in argv:
-        i, n = argv[argv.index("--worker") + 1].split("/")
-        w = (int(i), int(n))
-    if phase in ("run", "all"):
-        work(w)
-    if phase in ("report", "all"):
-        print(json.dumps(report()["checks"]))
+    run_phases(argv, work, report)
 
 
 if __name__ == "__main__":

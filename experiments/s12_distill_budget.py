@@ -16,14 +16,22 @@ included) reported against the monolith's; 3 seeds.
 from __future__ import annotations
 
 import json
-import math
-import os
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, SEEDS, cli, evaluate, save, scaled, summarise
+from common import (
+    ROOT,
+    SEEDS,
+    claim,
+    cli,
+    copy_run,
+    evaluate,
+    run_phases,
+    save,
+    scaled,
+    summarise,
+    t_interval,
+)
 
 STUDY = "s12_distill_budget"
 CLAIM = (
@@ -44,30 +52,12 @@ def run_dir(teacher: str, seed: int) -> Path:
     return ROOT / "s12" / teacher / f"seed{seed}"
 
 
-def _claim(path: Path) -> bool:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        return True
-    except FileExistsError:
-        return False
-
-
 def prepare(teacher: str, seed: int) -> Path:
-    """A RUN holding study 10's partition, experts and router (copied, never modified)."""
-    src, dst = source(seed), run_dir(teacher, seed)
+    """A RUN holding study 10's partition, experts and router (copied; study 10's RUN untouched)."""
+    src = source(seed)
     if not (src / "trained").is_file():
         raise SystemExit(f"study {STUDY}: needs study 10's {src} (run s10_routing_budgets first)")
-    if not (dst / "run.toml").is_file():
-        dst.mkdir(parents=True, exist_ok=True)
-        for name in ("partition.npz", "run.toml"):
-            shutil.copy2(src / name, dst / name)
-        for name in ("experts", "router"):
-            shutil.copytree(src / name, dst / name, dirs_exist_ok=True)
-        (dst / "eval").mkdir(exist_ok=True)
-        for f in (src / "eval").glob("real-*.npz"):
-            shutil.copy2(f, dst / "eval" / f.name)
-    return dst
+    return copy_run(src, run_dir(teacher, seed))
 
 
 def ev(run: Path, model: str, seed: int, routing: str | None = None) -> dict[str, Any]:
@@ -81,23 +71,13 @@ def work(worker: tuple[int, int] | None) -> None:
             run = run_dir(teacher, seed)
             if (run / "evaluated").is_file():
                 continue
-            if worker is not None and not _claim(run.parent / f".claim-{run.name}"):
+            if worker is not None and not claim(run.parent / f".claim-{run.name}"):
                 continue
             run = prepare(teacher, seed)
             cli("distill", run, "--teacher", teacher, "--steps", STEPS, "--batch", batch,
                 "--seed", seed, "--quiet", study=STUDY)  # fmt: skip
             ev(run, "distilled", seed)
             (run / "evaluated").write_text("")
-
-
-def _t_interval(xs: list[float]) -> list[float]:
-    n = len(xs)
-    if n < 2:
-        return [xs[0], xs[0]]
-    q = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(n, 2.0)
-    s = summarise(xs)
-    half = q * s["std"] / math.sqrt(n)
-    return [s["mean"] - half, s["mean"] + half]
 
 
 def report() -> dict[str, Any]:
@@ -122,7 +102,7 @@ def report() -> dict[str, Any]:
     summary = {
         t: {
             "ratio_to_monolith": summarise(r),
-            "interval95": _t_interval(r),
+            "interval95": t_interval(r),
             "train_flops_vs_monolith": summarise(flops[t]),
         }
         for t, r in ratios.items()
@@ -149,16 +129,7 @@ def report() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    phase = argv[0] if argv and not argv[0].startswith("-") else "all"
-    w = None
-    if "--worker" in argv:
-        i, n = argv[argv.index("--worker") + 1].split("/")
-        w = (int(i), int(n))
-    if phase in ("run", "all"):
-        work(w)
-    if phase in ("report", "all"):
-        print(json.dumps(report()["checks"]))
+    run_phases(argv, work, report)
 
 
 if __name__ == "__main__":

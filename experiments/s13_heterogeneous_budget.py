@@ -14,15 +14,22 @@ the homogeneous ensemble by both as well. FID on 1,000 images, 20 steps, 3 seeds
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, SEEDS, cli, evaluate, save, scaled, summarise
+from common import (
+    ROOT,
+    SEEDS,
+    claim,
+    cli,
+    copy_run,
+    evaluate,
+    run_phases,
+    save,
+    scaled,
+    summarise,
+    t_interval,
+)
 
 STUDY = "s13_heterogeneous_budget"
 CLAIM = (
@@ -49,30 +56,12 @@ def run_dir(arm: str, seed: int) -> Path:
     return ROOT / "s13" / arm / f"seed{seed}"
 
 
-def _claim(path: Path) -> bool:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        return True
-    except FileExistsError:
-        return False
-
-
 def prepare(arm: str, seed: int) -> Path:
-    src, dst = source(seed), run_dir(arm, seed)
+    """Study 10's RUN without the experts to be retrained as ε-experts (study 10's RUN untouched)."""
+    src = source(seed)
     if not (src / "trained").is_file():
         raise SystemExit(f"study {STUDY}: needs study 10's {src} (run s10_routing_budgets first)")
-    if not (dst / "run.toml").is_file():
-        dst.mkdir(parents=True, exist_ok=True)
-        for name in ("partition.npz", "run.toml"):
-            shutil.copy2(src / name, dst / name)
-        ignore = shutil.ignore_patterns(*(str(k) for k in EPS_EXPERTS))
-        shutil.copytree(src / "experts", dst / "experts", ignore=ignore, dirs_exist_ok=True)
-        shutil.copytree(src / "router", dst / "router", dirs_exist_ok=True)
-        (dst / "eval").mkdir(exist_ok=True)
-        for f in (src / "eval").glob("real-*.npz"):
-            shutil.copy2(f, dst / "eval" / f.name)
-    return dst
+    return copy_run(src, run_dir(arm, seed), skip_experts=EPS_EXPERTS)
 
 
 def ev(run: Path, seed: int, solver: str) -> dict[str, Any]:
@@ -86,7 +75,7 @@ def work(worker: tuple[int, int] | None) -> None:
             run = run_dir(arm, seed)
             if (run / "evaluated").is_file():
                 continue
-            if worker is not None and not _claim(run.parent / f".claim-{run.name}"):
+            if worker is not None and not claim(run.parent / f".claim-{run.name}"):
                 continue
             run = prepare(arm, seed)
             for k in EPS_EXPERTS:
@@ -97,16 +86,6 @@ def work(worker: tuple[int, int] | None) -> None:
                 ev(run, seed, solver)
             (run / "evaluated").write_text("")
         ev(source(seed), seed, "ddpm")  # the homogeneous ensemble by the ancestral sampler too
-
-
-def _t_interval(xs: list[float]) -> list[float]:
-    n = len(xs)
-    if n < 2:
-        return [xs[0], xs[0]]
-    q = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(n, 2.0)
-    s = summarise(xs)
-    half = q * s["std"] / math.sqrt(n)
-    return [s["mean"] - half, s["mean"] + half]
 
 
 def report() -> dict[str, Any]:
@@ -142,7 +121,7 @@ def report() -> dict[str, Any]:
         "per_seed": per,
         "summary": summary,
         "ratios": ratios,
-        "intervals95": {a: _t_interval(r) for a, r in ratios.items()},
+        "intervals95": {a: t_interval(r) for a, r in ratios.items()},
         "checks": checks,
         "verdict": verdict,
     }  # fmt: skip
@@ -151,16 +130,7 @@ def report() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    phase = argv[0] if argv and not argv[0].startswith("-") else "all"
-    w = None
-    if "--worker" in argv:
-        i, n = argv[argv.index("--worker") + 1].split("/")
-        w = (int(i), int(n))
-    if phase in ("run", "all"):
-        work(w)
-    if phase in ("report", "all"):
-        print(json.dumps(report()["checks"]))
+    run_phases(argv, work, report)
 
 
 if __name__ == "__main__":
