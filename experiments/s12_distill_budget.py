@@ -112,8 +112,8 @@ def report() -> dict[str, Any]:
         for t, r in ratios.items()
         if len(r) == len(SEEDS)
     }
-    verdicts = set(checks.values())
-    verdict = "inconclusive" if not verdicts else ("held" if "held" in verdicts else "not held")
+    # The verdict is the default teacher's (the paper's); the others are reported beside it.
+    verdict = checks.get(f"student (own) <= {BAR}x monolith", "inconclusive")
     result = {
         "claim": CLAIM,
         "setup": {"teachers": TEACHERS, "steps": STEPS, "n": N, "preset": "tiny", "K": 4,
