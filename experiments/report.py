@@ -543,9 +543,10 @@ READING = {
     ),
     "s11_eps_sampling": (
         "Not held: sampled by Euler in 20-50 steps, the default DDPM ε-model scores 5.7-8.6x its "
-        "best ancestral FID (mean 7.5x over 3 seeds); DDIM on the DDPM grid is no better. The "
-        "flow-matching model of the same budget is sampled about as well by either (Euler 5.3-5.4, "
-        "ancestral 4.1-4.2). Why, measured on seed 0 with `experiments/eps_probe.py` (500 images "
+        "best ancestral FID (mean 7.5x over 3 seeds); DDIM on the DDPM grid is only a little "
+        "better (123 vs 148 at 20 steps). The "
+        "flow-matching model of the same budget: Euler 5.3-5.6, ancestral 4.1-4.2 (1.29-1.33x). "
+        "Why, measured on seed 0 with `experiments/eps_probe.py` (500 images "
         "each): (1) the conversion is exact -- an exact ε-model of a finite data set, sampled "
         "through it by euler, heun, ddim and ddpm, reproduces the data set "
         "(tests/diffusion/test_eps_ode.py); (2) the trained ε-model's x0 estimate is far worse at "
@@ -569,7 +570,7 @@ READING = {
         "ancestral no better on average: 16.7 vs 16.6 at 50 steps); a cap of 10,000 was worse on "
         "seed 0 (Euler 195). Huber loss was not tested. What changed instead: `--solver auto` "
         "samples ε-models ancestrally. At these budgets the ancestral sampler is also the better "
-        "one for unconditional flow models (0.77-0.80x Euler's FID here, and in study 13); in the "
+        "one for unconditional flow models (0.75-0.78x Euler's FID here, and in study 13); in the "
         "class-conditional, guided `make demo` run it was not for the top-1 ensemble (3.52 vs "
         "2.54, 250 images), so `auto` keeps Euler for flow models."
     ),
