@@ -116,3 +116,25 @@ def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_
     code, _, err = cli(capsys, "fed", "run", run, *common[:-6], "--method", "full", "--rounds", 3)
     assert code == 2 and "different federated run" in err
     assert np.isfinite(rows[-1]["loss"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("method", "quantize"), [("full", 0), ("usplit", 0), ("ulatdec", 0), ("full", 8)]
+)
+def test_bytes_measured_equal_bytes_predicted(capsys, tmp_path, method, quantize):
+    """Issue 19, item 5: for every method (UDEC 8-bit is the test above) the bytes a real Flower
+    simulation sends each way equal `fed bytes`' prediction, round by round summed."""
+    run = tmp_path / "run"
+    args = ["--data", "digits", "--preset", "tiny", "--clients", 2, "--split", "iid",
+            "--method", method, "--quantize", quantize, "--local-steps", 1, "--batch", 8,
+            "--rounds", 2, "--eval-n", 0]  # fmt: skip
+    code, _, err = cli(capsys, "fed", "run", run, *args)
+    assert code == 0, err
+    rows = read_rounds(run)
+    assert [r["round"] for r in rows] == [1, 2] and all(r["accepted"] == 2 for r in rows)
+    code, out, _ = cli(capsys, "fed", "bytes", "--preset", "tiny", "--clients", 2, "--rounds", 2,
+                       "--quantize", quantize, "--json")  # fmt: skip
+    want = json.loads(out)[method]
+    assert sum(r["up"] for r in rows) == want["up"] > 0
+    assert sum(r["down"] for r in rows) == want["down"] > 0
