@@ -231,7 +231,11 @@ def test_superlink_and_two_supernodes_over_tls_run_one_round(tmp_path):
                 )
             )
         started = None
-        for _ in range(30):  # the SuperLink needs a few seconds before it accepts runs
+        # The SuperLink needs a few seconds before it accepts runs: retry until it does (the
+        # evidence), with a deadline only a hung machine reaches.
+        accept_by = time.time() + 300
+        while started is None and time.time() < accept_by:
+            assert all(p.poll() is None for p in procs), "a Flower process died; see the logs"
             time.sleep(1)
             res = subprocess.run(
                 [str(BIN / "flwr"), "run", str(app), "loop"],
@@ -244,7 +248,7 @@ def test_superlink_and_two_supernodes_over_tls_run_one_round(tmp_path):
                 break
         assert started, res.stdout + res.stderr
         rows_path = run / "federated" / "rounds.jsonl"
-        deadline = time.time() + 90
+        deadline = time.time() + 600  # waits on the files below; only a hung run reaches this
         while time.time() < deadline and not (
             rows_path.is_file()
             and (tmp_path / "silo1" / "meta.json").is_file()
