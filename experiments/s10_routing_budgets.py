@@ -84,6 +84,15 @@ def run_dir(b: str, cc: bool, seed: int, K: int) -> Path:
     return ROOT / "s10" / f"{b}{'-cc' if cc else ''}" / f"seed{seed}" / f"K{K}"
 
 
+def trained_k4(seed: int, study: str, b: str = "b5000") -> Path:
+    """This study's unconditional K=4 RUN of budget ``b`` (experts, router, monolith), for a later
+    study that builds on it; a clear exit if study 10 has not trained it yet."""
+    run = run_dir(b, False, seed, 4)
+    if not (run / "trained").is_file():
+        raise SystemExit(f"study {study}: needs study 10's {run} (run s10_routing_budgets first)")
+    return run
+
+
 def mono_run(b: str, cc: bool, seed: int) -> Path:
     """The monolith of a (budget, seed) lives in the K=4 run (FLOP-matched to its experts)."""
     return run_dir(b, cc, seed, 4)

@@ -32,6 +32,7 @@ from common import (
     summarise,
     t_interval,
 )
+from s10_routing_budgets import trained_k4
 
 STUDY = "s12_distill_budget"
 CLAIM = (
@@ -45,7 +46,7 @@ BAR = 1.1
 
 
 def source(seed: int) -> Path:
-    return ROOT / "s10" / "b5000" / f"seed{seed}" / "K4"
+    return trained_k4(seed, STUDY)
 
 
 def run_dir(teacher: str, seed: int) -> Path:
@@ -54,10 +55,7 @@ def run_dir(teacher: str, seed: int) -> Path:
 
 def prepare(teacher: str, seed: int) -> Path:
     """A RUN holding study 10's partition, experts and router (copied; study 10's RUN untouched)."""
-    src = source(seed)
-    if not (src / "trained").is_file():
-        raise SystemExit(f"study {STUDY}: needs study 10's {src} (run s10_routing_budgets first)")
-    return copy_run(src, run_dir(teacher, seed))
+    return copy_run(source(seed), run_dir(teacher, seed))
 
 
 def ev(run: Path, model: str, seed: int, routing: str | None = None) -> dict[str, Any]:

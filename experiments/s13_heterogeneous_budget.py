@@ -30,6 +30,7 @@ from common import (
     summarise,
     t_interval,
 )
+from s10_routing_budgets import trained_k4
 
 STUDY = "s13_heterogeneous_budget"
 CLAIM = (
@@ -49,7 +50,7 @@ BAR = 1.1
 
 
 def source(seed: int) -> Path:
-    return ROOT / "s10" / "b5000" / f"seed{seed}" / "K4"
+    return trained_k4(seed, STUDY)
 
 
 def run_dir(arm: str, seed: int) -> Path:
@@ -58,10 +59,7 @@ def run_dir(arm: str, seed: int) -> Path:
 
 def prepare(arm: str, seed: int) -> Path:
     """Study 10's RUN without the experts to be retrained as ε-experts (study 10's RUN untouched)."""
-    src = source(seed)
-    if not (src / "trained").is_file():
-        raise SystemExit(f"study {STUDY}: needs study 10's {src} (run s10_routing_budgets first)")
-    return copy_run(src, run_dir(arm, seed), skip_experts=EPS_EXPERTS)
+    return copy_run(source(seed), run_dir(arm, seed), skip_experts=EPS_EXPERTS)
 
 
 def ev(run: Path, seed: int, solver: str) -> dict[str, Any]:
