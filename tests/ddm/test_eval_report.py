@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from _cli import cli
+from _oracles import fid_scipy
 from decentdiff.cli import main
 from decentdiff.ddm.load import load_ensemble
 from decentdiff.evaluation.flops import forward_flops
@@ -287,16 +288,6 @@ def load_generative_unet(directory):
     return load_generative(directory)[1]
 
 
-def _fid_scipy(a, b):
-    """Fréchet distance re-derived with scipy.linalg.sqrtm (not the package's eigen route)."""
-    from scipy import linalg
-
-    m1, m2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2).real
-    return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
-
-
 def test_eval_compares_with_the_held_out_part(run, capsys, monkeypatch):
     """What eval compares with (issue 19, item 2): the reference is the held-out part (features
     extracted here independently), the FID of the row is recomputed from those and the saved
@@ -331,12 +322,12 @@ def test_eval_compares_with_the_held_out_part(run, capsys, monkeypatch):
     with np.load(run / row["fake_features"]) as z:
         fake = z["features"]
     assert row["n_real"] == len(held_images)
-    assert row["fid"] == pytest.approx(_fid_scipy(held, fake), rel=1e-4)
+    assert row["fid"] == pytest.approx(fid_scipy(held, fake), rel=1e-4)
     # Had the reference been the training part, the FID would differ.
     train_feats = FE.extract(net, data.images[data.train_idx])["features"]
-    assert abs(_fid_scipy(train_feats, fake) - row["fid"]) > 1e-3
+    assert abs(fid_scipy(train_feats, fake) - row["fid"]) > 1e-3
     # The floor: an equal-size slice of the training part against the held-out part.
     rng = np.random.default_rng(0)
     tr = rng.permutation(data.train_idx)[: len(data.heldout_idx)]
-    floor = _fid_scipy(held, FE.extract(net, data.images[tr])["features"])
+    floor = fid_scipy(held, FE.extract(net, data.images[tr])["features"])
     assert row["floor"]["fid"] == pytest.approx(floor, rel=1e-4)

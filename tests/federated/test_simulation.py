@@ -28,6 +28,41 @@ def _wired():
     yield
 
 
+def _each_row_scores_its_own_client_against_held_out_data(run, per):
+    """Federated per-client FID (issue 19, item 2): row i's generated features are those of
+    client i's own model (sampled here again, independently of `fed eval`), and its FID is the
+    Fréchet distance (re-derived with scipy) to the held-out part's features extracted here."""
+    from dataclasses import replace
+
+    from tests._oracles import fid_scipy
+
+    from decentdiff.config import resolve
+    from decentdiff.evaluation import features as FE
+    from decentdiff.evaluation.evaluate import feature_net
+    from decentdiff.generate import generate
+    from decentdiff.run import Run
+
+    r = Run(run)
+    cfg = resolve(base=r.base_config())
+    data = r.data(cfg, create=False)
+    net, _ = feature_net(r, data, "classifier", progress=False)
+    held = FE.extract(net, data.images[data.heldout_idx])["features"]
+    train = FE.extract(net, data.images[data.train_idx])["features"]
+    fakes = []
+    for i, row in enumerate(per):
+        s = replace(cfg.sample, n=row["n"], steps=row["steps"], seed=row["seed"])
+        s = replace(s, solver=row["solver"])
+        mine = FE.extract(net, generate(r, f"client:{i}", s, progress=False).images)["features"]
+        with np.load(run / row["fake_features"]) as z:
+            fake = z["features"]
+        np.testing.assert_allclose(fake, mine, rtol=1e-5, atol=1e-5)
+        assert row["n_real"] == len(data.heldout_idx)
+        assert row["fid"] == pytest.approx(fid_scipy(held, fake), rel=1e-4)
+        assert abs(fid_scipy(train, fake) - row["fid"]) > 1e-3  # the training part would differ
+        fakes.append(fake)
+    assert not np.allclose(fakes[0], fakes[1])  # the clients' models sample differently
+
+
 @pytest.mark.slow
 def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_path):
     run = tmp_path / "run"
@@ -89,6 +124,7 @@ def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_
     assert summary["fid"]["std"] == pytest.approx(fids.std())
     assert (summary["fid"]["min"], summary["fid"]["max"]) == (fids.min(), fids.max())
     assert "per-client FID" in out
+    _each_row_scores_its_own_client_against_held_out_data(run, per)
     code, out, err = cli(
         capsys,
         "sample",

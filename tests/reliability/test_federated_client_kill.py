@@ -1,7 +1,8 @@
 """A federated client process SIGKILLed in the middle of a round does not stop the federation.
 
-`decentdiff fed run` runs as a user runs it (a subprocess); once round 1 is on disk, one of the Ray
-worker processes that execute the ClientApp is killed with SIGKILL while round 2 trains. Ray
+`decentdiff fed run` runs as a user runs it (a subprocess). Each client records what it is doing
+in RUN/federated/live/client-<i>.json (round, state, PID); as soon as one says it is training
+round 2, that process (a Ray worker of this test's own process tree) is killed with SIGKILL. Ray
 restarts the worker and re-runs its task; since a client round is a pure function of (seed,
 round, client), every round completes with all clients and the final global model is bitwise the
 one of a federation that nobody killed. (Found by this test: without the restart, Flower 1.41
@@ -39,23 +40,26 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
-def _client_workers(root: int) -> list[int]:
-    """PIDs of Ray worker processes running Flower's ClientApp actor (named by Ray) that belong
-    to the federation started as ``root``: no other process on the machine is ever touched."""
+def _busy_client(run, root: int, round_: int):
+    """(partition, pid) of a client that its own marker (RUN/federated/live/client-<i>.json)
+    says is training ``round_`` in a process of the federation started as ``root``; else None.
+    Only a process of this test's own tree is ever returned."""
     mine = _descendants(root)
-    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [
-        int(line.split()[0])
-        for line in out.splitlines()
-        if "ClientAppActor" in line and int(line.split()[0]) in mine
-    ]
+    for f in sorted((run / "federated" / "live").glob("client-*.json")):
+        try:
+            m = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue  # replaced atomically, but a reader may still race the first write
+        if m["round"] == round_ and m["state"] == "training" and m["pid"] in mine:
+            return m["partition"], m["pid"]
+    return None
 
 
 @pytest.mark.slow
 def test_a_client_killed_mid_round_does_not_stop_the_federation(tmp_path):
     run, twin = tmp_path / "fed", tmp_path / "twin"
     args = ["--data", "digits", "--preset", "tiny", "--clients", "3", "--rounds", "2"]
-    args += ["--local-steps", "200", "--batch", "32", "--min-replies", "2"]
+    args += ["--local-steps", "60", "--batch", "32", "--min-replies", "2"]
     args += ["--eval-n", "0", "--quiet", "--set", "train.threads=1"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "decentdiff", "fed", "run", str(run), *args],
@@ -64,26 +68,28 @@ def test_a_client_killed_mid_round_does_not_stop_the_federation(tmp_path):
         text=True,
     )
     rounds = run / "federated" / "rounds.jsonl"
-    killed, rounds_at_kill = None, None
+    killed, rounds_at_kill, marker_after = None, None, None
     # Deadlines only a hung run reaches: on a loaded machine (two CPU hogs beside it) 300 s
     # was not enough for the federation to finish its rounds.
     deadline = time.monotonic() + 900
     try:
         while killed is None and time.monotonic() < deadline and proc.poll() is None:
-            if rounds.is_file() and rounds.read_text().count("\n") >= 1:
-                time.sleep(0.5)  # round 2 is under way: every worker has a client to train
-                workers = _client_workers(proc.pid)
-                if workers:
-                    killed = workers[0]
-                    os.kill(killed, signal.SIGKILL)
-                    rounds_at_kill = rounds.read_text().count("\n")
-            time.sleep(0.2)
+            busy = _busy_client(run, proc.pid, round_=2)
+            if busy is not None:
+                partition, killed = busy
+                os.kill(killed, signal.SIGKILL)
+                rounds_at_kill = rounds.read_text().count("\n")
+                marker = run / "federated" / "live" / f"client-{partition}.json"
+                marker_after = json.loads(marker.read_text())
+            time.sleep(0.1)
         out, err = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert killed is not None, "no ClientApp worker process was found to kill"
+    assert killed is not None, "no client was seen training round 2"
     assert rounds_at_kill == 1, "the kill came after round 2 had finished: not mid-round"
+    # The killed process never wrote "done": it died in the middle of its task.
+    assert marker_after["pid"] == killed and marker_after["state"] == "training"
     assert proc.returncode == 0, err[-3000:]
     rows = [json.loads(x) for x in rounds.read_text().splitlines() if x.strip()]
     assert [r["round"] for r in rows] == [1, 2]

@@ -236,6 +236,44 @@ def _node_int(ctx: Context, key: str, default: int) -> int:
     return int(v)
 
 
+def activity_path(run_dir: str | Path, partition: int) -> Path:
+    """Where client ``partition`` records what it is doing: RUN/federated/live/client-<i>.json."""
+    return Path(run_dir) / "federated" / "live" / f"client-{partition}.json"
+
+
+def write_activity(settings: FedSettings, partition: int, round_: int, state: str) -> None:
+    """Record that this process is ``state`` ("training" or "done") round ``round_``.
+
+    One small JSON file per client, replaced atomically: partition, round, state, the PID of the
+    process doing the work, host and time. It lets a user (or a test) see which client is busy
+    and with which process. Written only where the RUN exists on this machine (a simulation, or
+    a deployment on one host); a failure to write never fails the round.
+    """
+    import json
+    import os
+    import socket
+    import time
+
+    if not settings.run_dir or not (Path(settings.run_dir) / "federated").is_dir():
+        return
+    path = activity_path(settings.run_dir, partition)
+    row = {
+        "partition": partition,
+        "round": round_,
+        "state": state,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    try:
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(row) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 def _out_dir(ctx: Context, settings: FedSettings, partition: int) -> Path | None:
     if "out-dir" in ctx.node_config:
         return Path(str(ctx.node_config["out-dir"]))
@@ -277,6 +315,7 @@ def train_handler(msg: Message, ctx: Context) -> Message:
             if saved_round in (round_ - 1, round_):
                 state, steps_before, source = arrays, saved_step, 2
     threads = _node_int(ctx, "threads", 0) or settings.client_threads
+    write_activity(settings, partition, round_, "training")
     update, local, metrics = client_round(
         settings, data, round_, received, report, state, threads=threads
     )
@@ -290,6 +329,7 @@ def train_handler(msg: Message, ctx: Context) -> Message:
         ctx.state.config_records[ROUND_KEY] = ConfigRecord({"round": round_, "step": step})
         if out is not None:
             save_personal(out, settings, data, local, round=round_, step=step)
+    write_activity(settings, partition, round_, "done")
     reply = RecordDict(
         {
             "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in update.items()}),
