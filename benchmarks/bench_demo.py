@@ -74,7 +74,7 @@ def bench_demo(ctx: Context) -> dict[str, Any]:
     out = root / "docs" / "figures"
     out.mkdir(parents=True, exist_ok=True)
     from decentdiff.ddm.defaults import DEFAULT_ROUTING, DEFAULT_ROUTINGS
-    from decentdiff.report import sample_name
+    from decentdiff.loading import sample_name
 
     names = [sample_name("ensemble", r) for r in DEFAULT_ROUTINGS] + ["monolith"]
     for name in names:

@@ -77,6 +77,8 @@ class SampleConfig:
     seed: int = 0
     ema: bool = True  # sample from the EMA weights
     batch: int = 256  # images per forward pass
+    model: str = ""  # which model of the RUN; "" = the command's default (see `sample --help`)
+    routing: str = "auto"  # an ensemble's routing (ddm/defaults.py: auto resolves by the RUN)
 
 
 @dataclass
@@ -174,12 +176,34 @@ def parse_set(items: list[str] | None) -> dict[str, dict[str, str]]:
     return out
 
 
+#: Named overrides (a command line's explicit options, a library call's keyword arguments) and
+#: the config value each one sets.
+OVERRIDES: dict[str, tuple[str, str]] = {
+    "data": ("data", "source"),
+    "preset": ("model", "preset"),
+    "objective": ("objective", "kind"),
+    "steps": ("train", "steps"),
+    "batch": ("train", "batch"),
+    "seed": ("train", "seed"),
+    "class_cond": ("model", "class_cond"),
+    "n": ("sample", "n"),
+    "sample_steps": ("sample", "steps"),
+    "solver": ("sample", "solver"),
+    "guidance": ("sample", "guidance"),
+    "sample_seed": ("sample", "seed"),
+    "model_spec": ("sample", "model"),
+    "routing": ("sample", "routing"),
+}
+
+
 def resolve(
     config_file: str | Path | None = None,
     sets: list[str] | None = None,
     base: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> Config:
-    """Defaults, then ``base`` (e.g. a RUN's run.toml), then the file, then ``--set``."""
+    """Defaults, then ``base`` (e.g. a RUN's run.toml), then the file, then ``--set``, then the
+    named ``overrides`` that are not None (keys of :data:`OVERRIDES`)."""
     cfg = Config()
     if base:
         apply_dict(cfg, base, "run.toml")
@@ -187,6 +211,12 @@ def resolve(
         apply_dict(cfg, load_toml(config_file), str(config_file))
     if sets:
         apply_dict(cfg, parse_set(sets), "--set")
+    for name, value in overrides.items():
+        if name not in OVERRIDES:
+            raise TypeError(f"unknown override {name!r}; known: {', '.join(OVERRIDES)}")
+        if value is not None:
+            section, key = OVERRIDES[name]
+            setattr(getattr(cfg, section), key, value)
     return cfg
 
 

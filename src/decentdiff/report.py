@@ -12,12 +12,8 @@ import torch
 from .config import Config
 from .ddm.defaults import DEFAULT_ROUTING, DEFAULT_ROUTINGS
 from .evaluation.evaluate import evaluate, find_row, read_rows, sample_key
+from .loading import sample_name
 from .run import Run
-
-
-def sample_name(model: str, routing: str | None) -> str:
-    """File stem of a model's samples: ``ensemble-topk2``, ``ensemble-schedule0.5-top1``."""
-    return model if routing is None else f"{model}-{routing.replace(':', '').replace(',', '-')}"
 
 
 def available_models(run: Run) -> list[str]:
@@ -63,7 +59,7 @@ def compare(
         if "ensemble" in models and (has_router or not parse_routing(r).needs_router)
     ]
     jobs += [(m, None) for m in models if m != "ensemble"]
-    from .generate import resolve_solver
+    from .loading import resolve_solver
 
     for model, routing in jobs:
         solver = resolve_solver(run, model, cfg.sample.solver)

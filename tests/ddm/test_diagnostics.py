@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from decentdiff.ddm.diagnostics import expected_calibration_error
+from decentdiff.ddm.calibration import expected_calibration_error
 from decentdiff.ddm.ensemble import EnsembleVelocity
 
 

@@ -204,7 +204,7 @@ def test_solver_auto_follows_the_objectives(run, tmp_path, capsys):
     import shutil
 
     from decentdiff.config import resolve
-    from decentdiff.generate import resolve_solver
+    from decentdiff.loading import resolve_solver
 
     mixed = tmp_path / "mixed"
     shutil.copytree(run, mixed)

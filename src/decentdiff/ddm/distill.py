@@ -49,6 +49,7 @@ def distill(
     fresh: bool = False,
     progress: bool = True,
     teacher: str = "own",
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """Train ``RUN/distilled`` from the K experts of RUN.
 
@@ -59,6 +60,7 @@ def distill(
         batch: student batch (None = ``train.batch`` / 4).
         fresh: start over instead of resuming.
         teacher: ``own`` or a per-step routing of the ensemble (see the module docstring).
+        preset: the student's model size (None: the experts' architecture).
 
     Returns:
         The student's meta.json. ``train_flops`` counts the student's forward+backward *and* the
@@ -67,6 +69,10 @@ def distill(
         experts themselves cost to train.
     """
     check_teacher(teacher)  # before anything is loaded
+    if preset is not None:
+        from ..models.registry import unet_config
+
+        unet_config(preset, 1)  # an unknown preset fails here, with the choices
     out = run.model_dir("distilled")
     if not fresh and (out / "meta.json").is_file():
         import json
@@ -100,6 +106,8 @@ def distill(
             "(retrain the experts with the same --preset)"
         )
     ucfg = UNetConfig.from_dict(metas[0]["unet"])
+    if preset is not None:
+        ucfg = unet_config(preset, ucfg.in_channels, ucfg.num_classes)
     n_cls = ucfg.num_classes
     routed = None if teacher == "own" else _routed_teacher(run, teacher, device)
     # The student is a flow-matching model whatever its teachers were (ε-teachers are converted).

@@ -116,3 +116,8 @@ def expert_metas(run: Run, num_parts: int, partition_id: str | None = None) -> l
             )
         metas.append(meta)
     return metas
+
+
+def expert_summary(k: int, meta: dict[str, Any]) -> str:
+    """One line per trained expert: step, shard size, loss."""
+    return f"expert {k}: step {meta['step']}, {meta['shard_size']} images, loss {meta.get('loss')}"

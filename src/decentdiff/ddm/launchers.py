@@ -12,7 +12,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,6 @@ from ..config import Config, dump_toml
 from ..errors import ConfigError, TrainingError
 from ..run import Run
 from .store import load_partition
-
-LAUNCHERS = ("local", "process", "ray")
 
 
 def _config_file(run: Run, cfg: Config) -> Path:
@@ -84,30 +83,68 @@ def train_experts(
         {k: meta.json of expert k}.
     """
     from ..training.checkpoint import read_meta
-    from .experts import train_expert
     from .store import expert_dir
 
     if launcher not in LAUNCHERS:
         raise ConfigError(f"unknown --launcher {launcher!r}; choose one of: {', '.join(LAUNCHERS)}")
     rec = load_partition(run)
     ks = list(range(rec.num_parts)) if experts is None else list(experts)
-    if launcher == "local":
-        return {
-            k: train_expert(run, k, cfg, batch=batch, fresh=fresh, progress=progress) for k in ks
-        }
     cores = os.cpu_count() or 1
     jobs = jobs if jobs is not None else min(len(ks), cores)
     if jobs < 1:
         raise ConfigError(f"--jobs must be ≥ 1, got {jobs}")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be ≥ 1, got {threads}")
-    threads = threads if threads is not None else max(1, cores // jobs)
-    config = _config_file(run, cfg)
-    if launcher == "process":
-        _run_processes(run, ks, config, jobs=jobs, batch=batch, fresh=fresh, threads=threads)
-    else:
-        _run_ray(run, ks, config, jobs, address, batch, fresh, threads, max_retries)
+    islands = Islands(
+        run=run,
+        ks=ks,
+        cfg=cfg,
+        jobs=jobs,
+        threads=threads if threads is not None else max(1, cores // jobs),
+        batch=batch,
+        fresh=fresh,
+        progress=progress,
+        address=address,
+        max_retries=max_retries,
+    )
+    LAUNCHERS[launcher](islands)
     return {k: read_meta(expert_dir(run, k)) for k in ks}
+
+
+@dataclass(frozen=True)
+class Islands:
+    """The experts to train and how: what every launcher receives."""
+
+    run: Run
+    ks: list[int]
+    cfg: Config
+    jobs: int  # at most this many islands at once (process, ray)
+    threads: int  # torch threads (and Ray CPUs) per island
+    batch: int | None
+    fresh: bool
+    progress: bool  # progress bars (local only: other launchers log to RUN/.launch)
+    address: str | None  # Ray cluster address (None: a local Ray)
+    max_retries: int  # Ray retries per island
+
+
+def _launch_local(i: Islands) -> None:
+    """This process, one expert after another."""
+    from .experts import train_expert
+
+    for k in i.ks:
+        train_expert(i.run, k, i.cfg, batch=i.batch, fresh=i.fresh, progress=i.progress)
+
+
+def _launch_processes(i: Islands) -> None:
+    config = _config_file(i.run, i.cfg)
+    _run_processes(
+        i.run, i.ks, config, jobs=i.jobs, batch=i.batch, fresh=i.fresh, threads=i.threads
+    )
+
+
+def _launch_ray(i: Islands) -> None:
+    config = _config_file(i.run, i.cfg)
+    _run_ray(i.run, i.ks, config, i.jobs, i.address, i.batch, i.fresh, i.threads, i.max_retries)
 
 
 def _run_processes(
@@ -201,3 +238,11 @@ def _run_ray(
     finally:
         if started_here:
             ray.shutdown()
+
+
+#: ``--launcher`` name -> the function that trains a set of islands with it.
+LAUNCHERS: dict[str, Callable[[Islands], None]] = {
+    "local": _launch_local,
+    "process": _launch_processes,
+    "ray": _launch_ray,
+}

@@ -17,14 +17,16 @@ from .store import PartitionRecord, expert_dir, load_partition
 
 
 def resolve_routing(run: Run, routing: str) -> str:
-    """``auto`` -> the routing :data:`~decentdiff.ddm.defaults.AUTO_ROUTING` gives this RUN's kind
-    of model (run.toml's ``model.class_cond``); any other spec is returned unchanged."""
+    """The canonical name of a routing spec (``TOP-1 `` is not a spec; `` Top1`` -> ``top1``,
+    ``nucleus:0.90`` -> ``nucleus:0.9``), which metric rows and file names use; ``auto`` -> the
+    routing :data:`~decentdiff.ddm.defaults.AUTO_ROUTING` gives this RUN's kind of model
+    (run.toml's ``model.class_cond``). ConfigError for a spec that does not parse."""
     from ..config import resolve
     from .defaults import auto_routing
 
-    if routing.strip().lower() != "auto":
-        return routing
-    return auto_routing(resolve(base=run.base_config()).model.class_cond)
+    if routing.strip().lower() == "auto":
+        routing = auto_routing(resolve(base=run.base_config()).model.class_cond)
+    return str(parse_routing(routing))
 
 
 def load_ensemble(

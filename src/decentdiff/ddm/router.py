@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..config import Config
+from ..diffusion.paths import noisy
 from ..errors import CheckpointError
 from ..models.router import Router, RouterConfig, router_config
 from ..run import Run
@@ -28,11 +29,6 @@ from .store import PartitionRecord, load_partition
 
 def router_dir(run: Run) -> Path:
     return run.path / "router"
-
-
-def _noisy(x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-    tb = t.reshape(-1, 1, 1, 1)
-    return (1 - tb) * x0 + tb * eps
 
 
 def train_router(
@@ -88,7 +84,7 @@ def fit_router(
         x0, cond, idx = draw(g)
         t = torch.rand(x0.shape[0], generator=g).to(device)
         eps = torch.randn(x0.shape, generator=g).to(device)
-        logits = m(_noisy(x0, t, eps), t, cond)
+        logits = m(noisy(x0, t, eps), t, cond)
         target = parts[idx].to(device)
         loss = F.cross_entropy(logits, target)
         return loss, {"acc": float((logits.argmax(1) == target).float().mean())}
@@ -161,9 +157,19 @@ def router_accuracy(
 
     Returns a dict with ``t`` (bin centres), ``accuracy`` per bin, and ``prior`` (the accuracy of
     always answering the largest cluster: what the router must beat). The same draws as
-    :func:`decentdiff.ddm.diagnostics.calibration`, which also gives entropy, NLL and ECE.
+    :func:`decentdiff.ddm.calibration.calibration`, which also gives entropy, NLL and ECE.
     """
-    from .diagnostics import calibration
+    from .calibration import calibration
 
     cal = calibration(router, images, labels, assignments, bins=bins, n=n, device=device, seed=seed)
     return {k: cal[k] for k in ("t", "accuracy", "prior", "n")}
+
+
+def router_summary(run: Run, meta: dict[str, Any]) -> str:
+    """One line: the router's accuracy at the lowest and highest noise level measured."""
+    acc = meta["accuracy"]
+    return (
+        f"router: step {meta['step']}, accuracy {acc['accuracy'][0]:.2f} (t≈{acc['t'][0]:.2f}) "
+        f"… {acc['accuracy'][-1]:.2f} (t≈{acc['t'][-1]:.2f}); prior {acc['prior']:.2f} "
+        f"-> {run.path / 'figures' / 'router_accuracy.png'}"
+    )

@@ -6,6 +6,9 @@ x_t = (1 − t)·x0 + t·ε (rectified flow). Every trained model is used throug
 directly; DDPM ε-prediction models are wrapped by :class:`EpsilonVelocity`, which matches the
 signal-to-noise ratio of the flow time t to a DDPM step (PAPERS.md §2, Heterogeneous DDM).
 
+The convention lives in code only here: :func:`alpha`, :func:`sigma` and :func:`noisy` (and the
+conversions below, derived from them); every other module calls these.
+
 Conversions used throughout (α_t = 1 − t, σ_t = t):
     x̂0 = x_t − t·v          ε̂ = x_t + (1 − t)·v          v = ε̂ − x̂0
 A VP (DDPM) state x' = √ᾱ·x0 + √(1−ᾱ)·ε is the flow state scaled by c = 1/√((1−t)² + t²), with
@@ -36,23 +39,43 @@ def bcast(t: Tensor, x: Tensor) -> Tensor:
     return t.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
 
+# ---------------------------------------------------------------- the time convention
+def alpha(t: Tensor | float) -> Tensor | float:
+    """Signal coefficient α_t = 1 − t of x_t = α_t·x0 + σ_t·ε."""
+    return 1 - t
+
+
+def sigma(t: Tensor | float) -> Tensor | float:
+    """Noise coefficient σ_t = t of x_t = α_t·x0 + σ_t·ε."""
+    return t
+
+
+def noisy(x0: Tensor, t: Tensor | float, eps: Tensor) -> Tensor:
+    """x_t = α_t·x0 + σ_t·ε for per-example times t (B,) or one time (a float)."""
+    if isinstance(t, Tensor):
+        t = bcast(t, x0)
+    return alpha(t) * x0 + sigma(t) * eps
+
+
 # ---------------------------------------------------------------- conversions (flow space)
 def x0_from_velocity(x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
-    return x_t - bcast(t, x_t) * v
+    """x̂0 = x_t − σ_t·v (v = ε − x0 and α_t + σ_t = 1)."""
+    return x_t - sigma(bcast(t, x_t)) * v
 
 
 def eps_from_velocity(x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
-    return x_t + (1 - bcast(t, x_t)) * v
+    """ε̂ = x_t + α_t·v."""
+    return x_t + alpha(bcast(t, x_t)) * v
 
 
 def vp_scale(t: Tensor) -> Tensor:
-    """c(t) = 1/√((1−t)² + t²): multiplies a flow state into the variance-preserving (DDPM) space."""
-    return torch.rsqrt((1 - t) ** 2 + t**2)
+    """c(t) = 1/√(α_t² + σ_t²): multiplies a flow state into the variance-preserving (DDPM) space."""
+    return torch.rsqrt(alpha(t) ** 2 + sigma(t) ** 2)
 
 
 def alpha_bar_from_time(t: Tensor) -> Tensor:
     """ᾱ of the DDPM state that has the same signal-to-noise ratio as flow time t."""
-    return (1 - t) ** 2 / ((1 - t) ** 2 + t**2)
+    return alpha(t) ** 2 / (alpha(t) ** 2 + sigma(t) ** 2)
 
 
 def time_from_alpha_bar(alpha_bar: Tensor) -> Tensor:
@@ -63,7 +86,7 @@ def time_from_alpha_bar(alpha_bar: Tensor) -> Tensor:
 
 def start_scale(t0: float) -> float:
     """Std of x_t at time t0 for data of negligible size: lets a sampler start at t0 < 1 (DDPM grids)."""
-    return math.sqrt((1 - t0) ** 2 + t0**2)
+    return math.sqrt(alpha(t0) ** 2 + sigma(t0) ** 2)
 
 
 # ---------------------------------------------------------------- schedules
@@ -133,8 +156,7 @@ class FlowMatching:
         return torch.sigmoid(torch.randn(n, generator=generator))
 
     def noisy(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        tb = bcast(t, x0)
-        return (1 - tb) * x0 + tb * eps
+        return noisy(x0, t, eps)
 
     def loss(
         self, model: nn.Module, x0: Tensor, cond: Tensor | None, generator: torch.Generator
@@ -234,13 +256,27 @@ class EpsilonVelocity(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         eps = self.model(bcast(vp_scale(t), x) * x, self.ddpm.model_time(t), cond)
         tb = bcast(t, x)
-        x0 = (x - tb * eps) / (1 - tb).clamp(min=1e-4)
+        x0 = (x - sigma(tb) * eps) / alpha(tb).clamp(min=1e-4)
         if self.clip_x0 is not None:
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
         return eps - x0
 
 
-OBJECTIVES = {"fm": FlowMatching, "ddpm": DDPM}
+def _flow_matching(*, time_dist: str, loss: str, weighting: str, **_) -> FlowMatching:
+    if weighting != "uniform":
+        raise ConfigError(
+            f"objective.weighting={weighting} applies to --objective ddpm only (flow matching "
+            "already regresses the velocity); set objective.weighting=uniform"
+        )
+    return FlowMatching(time_dist=time_dist, loss=loss)
+
+
+def _ddpm(*, schedule: str, timesteps: int, loss: str, weighting: str, **_) -> DDPM:
+    return DDPM(schedule=schedule, timesteps=timesteps, loss=loss, weighting=weighting)
+
+
+#: Objective kinds: each builds its objective from the config values it uses.
+OBJECTIVES: dict[str, Callable[..., FlowMatching | DDPM]] = {"fm": _flow_matching, "ddpm": _ddpm}
 
 
 def make_objective(
@@ -253,13 +289,8 @@ def make_objective(
     weighting: str = "uniform",
 ) -> FlowMatching | DDPM:
     """Build an objective from config values; unknown kinds list the valid choices."""
-    if kind == "fm":
-        if weighting != "uniform":
-            raise ConfigError(
-                f"objective.weighting={weighting} applies to --objective ddpm only (flow matching "
-                "already regresses the velocity); set objective.weighting=uniform"
-            )
-        return FlowMatching(time_dist=time_dist, loss=loss)
-    if kind == "ddpm":
-        return DDPM(schedule=schedule, timesteps=timesteps, loss=loss, weighting=weighting)
-    raise ConfigError(f"unknown objective {kind!r}; choose one of: {', '.join(OBJECTIVES)}")
+    if kind not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {kind!r}; choose one of: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[kind](
+        time_dist=time_dist, schedule=schedule, loss=loss, timesteps=timesteps, weighting=weighting
+    )

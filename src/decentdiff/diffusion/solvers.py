@@ -15,7 +15,17 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .paths import DDPM, Velocity, bcast, eps_from_velocity, start_scale, x0_from_velocity
+from .paths import (
+    DDPM,
+    Velocity,
+    alpha,
+    bcast,
+    eps_from_velocity,
+    noisy,
+    sigma,
+    start_scale,
+    x0_from_velocity,
+)
 
 
 def uniform_grid(steps: int) -> Tensor:
@@ -88,18 +98,17 @@ def ddim(
         x0, eps = x0_from_velocity(x, t, v), eps_from_velocity(x, t, v)
         if clip_x0 is not None:
             x0 = x0.clamp(-clip_x0, clip_x0)
-        s = float(ts[i + 1])
-        x = (1 - s) * x0 + s * eps
+        x = noisy(x0, float(ts[i + 1]), eps)
     return x
 
 
 def ddpm_step(x: Tensor, t: float, s: float, x0: Tensor, noise: Tensor | None) -> Tensor:
-    """One ancestral step t → s < t: a draw from q(x_s | x_t, x̂0) for α = 1 − t, σ = t.
+    """One ancestral step t → s < t: a draw from q(x_s | x_t, x̂0) (α, σ of :mod:`.paths`).
 
     With α_{t|s} = α_t/α_s and σ²_{t|s} = σ_t² − α_{t|s}²σ_s², the posterior has
     mean α_{t|s}σ_s²/σ_t²·x_t + α_s σ²_{t|s}/σ_t²·x̂0 and variance σ²_{t|s}σ_s²/σ_t² (Kingma et al. 2021).
     """
-    a_t, a_s, sig_t, sig_s = 1 - t, 1 - s, t, s
+    a_t, a_s, sig_t, sig_s = alpha(t), alpha(s), sigma(t), sigma(s)
     a_ts = a_t / a_s
     var_ts = sig_t**2 - a_ts**2 * sig_s**2
     mean = (a_ts * sig_s**2 / sig_t**2) * x + (a_s * var_ts / sig_t**2) * x0

@@ -110,7 +110,7 @@ def evaluate(
         routing = resolve_routing(run, routing)  # the row records what was sampled
     from dataclasses import replace
 
-    from ..generate import resolve_solver
+    from ..loading import resolve_solver
 
     # The row, the cache name and later matches record the solver actually used.
     solver = resolve_solver(run, model, cfg.sample.solver)
@@ -169,10 +169,10 @@ def evaluate(
 
 
 def _fake_path(run: Run, model: str, routing: str, cfg: Config, features: str) -> Path:
-    from ..ddm.ensemble import parse_routing
+    from ..loading import sample_name
 
     s = cfg.sample
-    name = model if model != "ensemble" else f"ensemble-{parse_routing(routing)}"
+    name = sample_name(model, routing if model == "ensemble" else None)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     stem = f"{safe}-{features}-n{s.n}-s{s.seed}-{s.steps}{s.solver}-g{s.guidance:g}"
     return run.path / "eval" / "fake" / f"{stem}-b{s.batch}-{'ema' if s.ema else 'raw'}.npz"

@@ -1,0 +1,99 @@
+"""Step 1 of DDM: cluster a RUN's training images into K disjoint parts and record them.
+
+:func:`partition_run` is what ``decentdiff partition`` (and the demo) does: features (PCA or the
+classifier's), k-means / random / label partition, the record with the clustering itself (fine
+centroids, fine → coarse map) and the cluster prior the default routing draws from, and a figure.
+A failed partition of a new RUN leaves no half-made RUN behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Config
+from ..errors import ConfigError, DecentDiffError
+from ..run import Run
+from .store import PartitionRecord, partition_path, save_partition
+
+
+@dataclass
+class Partitioned:
+    record: PartitionRecord
+    path: Path  # RUN/partition.npz
+    figure: Path  # RUN/figures/partition.png
+    images: int  # training images partitioned
+
+    def summary(self) -> str:
+        """One line: how, how many, the cluster sizes."""
+        rec = self.record
+        how = rec.method + (f", {rec.features}" if rec.method == "kmeans" else "")
+        sizes = " ".join(str(int(s)) for s in rec.sizes())
+        return f"partition ({how}) of {self.images} images into {rec.num_parts}: sizes {sizes}"
+
+
+def partition_run(
+    run: Run,
+    cfg: Config,
+    parts: int,
+    *,
+    by: str = "kmeans",
+    features: str = "pca",
+    seed: int = 0,
+    fine: int | None = None,
+    force: bool = False,
+) -> Partitioned:
+    """Split RUN's training part into ``parts`` clusters into RUN/partition.npz.
+
+    Args:
+        by: ``kmeans`` (the paper), ``random`` or ``label`` (controls).
+        features: ``pca`` or ``classifier`` (k-means only).
+        fine: fine k-means centroids (default min(1024, N/4)).
+        force: replace a partition that experts were already trained on.
+    """
+    from ..data.features import featurize
+    from ..data.partition import make_partition
+    from ..figures import partition_figure
+    from .membership import prior_arrays
+
+    if partition_path(run).exists() and (run.path / "experts").exists() and not force:
+        raise ConfigError(
+            f"{run.path} already has a partition with trained experts; use a new RUN, or --force "
+            "(the experts and router must then be retrained with --fresh)"
+        )
+    new_run = not run.toml_path.is_file()
+    d = run.data(cfg)
+    images = d.images[d.train_idx]
+    labels = d.labels[d.train_idx] if d.labels is not None else None
+    try:
+        feats = featurize(images, features, labels=labels, seed=seed) if by == "kmeans" else None
+        p = make_partition(
+            by, k=parts, features=feats, labels=labels, n=len(images), seed=seed, n_fine=fine
+        )
+    except DecentDiffError:
+        if new_run:  # a failed partition leaves no half-made RUN behind
+            run.toml_path.unlink(missing_ok=True)
+        raise
+    rec = PartitionRecord(
+        assignments=np.asarray(p.assignments, dtype=np.int64),
+        num_parts=parts,
+        method=by,
+        features=features if by == "kmeans" else "none",
+        seed=seed,
+        fingerprint=d.fingerprint,
+        centroids=p.centroids,
+    )
+    # The clustering itself travels too (fine centroids, fine -> coarse map, parameters): a new
+    # image can be assigned to a cluster from RUN alone.
+    extra = {
+        f"kmeans_{k}": v
+        for k, v in p.to_arrays().items()
+        if k in ("fine_centroids", "fine_to_coarse", "params")
+    }
+    # The prior the default `mixture` routing draws experts from, so sampling needs no data.
+    extra.update(prior_arrays(rec.assignments, labels, d.num_classes, rec.num_parts))
+    path = save_partition(run, rec, d.train_idx, extra)
+    fig = partition_figure(images, rec.parts(), run.path / "figures" / "partition.png")
+    return Partitioned(record=rec, path=path, figure=fig, images=len(images))

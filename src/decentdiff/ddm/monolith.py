@@ -1,0 +1,52 @@
+"""The baseline DDM is compared with: one model trained on all training data (RUN/monolith),
+optionally FLOP-matched to the experts (batch = the sum of their batches, the same steps)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import Config
+from ..run import Run
+
+
+def flop_match(run: Run, cfg: Config) -> int:
+    """Set ``cfg.train`` to the experts' total compute: batch = the sum of the experts' batches,
+    steps = the most steps any expert was trained for. Returns K (needs trained experts)."""
+    from .experts import expert_metas
+    from .store import load_partition
+
+    rec = load_partition(run)
+    metas = expert_metas(run, rec.num_parts, rec.partition_id)
+    cfg.train.batch = sum(m["train"]["batch"] for m in metas)
+    cfg.train.steps = max(m["train"]["steps"] for m in metas)
+    return rec.num_parts
+
+
+def train_monolith(
+    run: Run, cfg: Config, *, fresh: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train the monolith on every training image of RUN into RUN/monolith; returns meta.json."""
+    from ..training.generative import train_generative
+
+    d = run.data(cfg)
+    out = run.model_dir("monolith")
+    return train_generative(
+        out,
+        d.images[d.train_idx],
+        d.labels[d.train_idx] if d.labels is not None else None,
+        d.num_classes,
+        cfg,
+        role="monolith",
+        meta={"data_fingerprint": d.fingerprint, "source": d.source},
+        metrics_path=out / "metrics.jsonl",
+        fresh=fresh,
+        progress=progress,
+    )
+
+
+def summary(run: Run, cfg: Config, meta: dict[str, Any]) -> str:
+    """One line: step, loss, size, where."""
+    return (
+        f"monolith: step {meta['step']}/{cfg.train.steps}, loss {meta.get('loss')}, "
+        f"{meta['params']:,} params -> {run.model_dir('monolith')}"
+    )

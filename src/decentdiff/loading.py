@@ -1,0 +1,266 @@
+"""One registry of the models a RUN can hold, and one way to load any of them for sampling.
+
+``--model`` specs: ``monolith``, ``distilled``, ``expert:K``, ``ensemble`` (the K experts mixed by
+a routing), and of a federated RUN ``federated`` (the global model) or ``client:I`` (a personal
+model). :func:`parse_model` validates a spec once; :func:`load_model` returns a
+:class:`LoadedModel` — the velocity callable, its networks (for FLOP counting), objectives,
+image shape, classes and training FLOPs — with per-batch hooks, so a sampler never needs to
+know what it samples. An ensemble's routing is resolved (``auto``) and canonicalised here, once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import SampleConfig
+from .errors import ConfigError
+from .run import Run
+
+#: Model kinds with an index (``expert:K``, ``client:I``) and without.
+INDEXED = ("expert", "client")
+PLAIN = ("ensemble", "monolith", "distilled", "federated", "global")
+
+#: The command that trains a model that is missing, for the error message.
+_HINTS = {
+    "monolith": "decentdiff train monolith {run}",
+    "distilled": "decentdiff distill {run}",
+    "expert": "decentdiff train expert {run} --expert {index}",
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed ``--model``: its kind and, for ``expert:K`` / ``client:I``, the index."""
+
+    kind: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.index is None else f"{self.kind}:{self.index}"
+
+
+def parse_model(spec: str | ModelSpec) -> ModelSpec:
+    """Validate a ``--model`` spec (ConfigError, one line, listing the choices)."""
+    if isinstance(spec, ModelSpec):
+        return spec
+    kind, sep, rest = str(spec).partition(":")
+    if kind in PLAIN and not sep:
+        return ModelSpec(kind)
+    if kind in INDEXED and sep:
+        letter = "K" if kind == "expert" else "I"
+        try:
+            return ModelSpec(kind, int(rest))
+        except ValueError:
+            raise ConfigError(
+                f"--model {spec!r}: expected {kind}:{letter} with an integer {letter}"
+            ) from None
+    raise ConfigError(
+        f"unknown --model {spec!r}; choose one of: ensemble, monolith, distilled, expert:K, "
+        "federated, client:I"
+    )
+
+
+def sample_name(model: str, routing: str | None) -> str:
+    """File stem of a model's samples and cached features: ``monolith``, ``ensemble-topk2``,
+    ``ensemble-schedule0.5-top1`` (``routing``: an ensemble's canonical routing, else None)."""
+    return model if routing is None else f"{model}-{routing.replace(':', '').replace(',', '-')}"
+
+
+def model_dir(run: Run, spec: str | ModelSpec) -> Path:
+    """The checkpoint directory of a single-network model (not ``ensemble``)."""
+    m = parse_model(spec)
+    if m.kind in ("monolith", "distilled"):
+        return run.model_dir(m.kind)
+    if m.kind == "expert":
+        from .ddm.store import check_expert_index, expert_dir, load_partition
+
+        check_expert_index(load_partition(run), m.index)
+        return expert_dir(run, m.index)
+    if m.kind in ("federated", "global", "client"):
+        from .federated.run import model_dir as federated_model_dir
+
+        return federated_model_dir(run.path, str(m))
+    raise ConfigError(f"--model {m} is not one network; it has no directory of its own")
+
+
+def objective_kinds(run: Run, model: str, drop: Sequence[int] = ()) -> list[str]:
+    """Objective kinds (``fm``, ``ddpm``) of the network(s) behind ``model`` (an ensemble's kept
+    experts), from meta.json alone; models not trained yet are skipped (loading them fails later
+    with the command to run)."""
+    if parse_model(model).kind == "ensemble":
+        from .ddm.store import expert_dir, load_partition
+
+        n = load_partition(run).num_parts
+        dirs = [expert_dir(run, k) for k in range(n) if k not in drop]
+    else:
+        dirs = [model_dir(run, model)]
+    kinds = []
+    for d in dirs:
+        try:
+            kinds.append(str(json.loads((d / "meta.json").read_text())["objective"]["kind"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return kinds
+
+
+def resolve_solver(run: Run, model: str, solver: str, drop: Sequence[int] = ()) -> str:
+    """``auto`` -> the solver that suits the model's objective(s) (:data:`AUTO_SOLVER`); an
+    ensemble with any ε-expert among those kept counts as ε. Other names are returned as they are."""
+    from .diffusion.solvers import AUTO_SOLVER, get_solver
+
+    if solver != "auto":
+        get_solver(solver)  # unknown names fail here, with the choices
+        return solver
+    kinds = objective_kinds(run, model, drop)
+    return AUTO_SOLVER["ddpm" if "ddpm" in kinds else "fm"]
+
+
+@dataclass
+class LoadedModel:
+    """A model of a RUN, ready to sample."""
+
+    spec: ModelSpec
+    velocity: Callable[..., Tensor]  # velocity(x_t, t, cond) -> v; guidance not yet applied
+    networks: dict[str, nn.Module]  # every network a forward pass may run (FLOP counting)
+    objectives: list[Any]  # of the networks behind the velocity (solver grid, auto solver)
+    image_shape: tuple[int, ...]
+    num_classes: int  # 0: unconditional
+    train_flops: float  # everything this model needed to be trained
+    routing: str | None = None  # an ensemble's canonical routing
+    guided_inside: bool = False  # True: classifier-free guidance is applied inside (experts)
+
+    def start_batch(self, start: int, size: int) -> None:
+        """Called before samples ``start .. start + size`` are drawn."""
+
+    def batch_routing(self) -> Tensor | None:
+        """(size, K) mean routing weight of each expert over the batch's trajectories, or None."""
+        return None
+
+
+@dataclass
+class LoadedEnsemble(LoadedModel):
+    ensemble: Any = None  # EnsembleVelocity
+    oracle: Tensor | None = None  # (N,) the expert of each sample, for ``oracle`` routing
+    device: Any = "cpu"
+
+    def start_batch(self, start: int, size: int) -> None:
+        self.ensemble.reset_trace()
+        if self.oracle is not None:
+            self.ensemble.oracle_labels = self.oracle[start : start + size].to(self.device)
+
+    def batch_routing(self) -> Tensor | None:
+        return self.ensemble.mean_weights().float().cpu()
+
+
+def load_model(
+    run: Run,
+    model: str | ModelSpec,
+    s: SampleConfig,
+    *,
+    routing: str = "auto",
+    drop: Sequence[int] = (),
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> LoadedModel:
+    """Load ``model`` of RUN for sampling ``s.n`` images (EMA weights if ``s.ema``).
+
+    Args:
+        routing: an ensemble's routing (``auto`` resolves by the RUN).
+        drop: experts left out of an ensemble.
+        generator: the sampling generator (stochastic routings and the oracle's draws use it).
+    """
+    m = parse_model(model)
+    if m.kind == "ensemble":
+        return _load_ensemble(run, s, routing, drop, device, generator)
+    if drop:
+        raise ConfigError("--drop-expert applies to --model ensemble only")
+    from .training.generative import load_generative
+
+    hint = _HINTS.get(m.kind, "").format(run=run.path, index=m.index)
+    velocity, unet, meta, objective = load_generative(
+        model_dir(run, m), ema=s.ema, device=device, make_hint=hint
+    )
+    return LoadedModel(
+        spec=m,
+        velocity=velocity,
+        networks={"model": unet},
+        objectives=[objective],
+        image_shape=tuple(meta["image_shape"]),
+        num_classes=unet.num_classes,
+        train_flops=float(meta.get("train_flops", 0.0)),
+    )
+
+
+def _load_ensemble(
+    run: Run,
+    s: SampleConfig,
+    routing: str,
+    drop: Sequence[int],
+    device: torch.device | str,
+    generator: torch.Generator | None,
+) -> LoadedEnsemble:
+    from .config import ObjectiveConfig
+    from .ddm.ensemble import parse_routing
+    from .ddm.load import load_ensemble, resolve_routing
+    from .ddm.router import router_dir
+    from .training.checkpoint import read_meta
+    from .training.generative import objective_from
+
+    routing = resolve_routing(run, routing)
+    oracle = None
+    if parse_routing(routing).kind == "oracle":
+        oracle = _oracle_draws(run, s.n, drop, generator)
+    ens, metas, rec, networks = load_ensemble(
+        run,
+        routing,
+        device=device,
+        ema=s.ema,
+        guidance=s.guidance,
+        generator=generator,
+        drop=tuple(drop),
+        oracle_labels=None if oracle is None else oracle[: s.batch].to(device),
+    )
+    kept = [k for k in range(rec.num_parts) if k not in drop]
+    train_flops = sum(m.get("train_flops", 0.0) for m in metas)
+    if "router" in networks:
+        train_flops += read_meta(router_dir(run)).get("train_flops", 0.0)
+    return LoadedEnsemble(
+        spec=ModelSpec("ensemble"),
+        velocity=ens,
+        networks=networks,
+        objectives=[objective_from(ObjectiveConfig(**metas[k]["objective"])) for k in kept],
+        image_shape=tuple(metas[kept[0]]["image_shape"]),
+        num_classes=networks[f"expert {kept[0]}"].num_classes,
+        train_flops=float(train_flops),
+        routing=routing,
+        guided_inside=True,
+        ensemble=ens,
+        oracle=oracle,
+        device=device,
+    )
+
+
+def _oracle_draws(
+    run: Run, n: int, drop: Sequence[int], generator: torch.Generator | None
+) -> Tensor | None:
+    """The paper's oracle: each sample is generated by the expert of "its" cluster, drawn from
+    the cluster sizes (the members' prior, as ``mixture`` draws unconditionally) among the
+    experts kept."""
+    from .config import resolve
+    from .ddm.membership import cluster_prior
+
+    prior = cluster_prior(run, resolve(base=run.base_config()), class_cond=False)
+    sizes = torch.as_tensor(prior, dtype=torch.float64)
+    for k in drop:
+        if 0 <= k < len(sizes):
+            sizes[k] = 0
+    if sizes.sum() <= 0:
+        return None
+    return torch.multinomial(sizes / sizes.sum(), n, replacement=True, generator=generator)
