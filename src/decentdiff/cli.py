@@ -331,7 +331,7 @@ def partition_cmd(
     import numpy as np
 
     from .data.features import featurize
-    from .data.partition import make_partition
+    from .data.partition import PARTITIONERS, make_partition
     from .ddm.store import PartitionRecord, partition_path, save_partition
     from .figures import partition_figure
     from .run import Run
@@ -347,8 +347,10 @@ def partition_cmd(
     d = r.data(cfg)
     images = d.images[d.train_idx]
     labels = d.labels[d.train_idx] if d.labels is not None else None
+    method = PARTITIONERS.get(by)  # None: make_partition reports the unknown method
+    featurised = method is not None and method.needs_features
     try:
-        feats = featurize(images, features, labels=labels, seed=seed) if by == "kmeans" else None
+        feats = featurize(images, features, labels=labels, seed=seed) if featurised else None
         p = make_partition(
             by, k=parts, features=feats, labels=labels, n=len(images), seed=seed, n_fine=fine
         )
@@ -360,7 +362,7 @@ def partition_cmd(
         assignments=np.asarray(p.assignments, dtype=np.int64),
         num_parts=parts,
         method=by,
-        features=features if by == "kmeans" else "none",
+        features=features if featurised else "none",
         seed=seed,
         fingerprint=d.fingerprint,
         centroids=p.centroids,
@@ -379,7 +381,7 @@ def partition_cmd(
     path = save_partition(r, rec, d.train_idx, extra)
     fig = partition_figure(images, rec.parts(), r.path / "figures" / "partition.png")
     typer.echo(
-        f"partition ({by}{', ' + features if by == 'kmeans' else ''}) of {len(images)} images into {parts}: sizes "
+        f"partition ({by}{', ' + features if featurised else ''}) of {len(images)} images into {parts}: sizes "
         + " ".join(str(int(s)) for s in rec.sizes())
     )
     typer.echo(f"-> {path}, {fig}")
