@@ -50,13 +50,13 @@ def run_demo(
     from .ddm.cluster import partition_run
     from .ddm.defaults import DEFAULT_ROUTINGS
     from .ddm.diagnostics import diagnose, summary_lines
-    from .ddm.ensemble import split_routings
     from .ddm.experts import expert_summary
     from .ddm.launchers import train_experts
     from .ddm.load import resolve_routing
     from .ddm.monolith import flop_match, train_monolith
     from .ddm.monolith import summary as monolith_summary
     from .ddm.router import router_summary, train_router
+    from .ddm.routing import split_routings
     from .ddm.store import partition_path
     from .evaluation.evaluate import read_rows
     from .report import _summary, compare, comparison_table, write_report

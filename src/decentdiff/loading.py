@@ -207,9 +207,9 @@ def _load_ensemble(
     generator: torch.Generator | None,
 ) -> LoadedEnsemble:
     from .config import ObjectiveConfig
-    from .ddm.ensemble import parse_routing
     from .ddm.load import load_ensemble, resolve_routing
     from .ddm.router import router_dir
+    from .ddm.routing import parse_routing
     from .training.checkpoint import read_meta
     from .training.generative import objective_from
 

@@ -50,7 +50,7 @@ def compare(
         )
     rows, key = [], {**sample_key(cfg), "features": features}
     existing = [] if recompute else read_rows(run)
-    from .ddm.ensemble import parse_routing
+    from .ddm.routing import parse_routing
 
     has_router = (run.path / "router" / "meta.json").is_file()
     jobs = [

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from decentdiff.ddm.ensemble import ROUTING_FORMS, EnsembleVelocity, Routing, parse_routing
+from decentdiff.ddm.ensemble import EnsembleVelocity
+from decentdiff.ddm.routing import ROUTING_FORMS, Routing, parse_routing
 from decentdiff.diffusion.reference import EmpiricalFlow, EmpiricalRouter, cluster_velocities
 from decentdiff.errors import ConfigError
 

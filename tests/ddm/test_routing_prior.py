@@ -8,7 +8,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from decentdiff.ddm.ensemble import EnsembleVelocity, Routing, parse_routing
+from decentdiff.ddm.ensemble import EnsembleVelocity
+from decentdiff.ddm.routing import Routing, parse_routing
 from decentdiff.diffusion.reference import EmpiricalFlow, EmpiricalRouter, cluster_velocities
 from decentdiff.errors import ConfigError
 

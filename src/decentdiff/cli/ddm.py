@@ -137,7 +137,7 @@ def diagnose(
     RUN/figures/routing_diagnostics.png; `report` shows them."""
     from ..ddm.diagnostics import diagnose as run_diagnose
     from ..ddm.diagnostics import summary_lines
-    from ..ddm.ensemble import split_routings
+    from ..ddm.routing import split_routings
     from ..run import Run
     from ..training.loop import resolve_device
 

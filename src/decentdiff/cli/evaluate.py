@@ -194,8 +194,8 @@ def compare(
     set_: SetOpt = None,
 ) -> None:
     """The ensemble under each routing vs the monolith (and distilled): a table like the paper's Table 1."""
-    from ..ddm.ensemble import split_routings
     from ..ddm.load import resolve_routing
+    from ..ddm.routing import split_routings
     from ..report import compare as run_compare
     from ..report import comparison_table
     from ..training.loop import resolve_device

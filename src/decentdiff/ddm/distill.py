@@ -190,7 +190,7 @@ def make_teacher(teachers: list[nn.Module], routed: nn.Module | None = None):
 def check_teacher(teacher: str) -> None:
     """``own`` or a deterministic per-step routing; anything else is one line naming --teacher."""
     from ..errors import ConfigError
-    from .ensemble import parse_routing
+    from .routing import parse_routing
 
     if teacher == "own":
         return

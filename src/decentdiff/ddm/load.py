@@ -10,9 +10,10 @@ from ..diffusion.solvers import guided
 from ..errors import RunError
 from ..run import Run
 from ..training.generative import load_generative
-from .ensemble import EnsembleVelocity, parse_routing
+from .ensemble import EnsembleVelocity
 from .experts import expert_metas
 from .router import load_router, router_dir
+from .routing import parse_routing
 from .store import PartitionRecord, expert_dir, load_partition
 
 
