@@ -73,21 +73,40 @@ def sample_name(model: str, routing: str | None) -> str:
     return model if routing is None else f"{model}-{routing.replace(':', '').replace(',', '-')}"
 
 
+def _run_dir(run: Run, m: ModelSpec) -> Path:
+    return run.model_dir(m.kind)
+
+
+def _expert_dir(run: Run, m: ModelSpec) -> Path:
+    from .ddm.store import check_expert_index, expert_dir, load_partition
+
+    check_expert_index(load_partition(run), m.index)
+    return expert_dir(run, m.index)
+
+
+def _federated_dir(run: Run, m: ModelSpec) -> Path:
+    from .federated.run import model_dir as federated_model_dir
+
+    return federated_model_dir(run.path, str(m))
+
+
+#: Where each kind of single-network model lives in a RUN.
+MODEL_DIRS: dict[str, Callable[[Run, ModelSpec], Path]] = {
+    "monolith": _run_dir,
+    "distilled": _run_dir,
+    "expert": _expert_dir,
+    "federated": _federated_dir,
+    "global": _federated_dir,
+    "client": _federated_dir,
+}
+
+
 def model_dir(run: Run, spec: str | ModelSpec) -> Path:
     """The checkpoint directory of a single-network model (not ``ensemble``)."""
     m = parse_model(spec)
-    if m.kind in ("monolith", "distilled"):
-        return run.model_dir(m.kind)
-    if m.kind == "expert":
-        from .ddm.store import check_expert_index, expert_dir, load_partition
-
-        check_expert_index(load_partition(run), m.index)
-        return expert_dir(run, m.index)
-    if m.kind in ("federated", "global", "client"):
-        from .federated.run import model_dir as federated_model_dir
-
-        return federated_model_dir(run.path, str(m))
-    raise ConfigError(f"--model {m} is not one network; it has no directory of its own")
+    if m.kind not in MODEL_DIRS:
+        raise ConfigError(f"--model {m} is not one network; it has no directory of its own")
+    return MODEL_DIRS[m.kind](run, m)
 
 
 def objective_kinds(run: Run, model: str, drop: Sequence[int] = ()) -> list[str]:

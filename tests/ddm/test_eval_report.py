@@ -331,3 +331,49 @@ def test_eval_compares_with_the_held_out_part(run, capsys, monkeypatch):
     tr = rng.permutation(data.train_idx)[: len(data.heldout_idx)]
     floor = fid_scipy(held, FE.extract(net, data.images[tr])["features"])
     assert row["floor"]["fid"] == pytest.approx(floor, rel=1e-4)
+
+
+def test_model_and_routing_come_from_the_config_too(run, tmp_path, capsys):
+    """`--set sample.model=…` / `sample.routing=…` (and a --config [sample] table) select the same
+    model as --model / --routing, sampled bitwise alike; an explicit option wins over --set; the
+    routing is recorded under its canonical name."""
+    a, b, c = (tmp_path / f"{x}.npz" for x in "abc")
+    common = ["--n", "4", "--steps", "2"]
+    assert cli(capsys, "sample", run, "--model", "expert:1", *common, "--out", a)[0] == 0
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('[sample]\nmodel = "expert:1"\n')
+    assert cli(capsys, "sample", run, "--config", cfg, *common, "--out", b)[0] == 0
+    code, _, err = cli(capsys, "sample", run, "--set", "sample.model=expert:0", "--model",
+                       "expert:1", *common, "--out", c)  # fmt: skip
+    assert code == 0, err
+    d = tmp_path / "d.npz"
+    assert cli(capsys, "sample", run, "--set", "sample.model=expert:0", *common, "--out", d)[0] == 0
+    ia, ib, ic, id0 = (np.load(p)["images"] for p in (a, b, c, d))
+    assert np.array_equal(ia, ib) and np.array_equal(ia, ic)
+    assert not np.array_equal(ia, id0)  # the two experts differ: the choice was really made
+    code, _, err = cli(capsys, "eval", run, "--set", "sample.model=ensemble", "--set",
+                       "sample.routing= TopK:2", "--n", "8", "--steps", "2", "-q")  # fmt: skip
+    assert code == 0, err
+    row = rows(run)[-1]
+    assert (row["model"], row["routing"]) == ("ensemble", "topk:2")
+    assert (run / "samples" / "ensemble-topk2.npz").is_file()
+    code, _, err = cli(capsys, "sample", run, "--set", "sample.model=expert:x", "--out", a)
+    assert code == 2 and "expected expert:K with an integer K" in err
+
+
+def test_parse_model_validates_once_with_the_choices():
+    from decentdiff.errors import ConfigError
+    from decentdiff.loading import ModelSpec, parse_model
+
+    assert parse_model("expert:3") == ModelSpec("expert", 3) and str(parse_model("client:2")) == (
+        "client:2"
+    )
+    assert parse_model("ensemble") == ModelSpec("ensemble")
+    for bad, why in [
+        ("expert", "choose one of"),
+        ("monolith:1", "choose one of"),
+        ("client:one", "expected client:I with an integer I"),
+        ("gan", "choose one of: ensemble, monolith, distilled, expert:K, federated, client:I"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            parse_model(bad)
