@@ -9,26 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _checks import check_cover, one_line
 from decentdiff.data import client_split as CS
 from decentdiff.data.client_split import client_split, parse_client_split
 from decentdiff.errors import ConfigError, DataError
-
-
-def check_cover(parts: list[np.ndarray], n: int) -> None:
-    """Sorted int64 index arrays, pairwise disjoint, whose union is arange(n)."""
-    for p in parts:
-        assert p.dtype == np.int64
-        assert np.all(np.diff(p) > 0)
-    allidx = np.concatenate(parts)
-    assert allidx.size == n
-    np.testing.assert_array_equal(np.sort(allidx), np.arange(n))
-
-
-def one_line(excinfo: pytest.ExceptionInfo) -> str:
-    msg = str(excinfo.value)
-    assert "\n" not in msg and msg
-    return msg
-
 
 LABELS = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 200))  # 2,000 items
 GLOBAL = np.full(10, 0.1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _checks import check_cover, one_line
 from decentdiff.data.partition import (
     Partition,
     kmeans_partition,
@@ -48,26 +49,10 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
-def check_cover(parts: list[np.ndarray], n: int) -> None:
-    """Sorted int64 index arrays, pairwise disjoint, whose union is arange(n)."""
-    for p in parts:
-        assert p.dtype == np.int64
-        assert np.all(np.diff(p) > 0)
-    allidx = np.concatenate(parts)
-    assert allidx.size == n
-    np.testing.assert_array_equal(np.sort(allidx), np.arange(n))
-
-
 def purity(assign: np.ndarray, labels: np.ndarray) -> float:
     """Mean over parts of the majority class's share of the part."""
     table = contingency(assign, labels)
     return float(np.mean(table.max(1) / table.sum(1)))
-
-
-def one_line(excinfo: pytest.ExceptionInfo) -> str:
-    msg = str(excinfo.value)
-    assert "\n" not in msg and msg
-    return msg
 
 
 # --------------------------------------------------------------------------------------------------
