@@ -45,7 +45,7 @@ def _model_dirs(run: Run, spec: str) -> Path:
         check_expert_index(load_partition(run), k)
         return expert_dir(run, k)
     if spec in ("federated", "global") or spec.startswith("client:"):
-        from .federated.run import model_dir
+        from .federated.store import model_dir
 
         return model_dir(run.path, spec)
     raise ConfigError(
