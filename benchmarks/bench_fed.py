@@ -36,7 +36,9 @@ def _predicted(preset: str, clients: int, rounds: int, bits: int | None) -> dict
 def bench_fed(ctx: Context) -> dict[str, Any]:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    from decentdiff.federated.run import FED_BASE, read_rounds, run_federated
+    from decentdiff.federated.settings import FED_BASE, FedSettings
+    from decentdiff.federated.simulation import run_federated
+    from decentdiff.federated.store import read_rounds
     from decentdiff.run import Run
 
     clients, rounds = 3, 2 if ctx.quick else 3
@@ -51,15 +53,10 @@ def bench_fed(ctx: Context) -> dict[str, Any]:
                     base=FED_BASE,
                 )
                 t0 = time.perf_counter()
-                run_federated(
-                    run,
-                    cfg,
-                    clients=clients,
-                    method=m,
-                    rounds=rounds,
-                    local_steps=2,
-                    quantize=bits,
+                options = FedSettings(
+                    method=m, clients=clients, rounds=rounds, local_steps=2, quantize=bits
                 )
+                run_federated(run, cfg, options)
                 rows = read_rounds(run.path)
                 want = _predicted("tiny", clients, rounds, bits or None)[m]
                 up, down = sum(r["up"] for r in rows), sum(r["down"] for r in rows)

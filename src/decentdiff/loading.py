@@ -85,7 +85,7 @@ def _expert_dir(run: Run, m: ModelSpec) -> Path:
 
 
 def _federated_dir(run: Run, m: ModelSpec) -> Path:
-    from .federated.run import model_dir as federated_model_dir
+    from .federated.store import model_dir as federated_model_dir
 
     return federated_model_dir(run.path, str(m))
 

@@ -162,7 +162,8 @@ def test_deployment_wrappers_build_flower_commands(capsys, tmp_path):
 
 def test_model_dir_never_offers_a_partial_method_server_model_as_a_generator(tmp_path):
     from decentdiff.errors import ConfigError, RunError
-    from decentdiff.federated.run import FedSettings, model_dir
+    from decentdiff.federated.settings import FedSettings
+    from decentdiff.federated.store import model_dir
 
     with pytest.raises(RunError, match="no federated run"):
         model_dir(tmp_path, "federated")
@@ -186,13 +187,14 @@ def test_resume_refuses_a_stored_global_model_of_the_wrong_shape(tmp_path):
     import torch
 
     from decentdiff.errors import CheckpointError
-    from decentdiff.federated.run import FedSettings, global_dir, initial_arrays, resume_point
+    from decentdiff.federated.settings import FedSettings
+    from decentdiff.federated.store import global_dir, initial_arrays, resume_point
     from decentdiff.training.checkpoint import save_checkpoint
 
     s = FedSettings(method="full", unet=unet_config("tiny", 1, 0).to_dict())
     arrays = initial_arrays(s)
     good = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
-    d = global_dir(tmp_path, "full")
+    d = global_dir(tmp_path, s.method_spec)
     save_checkpoint(d, {"model": good}, {"round": 2})
     back, done = resume_point(tmp_path, s)
     assert done == 2 and all(np.array_equal(back[k], arrays[k]) for k in arrays)
@@ -216,7 +218,7 @@ def test_the_packages_flower_app_declaration_is_valid(tmp_path):
     from flwr.serverapp import ServerApp
 
     from decentdiff.errors import ConfigError
-    from decentdiff.federated.server_app import settings_from_run_config
+    from decentdiff.federated.settings import settings_from_run_config
 
     root = Path(__file__).resolve().parents[2]
     app = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
@@ -244,7 +246,8 @@ def test_a_fed_json_without_newer_objective_fields_still_resumes():
 
     from decentdiff.config import ObjectiveConfig
     from decentdiff.errors import ConfigError
-    from decentdiff.federated.run import FedSettings, check_resumable
+    from decentdiff.federated.settings import FedSettings
+    from decentdiff.federated.store import check_resumable
 
     new = FedSettings(objective=asdict(ObjectiveConfig(kind="ddpm", loss="huber")))
     old_obj = {k: v for k, v in new.objective.items() if k != "weighting"}

@@ -1,6 +1,5 @@
 """A client's round without Flower: what it trains, keeps and reports."""
 
-import json
 import math
 
 import numpy as np
@@ -10,25 +9,17 @@ pytest.importorskip("flwr")
 
 from decentdiff import config as C
 from decentdiff.federated import parts as P
-from decentdiff.federated.client_app import ClientData, client_round, local_steps
-from decentdiff.federated.run import FED_BASE, build_settings, initial_arrays
+from decentdiff.federated.client import ClientData, client_round, local_steps
+from decentdiff.federated.settings import FedSettings, build_settings, fed_base
+from decentdiff.federated.store import initial_arrays
 
 
 def _settings(method, **kw):
-    cfg = C.resolve(base=json.loads(json.dumps(FED_BASE)))
+    cfg = C.resolve(base=fed_base())
     cfg.model.preset = "tiny"
     cfg.train.batch = 8
-    return build_settings(
-        cfg,
-        method=method,
-        clients=2,
-        split="iid",
-        rounds=3,
-        local_epochs=kw.pop("local_epochs", 1),
-        image_shape=(1, 8, 8),
-        num_classes=0,
-        **kw,
-    )
+    options = FedSettings(method=method, clients=2, split="iid", rounds=3, **kw).validate()
+    return build_settings(cfg, options, image_shape=(1, 8, 8), num_classes=0)
 
 
 def _data(n=20):
@@ -73,19 +64,10 @@ def test_prox_pulls_the_client_towards_the_global_model():
 
 
 def test_class_conditional_client_round():
-    cfg = C.resolve(base=json.loads(json.dumps(FED_BASE)))
+    cfg = C.resolve(base=fed_base())
     cfg.model.preset, cfg.model.class_cond, cfg.train.batch = "tiny", True, 8
-    s = build_settings(
-        cfg,
-        method="full",
-        clients=2,
-        split="iid",
-        rounds=1,
-        local_epochs=1,
-        local_steps=2,
-        image_shape=(1, 8, 8),
-        num_classes=10,
-    )
+    options = FedSettings(method="full", clients=2, rounds=1, local_steps=2).validate()
+    s = build_settings(cfg, options, image_shape=(1, 8, 8), num_classes=10)
     assert s.num_classes == 10 and s.unet["num_classes"] == 10
     g = initial_arrays(s)
     assert any(k.startswith("class_embed.") for k in g)

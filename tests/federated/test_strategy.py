@@ -1,7 +1,5 @@
 """The Flower strategy with mock replies (no simulation): what is sent, what is averaged."""
 
-import json
-
 import numpy as np
 import pytest
 
@@ -13,7 +11,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from decentdiff import config as C
 from decentdiff.federated import aggregate as A
 from decentdiff.federated import parts as P
-from decentdiff.federated.run import FED_BASE, build_settings, initial_arrays
+from decentdiff.federated.settings import FedSettings, build_settings, fed_base
+from decentdiff.federated.store import initial_arrays
 from decentdiff.federated.strategy import PartialFedAvg
 
 
@@ -35,20 +34,12 @@ class Grid:
 
 
 def _settings(method, clients, quantize=0, min_replies=1):
-    cfg = C.resolve(base=json.loads(json.dumps(FED_BASE)))
+    cfg = C.resolve(base=fed_base())
     cfg.model.preset = "tiny"
-    return build_settings(
-        cfg,
-        method=method,
-        clients=clients,
-        split="iid",
-        rounds=3,
-        local_epochs=1,
-        quantize=quantize,
-        min_replies=min_replies,
-        image_shape=(1, 8, 8),
-        num_classes=0,
-    )
+    options = FedSettings(
+        method=method, clients=clients, rounds=3, quantize=quantize, min_replies=min_replies
+    ).validate()
+    return build_settings(cfg, options, image_shape=(1, 8, 8), num_classes=0)
 
 
 def _record(arrays):

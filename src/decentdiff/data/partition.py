@@ -30,10 +30,6 @@ from typing import Any
 import numpy as np
 
 from decentdiff.data.checks import check_labels, int_arg
-
-# Temporary (issue 18, item 5): federated/ still imports the client splits from here; this line is
-# removed when the federated rewrite, which imports them from decentdiff.data.client_split, merges.
-from decentdiff.data.client_split import client_split, parse_client_split  # noqa: F401
 from decentdiff.errors import ConfigError, DataError
 
 __all__ = [

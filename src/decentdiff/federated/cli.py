@@ -15,6 +15,7 @@ import typer
 
 from ..config import SOLVER_HELP
 from ..errors import ConfigError
+from .settings import DEFAULTS
 
 fed_app = typer.Typer(
     no_args_is_help=True,
@@ -49,19 +50,23 @@ def fed_run(
             "--data", help="Data source spec; see `decentdiff data list`. [default: mnist5k]"
         ),
     ] = None,
-    clients: Annotated[int, typer.Option("--clients", "-n", help="Number of clients.")] = 5,
-    split: Annotated[str, typer.Option("--split", help=f"Client split: {SPLIT_HELP}")] = "iid",
-    method: Annotated[str, typer.Option("--method", help=METHOD_HELP)] = "full",
-    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 15,
+    clients: Annotated[
+        int, typer.Option("--clients", "-n", help="Number of clients.")
+    ] = DEFAULTS.clients,
+    split: Annotated[
+        str, typer.Option("--split", help=f"Client split: {SPLIT_HELP}")
+    ] = DEFAULTS.split,
+    method: Annotated[str, typer.Option("--method", help=METHOD_HELP)] = DEFAULTS.method,
+    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = DEFAULTS.rounds,
     local_epochs: Annotated[
         float,
         typer.Option(
             "--local-epochs", "-E", help="Local epochs E per round: ceil(E·n_i/batch) steps."
         ),
-    ] = 1.0,
+    ] = DEFAULTS.local_epochs,
     local_steps: Annotated[
         int, typer.Option("--local-steps", help="Fixed local steps per round (0: from E).")
-    ] = 0,
+    ] = DEFAULTS.local_steps,
     preset: Annotated[
         str | None,
         typer.Option("--preset", help="Model size: tiny, compact, small, base. [default: small]"),
@@ -73,20 +78,22 @@ def fed_run(
     batch: Annotated[
         int | None, typer.Option("--batch", help="Local batch size. [default: 128]")
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of split, init and training.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of split, init and training.")
+    ] = DEFAULTS.seed,
     prox: Annotated[
         float, typer.Option("--prox", help="FedProx μ: adds (μ/2)·||θ − θ_global||² (0 = off).")
-    ] = 0.0,
+    ] = DEFAULTS.prox,
     quantize: Annotated[
         int, typer.Option("--quantize", help="8: send 8-bit updates (0 = full precision).")
-    ] = 0,
+    ] = DEFAULTS.quantize,
     min_replies: Annotated[
         int, typer.Option("--min-replies", help="Valid updates a round needs to complete.")
-    ] = 1,
+    ] = DEFAULTS.min_replies,
     round_timeout: Annotated[
         float,
         typer.Option("--round-timeout", help="Seconds to wait for a round's replies."),
-    ] = 3600.0,
+    ] = DEFAULTS.round_timeout,
     parallel: Annotated[
         int, typer.Option("--parallel", help="Clients trained at once (0 = one per CPU core).")
     ] = 0,
@@ -112,12 +119,24 @@ def fed_run(
     _flwr_env()
     from .. import config as C
     from ..run import Run
-    from .parts import get_method
-    from .run import FED_BASE, run_federated
+    from .settings import FedSettings, fed_base
+    from .simulation import run_federated
 
-    get_method(method)
+    options = FedSettings(
+        method=method,
+        clients=clients,
+        split=split,
+        rounds=rounds,
+        local_epochs=local_epochs,
+        local_steps=local_steps,
+        prox=prox,
+        quantize=quantize,
+        seed=seed,
+        min_replies=min_replies,
+        round_timeout=round_timeout,
+    )  # validated by run_federated before RUN is touched
     r = Run(run)
-    base = json.loads(json.dumps(FED_BASE))
+    base = fed_base()
     for sec, vals in r.base_config().items():
         base.setdefault(sec, {}).update(vals)
     cfg = C.resolve(config, set_, base=base)
@@ -145,28 +164,11 @@ def fed_run(
             who = c.get("partition-id", f"node {c.get('node')}")
             typer.echo(f"  client {who}: {c.get('status')} ({c.get('reason', '')})", err=True)
 
-    res = run_federated(
-        r,
-        cfg,
-        clients=clients,
-        split=split,
-        method=method,
-        rounds=rounds,
-        local_epochs=local_epochs,
-        local_steps=local_steps,
-        prox=prox,
-        quantize=quantize,
-        seed=seed,
-        min_replies=min_replies,
-        round_timeout=round_timeout,
-        parallel=parallel,
-        fresh=fresh,
-        on_round=progress,
-    )
+    res = run_federated(r, cfg, options, parallel=parallel, fresh=fresh, on_round=progress)
     rows = res["rounds"]
     up = sum(x["up"] for x in rows)
     down = sum(x["down"] for x in rows)
-    m = get_method(res["settings"].method)
+    m = res["settings"].method_spec
     typer.echo(f"clients: {clients}, sizes {res['sizes']}")
     typer.echo(
         f"{m.name}: {len(rows)} rounds, bytes up {up:,} down {down:,} total {up + down:,} "
@@ -242,16 +244,20 @@ def fed_bytes(
             "--preset", help="Model size: tiny, compact, small, base. [default: model.preset]"
         ),
     ] = None,
-    clients: Annotated[int, typer.Option("--clients", "-n", help="Number of clients.")] = 5,
-    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 15,
+    clients: Annotated[
+        int, typer.Option("--clients", "-n", help="Number of clients.")
+    ] = DEFAULTS.clients,
+    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = DEFAULTS.rounds,
     quantize: Annotated[
         int, typer.Option("--quantize", help="8: 8-bit updates (0 = full precision).")
-    ] = 0,
+    ] = DEFAULTS.quantize,
     in_channels: Annotated[int, typer.Option("--in-channels", help="Image channels.")] = 1,
     num_classes: Annotated[
         int, typer.Option("--num-classes", help="Classes of a class-conditional UNet (0 = none).")
     ] = 0,
-    seed: Annotated[int, typer.Option("--seed", help="Run seed (USPLIT's pairings).")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Run seed (USPLIT's pairings).")
+    ] = DEFAULTS.seed,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object keyed by method.")
     ] = False,

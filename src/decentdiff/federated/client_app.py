@@ -1,284 +1,39 @@
-"""Flower ClientApp: one data silo's side of a federated round.
+"""Flower ClientApp: adapts Flower's messages and node context to :func:`.client.client_turn`.
 
-The round itself is :func:`client_round`, a plain function (no Flower) that trains with the
-project's one training loop: the optimiser is re-created every round (``fresh=True``), as in de
-Goede et al. (arXiv 2406.12575). The Flower handler only moves arrays in and out and keeps the
-client's full local model in ``ctx.state`` so private parts (UDEC, ULATDEC) survive across rounds.
+The node keeps its full local model in ``ctx.state`` so private parts (UDEC, ULATDEC) survive
+across rounds; they never leave the node.
 
-Where a client's data comes from: ``node_config`` keys ``partition-id`` and ``num-partitions``
-(set by the simulation engine, or by ``decentdiff fed supernode --partition i/N``), and optionally
-``data`` (a data source spec, the silo's own data) and ``out-dir`` (where its personal model goes);
-otherwise the run's settings sent by the server.
+Node config keys: ``partition-id`` and ``num-partitions`` (set by the simulation engine, or by
+``decentdiff fed supernode --partition i/N``), optionally ``data`` (the silo's own data source
+spec), ``out-dir`` (where its personal model goes) and ``threads``; otherwise the run's settings
+sent by the server.
 """
 
 from __future__ import annotations
 
-import math
-import tempfile
-from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from . import aggregate as A
-from . import parts as P
-from .run import FedSettings, config_from, personal_meta
+from .client import client_data, client_turn
+from .settings import FedSettings
+from .store import client_dir
 
 STATE_KEY = "local-model"  # ctx.state ArrayRecord: the client's full model after its last round
 ROUND_KEY = "local-round"  # ctx.state ConfigRecord: which round that model is from
 
 
-@dataclass
-class ClientData:
-    images: np.ndarray  # uint8 (n, C, H, W)
-    labels: np.ndarray | None
-    num_classes: int
-    fingerprint: str
-    source: str
-    partition: int
-
-
-@lru_cache(maxsize=4)
-def _load(source: str, heldout: float, split_seed: int):
-    from ..config import DataConfig
-    from ..run import load_data
-
-    return load_data(DataConfig(source=source, heldout=heldout, split_seed=split_seed))
-
-
-def client_data(
-    settings: FedSettings, partition: int, num_partitions: int, source: str | None = None
-) -> ClientData:
-    """This client's training images: its share (``settings.split``) of the source's train split.
-
-    Args:
-        partition: 0-based client index.
-        num_partitions: number of clients the source is split among (1: the whole source).
-        source: the silo's own data source spec (default: the run's).
-    """
-    from ..data.partition import client_split
-    from ..errors import ConfigError
-
-    if not 0 <= partition < num_partitions:
-        raise ConfigError(f"partition {partition} is outside 0..{num_partitions - 1}")
-    dc = settings.data
-    d = _load(source or dc["source"], float(dc["heldout"]), int(dc["split_seed"]))
-    train_idx = d.train_idx
-    if num_partitions > 1:
-        labels = d.labels[train_idx] if d.labels is not None else np.zeros(len(train_idx), int)
-        shares = client_split(
-            settings.split,
-            labels,
-            num_partitions,
-            seed=settings.seed,
-            min_size=settings.min_client_size,
-        )
-        train_idx = train_idx[shares[partition]]
-    return ClientData(
-        images=d.images[train_idx],
-        labels=d.labels[train_idx] if d.labels is not None else None,
-        num_classes=d.num_classes,
-        fingerprint=d.fingerprint,
-        source=d.source,
-        partition=partition,
-    )
-
-
-def local_steps(settings: FedSettings, n: int) -> int:
-    """Steps of one round: ceil(E · n / batch), or ``settings.local_steps`` when set."""
-    if settings.local_steps > 0:
-        return settings.local_steps
-    return max(1, math.ceil(settings.local_epochs * n / int(settings.train["batch"])))
-
-
-def round_seed(seed: int, partition: int, round_: int) -> int:
-    """A training seed per (run seed, client, round): rounds and clients draw different batches."""
-    return int(np.random.SeedSequence([seed, partition, round_]).generate_state(1)[0])
-
-
-_FLOPS: dict[str, float] = {}
-
-
-def client_round(
-    settings: FedSettings,
-    data: ClientData,
-    round_: int,
-    received: dict[str, np.ndarray],
-    report: frozenset[str],
-    state: dict[str, np.ndarray] | None,
-    *,
-    threads: int = 0,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
-    """One client round: load weights, train E local epochs, encode the update.
-
-    Args:
-        settings: the run's settings.
-        data: this client's images.
-        round_: the round (from 1).
-        received: the global arrays the server sent (the whole model in round 1, else the
-            method's shared parts).
-        report: the groups this client reports this round.
-        state: the client's full model after its previous round (None in round 1 or when lost).
-        threads: torch intra-op threads (0: leave as is).
-    Returns:
-        (update arrays to send, the client's new full model, metrics).
-    """
-    import torch
-    from torch import nn
-
-    from ..errors import RunError
-    from ..models.registry import build_unet
-    from ..models.unet import UNetConfig
-    from ..training.generative import image_batches, objective_from
-    from ..training.loop import resolve_device, train
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-    cfg = config_from(settings)
-    model = build_unet(UNetConfig.from_dict(settings.unet))
-    ref = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-    unknown = sorted(set(received) - set(ref))
-    if unknown:
-        raise RunError(f"the server sent unknown arrays {unknown[:3]}; update decentdiff")
-    start = dict(state) if state is not None else {}
-    start.update(received)
-    missing = sorted(set(ref) - set(start))
-    if missing:
-        raise RunError(
-            f"client {data.partition} has no local model for round {round_} (private parts "
-            f"{missing[:2]}… lost); restart the run with --fresh"
-        )
-    model.load_state_dict({k: torch.from_numpy(np.array(start[k])) for k in ref})
-    dev = resolve_device(cfg.train.device)  # a silo with a GPU uses it; the simulation hides GPUs
-    model.to(dev)
-    objective = objective_from(cfg.objective)
-    n_cls = settings.num_classes
-    draw = image_batches(data.images, data.labels, cfg.train.batch, dev, cfg.train.cond_drop, n_cls)
-    mu = float(settings.prox)
-    anchor = {k: torch.from_numpy(np.array(v)).to(dev) for k, v in received.items()} if mu else {}
-
-    def loss_fn(m: nn.Module, g: torch.Generator):
-        x0, cond, _ = draw(g)
-        loss = objective.loss(m, x0, cond, g)
-        if not anchor:
-            return loss
-        prox = A.prox_penalty(m.named_parameters(), anchor, mu)
-        return loss + prox, {"prox": float(prox.detach())}
-
-    steps = local_steps(settings, len(data.images))
-    tcfg = replace(
-        cfg.train,
-        steps=steps,
-        seed=round_seed(settings.seed, data.partition, round_),
-        ckpt_every=steps,
-        log_every=steps,
-        threads=threads,
-    )
-    fkey = settings.to_json()  # FLOPs per step depend on the model and batch only: measure once
-    with tempfile.TemporaryDirectory(prefix="decentdiff-client-") as work:
-        meta = train(
-            model,
-            loss_fn,
-            Path(work),
-            tcfg,
-            role=f"client {data.partition}",
-            fresh=True,  # Adam re-created every round (paper)
-            progress=False,
-            flops_per_step=_FLOPS.get(fkey),
-        )
-    _FLOPS[fkey] = float(meta["flops_per_step"])
-    local = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
-    keys = P.keys_for(report, list(ref))
-    update = A.encode_update(local, received, keys, settings.bits)
-    metrics = {
-        "num-examples": len(data.images),
-        "loss": float(meta["loss"]) if meta.get("loss") is not None else float("nan"),
-        "steps": steps,
-        "train-flops": float(meta["flops_per_step"]) * steps,
-        "partition-id": data.partition,
-    }
-    return update, local, metrics
-
-
-def save_personal(
-    out_dir: Path, settings: FedSettings, data: ClientData, local: dict[str, np.ndarray], **extra
-) -> None:
-    """Write a client's own model as an ordinary generative checkpoint (``sample`` accepts it)."""
-    import torch
-
-    from ..training.checkpoint import save_checkpoint
-
-    sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in local.items()}
-    meta = personal_meta(settings, data.partition, len(data.images), data, **extra)
-    step = int(extra.get("step", 0))
-    save_checkpoint(out_dir, {"model": sd, "ema": sd, "state": {"step": torch.tensor(step)}}, meta)
-
-
-def load_personal(out_dir: Path, ref_keys: list[str]) -> tuple[dict[str, np.ndarray], int, int]:
-    """(arrays, round, cumulative steps) of a saved personal model; RunError if absent."""
-    from ..training.checkpoint import load_tensors, read_meta
-
-    meta = read_meta(out_dir)
-    t = load_tensors(out_dir, "model", meta)
-    if sorted(t) != sorted(ref_keys):
-        from ..errors import CheckpointError
-
-        raise CheckpointError(f"{out_dir} does not fit this run's model; use --fresh")
-    return {k: v.numpy() for k, v in t.items()}, int(meta.get("round", 0)), int(meta.get("step", 0))
-
-
-# ------------------------------------------------------------------------------ Flower
-def _node_int(ctx: Context, key: str, default: int) -> int:
-    v = ctx.node_config.get(key, default)
-    return int(v)
-
-
-def activity_path(run_dir: str | Path, partition: int) -> Path:
-    """Where client ``partition`` records what it is doing: RUN/federated/live/client-<i>.json."""
-    return Path(run_dir) / "federated" / "live" / f"client-{partition}.json"
-
-
-def write_activity(settings: FedSettings, partition: int, round_: int, state: str) -> None:
-    """Record that this process is ``state`` ("training" or "done") round ``round_``.
-
-    One small JSON file per client, replaced atomically: partition, round, state, the PID of the
-    process doing the work, host and time. It lets a user (or a test) see which client is busy
-    and with which process. Written only where the RUN exists on this machine (a simulation, or
-    a deployment on one host); a failure to write never fails the round.
-    """
-    import json
-    import os
-    import socket
-    import time
-
-    if not settings.run_dir or not (Path(settings.run_dir) / "federated").is_dir():
-        return
-    path = activity_path(settings.run_dir, partition)
-    row = {
-        "partition": partition,
-        "round": round_,
-        "state": state,
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    try:
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(row) + "\n")
-        os.replace(tmp, path)
-    except OSError:
-        pass
+def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
 def _out_dir(ctx: Context, settings: FedSettings, partition: int) -> Path | None:
     if "out-dir" in ctx.node_config:
         return Path(str(ctx.node_config["out-dir"]))
     if settings.run_dir:
-        return Path(settings.run_dir) / "federated" / "clients" / str(partition)
+        return client_dir(settings.run_dir, partition)
     return None
 
 
@@ -292,65 +47,27 @@ def train_handler(msg: Message, ctx: Context) -> Message:
     settings = FedSettings.from_json(str(conf["settings"]))
     round_ = int(conf["round"])
     report = frozenset(g for g in str(conf["report"]).split(",") if g)
-    partition = _node_int(ctx, "partition-id", 0)
-    num_parts = _node_int(ctx, "num-partitions", settings.clients)
+    partition = int(ctx.node_config.get("partition-id", 0))
+    num_parts = int(ctx.node_config.get("num-partitions", settings.clients))
     source = ctx.node_config.get("data")
     data = client_data(settings, partition, num_parts, str(source) if source else None)
     received = {k: a.numpy() for k, a in msg.content["arrays"].items()}
-    method = P.get_method(settings.method)
-    state = None
-    steps_before = 0
-    source = 0  # where the private parts came from: 0 nowhere, 1 node state, 2 disk (resume)
+    kept = None
     if STATE_KEY in ctx.state.array_records:
-        state = {k: a.numpy() for k, a in ctx.state.array_records[STATE_KEY].items()}
-        steps_before = int(ctx.state.config_records[ROUND_KEY].get("step", 0))
-        source = 1
-    out = _out_dir(ctx, settings, partition)
-    if state is None and round_ > 1 and method.personal and out is not None:
-        # Resumed run (fresh process): private parts come back from the last personal checkpoint.
-        if (out / "meta.json").is_file():
-            arrays, saved_round, saved_step = load_personal(out, list(settings_keys(settings)))
-            # round_ itself: the server crashed after this client saved but before it did, so
-            # the round is re-run (from a model one round further on: private parts only).
-            if saved_round in (round_ - 1, round_):
-                state, steps_before, source = arrays, saved_step, 2
-    threads = _node_int(ctx, "threads", 0) or settings.client_threads
-    write_activity(settings, partition, round_, "training")
-    update, local, metrics = client_round(
-        settings, data, round_, received, report, state, threads=threads
+        arrays = {k: a.numpy() for k, a in ctx.state.array_records[STATE_KEY].items()}
+        kept = arrays, int(ctx.state.config_records[ROUND_KEY].get("step", 0))
+    update, local, metrics, step = client_turn(
+        settings,
+        data,
+        round_,
+        received,
+        report,
+        kept=kept,
+        out_dir=_out_dir(ctx, settings, partition),
+        threads=int(ctx.node_config.get("threads", 0)) or settings.client_threads,
     )
-    metrics["private-from"] = source
-    step = steps_before + int(metrics["steps"])
-    if method.personal:
-        # The full local model stays on the node: private parts never leave it.
-        ctx.state.array_records[STATE_KEY] = ArrayRecord(
-            {k: Array(np.ascontiguousarray(v)) for k, v in local.items()}
-        )
+    if settings.method_spec.personal:
+        ctx.state.array_records[STATE_KEY] = _record(local)
         ctx.state.config_records[ROUND_KEY] = ConfigRecord({"round": round_, "step": step})
-        if out is not None:
-            save_personal(out, settings, data, local, round=round_, step=step)
-    write_activity(settings, partition, round_, "done")
-    reply = RecordDict(
-        {
-            "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in update.items()}),
-            "metrics": MetricRecord(metrics),
-        }
-    )
+    reply = RecordDict({"arrays": _record(update), "metrics": MetricRecord(metrics)})
     return Message(reply, reply_to=msg)
-
-
-@lru_cache(maxsize=8)
-def _keys_cached(unet_json: str) -> tuple[str, ...]:
-    import json
-
-    from ..models.registry import build_unet
-    from ..models.unet import UNetConfig
-
-    return tuple(build_unet(UNetConfig.from_dict(json.loads(unet_json))).state_dict())
-
-
-def settings_keys(settings: FedSettings) -> tuple[str, ...]:
-    """The model's state-dict keys for ``settings.unet``."""
-    import json
-
-    return _keys_cached(json.dumps(settings.unet, sort_keys=True))

@@ -17,8 +17,7 @@ import numpy as np
 from ..config import Config
 from ..errors import RunError
 from ..run import Run
-from . import parts as P
-from .run import read_settings
+from .store import read_settings
 
 
 def federated_models(run: Run) -> list[str]:
@@ -26,7 +25,7 @@ def federated_models(run: Run) -> list[str]:
     settings = read_settings(run.path)
     if settings is None:
         raise RunError(f"{run.path} has no federated run; run `decentdiff fed run {run.path} ...`")
-    if P.get_method(settings.method).personal:
+    if settings.method_spec.personal:
         return [f"client:{i}" for i in range(settings.clients)]
     return ["federated"]
 

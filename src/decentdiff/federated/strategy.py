@@ -37,7 +37,7 @@ from flwr.supercore import log
 
 from . import aggregate as A
 from . import parts as P
-from .run import FedSettings
+from .settings import FedSettings
 
 
 def record_bytes(record: ArrayRecord) -> tuple[int, int]:
@@ -62,7 +62,7 @@ class PartialFedAvg(FedAvg):
             min_available_nodes=settings.clients,
         )
         self.settings = settings
-        self.method = P.get_method(settings.method)
+        self.method = settings.method_spec
         self.round_offset = round_offset
         self.rounds: dict[int, dict[str, Any]] = {}
         self._global: dict[str, np.ndarray] = {}

@@ -1,0 +1,268 @@
+"""A federated run's settings: one typed record, one set of defaults, validated once.
+
+The defaults are :class:`FedSettings`' own field defaults (:data:`DEFAULTS`): ``decentdiff fed run``
+and ``fed bytes`` take their option defaults from it, :func:`settings_from_run_config` falls back to
+it, and ``[tool.flwr.app.config]`` in pyproject.toml restates it (a test checks that it agrees).
+
+Two constructors, one per entry point, each validating once:
+
+- ``decentdiff fed run``: the options as a :class:`FedSettings`, ``.validate()``-d before RUN is
+  touched, then :func:`build_settings` adds the project config and the images' shape;
+- ``flwr run`` and deployment: :func:`settings_from_run_config` from Flower's run config.
+
+The settings travel to every client as one JSON string in the round's ConfigRecord, so a SuperNode
+needs nothing but its own data. After validation ``method`` is the method's canonical name and
+:attr:`FedSettings.method_spec` is the one way to its :class:`~decentdiff.federated.parts.Method`.
+
+Module-level imports stay light (``decentdiff --help`` imports this module for the defaults).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config import Config
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .parts import Method
+
+#: Paper defaults (de Goede et al., arXiv 2406.12575): DDPM ε with Huber loss, linear β, T = 1000,
+#: Adam lr 1e-4 re-created every round, batch 128. Warm-up would restart every round, so it is off;
+#: EMA across re-created optimisers means nothing, so clients keep none (decay 0: EMA == weights).
+FED_BASE: dict[str, dict[str, Any]] = {
+    "objective": {"kind": "ddpm", "loss": "huber", "schedule": "linear", "timesteps": 1000},
+    "train": {"lr": 1e-4, "warmup": 0, "batch": 128, "ema_decay": 0.0, "weight_decay": 0.0},
+}
+
+#: Keys that must not change when a federated run is resumed.
+IDENTITY = ("method", "clients", "split", "seed", "prox", "quantize", "unet", "objective", "data")
+
+
+@dataclass
+class FedSettings:
+    """Everything a federated run needs besides the data itself (field order = fed.json's)."""
+
+    method: str = "full"
+    clients: int = 5
+    split: str = "iid"
+    rounds: int = 15
+    local_epochs: float = 1.0  # E: each client takes ceil(E · n_i / batch) steps per round
+    local_steps: int = 0  # > 0 overrides E (tests, quick looks)
+    prox: float = 0.0  # FedProx μ (0 = plain FedAvg)
+    quantize: int = 0  # 0 = full precision; 8 = 8-bit updates
+    seed: int = 0
+    min_replies: int = 1  # a round completes when at least this many valid updates arrived
+    round_timeout: float = 3600.0  # seconds the server waits for a round's replies
+    min_client_size: int = 2
+    client_threads: int = 0  # torch threads per client (0: torch's default); a node may override
+    run_dir: str = ""  # simulation: clients save personal models under RUN/federated/clients/<i>
+    data: dict[str, Any] = field(default_factory=dict)  # DataConfig as a dict
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig as a dict
+    objective: dict[str, Any] = field(default_factory=dict)  # ObjectiveConfig as a dict
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig as a dict
+    unet: dict[str, Any] = field(default_factory=dict)  # UNetConfig.to_dict()
+    image_shape: list[int] = field(default_factory=list)
+    num_classes: int = 0  # classes the UNet is conditioned on (0 = unconditional)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FedSettings:
+        raw = json.loads(text)
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+    @property
+    def bits(self) -> int | None:
+        return self.quantize or None
+
+    @property
+    def method_spec(self) -> Method:
+        """The run's :class:`~decentdiff.federated.parts.Method`: what travels each way."""
+        from .parts import get_method
+
+        return get_method(self.method)
+
+    def validate(self) -> FedSettings:
+        """Check the run options; raise ConfigError (one line) on a bad value; returns self.
+
+        Also makes ``method`` the method's canonical name.
+        """
+        from ..data.client_split import parse_client_split
+        from .aggregate import QUANTIZE_BITS
+        from .parts import get_method
+
+        self.method = get_method(self.method).name
+        parse_client_split(self.split)
+        checks = [
+            (self.clients >= 1, f"--clients must be ≥ 1, got {self.clients}"),
+            (self.rounds >= 1, f"--rounds must be ≥ 1, got {self.rounds}"),
+            (
+                self.local_epochs > 0,
+                f"--local-epochs must be > 0, got {self.local_epochs}",
+            ),
+            (self.local_steps >= 0, f"--local-steps must be ≥ 0, got {self.local_steps}"),
+            (self.prox >= 0, f"--prox μ must be ≥ 0, got {self.prox}"),
+            (
+                self.quantize in (0, *QUANTIZE_BITS),
+                f"--quantize must be 0 (off) or 8, got {self.quantize}",
+            ),
+            (
+                1 <= self.min_replies <= self.clients,
+                f"--min-replies must be in 1..{self.clients}, got {self.min_replies}",
+            ),
+            (self.round_timeout > 0, f"--round-timeout must be > 0, got {self.round_timeout}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        return self
+
+
+#: The one set of defaults (clients, rounds, local epochs, ...): the CLI options, the Flower run
+#: config and every function below take theirs from here.
+DEFAULTS = FedSettings()
+
+#: Where ``flwr run`` keeps its RUN without a ``run-dir`` key (relative to the server's directory).
+DEFAULT_RUN_DIR = "runs/fed"
+
+
+def fed_base() -> dict[str, dict[str, Any]]:
+    """A fresh copy of :data:`FED_BASE`, to merge a RUN's or the user's config into."""
+    return json.loads(json.dumps(FED_BASE))
+
+
+def config_from(settings: FedSettings) -> Config:
+    """The project Config (data, model, objective, train) recorded in ``settings``."""
+    from ..config import DataConfig, ModelConfig, ObjectiveConfig, TrainConfig
+
+    return Config(
+        data=DataConfig(**settings.data),
+        model=ModelConfig(**settings.model),
+        objective=ObjectiveConfig(**settings.objective),
+        train=TrainConfig(**settings.train),
+    )
+
+
+def build_settings(
+    cfg: Config,
+    options: FedSettings,
+    *,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    run_dir: str = "",
+) -> FedSettings:
+    """The run's settings: ``options`` (validated by the caller) plus the project config.
+
+    Args:
+        cfg: the resolved project config (data, model, objective, train); checked here.
+        options: the run options (method, clients, rounds, ...), already ``.validate()``-d.
+        image_shape: (C, H, W) of the images.
+        num_classes: classes of the data source (used when ``cfg.model.class_cond``).
+        run_dir: the RUN directory (absolute), where clients of a simulation save their models.
+    """
+    from ..models.registry import unet_config
+    from ..training.loop import validate
+
+    n_cls = num_classes if cfg.model.class_cond else 0
+    if cfg.model.class_cond and num_classes == 0:
+        raise ConfigError("model.class_cond = true needs a labelled data source")
+    settings = replace(
+        options,
+        run_dir=run_dir,
+        data=asdict(cfg.data),
+        model=asdict(cfg.model),
+        objective=asdict(cfg.objective),
+        train=asdict(cfg.train),
+        unet=unet_config(cfg.model.preset, image_shape[0], n_cls).to_dict(),
+        image_shape=list(image_shape),
+        num_classes=n_cls,
+    )
+    validate(cfg.train)
+    return settings
+
+
+#: The run-config keys :func:`settings_from_run_config` reads; any other key is a typo.
+RUN_CONFIG_KEYS = (
+    "run-dir",
+    "data",
+    "preset",
+    "method",
+    "clients",
+    "split",
+    "rounds",
+    "local-epochs",
+    "local-steps",
+    "prox",
+    "quantize",
+    "seed",
+    "min-replies",
+    "round-timeout",
+    "batch",
+    "lr",
+    "objective",
+    "image-shape",
+    "num-classes",
+    "class-cond",
+)
+
+
+def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
+    """Settings from a Flower run config (``[tool.flwr.app.config]`` or ``flwr run -c``).
+
+    Keys (all optional, defaults as ``decentdiff fed run``'s): run-dir, data, preset, method,
+    clients, split, rounds, local-epochs, local-steps, prox, quantize, seed, min-replies,
+    round-timeout, batch, lr, objective, image-shape ("C,H,W": the server then never loads data),
+    num-classes, class-cond. Writes nothing (the ServerApp records the settings in RUN).
+    """
+    from .. import config as C
+    from ..run import load_data
+
+    unknown = sorted(set(rc) - set(RUN_CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown run-config key(s) {', '.join(unknown)}; valid: {', '.join(RUN_CONFIG_KEYS)}"
+        )
+
+    def get(key: str) -> Any:
+        return rc.get(key, getattr(DEFAULTS, key.replace("-", "_")))
+
+    options = FedSettings(
+        method=str(get("method")),
+        clients=int(get("clients")),
+        split=str(get("split")),
+        rounds=int(get("rounds")),
+        local_epochs=float(get("local-epochs")),
+        local_steps=int(get("local-steps")),
+        prox=float(get("prox")),
+        quantize=int(get("quantize")),
+        seed=int(get("seed")),
+        min_replies=int(get("min-replies")),
+        round_timeout=float(get("round-timeout")),
+    ).validate()
+    cfg = C.resolve(base=fed_base())
+    cfg.data.source = str(rc.get("data", cfg.data.source))
+    cfg.model.preset = str(rc.get("preset", cfg.model.preset))
+    cfg.model.class_cond = bool(rc.get("class-cond", False))
+    cfg.objective.kind = str(rc.get("objective", cfg.objective.kind))
+    cfg.train.batch = int(rc.get("batch", cfg.train.batch))
+    cfg.train.lr = float(rc.get("lr", cfg.train.lr))
+    shape_s = str(rc.get("image-shape", ""))
+    if shape_s:
+        shape = tuple(int(x) for x in shape_s.split(","))
+        n_cls = int(rc.get("num-classes", 0))
+    else:
+        d = load_data(cfg.data)
+        shape, n_cls = d.shape, d.num_classes
+    return build_settings(
+        cfg,
+        options,
+        image_shape=shape,  # type: ignore[arg-type]
+        num_classes=n_cls,
+        run_dir=str(Path(str(rc.get("run-dir", DEFAULT_RUN_DIR))).resolve()),
+    )

@@ -1,0 +1,219 @@
+"""The simulation driver: a whole federated run on this machine, with Flower's simulation engine.
+
+The same ServerApp and ClientApp run under ``flwr run`` and on a real SuperLink with SuperNodes;
+only this driver is simulation-specific. A run resumes from ``RUN/federated`` (see :mod:`.store`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Config
+from . import aggregate as A
+from . import parts as P
+from .settings import FedSettings, build_settings
+from .store import (
+    client_dir,
+    fed_dir,
+    global_dir,
+    read_rounds,
+    record_settings,
+    resume_point,
+    truncate_rounds,
+)
+
+#: How often Ray restarts a client's worker process that died during a simulation.
+ACTOR_RESTARTS = 3
+
+
+def run_federated(
+    run: Any,
+    cfg: Config,
+    options: FedSettings,
+    *,
+    parallel: int = 0,
+    fresh: bool = False,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    evaluate_fn: Callable[[int, dict[str, np.ndarray]], dict[str, float] | None] | None = None,
+    quiet_flower: bool = True,
+) -> dict[str, Any]:
+    """Run federated training with Flower's simulation engine; resumes unless ``fresh``.
+
+    Args:
+        run: a :class:`decentdiff.run.Run` (RUN directory).
+        cfg: the resolved project config (data, model, objective, train).
+        options: the run options (method, clients, split, rounds, local_epochs, local_steps,
+            prox, quantize, seed, min_replies, round_timeout), validated here before RUN is
+            touched; see :class:`~.settings.FedSettings`.
+        parallel: clients trained at once (0: one per CPU core); each gets cores/parallel threads.
+        fresh: delete RUN/federated first.
+        on_round: called with each rounds.jsonl row (progress).
+        evaluate_fn: hook ``(round, global arrays) -> metrics`` for FULL/USPLIT's global model
+            (e.g. FID); its result is stored in the round's row. Not called for UDEC/ULATDEC,
+            whose server model is not a generator.
+    Returns:
+        {"settings", "sizes", "rounds" (rows), "model_dirs", "figure", "seconds"}.
+    """
+    import shutil
+    import time
+
+    from ..data.client_split import client_split
+    from ..errors import DataError
+
+    t0 = time.perf_counter()
+    options.validate()  # bad options fail before RUN is touched
+    if run.exists():
+        d = run.data(cfg)
+    else:
+        from ..run import load_data
+
+        d = load_data(cfg.data)
+    settings = build_settings(
+        cfg,
+        options,
+        image_shape=d.shape,
+        num_classes=d.num_classes,
+        run_dir=str(Path(run.path).resolve()),
+    )
+    clients = settings.clients
+    n_train = len(d.train_idx)
+    if clients > n_train:
+        raise DataError(
+            f"{clients} clients but only {n_train} training images; use at most {n_train} clients"
+        )
+    # Fail fast (one line) on a split that cannot be made, before starting Flower.
+    labels = d.labels[d.train_idx] if d.labels is not None else np.zeros(n_train, int)
+    shares = client_split(
+        settings.split, labels, clients, seed=settings.seed, min_size=settings.min_client_size
+    )
+    sizes = [len(s) for s in shares]
+    if not run.exists():
+        run.data(cfg)  # creates RUN/run.toml now that every check passed
+    root = fed_dir(run.path)
+    if fresh and root.exists():
+        shutil.rmtree(root)
+    record_settings(run.path, settings)
+    _, done = resume_point(run.path, settings)
+    truncate_rounds(run.path, done)
+    if done < settings.rounds:
+        _simulate(settings, parallel, on_round, evaluate_fn, quiet_flower)
+    rows = read_rounds(run.path)
+    fig = bytes_figure(run.path, settings)
+    m = settings.method_spec
+    dirs = (
+        [client_dir(run.path, i) for i in range(clients)]
+        if m.personal
+        else [global_dir(run.path, m)]
+    )
+    return {
+        "settings": settings,
+        "sizes": sizes,
+        "rounds": rows,
+        "model_dirs": dirs,
+        "figure": fig,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _simulate(
+    settings: FedSettings,
+    parallel: int,
+    on_round: Callable[[dict[str, Any]], None] | None,
+    evaluate_fn: Callable[[int, dict[str, np.ndarray]], dict[str, float] | None] | None,
+    quiet_flower: bool,
+) -> None:
+    """The remaining rounds of ``settings``, one simulated SuperNode per client."""
+    import logging
+    import os
+    import warnings
+
+    from flwr.simulation import run_simulation
+
+    from .client_app import app as client_app
+    from .server_app import make_server_app
+
+    cpus = os.cpu_count() or 1
+    par = max(1, min(parallel or cpus, settings.clients))
+    threads = max(1, cpus // par)
+    settings.client_threads = threads
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray actors start with OMP_NUM_THREADS = their CPUs; torch in each uses `threads`.
+    # A client's worker process that dies (OOM killer, SIGKILL) is restarted by Ray and its
+    # task re-run once: a client round is a pure function of (seed, round, client), so the
+    # re-run sends the same update. Without this, Flower 1.41 keeps the dead actor in its
+    # pool and every later task sent to it fails.
+    backend = {
+        "client_resources": {
+            "num_cpus": threads,
+            "num_gpus": 0.0,
+            "max_restarts": ACTOR_RESTARTS,
+            "max_task_retries": 1,
+        },
+        "init_args": {"num_cpus": par * threads, "include_dashboard": False},
+    }
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    if quiet_flower:
+        flwr_log.setLevel(logging.ERROR)  # rejections and failures go to rounds.jsonl
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run_simulation(
+                server_app=make_server_app(settings, on_round=on_round, evaluate_fn=evaluate_fn),
+                client_app=client_app,
+                num_supernodes=settings.clients,
+                backend_config=backend,
+            )
+    finally:
+        flwr_log.setLevel(level)
+
+
+def bytes_figure(run_dir: str | Path, settings: FedSettings) -> Path:
+    """RUN/figures/fed_bytes.png: cumulative bytes of this run (measured) and every method (predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    from ..models.registry import build_unet
+    from ..models.unet import UNetConfig
+
+    layout = A.layout_of(
+        {
+            k: v.numpy()
+            for k, v in build_unet(UNetConfig.from_dict(settings.unet)).state_dict().items()
+        }
+    )
+    rows = read_rounds(run_dir)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in P.METHODS:
+        pr = A.predict_bytes(
+            layout, name, settings.clients, settings.rounds, bits=settings.bits, seed=settings.seed
+        )["per_round"]
+        cum = np.cumsum([0] + [r["up"] + r["down"] for r in pr]) / 1e6
+        ax.plot(range(len(cum)), cum, "--", alpha=0.7, label=f"{name} (predicted)")
+    if rows:
+        cum = np.cumsum([0] + [r["up"] + r["down"] for r in rows]) / 1e6
+        x = [0] + [r["round"] for r in rows]
+        ax.plot(x, cum, "o", color="k", ms=4, label=f"{settings.method} (measured)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    q = f", {settings.quantize}-bit updates" if settings.quantize else ""
+    ax.set(
+        xlabel="round",
+        ylabel="cumulative MB sent (up + down)",
+        title=f"{settings.clients} clients{q}",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(run_dir) / "figures" / "fed_bytes.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

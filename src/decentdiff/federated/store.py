@@ -1,0 +1,328 @@
+"""The ``RUN/federated/`` layout: settings, round log, checkpoints, resume point, activity markers.
+
+Layout of ``RUN/federated/``::
+
+    fed.json          the run's settings (:class:`~.settings.FedSettings`)
+    rounds.jsonl      one row per round: bytes each way per client (initial broadcast included),
+                      loss, rejected or failed clients
+    global/           FULL, USPLIT: the global model, an ordinary generative checkpoint
+    shared/           UDEC, ULATDEC: the server's shared parts only (not a generator)
+    clients/<i>/      UDEC, ULATDEC: each client's own model, an ordinary generative checkpoint
+    live/client-<i>.json   what client i is doing (round, state, PID), replaced atomically
+
+No Flower here: the simulation driver, the ServerApp and the pure client round all use it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import ObjectiveConfig
+from ..errors import ConfigError, RunError
+from . import parts as P
+from .settings import IDENTITY, FedSettings
+
+
+# ------------------------------------------------------------------------------ paths
+def fed_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "federated"
+
+
+def global_dir(run_dir: str | Path, method: P.Method) -> Path:
+    """Where the server keeps its model: ``global`` (a generator) or ``shared`` (parts only)."""
+    return fed_dir(run_dir) / ("shared" if method.personal else "global")
+
+
+def client_dir(run_dir: str | Path, partition: int) -> Path:
+    """Where client ``partition`` of a simulation keeps its own model (UDEC, ULATDEC)."""
+    return fed_dir(run_dir) / "clients" / str(partition)
+
+
+def model_dir(run_dir: str | Path, spec: str) -> Path:
+    """``federated`` -> the global model; ``client:i`` -> client i's personal model.
+
+    For ``decentdiff sample/eval --model``; raises ConfigError / RunError with the fix.
+    """
+    settings = read_settings(run_dir)
+    if settings is None:
+        raise RunError(f"{run_dir} has no federated run; run `decentdiff fed run {run_dir} ...`")
+    m = settings.method_spec
+    if spec in ("federated", "global"):
+        if m.personal:
+            raise ConfigError(
+                f"the {m.name} server model is not a usable generator (only shared parts are "
+                f"averaged); use --model client:I with I in 0..{settings.clients - 1}"
+            )
+        return fed_dir(run_dir) / "global"
+    if spec.startswith("client:"):
+        if not m.personal:
+            raise ConfigError(f"{m.name} has no personal models; use --model federated")
+        try:
+            i = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"--model {spec!r}: expected client:I with an integer I") from None
+        if not 0 <= i < settings.clients:
+            raise ConfigError(f"--model {spec}: clients are 0..{settings.clients - 1}")
+        return client_dir(run_dir, i)
+    raise ConfigError(f"unknown federated model {spec!r}; use federated or client:I")
+
+
+# ------------------------------------------------------------------------------ fed.json
+def read_settings(run_dir: str | Path) -> FedSettings | None:
+    p = fed_dir(run_dir) / "fed.json"
+    if not p.is_file():
+        return None
+    try:
+        return FedSettings.from_json(p.read_text())
+    except (json.JSONDecodeError, TypeError):
+        raise RunError(f"{p} is not valid; delete RUN/federated or pass --fresh") from None
+
+
+def _identity(s: FedSettings) -> dict[str, Any]:
+    d = asdict(s)
+    # Objective fields added after a run was started (e.g. `weighting`) take their defaults, so
+    # a fed.json written by an earlier version still resumes.
+    known = {f.name for f in fields(ObjectiveConfig)}
+    obj = d.get("objective") or {}
+    d["objective"] = {**asdict(ObjectiveConfig()), **obj} if set(obj) <= known else obj
+    return {k: d[k] for k in IDENTITY}
+
+
+def check_resumable(old: FedSettings, new: FedSettings) -> None:
+    """A resumed run must be the same experiment (more rounds are fine)."""
+    a, b = _identity(old), _identity(new)
+    diff = [k for k in IDENTITY if a[k] != b[k]]
+    if diff:
+        raise ConfigError(
+            f"RUN/federated holds a different federated run (differs in {', '.join(diff)}); use "
+            "the same settings to resume, --fresh to start over, or another RUN"
+        )
+
+
+def record_settings(run_dir: str | Path, settings: FedSettings) -> None:
+    """Write ``fed.json``, after checking that a run already there is the same experiment."""
+    from ..training.checkpoint import atomic_write_text
+
+    old = read_settings(run_dir)
+    if old is not None:
+        check_resumable(old, settings)
+    root = fed_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / "fed.json", json.dumps(asdict(settings), indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------ rounds.jsonl
+def round_row(info: dict[str, Any], settings: FedSettings, seconds: float) -> dict[str, Any]:
+    """The rounds.jsonl row of one round (clients ordered by partition id when known).
+
+    ``info`` is what the strategy recorded of the round: its clients' rows, accepted, complete.
+    """
+    clients = sorted(
+        info.get("clients", {}).values(),
+        key=lambda r: (r.get("partition-id", math.inf), r.get("node", 0)),
+    )
+    ok = [c for c in clients if c.get("status") == "ok"]
+    n = sum(c.get("num_examples", 0) for c in ok)
+    loss = sum(c["loss"] * c["num_examples"] for c in ok) / n if n else None
+    up = sum(c.get("up", 0) for c in clients)
+    down = sum(c.get("down", 0) for c in clients)
+    return {
+        "round": info["round"],
+        "method": settings.method,
+        "quantize": settings.quantize,
+        "complete": bool(info.get("complete", False)),
+        "accepted": info.get("accepted", 0),
+        "up": up,
+        "down": down,
+        "total": up + down,
+        "up_wire": sum(c.get("up_wire", 0) for c in clients),
+        "down_wire": sum(c.get("down_wire", 0) for c in clients),
+        "loss": loss,
+        "seconds": round(seconds, 3),
+        "clients": clients,
+    }
+
+
+def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
+    p = fed_dir(run_dir) / "rounds.jsonl"
+    if not p.is_file():
+        return []
+    return [json.loads(r) for r in p.read_text().splitlines() if r.strip()]
+
+
+def append_round(run_dir: str | Path, row: dict[str, Any]) -> None:
+    p = fed_dir(run_dir) / "rounds.jsonl"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def truncate_rounds(run_dir: str | Path, last_round: int) -> None:
+    """Drop rounds.jsonl rows after ``last_round`` (written just before a crash, never saved)."""
+    from ..training.checkpoint import atomic_write_text
+
+    p = fed_dir(run_dir) / "rounds.jsonl"
+    if not p.is_file():
+        return
+    rows = [r for r in p.read_text().splitlines() if r.strip()]
+    keep = [r for r in rows if json.loads(r).get("round", 0) <= last_round]
+    if len(keep) != len(rows):
+        atomic_write_text(p, "".join(r + "\n" for r in keep))
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def _meta_common(settings: FedSettings) -> dict[str, Any]:
+    return {
+        "kind": "generative",
+        "unet": settings.unet,
+        "objective": settings.objective,
+        "model": settings.model,
+        "image_shape": settings.image_shape,
+        "train": settings.train,
+        "federated": {
+            k: getattr(settings, k)
+            for k in ("method", "clients", "split", "local_epochs", "prox", "quantize", "seed")
+        },
+    }
+
+
+def personal_meta(
+    settings: FedSettings, partition: int, num_images: int, data: Any, **extra: Any
+) -> dict[str, Any]:
+    """meta.json of a client's own model (the layout of ``train_generative``'s checkpoints)."""
+    return {
+        **_meta_common(settings),
+        "role": f"federated client {partition}",
+        "client": partition,
+        "num_images": num_images,
+        "data_fingerprint": getattr(data, "fingerprint", None),
+        "source": getattr(data, "source", None),
+        **extra,
+    }
+
+
+def save_server_model(
+    run_dir: str | Path,
+    settings: FedSettings,
+    arrays: dict[str, np.ndarray],
+    round_: int,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the server's model after ``round_``.
+
+    FULL, USPLIT: ``global/``, a generative checkpoint (``ema`` = ``model``: the server keeps no
+    EMA). UDEC, ULATDEC: ``shared/`` with only the shared parts and ``kind = federated-shared``, so
+    nothing mistakes it for a generator.
+    """
+    import torch
+
+    from ..training.checkpoint import save_checkpoint
+
+    m = settings.method_spec
+    out = global_dir(run_dir, m)
+    keys = P.keys_for(m.shared, list(arrays)) if m.personal else list(arrays)
+    sd = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in keys}
+    meta = {**_meta_common(settings), "round": round_, "step": round_, **(extra or {})}
+    if m.personal:
+        meta = {
+            "kind": "federated-shared",
+            "note": f"{m.name}: only {sorted(m.shared)} are averaged; the generators are "
+            "RUN/federated/clients/<i>",
+            "shared_groups": sorted(m.shared),
+            "round": round_,
+            "federated": meta["federated"],
+        }
+    else:
+        meta["role"] = "federated global"
+    save_checkpoint(out, {"model": sd, "ema": sd, "state": {"step": torch.tensor(round_)}}, meta)
+    return out
+
+
+def initial_arrays(settings: FedSettings) -> dict[str, np.ndarray]:
+    """The round-0 model: the UNet initialised from the run's seed."""
+    import torch
+
+    from ..models.registry import build_unet
+    from ..models.unet import UNetConfig
+
+    torch.manual_seed(settings.seed)  # parameter initialisation only
+    model = build_unet(UNetConfig.from_dict(settings.unet))
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def resume_point(run_dir: str | Path, settings: FedSettings) -> tuple[dict[str, np.ndarray], int]:
+    """(the server's arrays, rounds already done): from the last checkpoint, or the initial model.
+
+    For UDEC/ULATDEC only the shared parts are stored; the rest is the initial model, which the
+    server never sends again after round 1.
+    """
+    from ..training.checkpoint import load_tensors, read_meta
+
+    arrays = initial_arrays(settings)
+    d = global_dir(run_dir, settings.method_spec)
+    if not (d / "meta.json").is_file():
+        return arrays, 0
+    meta = read_meta(d)
+    t = load_tensors(d, "model", meta)
+    unknown = sorted(set(t) - set(arrays))
+    # A stored tensor must also have the run's shape and dtype (a tampered or foreign checkpoint
+    # with the right names would otherwise fail later, inside Flower, with a traceback).
+    misfit = [
+        k
+        for k, v in t.items()
+        if k in arrays and (tuple(v.shape) != arrays[k].shape or v.numpy().dtype != arrays[k].dtype)
+    ]
+    if unknown or misfit:
+        from ..errors import CheckpointError
+
+        what = unknown[:3] or misfit[:3]
+        raise CheckpointError(
+            f"{d}/model.safetensors does not fit this run's model ({', '.join(what)}); pass --fresh"
+        )
+    for k, v in t.items():
+        arrays[k] = v.numpy()
+    return arrays, int(meta.get("round", 0))
+
+
+# ------------------------------------------------------------------------------ activity markers
+def activity_path(run_dir: str | Path, partition: int) -> Path:
+    """Where client ``partition`` records what it is doing: RUN/federated/live/client-<i>.json."""
+    return fed_dir(run_dir) / "live" / f"client-{partition}.json"
+
+
+def write_activity(settings: FedSettings, partition: int, round_: int, state: str) -> None:
+    """Record that this process is ``state`` ("training" or "done") round ``round_``.
+
+    One small JSON file per client, replaced atomically: partition, round, state, the PID of the
+    process doing the work, host and time. It lets a user (or a test) see which client is busy
+    and with which process. Written only where the RUN exists on this machine (a simulation, or
+    a deployment on one host); a failure to write never fails the round.
+    """
+    import os
+    import socket
+    import time
+
+    if not settings.run_dir or not fed_dir(settings.run_dir).is_dir():
+        return
+    path = activity_path(settings.run_dir, partition)
+    row = {
+        "partition": partition,
+        "round": round_,
+        "state": state,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    try:
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(row) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass

@@ -1,0 +1,62 @@
+"""One set of defaults for a federated run, and the method resolved once."""
+
+from pathlib import Path
+
+import pytest
+import tomllib
+import typer
+
+from decentdiff.errors import ConfigError
+from decentdiff.federated.cli import fed_app
+from decentdiff.federated.parts import METHODS
+from decentdiff.federated.settings import DEFAULTS, FedSettings, settings_from_run_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: The options of `fed run` that are FedSettings fields (the rest are not settings of the run).
+RUN_OPTIONS = (
+    "method",
+    "clients",
+    "split",
+    "rounds",
+    "local_epochs",
+    "local_steps",
+    "prox",
+    "quantize",
+    "seed",
+    "min_replies",
+    "round_timeout",
+)
+
+
+def _defaults(command: str) -> dict:
+    cmd = typer.main.get_command(fed_app).commands[command]
+    return {p.name: p.default for p in cmd.params}
+
+
+def test_the_cli_options_default_to_the_settings_defaults():
+    run = _defaults("run")
+    assert {k: run[k] for k in RUN_OPTIONS} == {k: getattr(DEFAULTS, k) for k in RUN_OPTIONS}
+    bytes_ = _defaults("bytes")
+    for k in ("clients", "rounds", "quantize", "seed"):
+        assert bytes_[k] == getattr(DEFAULTS, k), k
+
+
+def test_the_flower_run_config_falls_back_to_the_same_defaults_as_pyprojects():
+    """An empty run config gives `fed run`'s defaults, and pyproject's [tool.flwr.app.config]
+    declares exactly those (it used to fall back to 2 clients and 3 rounds)."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    shape = {"image-shape": "1,28,28"}  # the server then never loads data
+    bare = settings_from_run_config(shape)
+    assert settings_from_run_config({**declared["config"], **shape}) == bare
+    assert {k: getattr(bare, k) for k in RUN_OPTIONS} == {
+        k: getattr(DEFAULTS, k) for k in RUN_OPTIONS
+    }
+
+
+def test_the_method_is_resolved_once_to_its_canonical_name():
+    s = FedSettings(method=" UDec ").validate()
+    assert s.method == "udec" and s.method_spec is METHODS["udec"]
+    assert FedSettings.from_json(s.to_json()).method_spec is METHODS["udec"]
+    with pytest.raises(ConfigError, match="unknown federated method 'fedx'; choose one of: full"):
+        FedSettings(method="fedx").validate()
