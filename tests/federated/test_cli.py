@@ -5,8 +5,8 @@ import json
 import pytest
 from tests._cli import _bad, cli
 
+from decentdiff.cli.fed import fed_app
 from decentdiff.federated import aggregate as A
-from decentdiff.federated.cli import fed_app
 from decentdiff.models.registry import build_unet, unet_config
 
 

@@ -179,7 +179,7 @@ def test_superlink_and_two_supernodes_over_tls_run_one_round(tmp_path):
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # Flower spawns its own tools
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
     }
-    fed = [sys.executable, "-c", "from decentdiff.federated.cli import fed_app; fed_app()"]
+    fed = [sys.executable, "-c", "from decentdiff.cli.fed import fed_app; fed_app()"]
     logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("link", "node0", "node1")}
     procs: list[subprocess.Popen] = []
     try:

@@ -1,7 +1,7 @@
 """The federated package is built in layers: a module imports only modules of lower layers.
 
-settings -> store -> client / strategy / evaluate -> the Flower apps -> simulation -> cli, above
-the pure parts and aggregate. Imports inside functions count too: a lazy import that goes up a
+settings -> store -> client / strategy / evaluate -> the Flower apps -> simulation, above the pure
+parts and aggregate (the `fed` commands, in decentdiff.cli.fed, sit above them all). Imports inside functions count too: a lazy import that goes up a
 layer is still a cycle. The layers below the Flower apps never import Flower, so the federated
 logic can be imported and tested without it.
 """
@@ -24,12 +24,11 @@ LAYERS = (
     ("client", "strategy", "evaluate"),
     ("client_app", "server_app"),
     ("simulation",),
-    ("cli",),
 )
 #: No `flwr` import anywhere in these (function-level imports included).
 FLOWER_FREE = ("parts", "aggregate", "settings", "store", "client", "evaluate")
 #: `decentdiff --help` imports these (the CLI's option defaults): no heavy module-level import.
-LIGHT = ("settings", "cli")
+LIGHT = ("settings",)
 HEAVY = ("torch", "numpy", "flwr", "ray", "matplotlib", "scipy")
 
 

@@ -6,8 +6,8 @@ import pytest
 import tomllib
 import typer
 
+from decentdiff.cli.fed import fed_app
 from decentdiff.errors import ConfigError
-from decentdiff.federated.cli import fed_app
 from decentdiff.federated.parts import METHODS
 from decentdiff.federated.settings import DEFAULTS, FedSettings, settings_from_run_config
 

