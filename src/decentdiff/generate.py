@@ -18,6 +18,7 @@ from torch import Tensor
 from .config import SampleConfig
 from .ddm.defaults import DEFAULT_ROUTING
 from .errors import ConfigError
+from .loading import ModelSpec
 from .run import Run
 
 
@@ -34,7 +35,7 @@ class Generated:
 
 def generate(
     run: Run,
-    model: str,
+    model: str | ModelSpec,
     s: SampleConfig,
     *,
     routing: str = DEFAULT_ROUTING,
@@ -49,15 +50,16 @@ def generate(
 
     from .diffusion.solvers import guided, sample, sampling_grid
     from .evaluation.flops import SampleCounter, sampling_cost
-    from .loading import load_model, resolve_solver
+    from .loading import load_model, parse_model, resolve_solver
 
     if s.n < 1:
         raise ConfigError(f"--n must be ≥ 1, got {s.n}")
-    solver = resolve_solver(run, model, s.solver, drop)
+    spec = parse_model(model)  # validated once; the functions below take the parsed spec
+    solver = resolve_solver(run, spec, s.solver, drop)
     if s.batch < 1:
         raise ConfigError(f"sample.batch must be ≥ 1, got {s.batch}")
     g = torch.Generator().manual_seed(s.seed)
-    m = load_model(run, model, s, routing=routing, drop=drop, device=device, generator=g)
+    m = load_model(run, spec, s, routing=routing, drop=drop, device=device, generator=g)
     _check_fits(s.n, m.image_shape)
     velocity, ncls = m.velocity, m.num_classes
     if ncls > 0:
@@ -77,7 +79,7 @@ def generate(
     try:
         for i in tqdm(
             range(0, s.n, s.batch),
-            desc=f"sample {model}",
+            desc=f"sample {spec}",
             leave=False,
             disable=not progress or s.n <= s.batch,
         ):

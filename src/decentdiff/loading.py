@@ -109,7 +109,7 @@ def model_dir(run: Run, spec: str | ModelSpec) -> Path:
     return MODEL_DIRS[m.kind](run, m)
 
 
-def objective_kinds(run: Run, model: str, drop: Sequence[int] = ()) -> list[str]:
+def objective_kinds(run: Run, model: str | ModelSpec, drop: Sequence[int] = ()) -> list[str]:
     """Objective kinds (``fm``, ``ddpm``) of the network(s) behind ``model`` (an ensemble's kept
     experts), from meta.json alone; models not trained yet are skipped (loading them fails later
     with the command to run)."""
@@ -129,7 +129,7 @@ def objective_kinds(run: Run, model: str, drop: Sequence[int] = ()) -> list[str]
     return kinds
 
 
-def resolve_solver(run: Run, model: str, solver: str, drop: Sequence[int] = ()) -> str:
+def resolve_solver(run: Run, model: str | ModelSpec, solver: str, drop: Sequence[int] = ()) -> str:
     """``auto`` -> the solver that suits the model's objective(s) (:data:`AUTO_SOLVER`); an
     ensemble with any ε-expert among those kept counts as ε. Other names are returned as they are."""
     from .diffusion.solvers import AUTO_SOLVER, get_solver
