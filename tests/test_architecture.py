@@ -103,9 +103,9 @@ def test_the_cycle_finder_finds_a_cycle_through_a_lazy_import(tmp_path):
     assert cycles(import_graph(pkg)) == []
 
 
-def test_importing_the_command_line_imports_nothing_heavy():
+def test_importing_the_package_and_its_command_line_imports_nothing_heavy():
     code = (
-        "import sys, decentdiff.cli\n"
+        "import sys, decentdiff, decentdiff.cli\n"
         "print(sorted(m for m in ('torch', 'numpy', 'flwr', 'ray', 'scipy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

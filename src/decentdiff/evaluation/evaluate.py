@@ -102,8 +102,6 @@ def evaluate(
     """
     from ..generate import generate, save_samples
     from ..training.loop import append_jsonl
-    from .features import extract
-    from .metrics import all_metrics
 
     if model == "ensemble":
         from ..ddm.load import resolve_routing
@@ -120,20 +118,10 @@ def evaluate(
     t0 = time.perf_counter()
     # Sample first: a missing model or a bad routing fails before anything is cached in RUN/eval.
     gen = generate(run, model, cfg.sample, routing=routing, device=device, progress=progress)
-    net, net_meta = feature_net(run, data, features, progress=progress)
-    real = _real(run, data, net, features)
+    sc = _score(run, data, gen.images, features, cfg.sample.seed, progress)
+    metrics, floor, fake, real, net_meta = sc
     if save_samples_to is not None:
         save_samples(save_samples_to, gen)
-    fake = extract(net, gen.images)
-    labels = real.get("held_labels")
-    metrics = all_metrics(
-        real["held_features"],
-        fake["features"],
-        fake_probs=fake.get("probs"),
-        real_labels=labels,
-        seed=cfg.sample.seed,
-    )
-    floor = _floor(run, real, labels, features)
     # The generated images' features, kept for intervals (bootstrap of FID ratios) and
     # histograms after the fact; small (N x feature width).
     fake_path = _fake_path(run, model, routing, cfg, features)
@@ -167,6 +155,60 @@ def evaluate(
     }
     append_jsonl(run.metrics_path, row)
     return row
+
+
+def _score(
+    run: Run, data: RunData, images: torch.Tensor, features: str, seed: int, progress: bool
+) -> tuple[dict[str, float], dict[str, float], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(metrics, floor, the images' features, the reference's, the feature net's meta)."""
+    from .features import extract
+    from .metrics import all_metrics
+
+    net, net_meta = feature_net(run, data, features, progress=progress)
+    real = _real(run, data, net, features)
+    fake = extract(net, images)
+    labels = real.get("held_labels")
+    metrics = all_metrics(
+        real["held_features"],
+        fake["features"],
+        fake_probs=fake.get("probs"),
+        real_labels=labels,
+        seed=seed,
+    )
+    return metrics, _floor(run, real, labels, features), fake, real, net_meta
+
+
+def score_images(
+    run: Run,
+    images: Any,
+    *,
+    features: str = "classifier",
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The metrics of an ``eval`` row for any ``images`` ((N, C, H, W) floats in [−1, 1], a
+    tensor or an array): against RUN's held-out part, with the floor. Writes nothing to
+    metrics.jsonl (the reference's features are cached in RUN/eval as for ``eval``)."""
+    from ..config import resolve
+
+    data = run.data(resolve(base=run.base_config()), create=False)
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(data.shape):
+        raise ConfigError(
+            f"images must be (N, C, H, W) = (N, {', '.join(map(str, data.shape))}) floats in "
+            f"[−1, 1] like RUN's data, got shape {tuple(x.shape)}"
+        )
+    if len(x) < 2 or not torch.isfinite(x).all():
+        raise ConfigError("images must be at least 2, all finite (NaN or inf found)")
+    metrics, floor, _, real, net_meta = _score(run, data, x, features, seed, progress)
+    return {
+        "n": len(x),
+        "features": features,
+        "n_real": len(real["held_features"]),
+        **{k: float(v) for k, v in metrics.items()},
+        "floor": floor,
+        "classifier_accuracy": net_meta.get("heldout_accuracy"),
+    }
 
 
 def _fake_path(run: Run, model: str, routing: str, cfg: Config, features: str) -> Path:
