@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -228,3 +229,24 @@ def report(
     r = existing_run(run)
     out = write_report(r, resolve_config(r, config, set_))
     typer.echo(f"report -> {out}")
+
+
+def export(
+    run: ExistingRunArg,
+    out: Annotated[Path, typer.Argument(help="The folder to write (must not exist, or be empty).")],
+    license: Annotated[
+        str,
+        typer.Option(
+            "--license", help="License of the models for the model card (an SPDX id, or other)."
+        ),
+    ] = "other",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing folder.")] = False,
+) -> None:
+    """Write RUN's trained models to OUT to share: weights (safetensors), config.json and a
+    README.md model card; `decentdiff sample OUT` and `decentdiff.load(OUT)` work on it."""
+    from ..export import export_run
+
+    r = existing_run(run)
+    path = export_run(r, out, license=license, force=force)
+    n = len(json.loads((path / "config.json").read_text())["models"])
+    typer.echo(f"{n} models -> {path} (model card {path / 'README.md'})")
