@@ -83,6 +83,68 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+#: The layers of docs/architecture.md, lowest first: module prefixes under ``decentdiff.`` (the
+#: longest matching prefix decides). A module imports only modules of its own or lower layers.
+LAYERS = (
+    ("foundations", ("errors", "config", "viz", "figures", "training.checkpoint",
+                     "evaluation.metrics", "evaluation.flops")),
+    ("data, networks, diffusion", ("data", "models", "diffusion")),
+    ("the run directory", ("run",)),
+    ("training", ("training",)),
+    ("DDM and federated", ("ddm", "federated", "training.distributed")),
+    ("models of a RUN", ("loading",)),
+    ("use", ("generate", "evaluation", "ddm.diagnostics", "federated.evaluate", "report", "demo",
+             "export", "api")),
+    ("command line", ("cli", "__main__")),
+)  # fmt: skip
+
+
+def layer_of(module: str) -> int | None:
+    rel = module.split(".", 1)[1] if "." in module else ""
+    best, length = None, -1
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (rel == p or rel.startswith(p + ".")) and len(p) > length:
+                best, length = i, len(p)
+    return best
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every module without a layer and every import of a higher layer (the package's top
+    ``decentdiff/__init__.py``, which only defers to the API, is exempt)."""
+    top = SRC.name
+    bad = []
+    for mod, deps in sorted(graph.items()):
+        if mod == top:
+            continue
+        mine = layer_of(mod)
+        if mine is None:
+            bad.append(f"{mod} has no layer: add it to LAYERS and docs/architecture.md")
+            continue
+        for dep in sorted(deps - {top}):
+            theirs = layer_of(dep)
+            if theirs is None or theirs > mine:
+                bad.append(f"{mod} ({LAYERS[mine][0]}) imports {dep} (a higher layer)")
+    return bad
+
+
+def test_every_module_imports_only_its_own_or_lower_layers():
+    assert layer_violations(import_graph(SRC)) == []
+
+
+def test_an_upward_import_is_a_layer_violation():
+    graph = import_graph(SRC)
+    graph["decentdiff.diffusion.solvers"] = graph["decentdiff.diffusion.solvers"] | {
+        "decentdiff.generate"
+    }
+    graph["decentdiff.newthing"] = set()
+    assert layer_violations(graph) == [
+        "decentdiff.diffusion.solvers (data, networks, diffusion) imports decentdiff.generate "
+        "(a higher layer)",
+        "decentdiff.newthing has no layer: add it to LAYERS and docs/architecture.md",
+    ]
+
+
 def test_no_import_cycle_in_the_package():
     assert cycles(import_graph(SRC)) == []
 

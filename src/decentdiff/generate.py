@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from .config import SampleConfig
-from .ddm.defaults import DEFAULT_ROUTING
 from .errors import ConfigError
 from .loading import ModelSpec
 from .run import Run
@@ -38,14 +37,15 @@ def generate(
     model: str | ModelSpec,
     s: SampleConfig,
     *,
-    routing: str = DEFAULT_ROUTING,
+    routing: str | None = None,
     drop: Sequence[int] = (),
     label: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Generated:
     """Draw ``s.n`` images from ``model`` of RUN with solver ``s.solver`` in ``s.steps`` steps
-    (``auto``: the one that suits the model's objective, :func:`~decentdiff.loading.resolve_solver`)."""
+    (``auto``: the one that suits the model's objective, :func:`~decentdiff.loading.resolve_solver`);
+    an ensemble's ``routing`` defaults to ``s.routing``."""
     from tqdm.auto import tqdm
 
     from .diffusion.solvers import guided, sample, sampling_grid
@@ -59,6 +59,7 @@ def generate(
     if s.batch < 1:
         raise ConfigError(f"sample.batch must be ≥ 1, got {s.batch}")
     g = torch.Generator().manual_seed(s.seed)
+    routing = s.routing if routing is None else routing
     m = load_model(run, spec, s, routing=routing, drop=drop, device=device, generator=g)
     _check_fits(s.n, m.image_shape)
     velocity, ncls = m.velocity, m.num_classes

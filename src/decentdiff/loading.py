@@ -73,6 +73,11 @@ def sample_name(model: str, routing: str | None) -> str:
     return model if routing is None else f"{model}-{routing.replace(':', '').replace(',', '-')}"
 
 
+def samples_path(run: Run, model: str, routing: str | None) -> Path:
+    """Where ``sample``/``eval``/``compare`` keep a model's samples: RUN/samples/<name>.npz."""
+    return run.path / "samples" / f"{sample_name(model, routing)}.npz"
+
+
 def _run_dir(run: Run, m: ModelSpec) -> Path:
     return run.model_dir(m.kind)
 

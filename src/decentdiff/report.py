@@ -12,7 +12,7 @@ import torch
 from .config import Config
 from .ddm.defaults import DEFAULT_ROUTING, DEFAULT_ROUTINGS
 from .evaluation.evaluate import evaluate, find_row, read_rows, sample_key
-from .loading import sample_name
+from .loading import samples_path
 from .run import Run
 
 
@@ -65,7 +65,7 @@ def compare(
         solver = resolve_solver(run, model, cfg.sample.solver)
         row = find_row(existing, model=model, routing=routing, **{**key, "solver": solver})
         if row is None:
-            out = run.path / "samples" / f"{sample_name(model, routing)}.npz"
+            out = samples_path(run, model, routing)
             row = evaluate(
                 run,
                 cfg,
@@ -283,7 +283,7 @@ def write_report(run: Run, cfg: Config) -> Path:
     # Attribution
     from .ddm.load import resolve_routing
 
-    att = rp / "samples" / f"{sample_name('ensemble', resolve_routing(run, DEFAULT_ROUTING))}.npz"
+    att = samples_path(run, "ensemble", resolve_routing(run, DEFAULT_ROUTING))
     if not att.is_file():
         att = rp / "samples" / "ensemble-top1.npz"
     if part is not None and att.is_file():

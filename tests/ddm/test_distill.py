@@ -1,6 +1,7 @@
 """Distillation of the ensemble into one student, and heterogeneous (ε + flow) experts."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -236,3 +237,26 @@ def test_ddpm_and_flow_experts_agree_after_conversion(tmp_path):
     err_fm = float((a - true).pow(2).mean())
     assert err_between < err_fm
     assert err_between < 0.2 * float(true.pow(2).mean())
+
+
+def test_a_student_of_another_size_with_preset(tmp_path, run_dir, capsys):
+    """`distill --preset` sets the student's size (the experts are `tiny`); resuming with another
+    size is refused in one line, and --fresh starts the other one."""
+    run = tmp_path / "copy"
+    shutil.copytree(run_dir, run)
+    shutil.rmtree(run / "distilled", ignore_errors=True)
+    args = ["distill", run, "--steps", 2, "-q", "--set", "train.batch=8"]
+    code, _, err = cli(capsys, *args, "--preset", "compact")
+    assert code == 0, err
+    student = json.loads((run / "distilled" / "meta.json").read_text())
+    expert = json.loads((run / "experts" / "0" / "meta.json").read_text())
+    assert student["params"] > expert["params"]  # compact > tiny
+    code, _, err = cli(capsys, *args)  # no --preset: the experts' size, not the checkpoint's
+    assert code == 2 and "another size" in err and err.count("\n") == 1
+    code, _, err = cli(capsys, *args, "--preset", "compact", "--steps", 3)
+    assert code == 0, err  # the same size resumes
+    code, _, err = cli(capsys, *args, "--fresh")
+    assert code == 0, err
+    assert json.loads((run / "distilled" / "meta.json").read_text())["params"] == expert["params"]
+    code, _, err = cli(capsys, *args, "--preset", "huge")
+    assert code == 2 and "unknown model preset" in err

@@ -84,6 +84,10 @@ def sample(
     from ..training.loop import resolve_device
 
     r = existing_run(run, fix="train a model into it first")
+    if model is not None:
+        from ..loading import parse_model
+
+        parse_model(model)  # an explicit --model "" is an error, not "the default"
     cfg = resolve_config(
         r,
         config,
@@ -135,10 +139,14 @@ def evaluate(
     """Sample a model and score it against the held-out images; appends a row to RUN/metrics.jsonl."""
     from ..ddm.load import resolve_routing
     from ..evaluation.evaluate import evaluate as run_eval
-    from ..loading import sample_name
+    from ..loading import sample_name, samples_path
     from ..training.loop import resolve_device
 
     r = existing_run(run)
+    if model is not None:
+        from ..loading import parse_model
+
+        parse_model(model)  # an explicit --model "" is an error, not "the default"
     cfg = eval_config(
         r,
         config,
@@ -161,7 +169,7 @@ def evaluate(
         features=features,
         device=resolve_device(device),
         progress=not quiet,
-        save_samples_to=r.path / "samples" / f"{name}.npz",
+        save_samples_to=samples_path(r, model, routing),
     )
     typer.echo(
         f"{name}: FID {row['fid']:.2f} (floor {row['floor']['fid']:.2f}), KID {row['kid_mean']:.4f}, "

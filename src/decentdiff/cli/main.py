@@ -1,8 +1,8 @@
 """The ``decentdiff`` command: the command tree, the command log and the one place user errors
 become one line and exit status 2 (``--debug`` shows tracebacks).
 
-Each command group lives in its own module of this package and imports only :mod:`.options`;
-heavy imports (torch, ...) happen inside commands, so ``decentdiff --help`` stays fast.
+Each command group lives in its own module of this package and takes its shared options from
+:mod:`.options`; no command module imports this one. Heavy imports (torch, ...) happen inside commands, so ``decentdiff --help`` stays fast.
 """
 
 from __future__ import annotations

@@ -108,6 +108,18 @@ def distill(
     ucfg = UNetConfig.from_dict(metas[0]["unet"])
     if preset is not None:
         ucfg = unet_config(preset, ucfg.in_channels, ucfg.num_classes)
+    if not fresh and (out / "meta.json").is_file():
+        import json
+
+        try:
+            before = json.loads((out / "meta.json").read_text()).get("unet")
+        except (OSError, ValueError):
+            before = None  # a damaged meta is the training loop's to report
+        if before is not None and before != json.loads(json.dumps(ucfg.to_dict())):
+            raise RunError(
+                f"{out} holds a student of another size; resume with the --preset it was "
+                "distilled with, or pass --fresh to start this one"
+            )
     n_cls = ucfg.num_classes
     routed = None if teacher == "own" else _routed_teacher(run, teacher, device)
     # The student is a flow-matching model whatever its teachers were (ε-teachers are converted).

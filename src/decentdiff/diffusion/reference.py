@@ -34,6 +34,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from decentdiff.diffusion.paths import alpha, sigma
 from decentdiff.errors import ConfigError
 
 __all__ = [
@@ -126,8 +127,8 @@ class _Kernels:
         no (B, N, D) tensor); float64 keeps the cancellation harmless. Points of another class than
         ``cond`` get −inf.
         """
-        s = (1.0 - tc)[:, None]  # (B, 1)
-        inv = (-0.5 / (tc * tc))[:, None]  # (B, 1)
+        s = alpha(tc)[:, None]  # (B, 1): x_t = α_t·x0 + σ_t·ε, kernel N(x_t; α_t x0_i, σ_t²)
+        inv = (-0.5 / (sigma(tc) * sigma(tc)))[:, None]  # (B, 1)
         xsq = (xf * xf).sum(1, keepdim=True)  # (B, 1)
         for start in range(0, self.n, self.chunk):
             sl = slice(start, min(start + self.chunk, self.n))
@@ -212,7 +213,7 @@ class EmpiricalFlow:
             (B, ...) velocity in x's dtype and device.
         """
         xf, tc, cond = self._k.prepare(x, t, cond)
-        v = (xf - self._x0_flat(xf, tc, cond)) / tc[:, None]
+        v = (xf - self._x0_flat(xf, tc, cond)) / sigma(tc)[:, None]  # v = (x_t − x̂0)/σ_t
         return v.reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
     def posterior(self, x: Tensor, t: Tensor | float, cond: Tensor | None = None) -> Tensor:

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from ..config import Config
-from ..ddm.defaults import DEFAULT_ROUTING
 from ..errors import ConfigError
 from ..run import Run, RunData
 
@@ -90,7 +89,7 @@ def evaluate(
     cfg: Config,
     model: str,
     *,
-    routing: str = DEFAULT_ROUTING,
+    routing: str | None = None,
     features: str = "classifier",
     device: torch.device | str = "cpu",
     progress: bool = True,
@@ -98,11 +97,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """Sample ``cfg.sample.n`` images from ``model`` and compute every metric against held-out data.
 
-    Returns the row appended to RUN/metrics.jsonl.
+    An ensemble's ``routing`` defaults to ``cfg.sample.routing``. Returns the row appended to
+    RUN/metrics.jsonl.
     """
     from ..generate import generate, save_samples
     from ..training.loop import append_jsonl
 
+    routing = cfg.sample.routing if routing is None else routing
     if model == "ensemble":
         from ..ddm.load import resolve_routing
 
