@@ -28,7 +28,7 @@ demo: setup
 # The optional suites (federated, diffusers oracles, TLS deployment) skip when their package is
 # missing; here they must run, so a broken install fails instead of skipping silently.
 test: setup lint
-	$(PY) -c "import flwr, diffusers, cryptography, torchmetrics" || \
+	$(PY) -c "import flwr, diffusers, cryptography, torchmetrics, tensorboard" || \
 		{ echo "make test: the [test,federated] extras are not importable; run make clean setup"; exit 1; }
 	$(PY) -m pytest -q
 

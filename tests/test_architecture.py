@@ -86,7 +86,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 #: The layers of docs/architecture.md, lowest first: module prefixes under ``decentdiff.`` (the
 #: longest matching prefix decides). A module imports only modules of its own or lower layers.
 LAYERS = (
-    ("foundations", ("errors", "config", "viz", "figures", "training.checkpoint",
+    ("foundations", ("errors", "config", "events", "viz", "figures", "training.checkpoint",
                      "evaluation.metrics", "evaluation.flops")),
     ("data, networks, diffusion", ("data", "models", "diffusion")),
     ("the run directory", ("run",)),

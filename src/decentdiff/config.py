@@ -57,6 +57,7 @@ class TrainConfig:
     cond_drop: float = 0.1  # class-conditional: share of labels replaced by the null class
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    log: str = "jsonl"  # jsonl (metrics.jsonl only) | tensorboard (also TensorBoard event files)
 
 
 #: --solver's help, shared by sample, eval, compare and fed eval.
@@ -193,6 +194,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "sample_seed": ("sample", "seed"),
     "model_spec": ("sample", "model"),
     "routing": ("sample", "routing"),
+    "log": ("train", "log"),
 }
 
 

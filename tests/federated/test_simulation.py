@@ -68,13 +68,20 @@ def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_
     run = tmp_path / "run"
     common = ["--data", "digits", "--preset", "tiny", "--clients", 3, "--split", "dirichlet:1"]
     common += ["--method", "udec", "--quantize", 8, "--local-steps", 2, "--batch", 16]
-    code, out, err = cli(capsys, "fed", "run", run, *common, "--rounds", 2, "--eval-n", 0)
+    code, out, err = cli(capsys, "fed", "run", run, *common, "--rounds", 2, "--eval-n", 0,
+                         "--log", "tensorboard")  # fmt: skip
     assert code == 0, err
     assert not (run / "metrics.jsonl").exists()  # --eval-n 0: no evaluation
     assert "round   2/2" in err and "personal models" in out
     rows = read_rounds(run)
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["complete"] and r["accepted"] == 3 for r in rows)
+    # --log tensorboard: one event per round in RUN/federated, read back by TensorBoard itself.
+    tb = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    ea = tb.EventAccumulator(str(run / "federated"))
+    ea.Reload()
+    logged = [(e.step, e.value) for e in ea.Scalars("federated/up")]
+    assert logged == [(r["round"], float(r["up"])) for r in rows]
     assert all(c["status"] == "ok" for r in rows for c in r["clients"])
     # Round 2's private parts came from Flower's per-node state (1), not from disk (2).
     assert [c["private-from"] for c in rows[1]["clients"]] == [1, 1, 1]

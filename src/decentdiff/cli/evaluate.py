@@ -17,6 +17,7 @@ from .options import (
     EvalNOpt,
     ExistingRunArg,
     FeaturesOpt,
+    LogOpt,
     QuietOpt,
     RoutingOpt,
     SampleSeedOpt,
@@ -133,6 +134,7 @@ def evaluate(
     seed: SampleSeedOpt = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
+    log: LogOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -157,6 +159,7 @@ def evaluate(
         solver=solver,
         model_spec=model,
         routing=routing,
+        log=log,
     )
     model = cfg.sample.model or "ensemble"
     routing = resolve_routing(r, cfg.sample.routing) if model == "ensemble" else None
@@ -199,6 +202,7 @@ def compare(
     ] = False,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
+    log: LogOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -212,7 +216,9 @@ def compare(
     # Every routing is checked before anything is computed or written.
     r = existing_run(run)
     names = tuple(dict.fromkeys(resolve_routing(r, x) for x in split_routings(routings)))
-    cfg = eval_config(r, config, set_, n, sample_steps=steps, sample_seed=seed, solver=solver)
+    cfg = eval_config(
+        r, config, set_, n, sample_steps=steps, sample_seed=seed, solver=solver, log=log
+    )
     rows = run_compare(
         r,
         cfg,

@@ -19,6 +19,7 @@ from .options import (
     ConfigOpt,
     DataOpt,
     FeaturesOpt,
+    LogOpt,
     QuietOpt,
     SampleSeedOpt,
     SampleStepsOpt,
@@ -108,6 +109,7 @@ def fed_run(
         ),
     ] = 500,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-round lines.")] = False,
+    log: LogOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -136,7 +138,14 @@ def fed_run(
     for sec, vals in r.base_config().items():
         base.setdefault(sec, {}).update(vals)
     cfg = C.resolve(
-        config, set_, base=base, data=data, preset=preset, objective=objective, batch=batch
+        config,
+        set_,
+        base=base,
+        data=data,
+        preset=preset,
+        objective=objective,
+        batch=batch,
+        log=log,
     )
 
     def progress(row: dict) -> None:

@@ -79,6 +79,14 @@ FreshOpt = Annotated[
     bool, typer.Option("--fresh", help="Ignore an existing checkpoint and start over.")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+LogOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log",
+        help="jsonl: metrics.jsonl only; tensorboard: also TensorBoard event files beside it "
+        "(`tensorboard --logdir RUN`). Also settable as train.log. (default: jsonl)",
+    ),
+]
 
 # ---------------------------------------------------------------- sampling and evaluation
 RoutingOpt = Annotated[

@@ -13,6 +13,7 @@ from .options import (
     DataOpt,
     DdmRunArg,
     FreshOpt,
+    LogOpt,
     ObjectiveOpt,
     PartitionedRunArg,
     PresetOpt,
@@ -53,6 +54,7 @@ def train_monolith(
     ] = False,
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
+    log: LogOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -72,6 +74,7 @@ def train_monolith(
         batch=batch,
         seed=seed,
         class_cond=class_cond,
+        log=log,
     )
     if flop_match:
         k = monolith.flop_match(r, cfg)
@@ -92,6 +95,7 @@ def train_expert(
     seed: SeedOpt = None,
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
+    log: LogOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -103,7 +107,7 @@ def train_expert(
 
     r = Run(run)
     cfg = resolve_config(
-        r, config, set_, preset=preset, objective=objective, steps=steps, seed=seed
+        r, config, set_, preset=preset, objective=objective, steps=steps, seed=seed, log=log
     )
     env = dist_env()
     if env is None:
@@ -153,6 +157,7 @@ def train_experts(
     seed: SeedOpt = None,
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
+    log: LogOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -163,7 +168,7 @@ def train_experts(
 
     r = Run(run)
     cfg = resolve_config(
-        r, config, set_, preset=preset, objective=objective, steps=steps, seed=seed
+        r, config, set_, preset=preset, objective=objective, steps=steps, seed=seed, log=log
     )
     metas = train(
         r,
@@ -189,6 +194,7 @@ def train_router(
     seed: SeedOpt = None,
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
+    log: LogOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -198,7 +204,9 @@ def train_router(
     from ..run import Run
 
     r = Run(run)
-    cfg = resolve_config(r, config, set_, preset=preset, steps=steps, batch=batch, seed=seed)
+    cfg = resolve_config(
+        r, config, set_, preset=preset, steps=steps, batch=batch, seed=seed, log=log
+    )
     typer.echo(router_summary(r, train(r, cfg, fresh=fresh, progress=not quiet)))
 
 
@@ -228,6 +236,7 @@ def distill(
     ] = "own",
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
+    log: LogOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -237,7 +246,7 @@ def distill(
     from ..run import Run
 
     r = Run(run)
-    cfg = resolve_config(r, config, set_, seed=seed)
+    cfg = resolve_config(r, config, set_, seed=seed, log=log)
     meta = run_distill(
         r,
         cfg,

@@ -118,6 +118,13 @@ def fit_router(
         seed=cfg.train.seed,
     )
     atomic_write_text(router_dir(run) / "accuracy.json", json.dumps(acc, indent=2) + "\n")
+    if cfg.train.log == "tensorboard":
+        from ..events import EventWriter
+
+        # Accuracy against the noise level: the x-axis is t in thousandths (TensorBoard's step).
+        w = EventWriter(router_dir(run))
+        for t, a in zip(acc["t"], acc["accuracy"], strict=True):
+            w.scalars(round(1000 * t), {"accuracy_vs_t": a, "prior": acc["prior"]}, "router/")
     from ..figures import router_accuracy_figure
 
     router_accuracy_figure(acc, run.path / "figures" / "router_accuracy.png")

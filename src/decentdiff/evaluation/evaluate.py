@@ -155,6 +155,15 @@ def evaluate(
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     append_jsonl(run.metrics_path, row)
+    if cfg.train.log == "tensorboard":
+        from ..events import EventWriter
+        from ..loading import sample_name
+
+        # One TensorBoard run per evaluated model under RUN/eval/tensorboard; x-axis: solver steps.
+        name = sample_name(model, routing if model == "ensemble" else None)
+        EventWriter(run.path / "eval" / "tensorboard" / name).scalars(
+            cfg.sample.steps, {**row, "floor_fid": floor.get("fid")}, prefix="eval/"
+        )
     return row
 
 

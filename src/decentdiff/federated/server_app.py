@@ -17,9 +17,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from ..events import EventWriter
 from .settings import FedSettings, settings_from_run_config
 from .store import (
     append_round,
+    fed_dir,
     record_settings,
     resume_point,
     round_row,
@@ -47,6 +49,7 @@ def serve(
         return
     strategy = PartialFedAvg(settings, round_offset=done)
     clock = {"t": time.perf_counter()}
+    tb: dict[str, EventWriter] = {}
 
     def after_round(server_round: int, record: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:  # Strategy.start calls the hook once before round 1
@@ -62,6 +65,10 @@ def serve(
             metrics = evaluate_fn(rnd, current)
             row["eval"] = metrics
         append_round(run_dir, row)  # the row first: a crash before the save truncates it on resume
+        if settings.train.get("log") == "tensorboard":  # RUN/federated: TensorBoard event file
+            if "w" not in tb:
+                tb["w"] = EventWriter(fed_dir(run_dir))
+            tb["w"].scalars(rnd, row, prefix="federated/")
         save_server_model(run_dir, settings, current, rnd, {"loss": row["loss"]})
         if on_round is not None:
             on_round(row)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..errors import CheckpointError, ConfigError, TrainingError
+from ..events import LOG_KINDS, EventWriter
 from .checkpoint import (
     PREVIOUS,
     load_optimizer_tensors,
@@ -182,6 +183,8 @@ def train(
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.log not in LOG_KINDS:
+        raise ConfigError(f"train.log={cfg.log!r}: choose one of {', '.join(LOG_KINDS)}")
     ema = EMA(model, cfg.ema_decay)
     start = 0
     meta = dict(meta or {})
@@ -248,6 +251,8 @@ def train(
         leave=False,
     )
     t0, seen, last, final = time.perf_counter(), 0, None, None
+    # TensorBoard event files beside metrics.jsonl (`tensorboard --logdir RUN` shows each model).
+    events = EventWriter(metrics_path.parent) if cfg.log == "tensorboard" and metrics_path else None
     for step in bar:
         g = step_generator(cfg.seed, step)
         for group in opt.param_groups:
@@ -280,6 +285,8 @@ def train(
                 **logs,
             }
             append_jsonl(metrics_path, row)
+            if events is not None:
+                events.scalars(done, row, prefix="train/")
             bar.set_postfix(loss=f"{last:.4f}")
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             final = checkpoint(done, last)
