@@ -17,7 +17,7 @@ from decentdiff.config import SampleConfig
 from decentdiff.ddm.ensemble import EnsembleVelocity
 from decentdiff.diffusion.solvers import sample
 from decentdiff.evaluation.flops import SampleCounter, sampling_cost
-from decentdiff.models.registry import build_unet, unet_config
+from decentdiff.models.registry import build_network, network_config
 from decentdiff.models.router import Router, router_config
 
 ROUTINGS = ("top1", "topk:2", "sample:1", "threshold:0.05", "full")
@@ -25,7 +25,7 @@ ROUTINGS = ("top1", "topk:2", "sample:1", "threshold:0.05", "full")
 
 def _setup(k: int, preset: str):
     torch.manual_seed(0)
-    experts = [build_unet(unet_config(preset, 1)).eval() for _ in range(k)]
+    experts = [build_network(network_config(preset, 1)).eval() for _ in range(k)]
     router = Router(router_config(preset, 1, k)).eval()
     with (
         torch.no_grad()

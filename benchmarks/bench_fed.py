@@ -26,9 +26,9 @@ METHODS = ("full", "usplit", "udec", "ulatdec")
 
 def _predicted(preset: str, clients: int, rounds: int, bits: int | None) -> dict[str, Any]:
     from decentdiff.federated import aggregate as A
-    from decentdiff.models.registry import build_unet, unet_config
+    from decentdiff.models.registry import build_network, network_config
 
-    sd = build_unet(unet_config(preset, 1, 0)).state_dict()
+    sd = build_network(network_config(preset, 1, 0)).state_dict()
     layout = A.layout_of({k: v.numpy() for k, v in sd.items()})
     return A.bytes_table(layout, clients, rounds, bits=bits)
 

@@ -18,7 +18,7 @@ from common import Benchmark, Context, interleaved, md_table, verdict
 from torch import Tensor, nn
 
 from decentdiff.diffusion.paths import FlowMatching
-from decentdiff.models.registry import PRESETS, build_unet, count_params, unet_config
+from decentdiff.models.registry import PRESETS, build_network, count_params, network_config
 
 BATCH, RES, CHANNELS = 128, 28, 1  # 28×28×1 MNIST-sized training batches
 MATMUL_N = 2048
@@ -119,11 +119,11 @@ def train_step_fn(model: nn.Module, batch: int = BATCH):
 
 def train_flops(model: nn.Module, batch: int = BATCH) -> float:
     """FLOPs of one forward + backward of the flow-matching loss (torch.utils.flop_counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from decentdiff.evaluation.flops import flop_counter
 
     g = torch.Generator().manual_seed(0)
     x0 = torch.rand(batch, CHANNELS, RES, RES, generator=g) * 2 - 1
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter:
         FlowMatching().loss(model, x0, None, g).backward()
     model.zero_grad(set_to_none=True)
@@ -132,7 +132,7 @@ def train_flops(model: nn.Module, batch: int = BATCH) -> float:
 
 def _preset_model(name: str) -> nn.Module:
     torch.manual_seed(0)
-    return build_unet(unet_config(name, CHANNELS))
+    return build_network(network_config(name, CHANNELS))
 
 
 # ------------------------------------------------------------------ training speed and MFU
@@ -399,7 +399,7 @@ def bench_quality(ctx: Context) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
         reused = (
             meta.get("step") == QUALITY_STEPS
-            and meta.get("unet") == unet_config("small", CHANNELS).to_dict()
+            and meta.get("unet") == network_config("small", CHANNELS).to_dict()
             and meta.get("train", {}).get("batch") == QUALITY_BATCH
         )
     if not reused:

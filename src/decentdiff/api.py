@@ -155,6 +155,7 @@ class RunHandle:
         *,
         teacher: str = "own",
         preset: str | None = None,
+        arch: str = "",
         steps: int | None = None,
         batch: int | None = None,
         fresh: bool = False,
@@ -176,6 +177,7 @@ class RunHandle:
             progress=progress,
             teacher=teacher,
             preset=preset,
+            arch=arch,
         )
 
     # ------------------------------------------------------------------ using models

@@ -28,7 +28,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    preset: str = "small"  # tiny | small | base
+    preset: str = "small"  # tiny | compact | small | base (UNet); dit-tiny … dit-base (DiT)
+    arch: str = ""  # '' = as the preset's name says | unet | dit (dit + small = dit-small)
     class_cond: bool = False  # condition on labels (with a null class for guidance)
 
 
@@ -182,6 +183,7 @@ def parse_set(items: list[str] | None) -> dict[str, dict[str, str]]:
 OVERRIDES: dict[str, tuple[str, str]] = {
     "data": ("data", "source"),
     "preset": ("model", "preset"),
+    "arch": ("model", "arch"),
     "objective": ("objective", "kind"),
     "steps": ("train", "steps"),
     "batch": ("train", "batch"),

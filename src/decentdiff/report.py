@@ -13,6 +13,7 @@ from .config import Config
 from .ddm.defaults import DEFAULT_ROUTING, DEFAULT_ROUTINGS
 from .evaluation.evaluate import evaluate, find_row, read_rows, sample_key
 from .loading import samples_path
+from .models.registry import describe
 from .run import Run
 
 
@@ -177,8 +178,8 @@ def write_report(run: Run, cfg: Config) -> Path:
     md += [
         "## Training",
         "",
-        "| model | params | steps | batch | train TFLOPs | final loss |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | architecture | params | steps | batch | train TFLOPs | final loss |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     dirs = sorted(
         p.parent
@@ -189,12 +190,12 @@ def write_report(run: Run, cfg: Config) -> Path:
         try:
             m = read_meta(d)
         except Exception:  # a damaged meta is reported as such, the report still renders
-            md.append(f"| {d.relative_to(rp)} | (unreadable meta.json) | | | | |")
+            md.append(f"| {d.relative_to(rp)} | (unreadable meta.json) | | | | | |")
             continue
         if "train" not in m:
             continue
         md.append(
-            f"| {d.relative_to(rp)} | {m.get('params', 0):,} | {m.get('step')} | "
+            f"| {d.relative_to(rp)} | {describe(m)} | {m.get('params', 0):,} | {m.get('step')} | "
             f"{m['train'].get('batch')} | {m.get('train_flops', 0) / 1e12:.3g} | "
             f"{(m.get('loss') or float('nan')):.4f} |"
         )

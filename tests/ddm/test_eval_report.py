@@ -149,9 +149,10 @@ def test_report_references_existing_files(run, capsys):
     meta = json.loads((run / "monolith" / "meta.json").read_text())
     line = next(x for x in md.splitlines() if x.startswith("| monolith |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[1] == f"{meta['params']:,}" and int(cells[2]) == meta["step"]
+    assert cells[1] == "UNet " + "-".join(str(c) for c in meta["unet"]["channels"])
+    assert cells[2] == f"{meta['params']:,}" and int(cells[3]) == meta["step"]
     assert meta["train_flops"] > 0
-    assert float(cells[4]) == pytest.approx(meta["train_flops"] / 1e12, rel=5e-3)
+    assert float(cells[5]) == pytest.approx(meta["train_flops"] / 1e12, rel=5e-3)
 
 
 def test_demo_runs_the_whole_pipeline_and_records_its_timing(tmp_path, capsys):

@@ -9,7 +9,7 @@ import torch
 
 from decentdiff.federated import aggregate as A
 from decentdiff.federated import parts as P
-from decentdiff.models.registry import build_unet, unet_config
+from decentdiff.models.registry import build_network, network_config
 
 
 def _global(seed=0):
@@ -133,7 +133,7 @@ def test_quantisation_error_is_at_most_half_a_step(scale):
 
 
 def test_quantised_update_round_trip_and_four_times_fewer_bytes():
-    sd = build_unet(unet_config("tiny", 1, 0)).state_dict()
+    sd = build_network(network_config("tiny", 1, 0)).state_dict()
     g = {k: v.numpy() for k, v in sd.items()}
     keys = list(g)
     local = {
@@ -215,7 +215,7 @@ def _closed_form(numel, method, k, r, seed):
 
 
 def test_fed_bytes_ratios_at_the_small_preset_follow_from_parameter_counts():
-    sd = build_unet(unet_config("small", 1, 0)).state_dict()
+    sd = build_network(network_config("small", 1, 0)).state_dict()
     numel = {k: v.numel() for k, v in sd.items()}
     layout = A.layout_of({k: v.numpy() for k, v in sd.items()})
     table = A.bytes_table(layout, 5, 15)

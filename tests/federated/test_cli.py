@@ -7,7 +7,7 @@ from tests._cli import _bad, cli
 
 from decentdiff.cli.fed import fed_app
 from decentdiff.federated import aggregate as A
-from decentdiff.models.registry import build_unet, unet_config
+from decentdiff.models.registry import build_network, network_config
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -27,7 +27,7 @@ def test_fed_bytes_json_is_the_prediction_keyed_by_method(capsys):
     assert code == 0, err
     table = json.loads(out)
     assert list(table) == ["full", "usplit", "udec", "ulatdec"]
-    sd = build_unet(unet_config("tiny", 1, 0)).state_dict()
+    sd = build_network(network_config("tiny", 1, 0)).state_dict()
     numel = sum(v.numel() for v in sd.values())
     assert table["full"]["up"] == table["full"]["down"] == 4 * numel * 3 * 4
     for row in table.values():
@@ -80,7 +80,7 @@ def test_fed_bytes_cli_prints_the_accounting_table(capsys):
     closed form in test_aggregate.py; the measured bytes of a real run in test_simulation.py)."""
     code, out, _ = cli(capsys, "fed", "bytes", "--preset", "small", "--json")
     r = {m: v["ratio_to_full"] for m, v in json.loads(out).items()}
-    sd = build_unet(unet_config("small", 1, 0)).state_dict()
+    sd = build_network(network_config("small", 1, 0)).state_dict()
     layout = A.layout_of({k: v.numpy() for k, v in sd.items()})
     assert r == pytest.approx(
         {m: v["ratio_to_full"] for m, v in A.bytes_table(layout, 5, 15).items()}
@@ -191,7 +191,7 @@ def test_resume_refuses_a_stored_global_model_of_the_wrong_shape(tmp_path):
     from decentdiff.federated.store import global_dir, initial_arrays, resume_point
     from decentdiff.training.checkpoint import save_checkpoint
 
-    s = FedSettings(method="full", unet=unet_config("tiny", 1, 0).to_dict())
+    s = FedSettings(method="full", unet=network_config("tiny", 1, 0).to_dict())
     arrays = initial_arrays(s)
     good = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
     d = global_dir(tmp_path, s.method_spec)

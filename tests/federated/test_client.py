@@ -14,9 +14,9 @@ from decentdiff.federated.settings import FedSettings, build_settings, fed_base
 from decentdiff.federated.store import initial_arrays
 
 
-def _settings(method, **kw):
+def _settings(method, preset="tiny", **kw):
     cfg = C.resolve(base=fed_base())
-    cfg.model.preset = "tiny"
+    cfg.model.preset = preset
     cfg.train.batch = 8
     options = FedSettings(method=method, clients=2, split="iid", rounds=3, **kw).validate()
     return build_settings(cfg, options, image_shape=(1, 8, 8), num_classes=0)
@@ -34,8 +34,9 @@ def test_local_steps_are_ceil_of_epochs_times_size_over_batch():
     assert local_steps(s, 20) == 3
 
 
-def test_udec_client_keeps_private_parts_and_reports_only_the_decoder():
-    s = _settings("udec", local_steps=3)
+@pytest.mark.parametrize("preset", ["tiny", "dit-tiny"])
+def test_udec_client_keeps_private_parts_and_reports_only_the_decoder(preset):
+    s = _settings("udec", preset, local_steps=3)
     g = initial_arrays(s)
     keys = list(g)
     dec = P.keys_for({"decoder"}, keys)

@@ -6,14 +6,16 @@ import pytest
 
 from decentdiff.errors import ConfigError
 from decentdiff.federated import parts as P
-from decentdiff.models.registry import build_unet, unet_config
+from decentdiff.models.registry import build_network, network_config
 from decentdiff.models.unet import PARTS
 
 
-@pytest.fixture(scope="module", params=[("tiny", 0), ("small", 10)])
+@pytest.fixture(
+    scope="module", params=[("tiny", 0), ("small", 10), ("dit-tiny", 0), ("dit-small", 10)]
+)
 def keys(request):
     preset, classes = request.param
-    return list(build_unet(unet_config(preset, 1, classes)).state_dict())
+    return list(build_network(network_config(preset, 1, classes)).state_dict())
 
 
 def test_groups_cover_every_parameter_exactly_once(keys):

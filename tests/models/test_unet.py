@@ -9,7 +9,13 @@ import torch
 from torch import nn
 
 from decentdiff.errors import ConfigError
-from decentdiff.models.registry import PRESETS, build_unet, count_params, unet_config
+from decentdiff.models.registry import (
+    PRESETS,
+    build_network,
+    config_from_dict,
+    count_params,
+    network_config,
+)
 from decentdiff.models.unet import PARTS, UNet, UNetConfig
 
 
@@ -32,7 +38,7 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def tiny(in_channels: int = 1, num_classes: int = 0) -> UNet:
     torch.manual_seed(0)
-    return randomize(build_unet(unet_config("tiny", in_channels, num_classes)))
+    return randomize(build_network(network_config("tiny", in_channels, num_classes)))
 
 
 @pytest.mark.parametrize("size", [8, 28, 32, 7, 12])
@@ -51,15 +57,18 @@ def test_output_shape(size, num_classes):
 
 
 def test_output_channels_and_rgb():
-    cfg = UNetConfig.from_dict({**unet_config("tiny", 3).to_dict(), "out_channels": 6})
-    model = build_unet(cfg)
+    cfg = UNetConfig.from_dict({**network_config("tiny", 3).to_dict(), "out_channels": 6})
+    model = build_network(cfg)
     assert model(torch.randn(2, 3, 32, 32), torch.rand(2)).shape == (2, 6, 32, 32)
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+UNET_PRESETS = sorted(p for p in PRESETS if not p.startswith("dit-"))
+
+
+@pytest.mark.parametrize("preset", UNET_PRESETS)
 def test_parts(preset):
     for num_classes in (0, 10):
-        model = build_unet(unet_config(preset, 1, num_classes))
+        model = build_network(network_config(preset, 1, num_classes))
         children = dict(model.named_children())
         expected = set(PARTS) if num_classes else set(PARTS) - {"class_embed"}
         assert set(children) == expected
@@ -72,7 +81,7 @@ def test_parts(preset):
 
 def test_every_parameter_gets_a_gradient():
     # DDP and the federated parts both assume no parameter is left out of the graph.
-    model = build_unet(unet_config("small", 1, 10))
+    model = build_network(network_config("small", 1, 10))
     out = model(torch.randn(2, 1, 28, 28), torch.rand(2), torch.tensor([1, 10]))
     out.square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
@@ -80,29 +89,29 @@ def test_every_parameter_gets_a_gradient():
 
 
 def test_preset_sizes():
-    assert count_params(build_unet(unet_config("tiny", 1))) < 100_000
-    sizes = [count_params(build_unet(unet_config(p, 1))) for p in ("tiny", "small", "base")]
+    assert count_params(build_network(network_config("tiny", 1))) < 100_000
+    sizes = [count_params(build_network(network_config(p, 1))) for p in ("tiny", "small", "base")]
     assert sizes == sorted(sizes)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_config_round_trip(preset):
-    cfg = unet_config(preset, 3, 10)
-    back = UNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    cfg = network_config(preset, 3, 10)
+    back = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg
-    a, b = build_unet(cfg).state_dict(), build_unet(back).state_dict()
+    a, b = build_network(cfg).state_dict(), build_network(back).state_dict()
     assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
 
 
 def test_unet_config_fills_data_facts():
-    cfg = unet_config("small", 3, 7)
+    cfg = network_config("small", 3, 7)
     assert (cfg.in_channels, cfg.num_classes) == (3, 7)
     assert PRESETS["small"].num_classes == 0  # the preset itself is left untouched
 
 
 def test_unknown_preset():
     with pytest.raises(ConfigError) as e:
-        unet_config("huge", 1)
+        network_config("huge", 1)
     for name in PRESETS:
         assert name in str(e.value)
 
@@ -125,7 +134,7 @@ def test_invalid_config(bad):
 def test_batch_independence(preset):
     # No batch statistics anywhere: sample i's output is the same alone or in a batch.
     torch.manual_seed(0)
-    model = randomize(build_unet(unet_config(preset, 1, 10)))
+    model = randomize(build_network(network_config(preset, 1, 10)))
     x, t = torch.randn(5, 1, 28, 28), torch.rand(5)
     cond = torch.tensor([0, 3, 10, 7, 1])
     with torch.no_grad():
@@ -143,21 +152,23 @@ def test_batch_independence(preset):
 
 def test_channels_last_equivalence():
     torch.manual_seed(0)
-    model = randomize(build_unet(unet_config("small", 3)))
+    model = randomize(build_network(network_config("small", 3)))
     x, t = torch.randn(2, 3, 28, 28), torch.rand(2)
     with torch.no_grad():
         ref = model(x, t)
         cl = model(x.contiguous(memory_format=torch.channels_last), t)
     assert cl.is_contiguous()
     torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-5)
-    model_cl = randomize(build_unet(unet_config("small", 3))).to(memory_format=torch.channels_last)
+    model_cl = randomize(build_network(network_config("small", 3))).to(
+        memory_format=torch.channels_last
+    )
     with torch.no_grad():
         torch.testing.assert_close(model_cl(x, t), ref, rtol=1e-4, atol=1e-5)
 
 
 def test_zero_init_output():
     # Blocks start as the identity and the output layer at zero: an untrained model predicts 0.
-    model = build_unet(unet_config("tiny", 1))
+    model = build_network(network_config("tiny", 1))
     assert model(torch.randn(2, 1, 8, 8), torch.rand(2)).abs().max() == 0
 
 
@@ -166,9 +177,11 @@ def test_every_preset_has_a_router_and_is_documented():
     from typer.testing import CliRunner
 
     from decentdiff.cli import app
-    from decentdiff.models.router import ROUTER_PRESETS
+    from decentdiff.models.registry import build_router, router_net_config
 
-    assert set(PRESETS) == set(ROUTER_PRESETS)
+    for name in PRESETS:
+        router = build_router(router_net_config(name, 1, 4))
+        assert router(torch.randn(2, 1, 28, 28), torch.rand(2)).shape == (2, 4)
     out = CliRunner().invoke(app, ["train", "monolith", "--help"], terminal_width=200).output
     for name in PRESETS:
         assert name in out

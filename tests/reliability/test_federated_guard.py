@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from decentdiff.federated import aggregate as A
-from decentdiff.models.registry import build_unet, unet_config
+from decentdiff.models.registry import build_network, network_config
 
 
 @pytest.fixture(scope="module")
 def global_():
     torch.manual_seed(0)
     return {
-        k: v.numpy().copy() for k, v in build_unet(unet_config("tiny", 1, 0)).state_dict().items()
+        k: v.numpy().copy()
+        for k, v in build_network(network_config("tiny", 1, 0)).state_dict().items()
     }
 
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from decentdiff.errors import CheckpointError
-from decentdiff.models.registry import build_unet, unet_config
+from decentdiff.models.registry import build_network, network_config
 from decentdiff.training.checkpoint import load_into, load_tensors, read_meta, save_checkpoint
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "decentdiff"
@@ -152,7 +152,7 @@ def test_source_has_no_unpickling_eval_or_exec():
 @pytest.fixture
 def saved(tmp_path):
     torch.manual_seed(0)
-    model = build_unet(unet_config("tiny", 1, 0))
+    model = build_network(network_config("tiny", 1, 0))
     d = tmp_path / "ck"
     save_checkpoint(d, {"model": model.state_dict()}, {"step": 0})
     return model, d
@@ -179,7 +179,7 @@ def _mutations(sd):
 
 def test_keys_shapes_and_dtypes_are_checked_before_any_tensor_is_used(saved):
     model, d = saved
-    other = build_unet(unet_config("tiny", 1, 0))  # different random init
+    other = build_network(network_config("tiny", 1, 0))  # different random init
     for why, sd in _mutations(model.state_dict()):
         _replace_with_valid_checksum(d, st_save({k: v.contiguous() for k, v in sd.items()}))
         before = _fresh_params(other)

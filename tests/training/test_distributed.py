@@ -161,7 +161,7 @@ def test_two_ranks_at_half_batch_equal_one_process_at_full_batch(run_dir, tmp_pa
 
     from decentdiff import config as C
     from decentdiff.ddm.experts import expert_job
-    from decentdiff.models.registry import build_unet, unet_config
+    from decentdiff.models.registry import build_network, network_config
     from decentdiff.run import Run
     from decentdiff.training.distributed import rank_generator
     from decentdiff.training.generative import image_batches, objective_from
@@ -178,7 +178,7 @@ def test_two_ranks_at_half_batch_equal_one_process_at_full_batch(run_dir, tmp_pa
     tcfg = job.cfg.train
     objective = objective_from(job.cfg.objective)
     torch.manual_seed(tcfg.seed)
-    model = build_unet(unet_config("tiny", job.images.shape[1], 0))
+    model = build_network(network_config("tiny", job.images.shape[1], 0))
     init = {k: v.clone() for k, v in model.state_dict().items()}
     draw = image_batches(job.images, None, tcfg.batch // 2, torch.device("cpu"), 0.0, 0)
     seen = []

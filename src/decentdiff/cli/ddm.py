@@ -9,6 +9,7 @@ import typer
 
 from ..errors import ConfigError
 from .options import (
+    ArchOpt,
     ConfigOpt,
     DataOpt,
     DdmRunArg,
@@ -69,6 +70,7 @@ def experts_remove(
     run: DdmRunArg,
     expert: Annotated[int, typer.Argument(help="The expert (cluster) whose data owner withdrew.")],
     preset: PresetOpt = None,
+    arch: ArchOpt = None,
     steps: Annotated[
         int | None, typer.Option("--steps", help="Router training steps. (default: train.steps)")
     ] = None,
@@ -82,7 +84,7 @@ def experts_remove(
     from ..run import Run
 
     r = Run(run)
-    cfg = resolve_config(r, config, set_, preset=preset, steps=steps)
+    cfg = resolve_config(r, config, set_, preset=preset, arch=arch, steps=steps)
     ev = remove_expert(r, expert, cfg, progress=not quiet)
     typer.echo(
         f"expert {expert} withdrawn ({ev['withdrawn_images']} images); renumbered "
@@ -95,6 +97,7 @@ def experts_add(
     run: DdmRunArg,
     data: Annotated[str, typer.Option("--data", help="The new data source (same image shape).")],
     preset: PresetOpt = None,
+    arch: ArchOpt = None,
     steps: StepsOpt = None,
     batch: Annotated[
         int | None, typer.Option("--batch", help="New expert's batch. (default: train.batch / K)")
@@ -110,7 +113,7 @@ def experts_add(
     from ..run import Run
 
     r = Run(run)
-    cfg = resolve_config(r, config, set_, preset=preset, steps=steps, seed=seed)
+    cfg = resolve_config(r, config, set_, preset=preset, arch=arch, steps=steps, seed=seed)
     ev = add_expert(r, data, cfg, batch=batch, progress=not quiet)
     typer.echo(f"expert {ev['expert']} added: {ev['images']} images of {data}; router retrained")
 

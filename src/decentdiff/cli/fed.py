@@ -69,7 +69,10 @@ def fed_run(
     ] = DEFAULTS.local_steps,
     preset: Annotated[
         str | None,
-        typer.Option("--preset", help="Model size: tiny, compact, small, base. [default: small]"),
+        typer.Option(
+            "--preset",
+            help="Model size: tiny, compact, small, base; dit-tiny, dit-compact, dit-small, dit-base. [default: small]",
+        ),
     ] = None,
     objective: Annotated[
         str | None,
@@ -223,7 +226,8 @@ def fed_bytes(
     preset: Annotated[
         str | None,
         typer.Option(
-            "--preset", help="Model size: tiny, compact, small, base. [default: model.preset]"
+            "--preset",
+            help="Model size: tiny, compact, small, base; dit-tiny, dit-compact, dit-small, dit-base. [default: model.preset]",
         ),
     ] = None,
     clients: Annotated[
@@ -252,7 +256,7 @@ def fed_bytes(
     """Bytes each method sends (every client, every round, initial broadcast included), no training."""
     from .. import config as C
     from ..federated import aggregate as A
-    from ..models.registry import build_unet, unet_config
+    from ..models.registry import build_network, network_config
 
     preset = preset or C.resolve(config, set_).model.preset
 
@@ -260,7 +264,7 @@ def fed_bytes(
         raise ConfigError("--clients and --rounds must be ≥ 1")
     if quantize not in (0, *A.QUANTIZE_BITS):
         raise ConfigError(f"--quantize must be 0 (off) or 8, got {quantize}")
-    sd = build_unet(unet_config(preset, in_channels, num_classes)).state_dict()
+    sd = build_network(network_config(preset, in_channels, num_classes)).state_dict()
     layout = A.layout_of({k: v.numpy() for k, v in sd.items()})
     table = A.bytes_table(layout, clients, rounds, bits=quantize or None, seed=seed)
     if as_json:

@@ -55,7 +55,18 @@ DataOpt = Annotated[
 PresetOpt = Annotated[
     str | None,
     typer.Option(
-        "--preset", help=f"Model size: tiny, compact, small, base. {default_of('model', 'preset')}"
+        "--preset",
+        help="Model size: tiny, compact, small, base (UNet) or dit-tiny, dit-compact, "
+        "dit-small, dit-base (DiT/2 at about the UNet's FLOPs; the router of a dit-* preset is "
+        f"a DiT with a CLS token). {default_of('model', 'preset')}",
+    ),
+]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        help="Backbone: unet or dit; with a plain --preset size, --arch dit --preset small is "
+        "dit-small. Experts of one run may differ. (default: as the preset's name says)",
     ),
 ]
 ObjectiveOpt = Annotated[

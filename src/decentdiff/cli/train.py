@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from .options import (
+    ArchOpt,
     BatchOpt,
     ConfigOpt,
     DataOpt,
@@ -37,6 +38,7 @@ def train_monolith(
     run: RunArg,
     data: DataOpt = None,
     preset: PresetOpt = None,
+    arch: ArchOpt = None,
     objective: ObjectiveOpt = None,
     steps: StepsOpt = None,
     batch: BatchOpt = None,
@@ -69,6 +71,7 @@ def train_monolith(
         set_,
         data=data,
         preset=preset,
+        arch=arch,
         objective=objective,
         steps=steps,
         batch=batch,
@@ -89,6 +92,7 @@ def train_expert(
         int, typer.Option("--expert", "-k", help="Which expert (cluster) to train, 0..K-1.")
     ],
     preset: PresetOpt = None,
+    arch: ArchOpt = None,
     objective: ObjectiveOpt = None,
     steps: StepsOpt = None,
     batch: ExpertBatchOpt = None,
@@ -107,7 +111,15 @@ def train_expert(
 
     r = Run(run)
     cfg = resolve_config(
-        r, config, set_, preset=preset, objective=objective, steps=steps, seed=seed, log=log
+        r,
+        config,
+        set_,
+        preset=preset,
+        arch=arch,
+        objective=objective,
+        steps=steps,
+        seed=seed,
+        log=log,
     )
     env = dist_env()
     if env is None:
@@ -151,6 +163,7 @@ def train_experts(
         ),
     ] = None,
     preset: PresetOpt = None,
+    arch: ArchOpt = None,
     objective: ObjectiveOpt = None,
     steps: StepsOpt = None,
     batch: ExpertBatchOpt = None,
@@ -168,7 +181,15 @@ def train_experts(
 
     r = Run(run)
     cfg = resolve_config(
-        r, config, set_, preset=preset, objective=objective, steps=steps, seed=seed, log=log
+        r,
+        config,
+        set_,
+        preset=preset,
+        arch=arch,
+        objective=objective,
+        steps=steps,
+        seed=seed,
+        log=log,
     )
     metas = train(
         r,
@@ -189,6 +210,7 @@ def train_experts(
 def train_router(
     run: PartitionedRunArg,
     preset: PresetOpt = None,
+    arch: ArchOpt = None,
     steps: StepsOpt = None,
     batch: BatchOpt = None,
     seed: SeedOpt = None,
@@ -205,7 +227,7 @@ def train_router(
 
     r = Run(run)
     cfg = resolve_config(
-        r, config, set_, preset=preset, steps=steps, batch=batch, seed=seed, log=log
+        r, config, set_, preset=preset, arch=arch, steps=steps, batch=batch, seed=seed, log=log
     )
     typer.echo(router_summary(r, train(r, cfg, fresh=fresh, progress=not quiet)))
 
@@ -216,9 +238,12 @@ def distill(
         str | None,
         typer.Option(
             "--preset",
-            help="The student's model size: tiny, compact, small, base. (default: the experts')",
+            help="The student's model size: tiny, compact, small, base, dit-tiny, dit-compact, "
+            "dit-small, dit-base. "
+            "(default: the experts')",
         ),
     ] = None,
+    arch: ArchOpt = None,
     steps: StepsOpt = None,
     batch: Annotated[
         int | None,
@@ -256,6 +281,7 @@ def distill(
         progress=not quiet,
         teacher=teacher,
         preset=preset,
+        arch=arch or "",
     )
     typer.echo(
         f"distilled: step {meta['step']}, batch {meta['train']['batch']}, loss {meta.get('loss')}, "

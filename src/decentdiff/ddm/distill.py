@@ -25,8 +25,7 @@ from torch import Tensor, nn
 from ..config import Config
 from ..errors import RunError
 from ..evaluation.flops import forward_flops
-from ..models.registry import build_unet
-from ..models.unet import UNetConfig
+from ..models.registry import build_network, config_from_dict
 from ..run import Run
 from ..training.generative import image_batches, load_generative, objective_from
 from ..training.loop import resolve_device, train
@@ -50,6 +49,7 @@ def distill(
     progress: bool = True,
     teacher: str = "own",
     preset: str | None = None,
+    arch: str = "",
 ) -> dict[str, Any]:
     """Train ``RUN/distilled`` from the K experts of RUN.
 
@@ -61,6 +61,7 @@ def distill(
         fresh: start over instead of resuming.
         teacher: ``own`` or a per-step routing of the ensemble (see the module docstring).
         preset: the student's model size (None: the experts' architecture).
+        arch: the student's backbone for a plain size name (``dit`` + ``small`` = ``dit-small``).
 
     Returns:
         The student's meta.json. ``train_flops`` counts the student's forward+backward *and* the
@@ -70,9 +71,9 @@ def distill(
     """
     check_teacher(teacher)  # before anything is loaded
     if preset is not None:
-        from ..models.registry import unet_config
+        from ..models.registry import network_config
 
-        unet_config(preset, 1)  # an unknown preset fails here, with the choices
+        network_config(preset, 1, 0, arch)  # an unknown preset fails here, with the choices
     out = run.model_dir("distilled")
     if not fresh and (out / "meta.json").is_file():
         import json
@@ -100,14 +101,14 @@ def distill(
             p.requires_grad_(False)
         teachers.append(v)
         unets.append(unet)
-    if any(m["unet"] != metas[0]["unet"] for m in metas):
+    if preset is None and any(m["unet"] != metas[0]["unet"] for m in metas):
         raise RunError(
-            "the experts of this RUN have different architectures; distil needs one student shape "
-            "(retrain the experts with the same --preset)"
+            "the experts of this RUN have different architectures; name the student's with "
+            "--preset (e.g. --preset small or --preset dit-small)"
         )
-    ucfg = UNetConfig.from_dict(metas[0]["unet"])
+    ucfg = config_from_dict(metas[0]["unet"])
     if preset is not None:
-        ucfg = unet_config(preset, ucfg.in_channels, ucfg.num_classes)
+        ucfg = network_config(preset, ucfg.in_channels, ucfg.num_classes, arch)
     if not fresh and (out / "meta.json").is_file():
         import json
 
@@ -131,7 +132,7 @@ def distill(
         batch=distill_batch(cfg, batch),
     )
     torch.manual_seed(tcfg.seed)  # parameter initialisation only
-    student = build_unet(ucfg).to(device)
+    student = build_network(ucfg).to(device)
     parts = torch.from_numpy(clusters)
     draw = image_batches(images, labels, tcfg.batch, device, tcfg.cond_drop, n_cls)
 

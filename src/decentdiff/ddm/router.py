@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from ..config import Config
 from ..diffusion.paths import noisy
 from ..errors import CheckpointError
-from ..models.router import Router, RouterConfig, router_config
+from ..models.registry import build_router, router_from_dict, router_net_config
 from ..run import Run
 from ..training.checkpoint import atomic_write_text, load_tensors, read_meta
 from ..training.generative import image_batches
@@ -74,9 +74,11 @@ def fit_router(
         meta: extra entries for meta.json (e.g. the data fingerprint).
     """
     device = resolve_device(cfg.train.device)
-    rcfg = router_config(cfg.model.preset, images.shape[1], rec.num_parts, num_classes)
+    rcfg = router_net_config(
+        cfg.model.preset, images.shape[1], rec.num_parts, num_classes, cfg.model.arch
+    )
     torch.manual_seed(cfg.train.seed)
-    model = Router(rcfg).to(device)
+    model = build_router(rcfg).to(device)
     parts = torch.from_numpy(np.asarray(clusters, dtype=np.int64))
     draw = image_batches(images, labels, cfg.train.batch, device, cfg.train.cond_drop, num_classes)
 
@@ -133,15 +135,15 @@ def fit_router(
 
 def load_router(
     directory: Path, *, ema: bool = True, device: str | torch.device = "cpu"
-) -> tuple[Router, dict]:
+) -> tuple[nn.Module, dict]:
     meta = read_meta(directory, f"decentdiff train router {directory.parent}")
     try:
-        rcfg = RouterConfig.from_dict(meta["router"])
+        rcfg = router_from_dict(meta["router"])
     except (KeyError, TypeError):
         raise CheckpointError(
             f"{directory}/meta.json lacks the router description; retrain"
         ) from None
-    model = Router(rcfg)
+    model = build_router(rcfg)
     model.load_state_dict(
         load_tensors(directory, "ema" if ema else "model", meta, expected=model.state_dict())
     )

@@ -15,11 +15,41 @@ import torch
 from torch import nn
 
 
-def forward_flops(module: nn.Module, inputs: Sequence) -> float:
-    """FLOPs of ``module(*inputs)`` (no gradient)."""
+def _cpu_attention(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_attention_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def flop_counter():
+    """torch's ``FlopCounterMode`` that also counts attention on the CPU.
+
+    torch 2.13 registers FLOP formulas for the CUDA attention kernels only; on the CPU
+    ``scaled_dot_product_attention`` runs ``_scaled_dot_product_flash_attention_for_cpu``, which
+    the stock counter skips (a DiT's QKᵀ and AV products would be missing). The same formulas as
+    torch's own for the CUDA kernels are registered for it and its backward.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    aten = torch.ops.aten
+    return FlopCounterMode(
+        display=False,
+        custom_mapping={
+            aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward,
+        },
+    )
+
+
+def forward_flops(module: nn.Module, inputs: Sequence) -> float:
+    """FLOPs of ``module(*inputs)`` (no gradient)."""
+    counter = flop_counter()
     with torch.no_grad(), counter:
         module(*inputs)
     return float(counter.get_total_flops())

@@ -129,15 +129,14 @@ def client_round(
     from torch import nn
 
     from ..errors import RunError
-    from ..models.registry import build_unet
-    from ..models.unet import UNetConfig
+    from ..models.registry import build_network, config_from_dict
     from ..training.generative import image_batches, objective_from
     from ..training.loop import resolve_device, train
 
     if threads > 0:
         torch.set_num_threads(threads)
     cfg = config_from(settings)
-    model = build_unet(UNetConfig.from_dict(settings.unet))
+    model = build_network(config_from_dict(settings.unet))
     ref = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     unknown = sorted(set(received) - set(ref))
     if unknown:
@@ -277,10 +276,9 @@ def load_personal(out_dir: Path, ref_keys: list[str]) -> tuple[Arrays, int, int]
 
 @lru_cache(maxsize=8)
 def _keys_cached(unet_json: str) -> tuple[str, ...]:
-    from ..models.registry import build_unet
-    from ..models.unet import UNetConfig
+    from ..models.registry import build_network, config_from_dict
 
-    return tuple(build_unet(UNetConfig.from_dict(json.loads(unet_json))).state_dict())
+    return tuple(build_network(config_from_dict(json.loads(unet_json))).state_dict())
 
 
 def settings_keys(settings: FedSettings) -> tuple[str, ...]:

@@ -64,7 +64,7 @@ class FedSettings:
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig as a dict
     objective: dict[str, Any] = field(default_factory=dict)  # ObjectiveConfig as a dict
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig as a dict
-    unet: dict[str, Any] = field(default_factory=dict)  # UNetConfig.to_dict()
+    unet: dict[str, Any] = field(default_factory=dict)  # the network's to_dict() (UNet or DiT)
     image_shape: list[int] = field(default_factory=list)
     num_classes: int = 0  # classes the UNet is conditioned on (0 = unconditional)
 
@@ -166,7 +166,7 @@ def build_settings(
         num_classes: classes of the data source (used when ``cfg.model.class_cond``).
         run_dir: the RUN directory (absolute), where clients of a simulation save their models.
     """
-    from ..models.registry import unet_config
+    from ..models.registry import network_config
     from ..training.loop import validate
 
     n_cls = num_classes if cfg.model.class_cond else 0
@@ -179,7 +179,7 @@ def build_settings(
         model=asdict(cfg.model),
         objective=asdict(cfg.objective),
         train=asdict(cfg.train),
-        unet=unet_config(cfg.model.preset, image_shape[0], n_cls).to_dict(),
+        unet=network_config(cfg.model.preset, image_shape[0], n_cls, cfg.model.arch).to_dict(),
         image_shape=list(image_shape),
         num_classes=n_cls,
     )

@@ -182,13 +182,12 @@ def bytes_figure(run_dir: str | Path, settings: FedSettings) -> Path:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    from ..models.registry import build_unet
-    from ..models.unet import UNetConfig
+    from ..models.registry import build_network, config_from_dict
 
     layout = A.layout_of(
         {
             k: v.numpy()
-            for k, v in build_unet(UNetConfig.from_dict(settings.unet)).state_dict().items()
+            for k, v in build_network(config_from_dict(settings.unet)).state_dict().items()
         }
     )
     rows = read_rounds(run_dir)

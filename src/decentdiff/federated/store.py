@@ -248,11 +248,10 @@ def initial_arrays(settings: FedSettings) -> dict[str, np.ndarray]:
     """The round-0 model: the UNet initialised from the run's seed."""
     import torch
 
-    from ..models.registry import build_unet
-    from ..models.unet import UNetConfig
+    from ..models.registry import build_network, config_from_dict
 
     torch.manual_seed(settings.seed)  # parameter initialisation only
-    model = build_unet(UNetConfig.from_dict(settings.unet))
+    model = build_network(config_from_dict(settings.unet))
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 

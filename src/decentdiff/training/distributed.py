@@ -121,7 +121,7 @@ def train_generative_ddp(
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from ..models.registry import build_unet, unet_config
+    from ..models.registry import build_network, network_config
     from .generative import image_batches, objective_from
     from .loop import measure_flops, resolve_device, train, validate
 
@@ -138,10 +138,10 @@ def train_generative_ddp(
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
     n_cls = num_classes if cfg.model.class_cond else 0
-    ucfg = unet_config(cfg.model.preset, images.shape[1], n_cls)
+    ucfg = network_config(cfg.model.preset, images.shape[1], n_cls, cfg.model.arch)
     objective = objective_from(cfg.objective)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = build_unet(ucfg).to(device)
+    model = build_network(ucfg).to(device)
     ddp = DDP(model, device_ids=[env.local_rank] if device.type == "cuda" else None)
     draw = image_batches(images, labels, local_batch, device, cfg.train.cond_drop, n_cls)
 

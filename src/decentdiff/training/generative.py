@@ -1,6 +1,7 @@
-"""Train and load generative models (UNet + objective) from uint8 images: monolith, experts, ...
+"""Train and load generative models (a UNet or DiT + objective) from uint8 images: monolith, experts, ...
 
-A trained model directory is self-describing: ``meta.json`` holds the UNet architecture and the
+A trained model directory is self-describing: ``meta.json`` holds the network's architecture (its
+``unet`` entry, named so before DiTs existed; ``arch`` says which) and the
 objective, so :func:`load_generative` rebuilds a velocity callable from the directory alone.
 """
 
@@ -17,8 +18,7 @@ from torch import Tensor, nn
 from ..config import Config, ObjectiveConfig
 from ..diffusion.paths import DDPM, FlowMatching, Velocity, make_objective
 from ..errors import CheckpointError, ConfigError
-from ..models.registry import build_unet, unet_config
-from ..models.unet import UNet, UNetConfig
+from ..models.registry import build_network, config_from_dict, network_config
 from .checkpoint import load_tensors, read_meta
 from .loop import resolve_device, train
 
@@ -91,17 +91,17 @@ def train_generative(
     fresh: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train a UNet with ``cfg.objective`` on ``images`` (uint8 (N, C, H, W)) into ``out_dir``."""
+    """Train a network (``model.preset``/``model.arch``) with ``cfg.objective`` on ``images`` (uint8 (N, C, H, W)) into ``out_dir``."""
     if len(images) == 0:
         raise ConfigError(f"{role}: no training images")
     device = resolve_device(cfg.train.device)
     n_cls = num_classes if cfg.model.class_cond else 0
     if cfg.model.class_cond and (labels is None or num_classes == 0):
         raise ConfigError("model.class_cond = true needs a labelled data source")
-    ucfg = unet_config(cfg.model.preset, images.shape[1], n_cls)
+    ucfg = network_config(cfg.model.preset, images.shape[1], n_cls, cfg.model.arch)
     objective = objective_from(cfg.objective)
     torch.manual_seed(cfg.train.seed)  # parameter initialisation only
-    model = build_unet(ucfg).to(device)
+    model = build_network(ucfg).to(device)
     draw = image_batches(images, labels, cfg.train.batch, device, cfg.train.cond_drop, n_cls)
 
     def loss_fn(m: nn.Module, g: torch.Generator) -> Tensor:
@@ -132,21 +132,21 @@ def train_generative(
 
 def load_generative(
     directory: Path, *, ema: bool = True, device: str | torch.device = "cpu", make_hint: str = ""
-) -> tuple[Velocity, UNet, dict[str, Any], FlowMatching | DDPM]:
+) -> tuple[Velocity, nn.Module, dict[str, Any], FlowMatching | DDPM]:
     """Rebuild a trained model from its directory alone.
 
     Returns:
-        (velocity callable, the UNet in eval mode, meta.json, the objective).
+        (velocity callable, the network (UNet or DiT) in eval mode, meta.json, the objective).
     """
     meta = read_meta(directory, make_hint)
     try:
-        ucfg = UNetConfig.from_dict(meta["unet"])
+        ucfg = config_from_dict(meta["unet"])
         ocfg = ObjectiveConfig(**meta["objective"])
     except (KeyError, TypeError):
         raise CheckpointError(
             f"{directory}/meta.json lacks the model description; retrain"
         ) from None
-    model = build_unet(ucfg)
+    model = build_network(ucfg)
     model.load_state_dict(
         load_tensors(directory, "ema" if ema else "model", meta, expected=model.state_dict())
     )

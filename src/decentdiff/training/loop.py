@@ -87,9 +87,9 @@ def validate(cfg: TrainConfig) -> None:
 
 def measure_flops(model: nn.Module, loss_fn: LossFn) -> float:
     """FLOPs of one forward + backward pass of ``loss_fn`` (torch.utils.flop_counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from ..evaluation.flops import flop_counter
 
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter:
         out = loss_fn(model, torch.Generator().manual_seed(0))
         (out[0] if isinstance(out, tuple) else out).backward()
