@@ -261,7 +261,8 @@ def test_skip_bad_skips_and_counts(tmp_path, capsys):
     assert len(ds) == 8 and ds.shape == (3, 8, 8)
     assert any("x_text.png" in s for s in ds.skipped) and any("y_dot.png" in s for s in ds.skipped)
     err = capsys.readouterr().err
-    assert "skipped 2 of 10 image files" in err and "1 not an image, 1 too small" in err
+    assert "2 of 10 image files are unusable (1 not an image, 1 too small)" in err
+    assert "skipped them (data.skip_bad = 0.2 allows 2)" in err and len(err.splitlines()) == 1
     np.testing.assert_array_equal(ds.images[0].transpose(1, 2, 0), rand((8, 8, 3), 0))
     # 0.15 allows 1 of 10: an error that counts them.
     with one_line_error(DataError, "2 of 10 image files are unusable", "data.skip_bad = 0.15"):

@@ -954,7 +954,7 @@ def _decode_files(
                 f"({allowed}); fix or delete them, or raise data.skip_bad"
             )
         print(
-            f"decentdiff: warning: {key}: skipped {summary} "
+            f"decentdiff: warning: {key}: {summary}; skipped them "
             f"(data.skip_bad = {options.skip_bad:g} allows {allowed})",
             file=sys.stderr,
         )
