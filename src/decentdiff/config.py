@@ -24,6 +24,14 @@ class DataConfig:
     source: str = "mnist5k"  # a data source spec (see `decentdiff data list`)
     heldout: float = 0.2  # share of each class kept out of training, for evaluation
     split_seed: int = 0
+    # Image files (folder:DIR, hf:NAME) and any other source: resize the short side to `size` with
+    # PIL's bicubic filter, then centre-crop size x size; 0 = keep the images' own size (they must
+    # all agree). docs/data.md.
+    size: int = 0
+    channels: int = 0  # 1 (grey) | 3 (RGB) | 0 = as the data: 1 if every image is grey, else 3
+    # folder:DIR: share of its image files that may be unusable (skipped with a warning and a
+    # count) before loading fails; 0 = any unusable file is an error.
+    skip_bad: float = 0.0
 
 
 @dataclass

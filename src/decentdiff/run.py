@@ -41,7 +41,7 @@ def load_data(cfg: DataConfig) -> RunData:
     from .data.sources import load_source
     from .data.split import heldout_split
 
-    ds = load_source(cfg.source)
+    ds = load_source(cfg.source, size=cfg.size, channels=cfg.channels, skip_bad=cfg.skip_bad)
     if len(ds) == 0:
         raise DataError(f"data source {cfg.source} holds no images; point it at a non-empty set")
     train_idx, held_idx = heldout_split(len(ds), ds.labels, cfg.heldout, cfg.split_seed)

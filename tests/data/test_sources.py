@@ -435,7 +435,15 @@ def test_unknown_source_lists_valid_ones(tmp_path):
 def test_available_sources():
     listed = available_sources()
     patterns = [p for p, _ in listed]
-    assert patterns == ["mnist5k", "digits", "idx:DIR", "npz:FILE", "folder:DIR", "hf:NAME"]
+    assert patterns == [
+        "mnist5k",
+        "cmnist5k",
+        "digits",
+        "idx:DIR",
+        "npz:FILE",
+        "folder:DIR",
+        "hf:NAME",
+    ]
     assert all(d and "\n" not in d for _, d in listed)
 
 

@@ -76,3 +76,16 @@ def test_class_conditional_client_round():
     d.labels, d.num_classes = np.arange(20) % 10, 10
     upd, _, m = client_round(s, d, 1, g, P.ALL_GROUPS, None)
     assert sorted(upd) == sorted(g) and np.isfinite(m["loss"])
+
+
+def test_client_data_follows_the_runs_data_options():
+    """A client loads the data as the RUN resolved it (data.size, data.channels), not the
+    source's raw images: its shape matches the model's."""
+    from decentdiff.federated.client import client_data
+
+    cfg = C.resolve(base=fed_base(), sets=["data.source=digits", "data.size=6", "data.channels=3"])
+    cfg.model.preset = "tiny"
+    options = FedSettings(method="full", clients=2, split="iid", rounds=1).validate()
+    s = build_settings(cfg, options, image_shape=(3, 6, 6), num_classes=10)
+    d = client_data(s, 0, 2)
+    assert d.images.shape[1:] == (3, 6, 6)

