@@ -7,6 +7,7 @@ coverage of the items), never against numbers copied from the code's output.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -313,3 +314,16 @@ def test_flower_forms_that_cannot_fit_the_data(spec, clients, err, why):
     with pytest.raises(err) as e:
         client_split(spec, LABELS, clients)
     assert why in one_line(e)
+
+
+def test_the_specs_the_docs_quote_parse():
+    """Every split spec README and docs/federated-splits.md quote is valid (optional parts too)."""
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "README.md").read_text() + (root / "docs" / "federated-splits.md").read_text()
+    quoted = re.findall(r"`((?:dirichlet|pathological|shard|quantity|classes):[^`\s]*)`", text)
+    keyed = [q for q in quoted if "=" in q]
+    assert len(keyed) >= 6, quoted
+    for q in quoted:
+        if "..." in q or (q.endswith(("ALPHA", "α", "N", "n")) and "=" not in q):
+            continue  # a placeholder (dirichlet:ALPHA, classes:n, dirichlet:alpha=...)
+        parse_client_split(q.replace("[", "").replace("]", ""))
