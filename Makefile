@@ -9,7 +9,7 @@ export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
 export HF_HUB_OFFLINE=1
 
-.PHONY: setup demo test test-fast lint format bench soak repro clean
+.PHONY: setup demo test test-fast lint format bench soak repro check-flwr clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,15 @@ bench: setup
 	$(PY) -m pip install -q "diffusers==0.42.1"
 	$(PY) benchmarks/run.py --out benchmarks/results.json --md BENCHMARKS.md
 
+# Flower's own partitioners (flwr-datasets, ~290 MB with datasets, pyarrow and pandas: not in the
+# project's venv) against decentdiff's Flower-named client splits and against the frozen oracle
+# that `make test` uses (docs/federated-splits.md). Needs no .venv: client_split imports only numpy.
+FLWR_VENV := .venv-flwr
+check-flwr:
+	test -x $(FLWR_VENV)/bin/python || $(PYTHON) -m venv $(FLWR_VENV)
+	$(FLWR_VENV)/bin/python -m pip install -q "flwr-datasets==0.6.1" "numpy==2.4.6"
+	PYTHONPATH=src $(FLWR_VENV)/bin/python tests/data/flwr_oracle.py --check
+
 # The crash-resume suite at 20 seeded SIGKILL points per trainer; the summary goes to a file.
 soak: setup
 	DECENTDIFF_SOAK_KILLS=20 $(PY) -m pytest -q -p no:cacheprovider tests/reliability/test_crash_resume.py > benchmarks/soak.txt 2>&1; \
@@ -58,4 +67,4 @@ repro: setup
 	$(PY) experiments/run_all.py $(STUDIES)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FLWR_VENV) .pytest_cache .ruff_cache

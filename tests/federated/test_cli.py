@@ -99,6 +99,10 @@ def test_fed_bytes_cli_prints_the_accounting_table(capsys):
         (["--clients", "0"], "--clients must be"),
         (["--quantize", "4"], "--quantize"),
         (["--split", "classes:11"], "only 10 classes"),
+        (["--split", "dirichlet:alpha=-1"], "alpha must be a finite number > 0, got '-1'"),
+        (["--split", "dirichlet:alpha=0.5,beta=1"], "dirichlet has no parameter 'beta'"),
+        (["--split", "pathological:num_classes_per_partition=11"], "only 10 classes"),
+        (["--split", "shard:shard_size=100000"], "cannot go to 5 clients"),
         (["--data", "digits", "--split", "quantity:0.01", "--clients", "40"], "no draw"),
     ],
 )

@@ -38,7 +38,12 @@ METHOD_HELP = (
     "full (everything both ways), usplit (random pairs report encoder / decoder), udec (only the "
     "decoder travels), ulatdec (decoder + bottleneck)."
 )
-SPLIT_HELP = "iid, dirichlet:ALPHA (label skew), quantity:ALPHA (size skew), classes:N."
+SPLIT_HELP = (
+    "iid, dirichlet:ALPHA (label skew), quantity:ALPHA (size skew), classes:N; or Flower's "
+    "partitioners by their names and parameters: dirichlet:alpha=0.5,min_partition_size=10,"
+    "self_balancing=true, pathological:num_classes_per_partition=2, "
+    "shard:num_shards_per_partition=2 (docs/federated-splits.md)."
+)
 
 
 def _flwr_env() -> None:

@@ -1,8 +1,16 @@
 """Client splits for federated learning: which items each federated client holds.
 
 :func:`client_split` over labels (PAPERS.md §3, §4): ``iid``, ``dirichlet:α`` (label skew),
-``quantity:α`` (quantity skew), ``classes:n`` (n classes per client). A pure function of its inputs
-and a seed (same inputs, same seed → same output; no global random state is read or written).
+``quantity:α`` (quantity skew), ``classes:n`` (n classes per client), and Flower's partitioners
+(flwr-datasets 0.6.1) under their names and parameters, written ``name:key=value,...``:
+``dirichlet:alpha=0.5,min_partition_size=10,self_balancing=true`` (DirichletPartitioner),
+``pathological:num_classes_per_partition=2`` (PathologicalPartitioner) and
+``shard:num_shards_per_partition=2`` (ShardPartitioner). Those re-derive Flower's algorithms on
+numpy's generator: the same labels, clients and seed give the very partitions Flower's partitioner
+gives on ``datasets.Dataset.from_dict({"label": labels})`` with that seed (tests/data's frozen
+oracle, re-checked against flwr-datasets itself by ``make check-flwr``), without the ~290 MB
+flwr-datasets brings along (docs/federated-splits.md). A pure function of its inputs and a seed
+(same inputs, same seed → same output; no global random state is read or written).
 
 Each kind of split is one entry of :data:`CLIENT_SPLITS` (how its spec is written, how its argument
 is parsed and checked against the data, how a split is drawn): adding a split is adding an entry.
@@ -41,8 +49,12 @@ MAX_SPLIT_ATTEMPTS = 1000
 #: What the placeholders of the split forms mean (the tail of :data:`CLIENT_SPLIT_FORMS`).
 _PLACEHOLDERS = "ALPHA > 0 e.g. dirichlet:0.5, N an integer >= 1"
 
-#: The argument of a split: None (iid), a float α > 0 (dirichlet, quantity), an int N (classes).
-Argument = float | int | None
+#: The argument of a split: None (iid), a float α > 0 (dirichlet, quantity), an int N (classes), or
+#: a dict of Flower's parameter names to values (the ``name:key=value,...`` forms).
+Argument = float | int | dict[str, Any] | None
+
+#: Flower's limit on Dirichlet draws (DirichletPartitioner: 10 retries after the first draw).
+FLWR_DIRICHLET_ATTEMPTS = 11
 
 
 @dataclass(frozen=True)
@@ -54,12 +66,19 @@ class SplitKind:
             split error message (:data:`CLIENT_SPLIT_FORMS`).
         parse: fn(kind, arg, bad) -> the argument. ``arg`` is the stripped text after ``:``, None
             without a ``:``; ``bad(why)`` builds the ConfigError to raise for a bad argument.
-        draw: fn(argument, by_class, n_clients, rng) -> (client of each item, int64 (N,); classes
-            each client must hold, or None). ``by_class[c]`` lists the items of class c
-            (increasing). One draw; :func:`client_split` redraws from the same stream when a
-            client ends up too small.
+        draw: fn(argument, by_class, n_clients, rng) -> (client of each item, int64 (N,), -1 for
+            an item no client gets; classes each client must hold, or None). ``by_class[c]`` lists
+            the items of class c (increasing, classes in increasing order of their label). One
+            draw; :func:`client_split` redraws from the same stream when a client ends up too
+            small, up to ``attempts`` draws in all.
         check: optional fn(spec, argument, n_classes, n_clients) raising ConfigError when no draw
             can fit the data (checked once, before drawing).
+        attempts: draws allowed before giving up.
+        floor: optional fn(argument) -> a minimum client size the argument itself asks for (Flower's
+            min_partition_size); a draw must give every client max(min_size, floor) items.
+        fix: the end of the message when no draw gave every client enough items.
+        keyed: the kind that parses and draws the argument when it is written ``key=value,...``
+            (``dirichlet:0.5`` is decentdiff's draw, ``dirichlet:alpha=0.5`` Flower's).
     """
 
     form: str
@@ -69,6 +88,10 @@ class SplitKind:
         tuple[np.ndarray, list[np.ndarray] | None],
     ]
     check: Callable[[str, Any, int, int], None] | None = None
+    attempts: int = MAX_SPLIT_ATTEMPTS
+    floor: Callable[[Any], int] | None = None
+    fix: str = "use fewer clients, a larger ALPHA or a smaller min_size"
+    keyed: SplitKind | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,6 +138,122 @@ def _check_class_count(spec: str, arg: Any, n_classes: int, n_clients: int) -> N
             f"{n_classes} classes; use classes:{math.ceil(n_classes / n_clients)} or more "
             "clients"
         )
+
+
+# Flower's parameters, written name:key=value,... (their names, their defaults)
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a ``name:key=value,...`` split: Flower's name, reader and default.
+
+    ``read(text)`` returns the value or raises ValueError with the reason (``must be ...``);
+    ``shown`` is how the form lists it (``key=VALUE`` or ``key=default``).
+    """
+
+    name: str
+    read: Callable[[str], Any]
+    default: Any = _REQUIRED
+    shown: str = ""
+
+
+def _finite_positive(text: str) -> float:
+    value = float(text)  # ValueError for text that is no number
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError
+    return value
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def read(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise ValueError
+        return value
+
+    read.low = low  # type: ignore[attr-defined]  # for the message (_must)
+    return read
+
+
+def _boolean(text: str) -> bool:
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError
+
+
+def _choice(*names: str) -> Callable[[str], str]:
+    def read(text: str) -> str:
+        if text not in names:
+            raise ValueError
+        return text
+
+    read.names = names  # type: ignore[attr-defined]  # for the message (_must)
+    return read
+
+
+#: What a bad value of each reader is told (the reason after the parameter's name).
+_MUST = {
+    _finite_positive: "must be a finite number > 0",
+    _boolean: "must be true or false",
+}
+
+
+def _must(p: Param) -> str:
+    if p.read in _MUST:
+        return _MUST[p.read]
+    low = getattr(p.read, "low", None)
+    if low is not None:
+        return f"must be an integer >= {low}"
+    return "must be one of " + ", ".join(getattr(p.read, "names", ()))
+
+
+def _keyed(
+    *params: Param, one_of: tuple[str, ...] = ()
+) -> Callable[[str, str | None, Callable[[str], ConfigError]], dict[str, Any]]:
+    """The parser of a ``name:key=value,...`` split with these parameters (Flower's names).
+
+    Every parameter not given takes its default; ``one_of`` names optional parameters of which
+    at least one must be given.
+    """
+    table = {p.name: p for p in params}
+    names = ", ".join(table)
+
+    def parse(kind: str, arg: str | None, bad: Callable[[str], ConfigError]) -> dict[str, Any]:
+        if not arg:
+            raise bad(f"{kind} takes key=value parameters ({names})")
+        values: dict[str, Any] = {}
+        for item in arg.split(","):
+            key, eq, text = (x.strip() for x in item.partition("="))
+            if not eq or not key:
+                raise bad(f"{item.strip()!r} is not key=value; {kind}'s parameters: {names}")
+            p = table.get(key)
+            if p is None:
+                raise bad(f"{kind} has no parameter {key!r}; its parameters: {names}")
+            if key in values:
+                raise bad(f"{key} is given twice")
+            try:
+                values[key] = p.read(text)
+            except ValueError:
+                raise bad(f"{key} {_must(p)}, got {text!r}") from None
+        for p in params:
+            if p.name not in values:
+                if p.default is _REQUIRED:
+                    raise bad(f"{kind} needs {p.name}=...")
+                values[p.name] = p.default
+        if one_of and all(values[k] is None for k in one_of):
+            raise bad(f"{kind} needs {' or '.join(k + '=...' for k in one_of)}")
+        return values
+
+    return parse
+
+
+def _keyed_form(kind: str, params: tuple[Param, ...], what: str) -> str:
+    shown = ",".join(p.shown or f"{p.name}={p.default}".lower() for p in params)
+    return f"{kind}:{shown} ({what})"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,34 +332,226 @@ def _draw_classes(
     return owner, held
 
 
+# Flower's partitioners (flwr-datasets 0.6.1), re-derived on the same generator calls in the same
+# order: np.random.default_rng(seed) as Flower seeds it, labels in the data's order, classes in
+# increasing order (Flower's sorted(dataset.unique(...))). Flower shuffles each partition at the end;
+# that permutes only the order of a client's items, which decentdiff returns sorted.
+
+
+def _draw_flwr_dirichlet(
+    arg: dict[str, Any], by_class: list[np.ndarray], n_clients: int, rng: np.random.Generator
+) -> tuple[np.ndarray, None]:
+    # DirichletPartitioner: per class, proportions over partitions ~ Dirichlet(alpha); the class's
+    # items, in the data's order, cut at floor(cumsum(proportions) * n_k). With self_balancing, a
+    # partition already holding more than N / C items gets no more (its proportion set to 0).
+    owner = _owners(by_class)
+    alpha = np.full(n_clients, float(arg["alpha"]))
+    average = owner.size / n_clients
+    held = np.zeros(n_clients, dtype=np.int64)
+    for ix in by_class:
+        share = rng.dirichlet(alpha)
+        if arg["self_balancing"]:
+            share = np.where(held > average, 0.0, share)
+            share = share / sum(share.tolist())  # Flower sums in Python, in partition order
+        cuts = (np.cumsum(share) * ix.size).astype(int)[:-1]
+        for c, piece in enumerate(np.split(ix, cuts)):
+            owner[piece] = c
+            held[c] += piece.size
+    return owner, None
+
+
+def _draw_pathological(
+    arg: dict[str, Any], by_class: list[np.ndarray], n_clients: int, rng: np.random.Generator
+) -> tuple[np.ndarray, None]:
+    # PathologicalPartitioner: each partition picks num_classes_per_partition classes; the items
+    # of a class (data order) are cut by np.array_split into as many pieces as partitions picked
+    # it, handed out in partition order. Items of a class nobody picked go to no client.
+    n_classes = len(by_class)
+    count = int(arg["num_classes_per_partition"])
+    mode = arg["class_assignment_mode"]
+    picked: list[list[int]] = []
+    for pid in range(n_clients):
+        if mode == "random":
+            cs = rng.choice(n_classes, size=count, replace=False).tolist()
+        elif mode == "deterministic":
+            cs = [(pid + i) % n_classes for i in range(count)]
+        else:  # first-deterministic: class pid mod K, then random distinct ones
+            cs = [pid % n_classes]
+            while len(cs) < count:
+                c = int(rng.choice(n_classes, size=1)[0])
+                if c not in cs:
+                    cs.append(c)
+        picked.append(cs)
+    owner = np.full(sum(ix.size for ix in by_class), -1, dtype=np.int64)
+    for c, ix in enumerate(by_class):
+        holders = [pid for pid in range(n_clients) if c in picked[pid]]
+        if len(holders) > ix.size:
+            raise DataError(
+                f"client split pathological: class {c} (in label order) has {ix.size} items but "
+                f"{len(holders)} clients picked it; use fewer clients, a smaller "
+                "num_classes_per_partition or class_assignment_mode=deterministic"
+            )
+        for pid, piece in zip(holders, np.array_split(ix, max(len(holders), 1)), strict=False):
+            owner[piece] = pid
+    return owner, None
+
+
+def _shard_layout(arg: dict[str, Any], n: int, n_clients: int) -> tuple[int, int, int, np.ndarray]:
+    """ShardPartitioner's arithmetic: (shard size, shards used, shards usable, shards per client).
+
+    Raises DataError where Flower raises (or would divide by zero) for these sizes.
+    """
+    per, size, keep = (
+        arg["num_shards_per_partition"],
+        arg["shard_size"],
+        arg["keep_incomplete_shard"],
+    )
+
+    def impossible(why: str) -> DataError:
+        return DataError(f"client split shard: {why}; use fewer clients or smaller shards")
+
+    if per is not None and size is not None and size * per * n_clients > n:
+        raise impossible(f"{n_clients} clients x {per} shards x {size} items exceed the {n} items")
+    if per is not None:
+        used = n_clients * per
+        counts = np.full(n_clients, per)
+        if size is None:
+            size = int(n / used)
+            if size == 0:
+                raise impossible(f"{used} shards of {n} items would be empty")
+            usable = math.ceil(n / size) if keep else math.floor(n / size)
+        else:
+            usable = math.floor(n / size)
+    else:
+        used = math.ceil(n / size) if keep else math.floor(n / size)
+        usable = used
+        counts = np.full(n_clients, used // n_clients)
+        counts[: used - n_clients * (used // n_clients)] += 1
+    if usable < n_clients:
+        raise impossible(f"{usable} shards of {size} items cannot go to {n_clients} clients")
+    return size, used, usable, counts
+
+
+def _draw_shard(
+    arg: dict[str, Any], by_class: list[np.ndarray], n_clients: int, rng: np.random.Generator
+) -> tuple[np.ndarray, None]:
+    # ShardPartitioner: sort the items by label (stably, as Arrow's sort), cut the sorted list
+    # into shards of shard_size, give each partition its count of shards of a random permutation
+    # of the usable shards. Shards left over, and an incomplete last shard unless
+    # keep_incomplete_shard, go to no client.
+    by_label = np.concatenate(by_class)  # the stable sort by label: class by class, data order
+    n = by_label.size
+    size, used, usable, counts = _shard_layout(arg, n, n_clients)
+    shards = rng.permutation(usable)[:used]
+    owner = np.full(n, -1, dtype=np.int64)
+    for pid, mine in enumerate(np.split(shards, np.cumsum(counts, dtype=int))[:-1]):
+        for k in mine:
+            owner[by_label[int(k) * size : min((int(k) + 1) * size, n)]] = pid
+    return owner, None
+
+
 # --------------------------------------------------------------------------------------------------
 # The registry and the public functions
 # --------------------------------------------------------------------------------------------------
 
+_FLWR_DIRICHLET = (
+    Param("alpha", _finite_positive, shown="alpha=A"),
+    Param("min_partition_size", _int_at_least(0), 10),
+    Param("self_balancing", _boolean, False),
+)
+_PATHOLOGICAL = (
+    Param("num_classes_per_partition", _int_at_least(1), shown="num_classes_per_partition=N"),
+    Param(
+        "class_assignment_mode", _choice("random", "deterministic", "first-deterministic"), "random"
+    ),
+)
+_SHARD = (
+    Param("num_shards_per_partition", _int_at_least(1), None, "num_shards_per_partition=N"),
+    Param("shard_size", _int_at_least(1), None, "shard_size=S"),
+    Param("keep_incomplete_shard", _boolean, False),
+)
+
+
+def _check_pathological(spec: str, arg: Any, n_classes: int, n_clients: int) -> None:
+    count = int(arg["num_classes_per_partition"])
+    if count > n_classes:
+        raise ConfigError(
+            f"client split {spec!r}: the data has only {n_classes} classes; use "
+            f"num_classes_per_partition <= {n_classes}"
+        )
+
+
 #: Registry of client split kinds: name -> SplitKind. Listing order is the order of the forms in
-#: :data:`CLIENT_SPLIT_FORMS`.
+#: :data:`CLIENT_SPLIT_FORMS` (a kind's ``keyed`` form right after it).
 CLIENT_SPLITS: dict[str, SplitKind] = {
     "iid": SplitKind("iid", _no_argument, _draw_iid),
-    "dirichlet": SplitKind("dirichlet:ALPHA (label skew)", _alpha, _draw_dirichlet),
+    "dirichlet": SplitKind(
+        "dirichlet:ALPHA (label skew)",
+        _alpha,
+        _draw_dirichlet,
+        keyed=SplitKind(
+            _keyed_form("dirichlet", _FLWR_DIRICHLET, "Flower's DirichletPartitioner"),
+            _keyed(*_FLWR_DIRICHLET),
+            _draw_flwr_dirichlet,
+            attempts=FLWR_DIRICHLET_ATTEMPTS,
+            floor=lambda arg: int(arg["min_partition_size"]),
+            fix="use fewer clients, a larger alpha or a smaller min_partition_size",
+        ),
+    ),
     "quantity": SplitKind("quantity:ALPHA (size skew)", _alpha, _draw_quantity),
     "classes": SplitKind(
         "classes:N (N classes per client)", _class_count, _draw_classes, _check_class_count
     ),
+    "pathological": SplitKind(
+        _keyed_form("pathological", _PATHOLOGICAL, "Flower's PathologicalPartitioner"),
+        _keyed(*_PATHOLOGICAL),
+        _draw_pathological,
+        _check_pathological,
+        attempts=1,
+        fix="use fewer clients or a larger num_classes_per_partition",
+    ),
+    "shard": SplitKind(
+        _keyed_form("shard", _SHARD, "Flower's ShardPartitioner; one of the first two"),
+        _keyed(*_SHARD, one_of=("num_shards_per_partition", "shard_size")),
+        _draw_shard,
+        attempts=1,
+        fix="use fewer clients or more shards per client",
+    ),
 }
 
+
+def _forms() -> str:
+    forms = []
+    for split in CLIENT_SPLITS.values():
+        forms.append(split.form)
+        if split.keyed is not None:
+            forms.append(split.keyed.form)
+    return ", ".join(forms)
+
+
 #: The valid client split specs, as listed in every client split error message.
-CLIENT_SPLIT_FORMS = ", ".join(s.form for s in CLIENT_SPLITS.values()) + "; " + _PLACEHOLDERS
+CLIENT_SPLIT_FORMS = _forms() + "; " + _PLACEHOLDERS
 
 
-def parse_client_split(spec: str) -> tuple[str, float | int | None]:
+def _kind(kind: str, arg: Argument) -> SplitKind:
+    """The entry that draws ``kind`` with this parsed argument (its keyed form for a dict)."""
+    split = CLIENT_SPLITS[kind]
+    if isinstance(arg, dict) and split.keyed is not None:
+        return split.keyed
+    return split
+
+
+def parse_client_split(spec: str) -> tuple[str, Argument]:
     """Parses a client split spec.
 
     Args:
-        spec: ``iid``, ``dirichlet:ALPHA``, ``quantity:ALPHA`` or ``classes:N``.
+        spec: ``iid``, ``dirichlet:ALPHA``, ``quantity:ALPHA``, ``classes:N``, or one of Flower's
+            partitioners as ``name:key=value,...`` (``dirichlet:alpha=0.5,min_partition_size=10``,
+            ``pathological:num_classes_per_partition=2``, ``shard:num_shards_per_partition=2``).
 
     Returns:
         (kind, argument): argument is None for iid, a float α > 0 for dirichlet / quantity, an int
-        N >= 1 for classes.
+        N >= 1 for classes, a dict of every parameter (defaults filled in) for a key=value form.
 
     Raises:
         ConfigError: unknown form or bad argument; the message lists the valid forms.
@@ -238,6 +569,8 @@ def parse_client_split(spec: str) -> tuple[str, float | int | None]:
     split = CLIENT_SPLITS.get(kind)
     if split is None:
         raise bad(f"unknown kind {kind!r}")
+    if split.keyed is not None and "=" in arg:
+        split = split.keyed
     return kind, split.parse(kind, arg if sep else None, bad)
 
 
@@ -246,18 +579,30 @@ def client_split(
 ) -> list[np.ndarray]:
     """Splits items among federated clients (PAPERS.md §3; de Goede et al., arXiv 2406.12575).
 
-    =================  =========================================================================
-    ``iid``            stratified random: every client's class proportions match the global ones
-                       (up to rounding), sizes differ by at most one
-    ``dirichlet:α``    label skew: for each class, its items are split over clients in
-                       proportions ~ Dirichlet(α); small α → each client sees few classes
-    ``quantity:α``     quantity skew: client sizes ~ Dirichlet(α), labels IID within a client
-    ``classes:n``      each client holds exactly n distinct classes (every class held by someone);
-                       a class shared by several clients is split evenly among them
-    =================  =========================================================================
+    ==========================  ================================================================
+    ``iid``                     stratified random: every client's class proportions match the
+                                global ones (up to rounding), sizes differ by at most one
+    ``dirichlet:α``             label skew: for each class, its items are split over clients in
+                                proportions ~ Dirichlet(α); small α → each client sees few classes
+    ``quantity:α``              quantity skew: client sizes ~ Dirichlet(α), labels IID within a
+                                client
+    ``classes:n``               each client holds exactly n distinct classes (every class held by
+                                someone); a class shared by several clients is split evenly
+    ``dirichlet:alpha=α,...``   Flower's DirichletPartitioner (``min_partition_size=10``,
+                                ``self_balancing=false``)
+    ``pathological:...``        Flower's PathologicalPartitioner (``num_classes_per_partition=n``,
+                                ``class_assignment_mode=random``)
+    ``shard:...``               Flower's ShardPartitioner (``num_shards_per_partition=n`` and/or
+                                ``shard_size=s``, ``keep_incomplete_shard=false``)
+    ==========================  ================================================================
 
     Draws that leave a client with fewer than ``min_size`` items (or, for ``classes:n``, without an
-    item of one of its classes) are redrawn from the same seeded stream, up to 1000 times.
+    item of one of its classes) are redrawn from the same seeded stream, up to 1000 times. Flower's
+    forms keep Flower's rules: ``dirichlet:alpha=...`` redraws up to 11 times, while a client has
+    fewer than max(min_partition_size, min_size) items; ``pathological`` and ``shard`` draw once.
+    They give the partitions Flower's partitioner gives on ``Dataset.from_dict({"label": labels})``
+    seeded with ``seed``, including the items Flower gives to no client (a class no client picked,
+    shards left over).
 
     Args:
         spec: the split, see above.
@@ -268,15 +613,17 @@ def client_split(
         min_size: minimum number of items per client (>= 0).
 
     Returns:
-        C sorted int64 index arrays, disjoint, whose union is arange(N).
+        C sorted int64 index arrays, disjoint; their union is arange(N) except for the items a
+        ``pathological`` or ``shard`` split gives to no client.
 
     Raises:
         ConfigError: bad spec, C < 1, min_size < 0, no labels, or ``classes:n`` with n larger than
             the number of classes or too few clients to cover every class.
-        DataError: C * min_size > N, or no valid draw in 1000 attempts.
+        DataError: C * min_size > N, no valid draw in the attempts allowed, or data that Flower's
+            partitioner cannot split that way.
     """
     kind, arg = parse_client_split(spec)
-    split = CLIENT_SPLITS[kind]
+    split = _kind(kind, arg)
     y = check_labels(labels, f"client split {spec!r}", "pass labels (zeros for unlabeled data)")
     n_clients = int_arg(n_clients, "the number of clients", 1, "use --clients 1 or more")
     min_size = int_arg(min_size, "min_size", 0, "use 0 or more")
@@ -286,6 +633,12 @@ def client_split(
             f"{n} items cannot give {n_clients} clients at least {min_size} each; use fewer "
             "clients or a smaller min_size"
         )
+    need = max(min_size, split.floor(arg)) if split.floor is not None else min_size
+    if n_clients * need > n:
+        raise DataError(
+            f"client split {spec!r}: {n} items cannot give {n_clients} clients at least {need} "
+            f"each; {split.fix}"
+        )
     classes, inverse = np.unique(y, return_inverse=True)
     inverse = inverse.reshape(-1)
     n_classes = classes.size
@@ -294,19 +647,21 @@ def client_split(
     by_class = [np.flatnonzero(inverse == c) for c in range(n_classes)]
     rng = np.random.default_rng(seed)
     held = None
-    for _ in range(MAX_SPLIT_ATTEMPTS):
+    for _ in range(split.attempts):
         owner, held = split.draw(arg, by_class, n_clients, rng)
-        sizes = np.bincount(owner, minlength=n_clients)
-        if sizes.min() < min_size:
+        dropped = int(np.count_nonzero(owner < 0))
+        sizes = np.bincount(owner[owner >= 0], minlength=n_clients)
+        if sizes.min() < need:
             continue
         if held is not None and any(
             np.unique(inverse[owner == i]).size != len(cs) for i, cs in enumerate(held)
         ):
             continue
-        order = np.argsort(owner, kind="stable")  # stable: indices stay sorted per client
+        # Stable: indices stay sorted per client; the items of no client (-1) come first.
+        order = np.argsort(owner, kind="stable")[dropped:]
         return np.split(order.astype(np.int64), np.cumsum(sizes)[:-1])
-    need = f"at least {min_size} items" + (f" and all of its {arg} classes" if held else "")
+    what = f"at least {need} items" + (f" and all of its {arg} classes" if held else "")
+    draws = f"no draw in {split.attempts} attempts" if split.attempts > 1 else "the draw"
     raise DataError(
-        f"client split {spec!r}: no draw in {MAX_SPLIT_ATTEMPTS} attempts gave every one of "
-        f"{n_clients} clients {need}; use fewer clients, a larger ALPHA or a smaller min_size"
+        f"client split {spec!r}: {draws} gave every one of {n_clients} clients {what}; {split.fix}"
     )
