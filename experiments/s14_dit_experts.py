@@ -1,0 +1,113 @@
+"""Study 14 (issue 16): DDM with DiT experts in study 10's K=4 set-up, against the UNet ensemble
+at equal FLOPs and against its own FLOP-matched DiT monolith.
+
+Set-up: study 10's 1,500-step budget (K=4 k-means clusters of mnist5k, each expert 1,500 steps at
+batch 16, the monolith 1,500 steps at 64, the `compact` convolutional router 1,500 steps at 64,
+1,000 generated images per FID, 20 Euler steps), with `dit-tiny` (DiT/2, 80k parameters, 1.01x the
+forward FLOPs of the `tiny` UNet's 87k) in place of `tiny` for the experts and the monolith. The
+UNet arm is study 10's recorded b1500/K4 cells (same seeds, partitions and evaluation seeds;
+docs/reproduction/s10_routing_budgets.json), so only the DiT arm is trained here.
+
+    python experiments/s14_dit_experts.py [run] [--worker I/N]
+    python experiments/s14_dit_experts.py report
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, ROOT, SEEDS, claim, ddm_run, evaluate, run_phases, save, summarise
+from common import t_interval as interval
+from s10_routing_budgets import budget
+
+STUDY = "s14_dit_experts"
+CLAIM = (
+    "Issue 16: DDM is architecture-agnostic (the paper trains DiT experts). A K=4 ensemble of DiT "
+    "experts beats its FLOP-matched DiT monolith as the UNet ensemble beats its own, and is "
+    "compared with the UNet ensemble at equal FLOPs."
+)
+BUDGET = {**budget("b1500"), "preset": "dit-tiny"}  # router_preset stays compact (study 10's)
+ROUTINGS = ("mixture", "top1")
+K = 4
+
+
+def run_dir(seed: int) -> Path:
+    return ROOT / "s14" / f"seed{seed}" / f"K{K}"
+
+
+def ev(run: Path, model: str, seed: int, routing: str | None = None) -> dict[str, Any]:
+    return evaluate(run, model, routing=routing, n=BUDGET["n"], seed=seed,
+                    steps=BUDGET["sample_steps"], study=STUDY)  # fmt: skip
+
+
+def work(worker: tuple[int, int] | None) -> None:
+    for seed in SEEDS:
+        run = run_dir(seed)
+        if (run / "evaluated").is_file():
+            continue
+        if worker is not None and not claim(run.parent / f".claim-{run.name}"):
+            continue
+        ddm_run(run, K=K, seed=seed, study=STUDY, budget=BUDGET, monolith=True)
+        ev(run, "monolith", seed)
+        for r in ROUTINGS:
+            ev(run, "ensemble", seed, r)
+        (run / "evaluated").write_text("")
+
+
+def unet_cells() -> dict[str, dict[int, dict[str, Any]]]:
+    """Study 10's UNet b1500/K4 results per routing and seed: FID, monolith FID, ratio."""
+    s10 = json.loads((RESULTS / "s10_routing_budgets.json").read_text())
+    cells = {r: s10["cells"][f"b1500/K{K}/{r}"]["per_seed"] for r in ROUTINGS}
+    return {r: {int(p["seed"]): p for p in ps} for r, ps in cells.items()}
+
+
+def report() -> dict[str, Any]:
+    unet = unet_cells()
+    per: dict[str, dict[str, float]] = {}
+    for seed in SEEDS:
+        run = run_dir(seed)
+        if not (run / "evaluated").is_file():
+            continue
+        mono = ev(run, "monolith", seed)
+        row = {"dit monolith": mono["fid"], "unet monolith": unet["mixture"][seed]["monolith_fid"]}
+        row["dit train TFLOPs"] = mono["train_flops"] / 1e12
+        for r in ROUTINGS:
+            e = ev(run, "ensemble", seed, r)
+            row[f"dit {r}"] = e["fid"]
+            row[f"unet {r}"] = unet[r][seed]["fid"]
+            row[f"dit {r} / dit monolith"] = e["fid"] / mono["fid"]
+            row[f"unet {r} / unet monolith"] = unet[r][seed]["ratio"]
+            row[f"dit {r} / unet {r}"] = e["fid"] / unet[r][seed]["fid"]
+        per[f"seed{seed}"] = row
+    keys = list(next(iter(per.values()))) if per else []
+    summary = {k: summarise([per[s][k] for s in per]) for k in keys}
+    intervals = {k: interval([per[s][k] for s in per]) for k in keys if "/" in k}
+    checks = {}
+    if len(per) == len(SEEDS):
+        ratios = [per[s]["dit mixture / dit monolith"] for s in per]
+        checks["DiT ensemble (mixture) beats its FLOP-matched DiT monolith in every seed"] = (
+            "held" if all(r < 1 for r in ratios) else "not held"
+        )
+    verdict = "inconclusive" if not checks else next(iter(checks.values()))
+    result = {
+        "claim": CLAIM,
+        "setup": {**BUDGET, "K": K, "routings": list(ROUTINGS), "seeds": list(SEEDS),
+                  "unet_arm": "study 10, b1500/K4 (tiny UNet), recorded"},
+        "per_seed": per,
+        "summary": summary,
+        "intervals95": intervals,
+        "checks": checks,
+        "verdict": verdict,
+    }  # fmt: skip
+    save(STUDY, result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_phases(argv, work, report)
+
+
+if __name__ == "__main__":
+    main()
