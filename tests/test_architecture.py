@@ -88,7 +88,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 LAYERS = (
     ("foundations", ("errors", "config", "events", "viz", "figures", "training.checkpoint",
                      "evaluation.metrics", "evaluation.flops")),
-    ("data, networks, diffusion", ("data", "models", "diffusion")),
+    ("data, networks, diffusion", ("data", "models", "diffusion", "latent")),
     ("the run directory", ("run",)),
     ("training", ("training",)),
     ("DDM and federated", ("ddm", "federated", "training.distributed")),

@@ -38,6 +38,7 @@ class DataConfig:
 class ModelConfig:
     preset: str = "small"  # tiny | compact | small | base (UNet); dit-tiny … dit-base (DiT)
     arch: str = ""  # '' = as the preset's name says | unet | dit (dit + small = dit-small)
+    vae: str = ""  # a local diffusers AutoencoderKL directory: train and sample in its latent space
     class_cond: bool = False  # condition on labels (with a null class for guidance)
 
 
@@ -192,6 +193,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "data": ("data", "source"),
     "preset": ("model", "preset"),
     "arch": ("model", "arch"),
+    "vae": ("model", "vae"),
     "objective": ("objective", "kind"),
     "steps": ("train", "steps"),
     "batch": ("train", "batch"),

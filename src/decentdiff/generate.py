@@ -86,18 +86,17 @@ def generate(
         ):
             b = min(s.batch, s.n - i)
             m.start_batch(i, b)
-            chunks.append(
-                sample(
-                    velocity,
-                    (b, *m.image_shape),
-                    steps=s.steps,
-                    solver=solver,
-                    generator=g,
-                    cond=None if cond is None else cond[i : i + b],
-                    device=device,
-                    grid=grid_t,
-                ).cpu()
-            )
+            x = sample(
+                velocity,
+                (b, *m.image_shape),
+                steps=s.steps,
+                solver=solver,
+                generator=g,
+                cond=None if cond is None else cond[i : i + b],
+                device=device,
+                grid=grid_t,
+            ).cpu()
+            chunks.append(x if m.decode is None else m.decode(x))  # latents -> pixels
             weights = m.batch_routing()
             if weights is not None:
                 routes.append(weights)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import SampleConfig
-from .errors import ConfigError
+from .errors import ConfigError, RunError
 from .run import Run
 
 #: Model kinds with an index (``expert:K``, ``client:I``) and without.
@@ -159,6 +159,8 @@ class LoadedModel:
     train_flops: float  # everything this model needed to be trained
     routing: str | None = None  # an ensemble's canonical routing
     guided_inside: bool = False  # True: classifier-free guidance is applied inside (experts)
+    #: latent models (``--vae``): latents (N, c, h, w) -> pixels in [−1, 1]; None: pixel models
+    decode: Callable[[Tensor], Tensor] | None = None
 
     def start_batch(self, start: int, size: int) -> None:
         """Called before samples ``start .. start + size`` are drawn."""
@@ -219,7 +221,22 @@ def load_model(
         image_shape=tuple(meta["image_shape"]),
         num_classes=unet.num_classes,
         train_flops=float(meta.get("train_flops", 0.0)),
+        decode=_decoder([meta], device),
     )
+
+
+def _decoder(metas: Sequence[dict], device) -> Callable[[Tensor], Tensor] | None:
+    """The VAE decoder of latent models (all of ``metas`` in one latent space), else None."""
+    vaes = {json.dumps(m.get("vae", {}).get("fingerprint")) for m in metas}
+    if len(vaes) > 1:
+        raise RunError(
+            "these models were trained in different latent spaces (--vae); they cannot be mixed"
+        )
+    if not metas or not metas[0].get("vae"):
+        return None
+    from .latent import load_decoder
+
+    return load_decoder(metas[0]["vae"], device)[0]
 
 
 def _load_ensemble(
@@ -265,6 +282,7 @@ def _load_ensemble(
         train_flops=float(train_flops),
         routing=routing,
         guided_inside=True,
+        decode=_decoder([metas[k] for k in kept], device),
         ensemble=ens,
         oracle=oracle,
         device=device,

@@ -22,6 +22,7 @@ from .options import (
     SeedOpt,
     SetOpt,
     StepsOpt,
+    VaeOpt,
     resolve_config,
 )
 
@@ -45,6 +46,7 @@ def partition(
     force: Annotated[
         bool, typer.Option("--force", help="Replace a partition that experts were trained on.")
     ] = False,
+    vae: VaeOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -53,7 +55,7 @@ def partition(
     from ..run import Run
 
     r = Run(run)
-    cfg = resolve_config(r, config, set_, data=data)
+    cfg = resolve_config(r, config, set_, data=data, vae=vae)
     p = partition_run(r, cfg, parts, by=by, features=features, seed=seed, fine=fine, force=force)
     typer.echo(p.summary())
     typer.echo(f"-> {p.path}, {p.figure}")

@@ -61,6 +61,16 @@ PresetOpt = Annotated[
         f"a DiT with a CLS token). {default_of('model', 'preset')}",
     ),
 ]
+VaeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--vae",
+        help="A local diffusers AutoencoderKL directory (e.g. Stable Diffusion's `vae` folder): "
+        "train and sample in its latent space; images are encoded once (cached in RUN/latents) "
+        "and samples decoded. Given to `partition`, it holds for the whole RUN. (default: "
+        "model.vae; none = pixel space)",
+    ),
+]
 ArchOpt = Annotated[
     str | None,
     typer.Option(

@@ -23,6 +23,7 @@ from .options import (
     SeedOpt,
     SetOpt,
     StepsOpt,
+    VaeOpt,
     resolve_config,
 )
 
@@ -39,6 +40,7 @@ def train_monolith(
     data: DataOpt = None,
     preset: PresetOpt = None,
     arch: ArchOpt = None,
+    vae: VaeOpt = None,
     objective: ObjectiveOpt = None,
     steps: StepsOpt = None,
     batch: BatchOpt = None,
@@ -93,6 +95,7 @@ def train_expert(
     ],
     preset: PresetOpt = None,
     arch: ArchOpt = None,
+    vae: VaeOpt = None,
     objective: ObjectiveOpt = None,
     steps: StepsOpt = None,
     batch: ExpertBatchOpt = None,
@@ -164,6 +167,7 @@ def train_experts(
     ] = None,
     preset: PresetOpt = None,
     arch: ArchOpt = None,
+    vae: VaeOpt = None,
     objective: ObjectiveOpt = None,
     steps: StepsOpt = None,
     batch: ExpertBatchOpt = None,
@@ -211,6 +215,7 @@ def train_router(
     run: PartitionedRunArg,
     preset: PresetOpt = None,
     arch: ArchOpt = None,
+    vae: VaeOpt = None,
     steps: StepsOpt = None,
     batch: BatchOpt = None,
     seed: SeedOpt = None,
@@ -227,7 +232,16 @@ def train_router(
 
     r = Run(run)
     cfg = resolve_config(
-        r, config, set_, preset=preset, arch=arch, steps=steps, batch=batch, seed=seed, log=log
+        r,
+        config,
+        set_,
+        preset=preset,
+        arch=arch,
+        vae=vae,
+        steps=steps,
+        batch=batch,
+        seed=seed,
+        log=log,
     )
     typer.echo(router_summary(r, train(r, cfg, fresh=fresh, progress=not quiet)))
 

@@ -116,6 +116,11 @@ def diagnose(
 
     images, labels, clusters, rec = member_data(run, cfg)
     router, rmeta = load_router(router_dir(run), ema=cfg.sample.ema, device=device)
+    from ..latent import model_inputs
+
+    # A latent router is calibrated on the latents it was trained on.
+    vae = (rmeta.get("vae") or {}).get("path", "")
+    images, _ = model_inputs(images, vae, run.path / "latents", device)
     class_cond = int(rmeta.get("router", {}).get("num_classes", 0)) > 0
     cal = calibration(router, images, labels if class_cond else None, clusters, device=device,
                       seed=cfg.sample.seed)  # fmt: skip

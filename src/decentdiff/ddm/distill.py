@@ -16,6 +16,7 @@ monolith.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -76,8 +77,6 @@ def distill(
         network_config(preset, 1, 0, arch)  # an unknown preset fails here, with the choices
     out = run.model_dir("distilled")
     if not fresh and (out / "meta.json").is_file():
-        import json
-
         try:
             before = json.loads((out / "meta.json").read_text()).get("teacher", "own")
         except (OSError, ValueError):
@@ -106,12 +105,17 @@ def distill(
             "the experts of this RUN have different architectures; name the student's with "
             "--preset (e.g. --preset small or --preset dit-small)"
         )
+    vaes = {json.dumps(m.get("vae", {}).get("fingerprint")) for m in metas}
+    if len(vaes) > 1:
+        raise RunError("the experts of this RUN were trained in different latent spaces (--vae)")
+    from ..latent import model_inputs
+
+    vae_path = (metas[0].get("vae") or {}).get("path", "")
+    images, vae_meta = model_inputs(images, vae_path, run.path / "latents", device)
     ucfg = config_from_dict(metas[0]["unet"])
     if preset is not None:
         ucfg = network_config(preset, ucfg.in_channels, ucfg.num_classes, arch)
     if not fresh and (out / "meta.json").is_file():
-        import json
-
         try:
             before = json.loads((out / "meta.json").read_text()).get("unet")
         except (OSError, ValueError):
@@ -162,6 +166,7 @@ def distill(
         "model": asdict(cfg.model),
         "image_shape": list(images.shape[1:]),
         "num_images": len(images),
+        **({"vae": vae_meta} if vae_meta else {}),
         "distilled_from": rec.partition_id,
         "num_parts": rec.num_parts,
         "data_fingerprint": data_fp,

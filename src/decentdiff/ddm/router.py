@@ -74,6 +74,11 @@ def fit_router(
         meta: extra entries for meta.json (e.g. the data fingerprint).
     """
     device = resolve_device(cfg.train.device)
+    from ..latent import model_inputs
+
+    images, vae_meta = model_inputs(images, cfg.model.vae, run.path / "latents", device)
+    if vae_meta:
+        meta = {**meta, "vae": vae_meta}
     rcfg = router_net_config(
         cfg.model.preset, images.shape[1], rec.num_parts, num_classes, cfg.model.arch
     )

@@ -138,6 +138,10 @@ def train_generative_ddp(
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
     n_cls = num_classes if cfg.model.class_cond else 0
+    from ..latent import cache_dir_for, model_inputs
+
+    # Every rank reads the same cache; rank 0 of a fresh run may encode while others wait on it.
+    images, vae_meta = model_inputs(images, cfg.model.vae, cache_dir_for(out_dir), device)
     ucfg = network_config(cfg.model.preset, images.shape[1], n_cls, cfg.model.arch)
     objective = objective_from(cfg.objective)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
@@ -164,6 +168,7 @@ def train_generative_ddp(
         "model": asdict(cfg.model),
         "image_shape": list(images.shape[1:]),
         "num_images": len(images),
+        **({"vae": vae_meta} if vae_meta else {}),
         "world_size": env.world_size,
     }
     target = out_dir if env.is_main else _scratch_copy(out_dir)

@@ -98,6 +98,10 @@ def train_generative(
     n_cls = num_classes if cfg.model.class_cond else 0
     if cfg.model.class_cond and (labels is None or num_classes == 0):
         raise ConfigError("model.class_cond = true needs a labelled data source")
+    from ..latent import cache_dir_for, model_inputs
+
+    # With model.vae the network sees latents (encoded once, cached in RUN/latents).
+    images, vae_meta = model_inputs(images, cfg.model.vae, cache_dir_for(out_dir), device)
     ucfg = network_config(cfg.model.preset, images.shape[1], n_cls, cfg.model.arch)
     objective = objective_from(cfg.objective)
     torch.manual_seed(cfg.train.seed)  # parameter initialisation only
@@ -116,6 +120,7 @@ def train_generative(
         "model": asdict(cfg.model),
         "image_shape": list(images.shape[1:]),
         "num_images": len(images),
+        **({"vae": vae_meta} if vae_meta else {}),
     }
     return train(
         model,

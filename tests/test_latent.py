@@ -1,0 +1,173 @@
+"""Latent-space experts: a tiny randomly initialised diffusers AutoencoderKL saved to a temp dir."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _cli import cli
+from decentdiff.cli import main
+from decentdiff.errors import ConfigError
+from decentdiff.latent import LatentCodec, cached_latents
+
+diffusers = pytest.importorskip("diffusers")  # in the [test] extra; `make test` checks it imports
+
+
+def make_vae(path, channels=1, seed=0):
+    torch.manual_seed(seed)
+    vae = diffusers.AutoencoderKL(
+        in_channels=channels,
+        out_channels=channels,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=8,
+        scaling_factor=0.5,
+        shift_factor=0.1,
+    )
+    vae.save_pretrained(path)
+    return vae.eval()
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("vae") / "vae"
+    make_vae(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    x = np.zeros((40, 1, 8, 8), np.uint8)
+    x[:20, :, :4] = 200
+    x[20:, :, 4:] = 200
+    return np.clip(x + rng.integers(0, 40, x.shape), 0, 255).astype(np.uint8)
+
+
+def test_encode_and_decode_are_the_vaes_with_scale_and_shift(vae_dir, images):
+    codec = LatentCodec.load(vae_dir)
+    assert (codec.factor, codec.latent_channels, codec.scale, codec.shift) == (2, 4, 0.5, 0.1)
+    vae = diffusers.AutoencoderKL.from_pretrained(vae_dir).eval()
+    x = torch.from_numpy(images[:5]).float() / 127.5 - 1
+    with torch.no_grad():
+        mean = vae.encode(x).latent_dist.mean
+        z = codec.encode(images[:5])
+        torch.testing.assert_close(z, (mean - 0.1) * 0.5, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            codec.decode(z, 1), vae.decode(mean).sample.clamp(-1, 1), rtol=1e-4, atol=1e-4
+        )
+    assert codec.latent_shape((1, 8, 8)) == (4, 4, 4)
+
+
+def test_grey_images_through_a_three_channel_vae(tmp_path, images):
+    make_vae(tmp_path / "rgb", channels=3)
+    codec = LatentCodec.load(tmp_path / "rgb")
+    vae = diffusers.AutoencoderKL.from_pretrained(tmp_path / "rgb").eval()
+    x = torch.from_numpy(images[:3]).float() / 127.5 - 1
+    with torch.no_grad():
+        mean = vae.encode(x.repeat(1, 3, 1, 1)).latent_dist.mean
+        torch.testing.assert_close(codec.encode(images[:3]), (mean - 0.1) * 0.5, atol=1e-5, rtol=0)
+        rgb = vae.decode(mean).sample.clamp(-1, 1)
+        out = codec.decode((mean - 0.1) * 0.5, 1)
+    assert out.shape == (3, 1, 8, 8)
+    torch.testing.assert_close(out, rgb.mean(dim=1, keepdim=True), atol=1e-4, rtol=0)
+
+
+def test_the_cache_encodes_once_and_rebuilds_a_damaged_entry(
+    vae_dir, images, tmp_path, monkeypatch
+):
+    codec = LatentCodec.load(vae_dir)
+    calls = []
+    encode = LatentCodec.encode
+    monkeypatch.setattr(
+        LatentCodec, "encode", lambda self, x: calls.append(len(x)) or encode(self, x)
+    )
+    z1 = cached_latents(codec, images, tmp_path)
+    z2 = cached_latents(codec, images, tmp_path)
+    assert calls == [40] and np.array_equal(z1, z2)
+    (npy,) = tmp_path.glob("*.npy")
+    npy.write_bytes(npy.read_bytes()[:100])  # a torn write
+    z3 = cached_latents(codec, images, tmp_path)
+    assert calls == [40, 40] and np.array_equal(z3, z1)
+    cached_latents(codec, images[:10], tmp_path)  # other images, another entry
+    assert calls == [40, 40, 10] and len(list(tmp_path.glob("*.npy"))) == 2
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_bad_vae_and_sizes_are_one_line_errors(tmp_path, vae_dir):
+    with pytest.raises(ConfigError, match=r"no config\.json"):
+        LatentCodec.load(tmp_path / "nothing")
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
+    with pytest.raises(ConfigError, match="not an AutoencoderKL"):
+        LatentCodec.load(tmp_path / "unet")
+    codec = LatentCodec.load(vae_dir)
+    with pytest.raises(ConfigError, match=r"data.size=8"):
+        codec.encode(np.zeros((2, 1, 7, 7), np.uint8))
+
+
+@pytest.fixture(scope="module")
+def latent_run(tmp_path_factory, vae_dir, images):
+    p = tmp_path_factory.mktemp("data") / "two.npz"
+    np.savez(p, x=images, y=np.repeat(np.arange(2), 20))
+    run = tmp_path_factory.mktemp("runs") / "latent"
+    main(["partition", str(run), "--data", f"npz:{p}", "-K", "2", "--by", "label",
+          "--vae", str(vae_dir)])  # fmt: skip
+    common = ["--preset", "tiny", "--steps", "3", "-q"]
+    main(["train", "experts", str(run), *common, "--set", "train.batch=8"])
+    main(["train", "router", str(run), *common, "--batch", "8"])
+    main(["train", "monolith", str(run), *common, "--flop-match"])
+    return run
+
+
+def test_every_network_trained_on_the_cached_latents(latent_run, vae_dir, monkeypatch):
+    from decentdiff import config as C
+    from decentdiff.run import Run
+
+    r = Run(latent_run)
+    assert r.read_toml()["model"]["vae"] == str(vae_dir)  # recorded once for the whole RUN
+    codec = LatentCodec.load(vae_dir)
+    for d in ("experts/0", "experts/1", "monolith", "router"):
+        meta = json.loads((latent_run / d / "meta.json").read_text())
+        assert meta["vae"]["fingerprint"] == codec.fingerprint, d
+        assert meta["vae"]["pixel_shape"] == [1, 8, 8], d
+        assert meta["image_shape"] == [4, 4, 4], d
+    # The cache holds exactly what the VAE makes of the training images: asking for the latents
+    # of the training part encodes nothing new (the monolith's and the router's entry).
+    data = r.data(C.resolve(base=r.base_config()), create=False)
+    monkeypatch.setattr(LatentCodec, "encode", lambda *a: pytest.fail("encoded again"))
+    z = cached_latents(codec, data.images[data.train_idx], latent_run / "latents")
+    monkeypatch.undo()
+    torch.testing.assert_close(
+        torch.from_numpy(np.asarray(z)), codec.encode(data.images[data.train_idx])
+    )
+
+
+def test_samples_are_decoded_to_pixels(latent_run, capsys):
+    for model, extra in (("monolith", []), ("ensemble", ["--routing", "top1"])):
+        out = latent_run / f"{model}.npz"
+        code, _, err = cli(capsys, "sample", latent_run, "--model", model, "--n", 5, "--steps", 2,
+                           "--out", out, *extra)  # fmt: skip
+        assert code == 0, err
+        with np.load(out) as z:
+            assert z["images"].shape == (5, 1, 8, 8)
+            assert np.abs(z["images"]).max() <= 1
+
+
+def test_resume_reuses_the_cache_and_a_changed_vae_is_refused(latent_run, vae_dir, capsys):
+    before = sorted(p.name for p in (latent_run / "latents").glob("*.npy"))
+    code, _, err = cli(capsys, "train", "monolith", latent_run, "--preset", "tiny", "--steps", 4,
+                       "-q")  # fmt: skip
+    assert code == 0, err
+    assert json.loads((latent_run / "monolith" / "meta.json").read_text())["step"] == 4
+    assert sorted(p.name for p in (latent_run / "latents").glob("*.npy")) == before
+    make_vae(vae_dir, seed=1)  # other weights in the same place
+    code, _, err = cli(capsys, "sample", latent_run, "--model", "monolith", "--n", 2, "--steps", 2,
+                       "--out", latent_run / "x.npz")  # fmt: skip
+    assert code == 2 and "changed since the model was trained" in err
+    assert len(err.strip().splitlines()) == 1
