@@ -194,6 +194,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "preset": ("model", "preset"),
     "arch": ("model", "arch"),
     "vae": ("model", "vae"),
+    "device": ("train", "device"),
     "objective": ("objective", "kind"),
     "steps": ("train", "steps"),
     "batch": ("train", "batch"),

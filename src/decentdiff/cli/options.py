@@ -132,7 +132,18 @@ SolverOpt = Annotated[str | None, typer.Option("--solver", help=SOLVER_HELP)]
 SampleSeedOpt = Annotated[
     int | None, typer.Option("--seed", help=f"Sampling seed. {default_of('sample', 'seed')}")
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps.")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+]
+TrainDeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps. Only the CPU is tested "
+        f"on the reference machine. {default_of('train', 'device')}",
+    ),
+]
 FeaturesOpt = Annotated[
     str,
     typer.Option(

@@ -23,6 +23,7 @@ from .options import (
     SeedOpt,
     SetOpt,
     StepsOpt,
+    TrainDeviceOpt,
     VaeOpt,
     resolve_config,
 )
@@ -41,6 +42,7 @@ def train_monolith(
     preset: PresetOpt = None,
     arch: ArchOpt = None,
     vae: VaeOpt = None,
+    device: TrainDeviceOpt = None,
     objective: ObjectiveOpt = None,
     steps: StepsOpt = None,
     batch: BatchOpt = None,
@@ -74,6 +76,8 @@ def train_monolith(
         data=data,
         preset=preset,
         arch=arch,
+        vae=vae,
+        device=device,
         objective=objective,
         steps=steps,
         batch=batch,
@@ -96,6 +100,7 @@ def train_expert(
     preset: PresetOpt = None,
     arch: ArchOpt = None,
     vae: VaeOpt = None,
+    device: TrainDeviceOpt = None,
     objective: ObjectiveOpt = None,
     steps: StepsOpt = None,
     batch: ExpertBatchOpt = None,
@@ -119,6 +124,8 @@ def train_expert(
         set_,
         preset=preset,
         arch=arch,
+        vae=vae,
+        device=device,
         objective=objective,
         steps=steps,
         seed=seed,
@@ -168,6 +175,7 @@ def train_experts(
     preset: PresetOpt = None,
     arch: ArchOpt = None,
     vae: VaeOpt = None,
+    device: TrainDeviceOpt = None,
     objective: ObjectiveOpt = None,
     steps: StepsOpt = None,
     batch: ExpertBatchOpt = None,
@@ -190,6 +198,8 @@ def train_experts(
         set_,
         preset=preset,
         arch=arch,
+        vae=vae,
+        device=device,
         objective=objective,
         steps=steps,
         seed=seed,
@@ -216,6 +226,7 @@ def train_router(
     preset: PresetOpt = None,
     arch: ArchOpt = None,
     vae: VaeOpt = None,
+    device: TrainDeviceOpt = None,
     steps: StepsOpt = None,
     batch: BatchOpt = None,
     seed: SeedOpt = None,
@@ -238,6 +249,7 @@ def train_router(
         preset=preset,
         arch=arch,
         vae=vae,
+        device=device,
         steps=steps,
         batch=batch,
         seed=seed,
@@ -258,6 +270,7 @@ def distill(
         ),
     ] = None,
     arch: ArchOpt = None,
+    device: TrainDeviceOpt = None,
     steps: StepsOpt = None,
     batch: Annotated[
         int | None,
@@ -285,7 +298,7 @@ def distill(
     from ..run import Run
 
     r = Run(run)
-    cfg = resolve_config(r, config, set_, seed=seed, log=log)
+    cfg = resolve_config(r, config, set_, seed=seed, log=log, device=device)
     meta = run_distill(
         r,
         cfg,
