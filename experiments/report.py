@@ -23,6 +23,7 @@ ORDER = (
     ("s11_eps_sampling", "11. (ours) Sampling an epsilon-model deterministically"),
     ("s12_distill_budget", "12. (ours) Distillation at a third of the FLOPs, trained teachers"),
     ("s13_heterogeneous_budget", "13. (ours) Heterogeneous experts at a longer budget"),
+    ("s14_dit_experts", "14. (ours) DDM with DiT experts"),
 )
 
 
@@ -499,6 +500,17 @@ def body_s13(r: dict) -> list[str]:
     return out
 
 
+def body_s14(r: dict) -> list[str]:
+    per = r["per_seed"]
+    cols = ["dit monolith", "dit mixture", "dit top1", "unet monolith", "unet mixture", "unet top1"]
+    out = ["| seed | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    out += [f"| {s} | " + " | ".join(f2(row.get(c)) for c in cols) + " |" for s, row in per.items()]
+    out += ["", "| ratio | mean ± std (min–max) | 95% t-interval |", "|---|---|---|"]
+    out += [f"| {k} | {ms(r['summary'][k])} | {_iv(v)} |" for k, v in r["intervals95"].items()]
+    out += ["", "Checks: " + ", ".join(f"{k}: {v}" for k, v in r["checks"].items()) + ".", ""]
+    return out
+
+
 BODIES = {
     "s1_ddm_vs_monolith": body_s1,
     "s2_routing_table": body_s2,
@@ -513,6 +525,7 @@ BODIES = {
     "s11_eps_sampling": body_s11,
     "s12_distill_budget": body_s12,
     "s13_heterogeneous_budget": body_s13,
+    "s14_dit_experts": body_s14,
 }
 
 #: What the numbers say, written after reading them (kept apart from the generated figures).
