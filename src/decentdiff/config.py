@@ -44,7 +44,7 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    kind: str = "fm"  # fm (rectified flow matching) | ddpm (ε-prediction)
+    kind: str = "fm"  # fm (rectified flow matching) | ddpm (ε-prediction) | vpred (v-prediction)
     time_dist: str = "logit_normal"  # fm: uniform | logit_normal
     schedule: str = "linear"  # ddpm: linear | cosine
     loss: str = "mse"  # mse | huber

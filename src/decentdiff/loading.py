@@ -143,7 +143,11 @@ def resolve_solver(run: Run, model: str | ModelSpec, solver: str, drop: Sequence
         get_solver(solver)  # unknown names fail here, with the choices
         return solver
     kinds = objective_kinds(run, model, drop)
-    return AUTO_SOLVER["ddpm" if "ddpm" in kinds else "fm"]
+    # The most fragile objective decides: an ε-expert needs the ancestral sampler (study 11).
+    for kind in ("ddpm", "vpred"):
+        if kind in kinds:
+            return AUTO_SOLVER[kind]
+    return AUTO_SOLVER["fm"]
 
 
 @dataclass

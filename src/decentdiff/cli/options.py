@@ -83,7 +83,8 @@ ObjectiveOpt = Annotated[
     str | None,
     typer.Option(
         "--objective",
-        help=f"fm (flow matching) or ddpm (ε-prediction). {default_of('objective', 'kind')}",
+        help="fm (flow matching), ddpm (ε-prediction) or vpred (v-prediction on the DDPM "
+        f"schedule). {default_of('objective', 'kind')}",
     ),
 ]
 StepsOpt = Annotated[

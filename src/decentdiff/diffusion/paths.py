@@ -262,6 +262,52 @@ class EpsilonVelocity(nn.Module):
         return eps - x0
 
 
+class VPrediction(DDPM):
+    """v-prediction (Salimans & Ho 2022) on the DDPM schedule: the network regresses
+    v = √ᾱ·ε − √(1−ᾱ)·x0 of the variance-preserving state z = √ᾱ·x0 + √(1−ᾱ)·ε.
+
+    x̂0 = √ᾱ·z − √(1−ᾱ)·v̂ comes out without dividing by √ᾱ, so a network error δ is an x̂0 error
+    √(1−ᾱ)·δ, never amplified near t = 1 as an ε-model's t·δ/(1 − t) is (study 11). The model sees
+    the DDPM step as a DDPM ε-model does; sampled through :class:`VVelocity`.
+    """
+
+    kind = "vpred"
+
+    def loss(
+        self, model: nn.Module, x0: Tensor, cond: Tensor | None, generator: torch.Generator
+    ) -> Tensor:
+        n = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+        ab = self.alphas_cumprod.to(x0.device)[n]
+        a, s = bcast(ab.sqrt(), x0).to(x0.dtype), bcast((1 - ab).sqrt(), x0).to(x0.dtype)
+        pred = model(a * x0 + s * eps, n.to(x0.dtype) / self.timesteps, cond)
+        return _loss(pred, a * eps - s * x0, self.loss_kind)
+
+    def velocity(self, model: nn.Module, clip_x0: float | None = None) -> Velocity:
+        return VVelocity(model, self, clip_x0)
+
+
+class VVelocity(nn.Module):
+    """A v-prediction model seen as a velocity callable: at flow time t, the VP state
+    z = c·x_t (c = :func:`vp_scale`, ᾱ = :func:`alpha_bar_from_time`), v̂ = model(z),
+    x̂0 = √ᾱ·z − √(1−ᾱ)·v̂, ε̂ = √(1−ᾱ)·z + √ᾱ·v̂, velocity ε̂ − x̂0 (x̂0 optionally clamped)."""
+
+    def __init__(self, model: nn.Module, obj: VPrediction, clip_x0: float | None = None):
+        super().__init__()
+        self.model, self.obj, self.clip_x0 = model, obj, clip_x0
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        z = bcast(vp_scale(t), x) * x
+        v = self.model(z, self.obj.model_time(t), cond)
+        ab = bcast(alpha_bar_from_time(t), x)
+        a, s = ab.sqrt(), (1 - ab).sqrt()
+        x0 = a * z - s * v
+        eps = s * z + a * v
+        if self.clip_x0 is not None:
+            x0 = x0.clamp(-self.clip_x0, self.clip_x0)
+        return eps - x0
+
+
 def _flow_matching(*, time_dist: str, loss: str, weighting: str, **_) -> FlowMatching:
     if weighting != "uniform":
         raise ConfigError(
@@ -275,8 +321,21 @@ def _ddpm(*, schedule: str, timesteps: int, loss: str, weighting: str, **_) -> D
     return DDPM(schedule=schedule, timesteps=timesteps, loss=loss, weighting=weighting)
 
 
+def _vpred(*, schedule: str, timesteps: int, loss: str, weighting: str, **_) -> VPrediction:
+    if weighting != "uniform":
+        raise ConfigError(
+            f"objective.weighting={weighting} applies to --objective ddpm only; set "
+            "objective.weighting=uniform"
+        )
+    return VPrediction(schedule=schedule, timesteps=timesteps, loss=loss)
+
+
 #: Objective kinds: each builds its objective from the config values it uses.
-OBJECTIVES: dict[str, Callable[..., FlowMatching | DDPM]] = {"fm": _flow_matching, "ddpm": _ddpm}
+OBJECTIVES: dict[str, Callable[..., FlowMatching | DDPM]] = {
+    "fm": _flow_matching,
+    "ddpm": _ddpm,
+    "vpred": _vpred,
+}
 
 
 def make_objective(

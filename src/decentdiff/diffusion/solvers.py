@@ -158,7 +158,7 @@ def sampling_grid(objectives, solver: str, steps: int) -> Tensor | None:
 
 #: ``--solver auto``: the solver per objective kind, chosen by measurement (docs/reproduction.md,
 #: study 11).
-AUTO_SOLVER = {"fm": "euler", "ddpm": "ddpm"}
+AUTO_SOLVER = {"fm": "euler", "ddpm": "ddpm", "vpred": "euler"}
 
 
 def get_solver(name: str) -> Callable[..., Tensor]:
