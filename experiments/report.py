@@ -24,6 +24,7 @@ ORDER = (
     ("s12_distill_budget", "12. (ours) Distillation at a third of the FLOPs, trained teachers"),
     ("s13_heterogeneous_budget", "13. (ours) Heterogeneous experts at a longer budget"),
     ("s14_dit_experts", "14. (ours) DDM with DiT experts"),
+    ("s15_vpred", "15. (ours) v-prediction sampled deterministically"),
 )
 
 
@@ -511,6 +512,15 @@ def body_s14(r: dict) -> list[str]:
     return out
 
 
+def body_s15(r: dict) -> list[str]:
+    out = ["| quantity | mean ± std (min–max) | 95% t-interval |", "|---|---|---|"]
+    for k, v in r["summary"].items():
+        iv = _iv(r["intervals95"][k]) if k in r["intervals95"] else ""
+        out.append(f"| {k} | {ms(v)} | {iv} |")
+    out += ["", "Checks: " + ", ".join(f"{k}: {v}" for k, v in r["checks"].items()) + ".", ""]
+    return out
+
+
 BODIES = {
     "s1_ddm_vs_monolith": body_s1,
     "s2_routing_table": body_s2,
@@ -526,6 +536,7 @@ BODIES = {
     "s12_distill_budget": body_s12,
     "s13_heterogeneous_budget": body_s13,
     "s14_dit_experts": body_s14,
+    "s15_vpred": body_s15,
 }
 
 #: What the numbers say, written after reading them (kept apart from the generated figures).
