@@ -1,6 +1,7 @@
 """Latent-space experts: a tiny randomly initialised diffusers AutoencoderKL saved to a temp dir."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -155,8 +156,74 @@ def test_samples_are_decoded_to_pixels(latent_run, capsys):
                            "--out", out, *extra)  # fmt: skip
         assert code == 0, err
         with np.load(out) as z:
-            assert z["images"].shape == (5, 1, 8, 8)
-            assert np.abs(z["images"]).max() <= 1
+            assert z["images"].shape == (5, 1, 8, 8)  # decoded: the latents are (4, 4, 4)
+
+
+def test_a_same_size_corruption_is_not_trusted(vae_dir, images, tmp_path):
+    codec = LatentCodec.load(vae_dir)
+    z1 = cached_latents(codec, images, tmp_path)
+    (npy,) = tmp_path.glob("*.npy")
+    raw = bytearray(npy.read_bytes())
+    raw[-4:] = b"\x00\x00\xc0\x7f"  # the last float becomes NaN, the size stays
+    npy.write_bytes(bytes(raw))
+    z2 = cached_latents(codec, images, tmp_path)
+    assert np.array_equal(z1, z2) and np.isfinite(z2).all()
+
+
+def test_latent_epsilon_models_are_not_clipped_to_pixel_range(latent_run, capsys):
+    """Latents are not in [−1, 1]: an ε-model's x̂0 must not be clamped there."""
+    from decentdiff.training.generative import load_generative
+
+    code, _, err = cli(capsys, "train", "expert", latent_run, "-k", 0, "--objective", "ddpm",
+                       "--steps", 2, "--fresh", "-q")  # fmt: skip
+    assert code == 0, err
+    velocity = load_generative(latent_run / "experts" / "0")[0]
+    assert velocity.clip_x0 is None
+    code, _, err = cli(capsys, "train", "expert", latent_run, "-k", 0, "--preset", "tiny",
+                       "--objective", "fm", "--steps", 3, "--set", "train.batch=8", "--fresh", "-q")  # fmt: skip
+    assert code == 0, err
+
+
+def test_spaces_that_do_not_match_are_refused(latent_run, vae_dir, capsys, tmp_path):
+    # A pixel-space router beside latent experts: sampling refuses in one line.
+    shutil.copytree(latent_run, tmp_path / "r")
+    run = tmp_path / "r"
+    code, _, err = cli(capsys, "train", "router", run, "--preset", "tiny", "--steps", 2,
+                       "--batch", 8, "--fresh", "--vae", "", "-q")  # fmt: skip
+    assert code == 0, err
+    code, _, err = cli(capsys, "sample", run, "--model", "ensemble", "--routing", "top1", "--n",
+                       2, "--steps", 2, "--out", run / "s.npz")  # fmt: skip
+    assert code == 2 and "different spaces" in err and len(err.strip().splitlines()) == 1
+    # Resuming the latent monolith in pixel space is refused, not silently mixed.
+    code, _, err = cli(capsys, "train", "monolith", run, "--preset", "tiny", "--steps", 5,
+                       "--vae", "", "-q")  # fmt: skip
+    assert code == 2 and "latent space" in err
+    # Another --vae on an existing RUN, or a --vae that is not a VAE: one line, nothing written.
+    code, _, err = cli(capsys, "partition", run, "-K", 2, "--by", "label", "--force",
+                       "--vae", tmp_path)  # fmt: skip
+    assert code == 2 and "latent space of a RUN is fixed" in err
+    code, _, err = cli(capsys, "partition", tmp_path / "new", "-K", 2, "--data", "digits",
+                       "--vae", tmp_path / "nothing")  # fmt: skip
+    assert code == 2 and "no config.json" in err and not (tmp_path / "new" / "run.toml").exists()
+    code, _, err = cli(capsys, "distill", run, "--arch", "dit", "--steps", 1)
+    assert code == 2 and "--arch needs --preset" in err
+
+
+def test_withdrawing_an_expert_deletes_the_cached_latents(latent_run, capsys, tmp_path):
+    shutil.copytree(latent_run, tmp_path / "w")
+    run = tmp_path / "w"
+    assert list((run / "latents").glob("*.npy"))
+    code, out, err = cli(capsys, "experts", "remove", run, "1", "--preset", "tiny", "--steps", 2,
+                         "-q")  # fmt: skip
+    assert code == 0, err
+    assert "latents" in out
+    # Only what the router retrained on afterwards (the remaining cluster) is cached again.
+    from decentdiff.ddm.store import load_partition
+    from decentdiff.run import Run
+
+    (entry,) = (run / "latents").glob("*.json")
+    sizes = load_partition(Run(run)).sizes()
+    assert len(sizes) == 1 and json.loads(entry.read_text())["shape"][0] == sizes[0] == 16
 
 
 def test_resume_reuses_the_cache_and_a_changed_vae_is_refused(latent_run, vae_dir, capsys):
@@ -166,8 +233,11 @@ def test_resume_reuses_the_cache_and_a_changed_vae_is_refused(latent_run, vae_di
     assert code == 0, err
     assert json.loads((latent_run / "monolith" / "meta.json").read_text())["step"] == 4
     assert sorted(p.name for p in (latent_run / "latents").glob("*.npy")) == before
-    make_vae(vae_dir, seed=1)  # other weights in the same place
+    make_vae(vae_dir, seed=1)  # other weights in the same place (this module's last test)
     code, _, err = cli(capsys, "sample", latent_run, "--model", "monolith", "--n", 2, "--steps", 2,
                        "--out", latent_run / "x.npz")  # fmt: skip
     assert code == 2 and "changed since the model was trained" in err
     assert len(err.strip().splitlines()) == 1
+    code, _, err = cli(capsys, "train", "monolith", latent_run, "--preset", "tiny", "--steps", 6,
+                       "-q")  # fmt: skip
+    assert code == 2 and "restore that VAE, or pass --fresh" in err

@@ -61,7 +61,7 @@ def generate(
     g = torch.Generator().manual_seed(s.seed)
     routing = s.routing if routing is None else routing
     m = load_model(run, spec, s, routing=routing, drop=drop, device=device, generator=g)
-    _check_fits(s.n, m.image_shape)
+    _check_fits(s.n, m.output_shape)
     velocity, ncls = m.velocity, m.num_classes
     if ncls > 0:
         if label is not None and not 0 <= label < ncls:

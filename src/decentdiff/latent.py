@@ -122,11 +122,11 @@ class LatentCodec:
     @torch.no_grad()
     def encode(self, images: np.ndarray | Tensor) -> Tensor:
         """uint8 (N, C, H, W) (or float in [−1, 1]) -> float32 scaled latents (N, c, h, w)."""
-        x = torch.as_tensor(np.asarray(images)) if not torch.is_tensor(images) else images
-        self.check(tuple(x.shape[1:]))
+        self.check(tuple(images.shape[1:]))
         out = []
-        for i in range(0, len(x), CHUNK):
-            b = x[i : i + CHUNK]
+        for i in range(0, len(images), CHUNK):  # rows read a chunk at a time (memory-mapped data)
+            b = images[i : i + CHUNK]
+            b = b if torch.is_tensor(b) else torch.from_numpy(np.ascontiguousarray(b))
             b = b.float().div(127.5).sub(1.0) if not b.dtype.is_floating_point else b.float()
             if b.shape[1] == 1 and self.vae_channels == 3:
                 b = b.repeat(1, 3, 1, 1)
@@ -160,15 +160,18 @@ class LatentCodec:
 def _key(images: np.ndarray, codec: LatentCodec) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([list(images.shape), str(images.dtype), codec.fingerprint]).encode())
-    arr = np.ascontiguousarray(images)
-    step = 1 << 16  # rows hashed in blocks: no copy of the whole array
-    for i in range(0, len(arr), step):
-        h.update(arr[i : i + step].tobytes())
+    step = 4096  # rows hashed in blocks: the whole array is never copied (memory-mapped data)
+    for i in range(0, len(images), step):
+        h.update(np.ascontiguousarray(images[i : i + step]).tobytes())
     return h.hexdigest()[:24]
 
 
 def cached_latents(codec: LatentCodec, images: np.ndarray, cache_dir: Path) -> np.ndarray:
     """The latents of ``images`` (uint8 (N, C, H, W)), encoded once and kept in ``cache_dir``."""
+    import io
+    import os
+    import tempfile
+
     from .training.checkpoint import atomic_write_text
 
     key = _key(images, codec)
@@ -177,21 +180,29 @@ def cached_latents(codec: LatentCodec, images: np.ndarray, cache_dir: Path) -> n
     if npy.is_file() and side.is_file():
         try:
             info = json.loads(side.read_text())
-            z = np.load(npy)  # in memory: latents are 8²/c times smaller than the pixels
-            if info.get("shape") == want and list(z.shape) == want and z.dtype == np.float32:
-                return z
+            raw = npy.read_bytes()
+            if info.get("sha256") == hashlib.sha256(raw).hexdigest():
+                z = np.load(io.BytesIO(raw))  # in memory: latents are far smaller than pixels
+                if info.get("shape") == want and list(z.shape) == want and z.dtype == np.float32:
+                    return z
         except (OSError, ValueError):
-            pass  # damaged: encode again
+            pass  # damaged or torn: encode again
     z = codec.encode(images).numpy()
+    buf = io.BytesIO()
+    np.save(buf, z)
+    raw = buf.getvalue()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".{key}.npy.tmp"
-    with tmp.open("wb") as f:
-        np.save(f, z)
-    tmp.replace(npy)
-    atomic_write_text(
-        side,
-        json.dumps({"shape": want, "vae": codec.meta(tuple(images.shape[1:]))}, indent=1) + "\n",
-    )
+    # A temp file of its own: concurrent writers (DDP ranks, two commands) never share one.
+    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=cache_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        os.replace(tmp, npy)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    info = {"shape": want, "sha256": hashlib.sha256(raw).hexdigest()}
+    atomic_write_text(side, json.dumps({**info, "vae": codec.meta(images.shape[1:])}, indent=1))
     return z
 
 
@@ -204,22 +215,60 @@ def cache_dir_for(path: Path) -> Path:
 
 
 def model_inputs(
-    images: np.ndarray, vae: str, cache_dir: Path, device: str | torch.device = "cpu"
+    images: np.ndarray,
+    vae: str,
+    cache_dir: Path,
+    device: str | torch.device = "cpu",
+    *,
+    resumed: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any] | None]:
     """What a network of a RUN trains on: ``images`` themselves, or with ``vae`` their latents.
+
+    Args:
+        resumed: the meta.json of the checkpoint being continued (or of the teachers), if any:
+            its latent space must be this one.
 
     Returns:
         (uint8 images or float32 latents, the meta.json ``vae`` entry or None).
     """
+    before = (resumed or {}).get("vae") or None
     if not vae:
+        if before:
+            raise ConfigError(
+                f"this model was trained in the latent space of {before['path']}; continue it "
+                f"with --vae {before['path']}, or pass --fresh"
+            )
         return images, None
     codec = LatentCodec.load(vae, device)
+    if resumed is not None and (before or {}).get("fingerprint") != codec.fingerprint:
+        was = f"the VAE {before['fingerprint']}" if before else "pixel space"
+        raise ConfigError(
+            f"this model was trained in {was}, not in the latent space of {vae} "
+            f"({codec.fingerprint}); restore that VAE, or pass --fresh to start over"
+        )
     return cached_latents(codec, images, cache_dir), codec.meta(tuple(images.shape[1:]))
 
 
-def load_decoder(vae_meta: dict[str, Any], device: str | torch.device = "cpu"):
-    """A decoder for samples of a model trained with ``vae_meta``; refuses a changed VAE."""
-    codec = LatentCodec.load(vae_meta["path"], device)
+def resumed_meta(out_dir: Path, fresh: bool) -> dict[str, Any] | None:
+    """The meta.json a training run in ``out_dir`` would continue (None: a fresh start)."""
+    if fresh or not (out_dir / "meta.json").is_file():
+        return None
+    try:
+        meta = json.loads((out_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None  # a damaged meta is the training loop's to report
+    return meta if isinstance(meta, dict) else None
+
+
+def load_decoder(
+    vae_meta: dict[str, Any], device: str | torch.device = "cpu", base: Path | None = None
+):
+    """A decoder for samples of a model trained with ``vae_meta``; refuses a changed VAE.
+    A relative path (an exported folder's) is taken from ``base``, the model's directory."""
+    path = Path(vae_meta["path"])
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    codec = LatentCodec.load(path, device)
     if codec.fingerprint != vae_meta["fingerprint"]:
         raise ConfigError(
             f"the VAE at {vae_meta['path']} changed since the model was trained (fingerprint "

@@ -165,6 +165,12 @@ class LoadedModel:
     guided_inside: bool = False  # True: classifier-free guidance is applied inside (experts)
     #: latent models (``--vae``): latents (N, c, h, w) -> pixels in [−1, 1]; None: pixel models
     decode: Callable[[Tensor], Tensor] | None = None
+    pixel_shape: tuple[int, ...] | None = None  # the decoded images' shape (latent models)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The shape of one saved sample: the decoded image's for a latent model."""
+        return self.pixel_shape or self.image_shape
 
     def start_batch(self, start: int, size: int) -> None:
         """Called before samples ``start .. start + size`` are drawn."""
@@ -225,12 +231,19 @@ def load_model(
         image_shape=tuple(meta["image_shape"]),
         num_classes=unet.num_classes,
         train_flops=float(meta.get("train_flops", 0.0)),
-        decode=_decoder([meta], device),
+        decode=_decoder([meta], device, model_dir(run, m)),
+        pixel_shape=_pixel_shape(meta),
     )
 
 
-def _decoder(metas: Sequence[dict], device) -> Callable[[Tensor], Tensor] | None:
-    """The VAE decoder of latent models (all of ``metas`` in one latent space), else None."""
+def _pixel_shape(meta: dict) -> tuple[int, ...] | None:
+    vae = meta.get("vae")
+    return tuple(vae["pixel_shape"]) if vae else None
+
+
+def _decoder(metas: Sequence[dict], device, base: Path) -> Callable[[Tensor], Tensor] | None:
+    """The VAE decoder of latent models (all of ``metas`` in one latent space), else None;
+    a relative VAE path (an exported folder's) is taken from ``base``."""
     vaes = {json.dumps(m.get("vae", {}).get("fingerprint")) for m in metas}
     if len(vaes) > 1:
         raise RunError(
@@ -240,7 +253,7 @@ def _decoder(metas: Sequence[dict], device) -> Callable[[Tensor], Tensor] | None
         return None
     from .latent import load_decoder
 
-    return load_decoder(metas[0]["vae"], device)[0]
+    return load_decoder(metas[0]["vae"], device, base)[0]
 
 
 def _load_ensemble(
@@ -286,7 +299,8 @@ def _load_ensemble(
         train_flops=float(train_flops),
         routing=routing,
         guided_inside=True,
-        decode=_decoder([metas[k] for k in kept], device),
+        decode=_decoder([metas[k] for k in kept], device, run.path / "experts" / str(kept[0])),
+        pixel_shape=_pixel_shape(metas[kept[0]]),
         ensemble=ens,
         oracle=oracle,
         device=device,

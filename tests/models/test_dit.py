@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from decentdiff.errors import ConfigError
@@ -236,4 +235,4 @@ def test_router_presets_are_small():
         assert router < 0.25 * expert, size
     conv = router_net_config("compact", 1, 4)
     assert not isinstance(build_router(conv), DiTRouter)
-    assert isinstance(build_router(router_net_config("compact", 1, 4, arch="dit")), nn.Module)
+    assert isinstance(build_router(router_net_config("compact", 1, 4, arch="dit")), DiTRouter)

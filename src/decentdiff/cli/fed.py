@@ -81,7 +81,9 @@ def fed_run(
     ] = None,
     objective: Annotated[
         str | None,
-        typer.Option("--objective", help="ddpm (ε, Huber, as the paper) or fm. [default: ddpm]"),
+        typer.Option(
+            "--objective", help="ddpm (ε, Huber, as the paper), fm or vpred. [default: ddpm]"
+        ),
     ] = None,
     batch: Annotated[
         int | None, typer.Option("--batch", help="Local batch size. [default: 128]")
@@ -263,13 +265,15 @@ def fed_bytes(
     from ..federated import aggregate as A
     from ..models.registry import build_network, network_config
 
-    preset = preset or C.resolve(config, set_).model.preset
+    resolved = C.resolve(config, set_)
+    preset = preset or resolved.model.preset
 
     if clients < 1 or rounds < 1:
         raise ConfigError("--clients and --rounds must be ≥ 1")
     if quantize not in (0, *A.QUANTIZE_BITS):
         raise ConfigError(f"--quantize must be 0 (off) or 8, got {quantize}")
-    sd = build_network(network_config(preset, in_channels, num_classes)).state_dict()
+    net = network_config(preset, in_channels, num_classes, resolved.model.arch)
+    sd = build_network(net).state_dict()
     layout = A.layout_of({k: v.numpy() for k, v in sd.items()})
     table = A.bytes_table(layout, clients, rounds, bits=quantize or None, seed=seed)
     if as_json:

@@ -76,7 +76,8 @@ ArchOpt = Annotated[
     typer.Option(
         "--arch",
         help="Backbone: unet or dit; with a plain --preset size, --arch dit --preset small is "
-        "dit-small. Experts of one run may differ. (default: as the preset's name says)",
+        "dit-small. Experts of one run may differ. (default: model.arch of the RUN's run.toml; "
+        "empty: as the preset's name says)",
     ),
 ]
 ObjectiveOpt = Annotated[

@@ -64,7 +64,26 @@ def partition_run(
             "(the experts and router must then be retrained with --fresh)"
         )
     new_run = not run.toml_path.is_file()
+    codec = None
+    if not new_run:
+        recorded = run.read_toml().get("model", {}).get("vae", "")
+        if cfg.model.vae != recorded:
+            raise ConfigError(
+                f"{run.path} was created {'with --vae ' + recorded if recorded else 'in pixel space'}"
+                "; the latent space of a RUN is fixed: use a new RUN for another one"
+            )
+    if cfg.model.vae:
+        from ..latent import LatentCodec
+
+        codec = LatentCodec.load(cfg.model.vae)  # a bad --vae fails before anything is written
     d = run.data(cfg)
+    if codec is not None:
+        try:
+            codec.check(tuple(d.images.shape[1:]))  # sides the VAE's downsampling divides
+        except DecentDiffError:
+            if new_run:
+                run.toml_path.unlink(missing_ok=True)
+            raise
     images = d.images[d.train_idx]
     labels = d.labels[d.train_idx] if d.labels is not None else None
     method = PARTITIONERS.get(by)  # None: make_partition reports the unknown method

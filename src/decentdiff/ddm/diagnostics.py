@@ -120,7 +120,7 @@ def diagnose(
 
     # A latent router is calibrated on the latents it was trained on.
     vae = (rmeta.get("vae") or {}).get("path", "")
-    images, _ = model_inputs(images, vae, run.path / "latents", device)
+    images, _ = model_inputs(images, vae, run.path / "latents", device, resumed=rmeta)
     class_cond = int(rmeta.get("router", {}).get("num_classes", 0)) > 0
     cal = calibration(router, images, labels if class_cond else None, clusters, device=device,
                       seed=cfg.sample.seed)  # fmt: skip

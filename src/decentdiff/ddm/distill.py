@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config
-from ..errors import RunError
+from ..errors import ConfigError, RunError
 from ..evaluation.flops import forward_flops
 from ..models.registry import build_network, config_from_dict
 from ..run import Run
@@ -71,6 +71,11 @@ def distill(
         experts themselves cost to train.
     """
     check_teacher(teacher)  # before anything is loaded
+    if arch and preset is None:
+        raise ConfigError(
+            "--arch needs --preset for the student (e.g. --arch dit --preset small); without "
+            "both the student takes the experts' architecture"
+        )
     if preset is not None:
         from ..models.registry import network_config
 
@@ -110,8 +115,11 @@ def distill(
         raise RunError("the experts of this RUN were trained in different latent spaces (--vae)")
     from ..latent import model_inputs
 
+    # The student learns in its teachers' latent space, which must still be the VAE on disk.
     vae_path = (metas[0].get("vae") or {}).get("path", "")
-    images, vae_meta = model_inputs(images, vae_path, run.path / "latents", device)
+    images, vae_meta = model_inputs(
+        images, vae_path, run.path / "latents", device, resumed=metas[0]
+    )
     ucfg = config_from_dict(metas[0]["unet"])
     if preset is not None:
         ucfg = network_config(preset, ucfg.in_channels, ucfg.num_classes, arch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import torch
@@ -69,6 +70,14 @@ def load_ensemble(
     if spec.needs_router:
         router, rmeta = load_router(router_dir(run), ema=ema, device=device)
         networks["router"] = router
+        kept = [m for k, m in enumerate(metas) if k not in drop]
+        fp = {json.dumps((m.get("vae") or {}).get("fingerprint")) for m in kept}
+        if fp != {json.dumps((rmeta.get("vae") or {}).get("fingerprint"))}:
+            raise RunError(
+                f"the router in {router_dir(run)} and the experts were trained in different "
+                f"spaces (--vae); retrain it with `decentdiff train router {run.path} --fresh` "
+                "and the experts' --vae"
+            )
         if rmeta.get("partition_id") != rec.partition_id:
             raise RunError(
                 f"the router in {router_dir(run)} was trained on another partition; retrain it with "

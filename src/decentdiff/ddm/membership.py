@@ -264,6 +264,9 @@ def remove_expert(run: Run, k: int, cfg: Config, *, progress: bool = True) -> di
         if run.model_dir(name).exists():  # trained on cluster k's data: it must not remain
             shutil.rmtree(run.model_dir(name))
             deleted.append(name)
+    if (run.path / "latents").exists():  # the cached latents hold cluster k's images too
+        shutil.rmtree(run.path / "latents")
+        deleted.append("latents")
     event = {
         "event": "remove",
         "expert": k,

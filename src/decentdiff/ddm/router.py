@@ -74,9 +74,16 @@ def fit_router(
         meta: extra entries for meta.json (e.g. the data fingerprint).
     """
     device = resolve_device(cfg.train.device)
-    from ..latent import model_inputs
+    from ..latent import model_inputs, resumed_meta
 
-    images, vae_meta = model_inputs(images, cfg.model.vae, run.path / "latents", device)
+    router_net_config(cfg.model.preset, 1, rec.num_parts, 0, cfg.model.arch)  # before encoding
+    images, vae_meta = model_inputs(
+        images,
+        cfg.model.vae,
+        run.path / "latents",
+        device,
+        resumed=resumed_meta(router_dir(run), fresh),
+    )
     if vae_meta:
         meta = {**meta, "vae": vae_meta}
     rcfg = router_net_config(

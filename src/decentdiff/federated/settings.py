@@ -172,6 +172,11 @@ def build_settings(
     n_cls = num_classes if cfg.model.class_cond else 0
     if cfg.model.class_cond and num_classes == 0:
         raise ConfigError("model.class_cond = true needs a labelled data source")
+    if cfg.model.vae:
+        raise ConfigError(
+            "federated training in a VAE's latent space (model.vae) is not supported yet; "
+            "set model.vae='' (pixel space)"
+        )
     settings = replace(
         options,
         run_dir=run_dir,

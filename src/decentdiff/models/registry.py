@@ -55,7 +55,8 @@ PRESETS: dict[str, NetworkConfig] = {
     "dit-base": DiTConfig(dim=208, depth=8, heads=8, patch=2),
 }
 
-#: DiT routers (CLS token, patch 4): about the FLOPs of the convolutional router of the same name.
+#: DiT routers (CLS token, patch 4): 0.6-1.3x the forward FLOPs of the convolutional router of the
+#: same size (tiny 0.99, compact 1.28, small 0.82, base 0.58), a few % of an expert's.
 DIT_ROUTER_PRESETS: dict[str, DiTRouterConfig] = {
     "dit-tiny": DiTRouterConfig(dim=32, depth=2, heads=2, patch=4),
     "dit-compact": DiTRouterConfig(dim=48, depth=2, heads=2, patch=4),

@@ -138,10 +138,20 @@ def train_generative_ddp(
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
     n_cls = num_classes if cfg.model.class_cond else 0
-    from ..latent import cache_dir_for, model_inputs
+    from ..latent import cache_dir_for, model_inputs, resumed_meta
 
-    # Every rank reads the same cache; rank 0 of a fresh run may encode while others wait on it.
-    images, vae_meta = model_inputs(images, cfg.model.vae, cache_dir_for(out_dir), device)
+    # Rank 0 encodes into the cache first; the other ranks wait for it, then read the cache.
+    if cfg.model.vae and not env.is_main:
+        dist.barrier()
+    images, vae_meta = model_inputs(
+        images,
+        cfg.model.vae,
+        cache_dir_for(out_dir),
+        device,
+        resumed=resumed_meta(out_dir, fresh),
+    )
+    if cfg.model.vae and env.is_main:
+        dist.barrier()
     ucfg = network_config(cfg.model.preset, images.shape[1], n_cls, cfg.model.arch)
     objective = objective_from(cfg.objective)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank

@@ -98,10 +98,17 @@ def train_generative(
     n_cls = num_classes if cfg.model.class_cond else 0
     if cfg.model.class_cond and (labels is None or num_classes == 0):
         raise ConfigError("model.class_cond = true needs a labelled data source")
-    from ..latent import cache_dir_for, model_inputs
+    from ..latent import cache_dir_for, model_inputs, resumed_meta
 
+    network_config(cfg.model.preset, 1, 0, cfg.model.arch)  # a bad preset fails before encoding
     # With model.vae the network sees latents (encoded once, cached in RUN/latents).
-    images, vae_meta = model_inputs(images, cfg.model.vae, cache_dir_for(out_dir), device)
+    images, vae_meta = model_inputs(
+        images,
+        cfg.model.vae,
+        cache_dir_for(out_dir),
+        device,
+        resumed=resumed_meta(out_dir, fresh),
+    )
     ucfg = network_config(cfg.model.preset, images.shape[1], n_cls, cfg.model.arch)
     objective = objective_from(cfg.objective)
     torch.manual_seed(cfg.train.seed)  # parameter initialisation only
@@ -157,4 +164,7 @@ def load_generative(
     )
     model.to(device).eval()
     objective = objective_from(ocfg)
+    if meta.get("vae") and isinstance(objective, DDPM):
+        # Latents are not confined to [−1, 1] as pixels are: x̂0 is not clipped there.
+        return objective.velocity(model, clip_x0=None), model, meta, objective
     return objective.velocity(model), model, meta, objective

@@ -51,10 +51,16 @@ def resolve_device(spec: str = "auto") -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {spec!r} requested but CUDA is not available; use --device cpu")
+        raise ConfigError(
+            f"device {spec!r} requested but CUDA is not available; use --device cpu "
+            "(--set train.device=cpu)"
+        )
     mps = getattr(torch.backends, "mps", None)
     if dev.type == "mps" and not (mps is not None and mps.is_available()):
-        raise ConfigError(f"device {spec!r} requested but MPS is not available; use --device cpu")
+        raise ConfigError(
+            f"device {spec!r} requested but MPS is not available; use --device cpu "
+            "(--set train.device=cpu)"
+        )
     return dev
 
 
