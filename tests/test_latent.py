@@ -226,6 +226,29 @@ def test_withdrawing_an_expert_deletes_the_cached_latents(latent_run, capsys, tm
     assert len(sizes) == 1 and json.loads(entry.read_text())["shape"][0] == sizes[0] == 16
 
 
+def test_an_export_carries_its_vae(latent_run, vae_dir, capsys, tmp_path):
+    out = tmp_path / "exp"
+    code, _, err = cli(capsys, "export", latent_run, out)
+    assert code == 0, err
+    meta = json.loads((out / "monolith" / "meta.json").read_text())
+    assert meta["vae"]["path"] == "../vae" and (out / "vae" / "config.json").is_file()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["models"]["monolith"]["vae"] == meta["vae"]["fingerprint"]
+    assert cfg["models"]["monolith"]["architecture"].startswith("UNet")
+    moved = tmp_path / "elsewhere"
+    shutil.move(out, moved)
+    hidden = vae_dir.with_name("vae-hidden")
+    vae_dir.rename(hidden)  # the original VAE is not needed any more
+    try:
+        code, _, err = cli(capsys, "sample", moved, "--model", "monolith", "--n", 2, "--steps", 2,
+                           "--out", tmp_path / "s.npz")  # fmt: skip
+    finally:
+        hidden.rename(vae_dir)
+    assert code == 0, err
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["images"].shape == (2, 1, 8, 8)
+
+
 def test_resume_reuses_the_cache_and_a_changed_vae_is_refused(latent_run, vae_dir, capsys):
     before = sorted(p.name for p in (latent_run / "latents").glob("*.npy"))
     code, _, err = cli(capsys, "train", "monolith", latent_run, "--preset", "tiny", "--steps", 4,

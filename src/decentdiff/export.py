@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, RunError
+from .models.registry import describe
 from .run import Run
 
 #: Format of config.json; bumped when the layout changes.
@@ -91,6 +92,7 @@ def export_run(run: Run, out: Path, *, license: str = "other", force: bool = Fal
                 if (d / name).is_file():
                     shutil.copy2(d / name, dest / name)
             metas[spec] = json.loads((d / "meta.json").read_text())
+        _bundle_vae(tmp, metas, models, run)
         grids = []
         for png in sorted((run.path / "samples").glob("*.png")):
             (tmp / "samples").mkdir(exist_ok=True)
@@ -106,6 +108,25 @@ def export_run(run: Run, out: Path, *, license: str = "other", force: bool = Fal
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _bundle_vae(tmp: Path, metas: dict[str, dict], dirs: dict[str, Path], run: Run) -> None:
+    """Latent models: their VAE travels in ``vae/`` and each meta.json points there by a relative
+    path, so the export samples on another machine (the fingerprint is checked on load)."""
+    vaes = {(m.get("vae") or {}).get("path") for m in metas.values()} - {None}
+    if not vaes:
+        return
+    if len(vaes) > 1:
+        raise RunError("the models of this RUN use different VAEs; export them separately")
+    src = Path(next(iter(vaes)))
+    if not (src / "config.json").is_file():
+        raise RunError(f"the VAE {src} of this RUN's models is gone; restore it to export")
+    shutil.copytree(src, tmp / "vae", ignore=shutil.ignore_patterns(".*"))
+    for spec, m in metas.items():
+        if m.get("vae"):
+            dest = tmp / dirs[spec].relative_to(run.path)
+            m["vae"] = {**m["vae"], "path": os.path.relpath(tmp / "vae", dest)}
+            (dest / "meta.json").write_text(json.dumps(m, indent=2) + "\n")
 
 
 def _config(
@@ -124,7 +145,9 @@ def _config(
             "kind": m.get("kind"),
             "params": m.get("params"),
             "objective": (m.get("objective") or {}).get("kind"),
+            "architecture": describe(m),
             "image_shape": m.get("image_shape"),
+            "vae": (m.get("vae") or {}).get("fingerprint"),
             "train_flops": m.get("train_flops"),
             "steps": m.get("step"),
             "metrics": None if row is None else _metrics(row),
