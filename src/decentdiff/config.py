@@ -58,7 +58,22 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     log: str = "jsonl"  # jsonl (metrics.jsonl only) | tensorboard (also TensorBoard event files)
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; weights, EMA, checkpoints stay fp32)
 
+
+#: train.precision and sample.precision: ``auto`` resolves by device and network size
+#: (:mod:`decentdiff.precision`).
+PRECISIONS = ("auto", "fp32", "bf16")
+
+#: --precision's help, shared by the training commands, sample and eval.
+PRECISION_HELP = (
+    "fp32, bf16 (torch.autocast around the network calls; weights, optimizer, EMA, checkpoints "
+    "and the sampler's state stay fp32) or auto (the default): bf16 where it was measured to "
+    "win -- a device with fast bf16 (a CPU with AMX, a CUDA GPU with bf16) and a network of at "
+    "least 0.16 GFLOP per image (small, base: about 1.6x the img/s at FID within seed noise); "
+    "fp32 elsewhere (tiny and compact ran slower in bf16) -- BENCHMARKS.md, bf16 vs fp32. "
+    "Also settable as train.precision / sample.precision."
+)
 
 #: --solver's help, shared by sample, eval, compare and fed eval.
 SOLVER_HELP = (
@@ -80,6 +95,7 @@ class SampleConfig:
     batch: int = 256  # images per forward pass
     model: str = ""  # which model of the RUN; "" = the command's default (see `sample --help`)
     routing: str = "auto"  # an ensemble's routing (ddm/defaults.py: auto resolves by the RUN)
+    precision: str = "auto"  # auto | fp32 | bf16: the network calls (the solver's x stays fp32)
 
 
 @dataclass
@@ -195,6 +211,8 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "model_spec": ("sample", "model"),
     "routing": ("sample", "routing"),
     "log": ("train", "log"),
+    "precision": ("train", "precision"),
+    "sample_precision": ("sample", "precision"),
 }
 
 
@@ -219,6 +237,12 @@ def resolve(
         if value is not None:
             section, key = OVERRIDES[name]
             setattr(getattr(cfg, section), key, value)
+    for section in ("train", "sample"):
+        value = getattr(cfg, section).precision
+        if value not in PRECISIONS:
+            raise ConfigError(
+                f"{section}.precision = {value!r}: choose one of {', '.join(PRECISIONS)}"
+            )
     return cfg
 
 

@@ -16,6 +16,7 @@ from .options import (
     LogOpt,
     ObjectiveOpt,
     PartitionedRunArg,
+    PrecisionOpt,
     PresetOpt,
     QuietOpt,
     RunArg,
@@ -55,6 +56,7 @@ def train_monolith(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     log: LogOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -75,6 +77,7 @@ def train_monolith(
         seed=seed,
         class_cond=class_cond,
         log=log,
+        precision=precision,
     )
     if flop_match:
         k = monolith.flop_match(r, cfg)
@@ -96,6 +99,7 @@ def train_expert(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     log: LogOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -107,7 +111,15 @@ def train_expert(
 
     r = Run(run)
     cfg = resolve_config(
-        r, config, set_, preset=preset, objective=objective, steps=steps, seed=seed, log=log
+        r,
+        config,
+        set_,
+        preset=preset,
+        objective=objective,
+        steps=steps,
+        seed=seed,
+        log=log,
+        precision=precision,
     )
     env = dist_env()
     if env is None:
@@ -158,6 +170,7 @@ def train_experts(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     log: LogOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -168,7 +181,15 @@ def train_experts(
 
     r = Run(run)
     cfg = resolve_config(
-        r, config, set_, preset=preset, objective=objective, steps=steps, seed=seed, log=log
+        r,
+        config,
+        set_,
+        preset=preset,
+        objective=objective,
+        steps=steps,
+        seed=seed,
+        log=log,
+        precision=precision,
     )
     metas = train(
         r,
@@ -195,6 +216,7 @@ def train_router(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     log: LogOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -205,7 +227,15 @@ def train_router(
 
     r = Run(run)
     cfg = resolve_config(
-        r, config, set_, preset=preset, steps=steps, batch=batch, seed=seed, log=log
+        r,
+        config,
+        set_,
+        preset=preset,
+        steps=steps,
+        batch=batch,
+        seed=seed,
+        log=log,
+        precision=precision,
     )
     typer.echo(router_summary(r, train(r, cfg, fresh=fresh, progress=not quiet)))
 
@@ -237,6 +267,7 @@ def distill(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     log: LogOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -246,7 +277,7 @@ def distill(
     from ..run import Run
 
     r = Run(run)
-    cfg = resolve_config(r, config, set_, seed=seed, log=log)
+    cfg = resolve_config(r, config, set_, seed=seed, log=log, precision=precision)
     meta = run_distill(
         r,
         cfg,
