@@ -250,6 +250,23 @@ def render_precision(r: dict[str, Any]) -> str:
             rows,
         ),
         "",
+    ]
+    noisy = [
+        f"{p} {v[k]:.2f}× vs {v[k + '_median']:.2f}×"
+        for p, v in sp["presets"].items()
+        for k in ("train_ratio", "sample_ratio")
+        if max(v[k], v[k + "_median"]) > 1.5 * min(v[k], v[k + "_median"])
+    ]
+    if noisy:
+        lines += [
+            "",
+            "**Noisy run**: best-of and median ratios disagree by more than 1.5× ("
+            + "; ".join(noisy)
+            + "): other jobs shared the two cores during this run, so read these ratios as "
+            "rough.",
+        ]
+    lines += [
+        "",
         f"`auto` = bf16 for a network of ≥ {r['min_forward_gflop']:.2f} forward GFLOP per image "
         "on a device with fast bf16 (here: AMX tiles "
         f"{'present' if r['fast_bf16_cpu'] else 'absent'}), else fp32: the small presets spend "
@@ -305,7 +322,20 @@ def render_precision_fid(f: dict[str, Any]) -> str:
             ),
             "",
             f"Mean FID ratio bf16 ÷ fp32: **{f['fid_ratio']:.3f}** (target ≤ {TARGET_FID}: "
-            f"{verdict(ok)}); sampling alone in bf16: {f['fid_ratio_sampling_only']:.3f}.",
+            f"{verdict(ok)}); sampling alone in bf16: {f['fid_ratio_sampling_only']:.3f}."
+            + (
+                " The models and eval rows were reused from an earlier identical run in "
+                f"`{FID_ROOT}` (delete it to retrain)."
+                if all(run.get("reused_fp32") and run.get("reused_bf16") for run in f["runs"])
+                else ""
+            )
+            + (
+                " One seed only (the time budget on a shared 2-core machine): the "
+                "ratio carries the noise of one training run and one 1,000-sample FID, which "
+                "this section does not measure."
+                if len(f["runs"]) == 1
+                else ""
+            ),
         ]
     return "\n".join(lines)
 

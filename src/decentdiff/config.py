@@ -68,11 +68,13 @@ PRECISIONS = ("auto", "fp32", "bf16")
 #: --precision's help, shared by the training commands, sample and eval.
 PRECISION_HELP = (
     "fp32, bf16 (torch.autocast around the network calls; weights, optimizer, EMA, checkpoints "
-    "and the sampler's state stay fp32) or auto (the default): bf16 where it was measured to "
-    "win -- a device with fast bf16 (a CPU with AMX, a CUDA GPU with bf16) and a network of at "
-    "least 0.16 GFLOP per image (small, base: about 1.6x the img/s at FID within seed noise); "
-    "fp32 elsewhere (tiny and compact ran slower in bf16) -- BENCHMARKS.md, bf16 vs fp32. "
-    "Also settable as train.precision / sample.precision."
+    "and the sampler's state stay fp32) or auto (the default): bf16 only where it was measured "
+    "to win -- a device with fast bf16 (a CPU with AMX tiles; a CUDA GPU with bf16, not measured "
+    "here) and a network of at least 0.16 GFLOP per image forward (small: 1.6x the training and "
+    "1.8x the sampling img/s on an idle AMX CPU, FID at equal steps 0.93x of fp32's, one seed); "
+    "fp32 elsewhere (tiny, compact: no gain, compact sampling slower; a CPU with avx512_bf16 but "
+    "no AMX ran small at 0.8x) -- BENCHMARKS.md, bf16 vs fp32. Also settable as "
+    "train.precision / sample.precision."
 )
 
 #: --solver's help, shared by sample, eval, compare and fed eval.
