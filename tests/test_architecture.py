@@ -87,7 +87,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 #: longest matching prefix decides). A module imports only modules of its own or lower layers.
 LAYERS = (
     ("foundations", ("errors", "config", "events", "viz", "figures", "training.checkpoint",
-                     "evaluation.metrics", "evaluation.flops")),
+                     "evaluation.metrics", "evaluation.flops", "precision")),
     ("data, networks, diffusion", ("data", "models", "diffusion", "latent")),
     ("the run directory", ("run",)),
     ("training", ("training",)),

@@ -68,7 +68,24 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     log: str = "jsonl"  # jsonl (metrics.jsonl only) | tensorboard (also TensorBoard event files)
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; weights, EMA, checkpoints stay fp32)
 
+
+#: train.precision and sample.precision: ``auto`` resolves by device and network size
+#: (:mod:`decentdiff.precision`).
+PRECISIONS = ("auto", "fp32", "bf16")
+
+#: --precision's help, shared by the training commands, sample and eval.
+PRECISION_HELP = (
+    "fp32, bf16 (torch.autocast around the network calls; weights, optimizer, EMA, checkpoints "
+    "and the sampler's state stay fp32) or auto (the default): bf16 only where it was measured "
+    "to win -- a device with fast bf16 (a CPU with AMX tiles; a CUDA GPU with bf16, not measured "
+    "here) and a network of at least 0.16 GFLOP per image forward (small: 1.6x the training and "
+    "1.8x the sampling img/s on an idle AMX CPU, FID at equal steps 0.93x of fp32's, one seed); "
+    "fp32 elsewhere (tiny, compact: no gain, compact sampling slower; a CPU with avx512_bf16 but "
+    "no AMX ran small at 0.8x) -- BENCHMARKS.md, bf16 vs fp32. Also settable as "
+    "train.precision / sample.precision."
+)
 
 #: --solver's help, shared by sample, eval, compare and fed eval.
 SOLVER_HELP = (
@@ -90,6 +107,7 @@ class SampleConfig:
     batch: int = 256  # images per forward pass
     model: str = ""  # which model of the RUN; "" = the command's default (see `sample --help`)
     routing: str = "auto"  # an ensemble's routing (ddm/defaults.py: auto resolves by the RUN)
+    precision: str = "auto"  # auto | fp32 | bf16: the network calls (the solver's x stays fp32)
 
 
 @dataclass
@@ -208,6 +226,8 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "model_spec": ("sample", "model"),
     "routing": ("sample", "routing"),
     "log": ("train", "log"),
+    "precision": ("train", "precision"),
+    "sample_precision": ("sample", "precision"),
 }
 
 
@@ -232,6 +252,12 @@ def resolve(
         if value is not None:
             section, key = OVERRIDES[name]
             setattr(getattr(cfg, section), key, value)
+    for section in ("train", "sample"):
+        value = getattr(cfg, section).precision
+        if value not in PRECISIONS:
+            raise ConfigError(
+                f"{section}.precision = {value!r}: choose one of {', '.join(PRECISIONS)}"
+            )
     return cfg
 
 

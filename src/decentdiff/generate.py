@@ -30,6 +30,7 @@ class Generated:
     train_flops: float = 0.0  # total training FLOPs of everything this model needed
     wall_s: float = 0.0
     solver: str = ""  # the solver used (``auto`` resolved)
+    precision: str = "fp32"  # of the network calls (``auto`` resolved)
 
 
 def generate(
@@ -45,12 +46,15 @@ def generate(
 ) -> Generated:
     """Draw ``s.n`` images from ``model`` of RUN with solver ``s.solver`` in ``s.steps`` steps
     (``auto``: the one that suits the model's objective, :func:`~decentdiff.loading.resolve_solver`);
-    an ensemble's ``routing`` defaults to ``s.routing``."""
+    an ensemble's ``routing`` defaults to ``s.routing``. The network calls run in
+    ``s.precision`` (``auto``: by device and network size, :mod:`decentdiff.precision`); the
+    solver's state stays fp32."""
     from tqdm.auto import tqdm
 
     from .diffusion.solvers import guided, sample, sampling_grid
     from .evaluation.flops import SampleCounter, sampling_cost
     from .loading import load_model, parse_model, resolve_solver
+    from .precision import autocast_velocity, resolve_precision
 
     if s.n < 1:
         raise ConfigError(f"--n must be ≥ 1, got {s.n}")
@@ -62,13 +66,11 @@ def generate(
     routing = s.routing if routing is None else routing
     m = load_model(run, spec, s, routing=routing, drop=drop, device=device, generator=g)
     _check_fits(s.n, m.output_shape)
-    velocity, ncls = m.velocity, m.num_classes
+    ncls = m.num_classes
     if ncls > 0:
         if label is not None and not 0 <= label < ncls:
             raise ConfigError(f"--label {label} out of range: the model has classes 0..{ncls - 1}")
         cond = torch.full((s.n,), label) if label is not None else torch.arange(s.n) % ncls
-        if not m.guided_inside:
-            velocity = guided(velocity, s.guidance, ncls)
     else:
         if label is not None:
             raise ConfigError("--label needs a class-conditional model (train with --class-cond)")
@@ -76,8 +78,15 @@ def generate(
     grid_t = sampling_grid(m.objectives, solver, s.steps)
     counter = SampleCounter(m.networks)
     chunks, routes = [], []
-    t0 = time.perf_counter()
     try:
+        # auto decides by the largest network's forward FLOPs per image (measured once here,
+        # reused for the cost below).
+        per_image = counter.per_sample_flops(m.image_shape, device)
+        precision = resolve_precision(s.precision, device, max(per_image.values(), default=0.0))
+        velocity = autocast_velocity(m.velocity, precision, device)  # before guidance: fp32 mix
+        if ncls > 0 and not m.guided_inside:
+            velocity = guided(velocity, s.guidance, ncls)
+        t0 = time.perf_counter()
         for i in tqdm(
             range(0, s.n, s.batch),
             desc=f"sample {spec}",
@@ -112,6 +121,7 @@ def generate(
         train_flops=m.train_flops,
         wall_s=wall,
         solver=solver,
+        precision=precision,
     )
 
 

@@ -18,6 +18,7 @@ from .options import (
     ExistingRunArg,
     FeaturesOpt,
     LogOpt,
+    PrecisionOpt,
     QuietOpt,
     RoutingOpt,
     SampleSeedOpt,
@@ -76,6 +77,7 @@ def sample(
         ),
     ] = None,
     seed: SampleSeedOpt = None,
+    precision: PrecisionOpt = None,
     device: DeviceOpt = "auto",
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -100,6 +102,7 @@ def sample(
         sample_seed=seed,
         model_spec=model,
         routing=routing,
+        sample_precision=precision,
     )
     if out.suffix != ".npz":
         raise ConfigError(
@@ -132,6 +135,7 @@ def evaluate(
     steps: SampleStepsOpt = None,
     solver: SolverOpt = None,
     seed: SampleSeedOpt = None,
+    precision: PrecisionOpt = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     log: LogOpt = None,
@@ -160,6 +164,7 @@ def evaluate(
         model_spec=model,
         routing=routing,
         log=log,
+        sample_precision=precision,
     )
     model = cfg.sample.model or "ensemble"
     routing = resolve_routing(r, cfg.sample.routing) if model == "ensemble" else None

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from .. import config as C
-from ..config import SOLVER_HELP
+from ..config import PRECISION_HELP, SOLVER_HELP
 from ..ddm.defaults import EVIDENCE
 from ..errors import ConfigError
 
@@ -110,6 +110,8 @@ LogOpt = Annotated[
         "(`tensorboard --logdir RUN`). Also settable as train.log. (default: jsonl)",
     ),
 ]
+
+PrecisionOpt = Annotated[str | None, typer.Option("--precision", help=PRECISION_HELP)]
 
 # ---------------------------------------------------------------- sampling and evaluation
 RoutingOpt = Annotated[

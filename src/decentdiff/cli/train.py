@@ -17,6 +17,7 @@ from .options import (
     LogOpt,
     ObjectiveOpt,
     PartitionedRunArg,
+    PrecisionOpt,
     PresetOpt,
     QuietOpt,
     RunArg,
@@ -61,6 +62,7 @@ def train_monolith(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     log: LogOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -84,6 +86,7 @@ def train_monolith(
         seed=seed,
         class_cond=class_cond,
         log=log,
+        precision=precision,
     )
     if flop_match:
         k = monolith.flop_match(r, cfg)
@@ -108,6 +111,7 @@ def train_expert(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     log: LogOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -130,6 +134,7 @@ def train_expert(
         steps=steps,
         seed=seed,
         log=log,
+        precision=precision,
     )
     env = dist_env()
     if env is None:
@@ -183,6 +188,7 @@ def train_experts(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     log: LogOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -204,6 +210,7 @@ def train_experts(
         steps=steps,
         seed=seed,
         log=log,
+        precision=precision,
     )
     metas = train(
         r,
@@ -233,6 +240,7 @@ def train_router(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     log: LogOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -254,6 +262,7 @@ def train_router(
         batch=batch,
         seed=seed,
         log=log,
+        precision=precision,
     )
     typer.echo(router_summary(r, train(r, cfg, fresh=fresh, progress=not quiet)))
 
@@ -289,6 +298,7 @@ def distill(
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     log: LogOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -298,7 +308,7 @@ def distill(
     from ..run import Run
 
     r = Run(run)
-    cfg = resolve_config(r, config, set_, seed=seed, log=log, device=device)
+    cfg = resolve_config(r, config, set_, seed=seed, log=log, device=device, precision=precision)
     meta = run_distill(
         r,
         cfg,

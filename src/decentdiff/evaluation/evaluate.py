@@ -140,7 +140,7 @@ def evaluate(
         save_samples(save_samples_to, gen)
     # The generated images' features, kept for intervals (bootstrap of FID ratios) and
     # histograms after the fact; small (N x feature width).
-    fake_path = _fake_path(run, model, routing, cfg, features)
+    fake_path = _fake_path(run, model, routing, cfg, features, gen.precision)
     _save_fake(fake_path, fake, metrics["fid"])
     hist = None
     if fake.get("probs") is not None:
@@ -154,6 +154,7 @@ def evaluate(
         "steps": cfg.sample.steps,
         "solver": cfg.sample.solver,
         "guidance": cfg.sample.guidance,
+        "sample_precision": gen.precision,
         "features": features,
         "n_real": len(real["held_features"]),
         **{k: float(v) for k, v in metrics.items()},
@@ -236,13 +237,16 @@ def score_images(
     }
 
 
-def _fake_path(run: Run, model: str, routing: str, cfg: Config, features: str) -> Path:
+def _fake_path(
+    run: Run, model: str, routing: str, cfg: Config, features: str, precision: str = "fp32"
+) -> Path:
     from ..loading import sample_name
 
     s = cfg.sample
     name = sample_name(model, routing if model == "ensemble" else None)
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     stem = f"{safe}-{features}-n{s.n}-s{s.seed}-{s.steps}{s.solver}-g{s.guidance:g}"
+    stem += "-bf16" if precision == "bf16" else ""  # fp32 keeps the names of earlier runs
     return run.path / "eval" / "fake" / f"{stem}-b{s.batch}-{'ema' if s.ema else 'raw'}.npz"
 
 

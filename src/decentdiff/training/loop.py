@@ -4,6 +4,8 @@ The loop knows nothing about diffusion: it receives ``loss_fn(model, generator) 
 logs)`` which draws its own batch. Every random number of step s comes from a generator seeded by
 (seed, s) alone, and the learning rate depends on s alone (warm-up, then constant), so a run
 resumed from any checkpoint is bitwise identical to an uninterrupted one, whatever ``steps`` is.
+With ``train.precision`` bf16 the loss (the model's forward passes) runs under ``torch.autocast``;
+the weights, the optimizer, the EMA and the checkpoints stay fp32.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..events import LOG_KINDS, EventWriter
+from ..precision import autocast, resolve_precision
 from .checkpoint import (
     PREVIOUS,
     load_optimizer_tensors,
@@ -221,10 +224,17 @@ def train(
     if flops_per_step is None:
         flops_per_step = measure_flops(model, loss_fn)
     n_params = sum(p.numel() for p in model.parameters())
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if cfg.precision == "auto" and start > 0 and old.get("precision") in ("fp32", "bf16"):
+        precision = old["precision"]  # a resumed run keeps what auto chose (exact resume)
+    else:
+        # auto's size measure: forward FLOPs per image ≈ (forward + backward) / 3 per image.
+        precision = resolve_precision(cfg.precision, device, flops_per_step / cfg.batch / 3)
     base_meta = {
         **meta,
         "role": role,
         "train": asdict(cfg),
+        "precision": precision,
         "params": n_params,
         "flops_per_step": flops_per_step,
     }
@@ -264,8 +274,10 @@ def train(
         g = step_generator(cfg.seed, step)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        out = loss_fn(model, g)
+        with autocast(precision, device):
+            out = loss_fn(model, g)
         loss, logs = out if isinstance(out, tuple) else (out, {})
+        loss = loss.float()
         if not torch.isfinite(loss):
             bar.close()
             raise TrainingError(
