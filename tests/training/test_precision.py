@@ -22,7 +22,7 @@ from decentdiff import precision as P
 from decentdiff.config import SampleConfig, TrainConfig
 from decentdiff.diffusion.paths import FlowMatching
 from decentdiff.errors import ConfigError
-from decentdiff.models.registry import build_unet, unet_config
+from decentdiff.models.registry import build_network, network_config
 from decentdiff.training.loop import train
 
 TINY = ["--preset", "tiny", "--batch", "8", "-q"]
@@ -38,7 +38,7 @@ def _train(tmp: Path, precision: str, steps: int = 8):
         return fm.loss(m, data[idx], None, g)
 
     torch.manual_seed(0)
-    model = build_unet(unet_config("tiny", 1))
+    model = build_network(network_config("tiny", 1))
     init = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = TrainConfig(steps=steps, batch=16, log_every=1, warmup=0, precision=precision)
     meta = train(model, loss_fn, tmp / "m", cfg, metrics_path=tmp / "m.jsonl", progress=False)
@@ -55,7 +55,7 @@ def test_bf16_training_is_close_to_fp32_but_not_equal(tmp_path):
     assert rel.max() < 0.01, rel
     g = torch.Generator().manual_seed(1)
     x, t = torch.rand(32, 1, 16, 16, generator=g) * 2 - 1, torch.rand(32, generator=g)
-    m0 = build_unet(unet_config("tiny", 1))
+    m0 = build_network(network_config("tiny", 1))
     m0.load_state_dict(init)
     with torch.no_grad():
         f32, f16, f0 = m32(x, t), m16(x, t), m0(x, t)
