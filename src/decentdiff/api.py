@@ -262,7 +262,7 @@ class RunHandle:
         self,
         images: Any,
         *,
-        features: str = "classifier",
+        features: str = "auto",
         seed: int = 0,
         progress: bool = False,
     ) -> dict[str, Any]:

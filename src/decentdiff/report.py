@@ -34,7 +34,7 @@ def compare(
     *,
     routings: tuple[str, ...] = DEFAULT_ROUTINGS,
     models: list[str] | None = None,
-    features: str = "classifier",
+    features: str = "auto",
     recompute: bool = False,
     device: torch.device | str = "cpu",
     progress: bool = True,
@@ -49,6 +49,9 @@ def compare(
             f"{run.path} has no trained model to compare: train experts + router "
             f"(`decentdiff train experts/router {run.path}`) or `decentdiff train monolith {run.path}`"
         )
+    from .evaluation.evaluate import resolve_features
+
+    features = resolve_features(run.data(cfg, create=False), features)
     rows, key = [], {**sample_key(cfg), "features": features}
     existing = [] if recompute else read_rows(run)
     from .ddm.routing import parse_routing

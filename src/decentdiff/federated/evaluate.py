@@ -45,7 +45,7 @@ def evaluate_federated(
     run: Run,
     cfg: Config,
     *,
-    features: str = "classifier",
+    features: str = "auto",
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def evaluate_federated(
         "steps": cfg.sample.steps,
         "seed": cfg.sample.seed,
         "solver": rows[0].get("solver"),  # resolved (auto: by the objective), as each row's
-        "features": features,
+        "features": rows[0].get("features"),  # resolved (auto: by the data), as each row's
         "per_model": {m: {k: r.get(k) for k in metrics} for m, r in zip(models, rows, strict=True)},
         "floor_fid": rows[0]["floor"].get("fid"),
         "wall_s": time.perf_counter() - t0,
