@@ -302,6 +302,10 @@ def load_source(spec: str, *, size: int = 0, channels: int = 0, skip_bad: float 
     same Dataset object, unless the files behind it changed (modification time or size). The
     arrays are read-only so that the shared cached copy cannot be altered by one caller.
 
+    File-backed sources (``folder:``, ``idx:``, ``npz:``) are also cached on disk
+    (:mod:`decentdiff.data.cache`): decoded once, in chunks, and then read by every process as a
+    read-only ``np.memmap`` (``DECENTDIFF_DATA_CACHE=0`` decodes into memory instead).
+
     Args:
         spec: ``NAME`` or ``NAME:ARG``; see :func:`available_sources`.
         size, channels, skip_bad: see :class:`ImageOptions` (``data.size``, ``data.channels``,
