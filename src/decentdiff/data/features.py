@@ -117,6 +117,8 @@ def featurize(
                 f"{labels.shape}; give one label per image"
             )
     kwargs: dict[str, Any] = {"dim": int(dim)} if _takes_dim(fn) else {}
+    if fn is not pca_features and not isinstance(x, np.ndarray):
+        x = np.asarray(x)  # other featurisers get an array (rows of a memmap: read into memory)
     out = np.asarray(fn(x, labels, seed, **kwargs))
     if out.ndim != 2 or out.shape[0] != x.shape[0] or out.shape[1] < 1:
         raise DataError(
@@ -137,13 +139,12 @@ def _takes_dim(fn: Featurizer) -> bool:
     return any(p.name == "dim" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def _check_images(images: Any) -> np.ndarray:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
-        what = (
-            f"{images.dtype} {images.shape}"
-            if isinstance(images, np.ndarray)
-            else type(images).__name__
-        )
+def _check_images(images: Any) -> Any:
+    from decentdiff.data.cache import ImageRows
+
+    ok = isinstance(images, np.ndarray | ImageRows)
+    if not ok or images.dtype != np.uint8 or images.ndim != 4:
+        what = f"{images.dtype} {images.shape}" if ok else type(images).__name__
         raise DataError(f"images must be a uint8 array (N, C, H, W), got {what}")
     if images.shape[0] == 0:
         raise DataError("there are no images to featurise; use a non-empty data set")
@@ -155,15 +156,30 @@ def _check_images(images: Any) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
+#: Up to this many bytes of float32 pixels (N x C*H*W x 4) the PCA is fitted on every image at
+#: once, in memory, as it always was (256 MiB: 85,000 grey 28 x 28 images). Above it the images are
+#: read in chunks: the PCA is fitted on a seeded random sample of PCA_FIT_BYTES of them and every
+#: image is projected chunk by chunk, so memory stays bounded whatever N (data larger than memory).
+PCA_IN_MEMORY_BYTES = 256 * 2**20
+#: Size of that sample, in bytes of float32 pixels (at least ``dim`` images).
+PCA_FIT_BYTES = 256 * 2**20
+#: Images per chunk when projecting.
+PCA_CHUNK_ROWS = 4096
+
+
 def pca_features(
-    images: np.ndarray, labels: np.ndarray | None = None, seed: int = 0, *, dim: int = 64
+    images: Any, labels: np.ndarray | None = None, seed: int = 0, *, dim: int = 64
 ) -> np.ndarray:
     """Principal components of the pixels (the offline default).
 
+    Up to :data:`PCA_IN_MEMORY_BYTES` of float pixels, the randomized PCA of all images at once;
+    above, fitted on a seeded sample of :data:`PCA_FIT_BYTES` and projected in chunks (the
+    sample's principal axes approximate those of the whole set; docs/data.md).
+
     Args:
-        images: uint8 (N, C, H, W).
+        images: uint8 (N, C, H, W): an array, a memmap or an ImageRows (read in chunks).
         labels: ignored.
-        seed: seeds the randomized SVD.
+        seed: seeds the randomized SVD (and the sample).
         dim: number of components; min(dim, N, C*H*W) are returned.
 
     Returns:
@@ -172,14 +188,27 @@ def pca_features(
     from sklearn.decomposition import PCA
 
     del labels
-    x = images.reshape(images.shape[0], -1).astype(np.float32) / 255.0
-    n_comp = min(dim, *x.shape)
-    if x.shape[0] < 2:
+    n = int(images.shape[0])
+    d = int(np.prod(images.shape[1:]))
+    n_comp = min(dim, n, d)
+    if n < 2:
         # PCA of one point is undefined (zero variance); its centred pixels are all zeros too.
-        return np.zeros((x.shape[0], n_comp), dtype=np.float32)
-    # Randomized SVD: seeded, and much faster than the full SVD for N x 784 and beyond.
-    pca = PCA(n_components=n_comp, svd_solver="randomized", random_state=seed)
-    return pca.fit_transform(x).astype(np.float32)
+        return np.zeros((n, n_comp), dtype=np.float32)
+    if n * d * 4 <= PCA_IN_MEMORY_BYTES:
+        x = np.asarray(images).reshape(n, -1).astype(np.float32) / 255.0
+        # Randomized SVD: seeded, and much faster than the full SVD for N x 784 and beyond.
+        pca = PCA(n_components=n_comp, svd_solver="randomized", random_state=seed)
+        return pca.fit_transform(x).astype(np.float32)
+    m = min(n, max(n_comp, PCA_FIT_BYTES // (4 * d)))
+    sample = np.arange(n) if m == n else np.sort(np.random.default_rng(seed).choice(n, m, False))
+    x = np.asarray(images[sample]).reshape(m, -1).astype(np.float32) / 255.0
+    pca = PCA(n_components=n_comp, svd_solver="randomized", random_state=seed).fit(x)
+    del x
+    out = np.empty((n, n_comp), dtype=np.float32)
+    for i in range(0, n, PCA_CHUNK_ROWS):
+        chunk = np.asarray(images[i : i + PCA_CHUNK_ROWS]).reshape(-1, d)
+        out[i : i + chunk.shape[0]] = pca.transform(chunk.astype(np.float32) / 255.0)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ module stays fast (the CLI imports it for ``decentdiff data list``).
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import functools
 import gzip
@@ -178,17 +179,12 @@ def fingerprint(images: np.ndarray, labels: np.ndarray | None) -> str:
     Returns:
         64 hex characters.
     """
-    h = hashlib.sha256(b"decentdiff.dataset.v1\n")
+    from decentdiff.data.cache import StreamHash
+
     images = np.ascontiguousarray(images)
-    h.update(f"images {images.dtype.str} {tuple(images.shape)}\n".encode())
-    h.update(images.reshape(-1).view(np.uint8))  # raw bytes, no copy
-    if labels is None:
-        h.update(b"labels none\n")
-    else:
-        labels = np.ascontiguousarray(labels)
-        h.update(f"labels {labels.dtype.str} {tuple(labels.shape)}\n".encode())
-        h.update(labels.reshape(-1).view(np.uint8))
-    return h.hexdigest()
+    h = StreamHash(images.dtype.str, tuple(images.shape))
+    h.update(images)
+    return h.finish(labels)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,6 +253,7 @@ class _Source:
     description: str
     arg: str | None  # None: takes no argument; "path": a filesystem path; "name": a free string
     fits: bool  # the loader applies ImageOptions itself (image files of any size)
+    spills: bool = False  # the loader takes spill=PATH: decodes in chunks into that file
 
 
 _REGISTRY: dict[str, _Source] = {}
@@ -270,6 +267,7 @@ def register_source(
     arg: str | None = None,
     *,
     fits: bool = False,
+    spills: bool = False,
 ) -> None:
     """Adds a source to the registry (used for the built-ins; open to plug-ins).
 
@@ -284,10 +282,12 @@ def register_source(
             (made absolute and checked to exist), "name" for any other string.
         fits: the loader applies the options itself (images of mixed sizes): it is called as
             ``loader(spec, arg, options)`` and returns ``(images, labels, class_names, skipped)``.
+        spills: (with ``fits``) the loader also accepts ``spill=PATH``: it then decodes in chunks
+            into that file and returns a :class:`_Spilled` instead of the images (the data cache).
     """
     if arg not in (None, "path", "name"):
         raise ValueError(f"arg must be None, 'path' or 'name', got {arg!r}")
-    _REGISTRY[name.lower()] = _Source(loader, pattern, description, arg, fits)
+    _REGISTRY[name.lower()] = _Source(loader, pattern, description, arg, fits, spills)
 
 
 def available_sources() -> list[tuple[str, str]]:
@@ -301,6 +301,10 @@ def load_source(spec: str, *, size: int = 0, channels: int = 0, skip_bad: float 
     Results are cached in-process: loading the same spec with the same options again returns the
     same Dataset object, unless the files behind it changed (modification time or size). The
     arrays are read-only so that the shared cached copy cannot be altered by one caller.
+
+    File-backed sources (``folder:``, ``idx:``, ``npz:``) are also cached on disk
+    (:mod:`decentdiff.data.cache`): decoded once, in chunks, and then read by every process as a
+    read-only ``np.memmap`` (``DECENTDIFF_DATA_CACHE=0`` decodes into memory instead).
 
     Args:
         spec: ``NAME`` or ``NAME:ARG``; see :func:`available_sources`.
@@ -393,8 +397,9 @@ def _is_loop(path: str) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(key: str, arg: str, stamp: object, options: ImageOptions) -> Dataset:
-    del stamp  # only part of the cache key
     source = _REGISTRY[key.partition(":")[0]]
+    if _disk_cacheable(stamp):
+        return _load_disk_cached(key, arg, stamp, options, source)
     skipped: tuple[str, ...] = ()
     if source.fits:
         images, labels, class_names, skipped = source.loader(key, arg, options)
@@ -411,6 +416,113 @@ def _load_cached(key: str, arg: str, stamp: object, options: ImageOptions) -> Da
     if ds.labels is not None:
         ds.labels.flags.writeable = False
     return ds
+
+
+# --------------------------------------------------------------------------------------------------
+# The on-disk cache of decoded images (data larger than memory; decentdiff.data.cache)
+# --------------------------------------------------------------------------------------------------
+
+
+def _disk_cacheable(stamp: object) -> bool:
+    """File-backed sources whose files could all be stat'ed, unless DECENTDIFF_DATA_CACHE=0."""
+    from decentdiff.data.cache import data_cache_enabled
+
+    if not isinstance(stamp, tuple) or not stamp or stamp[0][0] == "?":
+        return False
+    return data_cache_enabled()
+
+
+def _load_disk_cached(
+    key: str, arg: str, stamp: tuple, options: ImageOptions, source: _Source
+) -> Dataset:
+    """The Dataset of a file-backed source from its data cache entry, decoding it (in chunks)
+    into the entry the first time; its images are a read-only memmap."""
+    from decentdiff.data import cache
+
+    want = {
+        "format": cache.FORMAT,
+        "spec": key,
+        "options": [options.size, options.channels, float(options.skip_bad)],
+        "stamp": hashlib.sha256(repr(stamp).encode()).hexdigest(),
+    }
+    directory = cache.entry_dir(want)
+    entry = cache.read_entry(directory, want)
+    if entry is not None:
+        if entry.get("warning"):
+            print(entry["warning"], file=sys.stderr)
+    else:
+        if directory.exists():
+            cache.discard_entry(directory)  # partial, corrupt or stale: rebuilt, never trusted
+        entry = _build_entry(key, arg, options, source, directory, want)
+    labels = entry["labels"]
+    names = entry["class_names"]
+    return Dataset(
+        images=entry["images"],
+        labels=labels,
+        fingerprint=entry["fingerprint"],
+        name=key,
+        class_names=tuple(names) if names is not None else None,
+        skipped=tuple(entry["skipped"]),
+    )
+
+
+def _build_entry(
+    key: str, arg: str, options: ImageOptions, source: _Source, directory: Any, want: dict
+) -> dict[str, Any]:
+    from decentdiff.data import cache
+
+    tmp = cache.new_temp(directory)
+    try:
+        skipped: tuple[str, ...] = ()
+        warning = ""
+        if source.fits:
+            kwargs = {"spill": str(tmp / "decoded.raw")} if source.spills else {}
+            said: list[str] = []
+            token = _WARNINGS.set(said)
+            try:
+                images, labels, class_names, skipped = source.loader(key, arg, options, **kwargs)
+            finally:
+                _WARNINGS.reset(token)
+            warning = "\n".join(said)
+        else:
+            images, labels, class_names = source.loader(key, arg)
+            images = _fit_arrays(np.asarray(images), options)
+        if isinstance(images, _Spilled):
+            shape, chunks = images.shape, images.chunks()
+        else:
+            images = np.ascontiguousarray(images, dtype=np.uint8)
+            shape = images.shape
+            step = cache.CHUNK_ROWS
+            chunks = (images[i : i + step] for i in range(0, len(images), step))
+        if labels is not None:
+            labels = np.ascontiguousarray(labels, dtype=np.int64)
+        # Dataset's invariants, checked before anything is written (the loaders report input
+        # errors as DataError earlier; these are programming errors).
+        Dataset(np.broadcast_to(np.zeros((1, *shape[1:]), np.uint8), shape), labels, "", key,
+                tuple(class_names) if class_names is not None else None)  # fmt: skip
+        extra = {
+            "class_names": list(class_names) if class_names is not None else None,
+            "skipped": list(skipped),
+            "warning": warning,
+        }
+        return cache.write_entry(tmp, directory, want, shape, chunks, labels, extra)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: Collects the warnings a loader prints while it fills a data cache entry (said again on a hit).
+_WARNINGS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "decentdiff_data_warnings", default=None
+)
+
+
+def _warn(text: str) -> None:
+    print(text, file=sys.stderr)
+    said = _WARNINGS.get()
+    if said is not None:
+        said.append(text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -912,15 +1024,100 @@ def _open_header(path: str, where: str) -> Any:
         ) from None
 
 
+class _ListSink:
+    """Decoded images kept in memory: the result is :func:`_stack` of them."""
+
+    def __init__(self) -> None:
+        self.arrays: list[np.ndarray] = []
+
+    def add(self, arr: np.ndarray) -> None:
+        self.arrays.append(arr)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def result(self) -> np.ndarray:
+        return _stack(self.arrays)
+
+
+@dataclass(frozen=True)
+class _Spilled:
+    """Images decoded into a raw file as uint8 (N, 3, H, W) rows (grey ones repeated into three
+    channels); ``grey``: every image was grey, so the data set is (N, 1, H, W)."""
+
+    path: str
+    n: int
+    h: int
+    w: int
+    grey: bool
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.n, 1 if self.grey else 3, self.h, self.w)
+
+    def chunks(self, rows: int = 4096) -> Iterator[np.ndarray]:
+        """The images in order, as :func:`_stack` would give them, ``rows`` at a time."""
+        size = 3 * self.h * self.w
+        with open(self.path, "rb") as f:
+            for start in range(0, self.n, rows):
+                m = min(rows, self.n - start)
+                buf = np.fromfile(f, dtype=np.uint8, count=m * size)
+                if buf.size != m * size:
+                    raise OSError(f"{self.path} is shorter than the images decoded into it")
+                x = buf.reshape(m, 3, self.h, self.w)
+                yield np.ascontiguousarray(x[:, :1]) if self.grey else x
+
+
+class _SpillSink:
+    """Decoded images written to a raw file in chunks (no list of every decoded image)."""
+
+    def __init__(self, path: str, rows: int = 1024) -> None:
+        self.path, self.rows = path, rows
+        self.pending: list[np.ndarray] = []
+        self.n = 0
+        self.grey = True
+        self.hw: tuple[int, int] | None = None
+        self.file = open(path, "wb")  # closed in result(); on an error the folder is deleted
+
+    def add(self, arr: np.ndarray) -> None:
+        self.hw = self.hw or (int(arr.shape[0]), int(arr.shape[1]))
+        self.grey = self.grey and arr.ndim == 2
+        self.pending.append(arr)
+        self.n += 1
+        if len(self.pending) >= self.rows:
+            self._flush()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _flush(self) -> None:
+        if self.pending:
+            rgb = [np.repeat(a[:, :, None], 3, axis=2) if a.ndim == 2 else a for a in self.pending]
+            self.file.write(np.stack(rgb).transpose(0, 3, 1, 2).tobytes())
+            self.pending = []
+
+    def result(self) -> _Spilled:
+        self._flush()
+        self.file.close()
+        h, w = self.hw or (0, 0)
+        return _Spilled(self.path, self.n, h, w, self.grey)
+
+
 def _decode_files(
-    files: Sequence[tuple[str, str]], key: str, options: ImageOptions
-) -> tuple[list[np.ndarray], list[int], tuple[str, ...]]:
-    """Decodes (where, path) pairs: (arrays, indices of the files kept, the files skipped).
+    files: Sequence[tuple[str, str]],
+    key: str,
+    options: ImageOptions,
+    sink: _ListSink | _SpillSink | None = None,
+) -> tuple[np.ndarray | _Spilled, list[int], tuple[str, ...]]:
+    """Decodes (where, path) pairs: (images, indices of the files kept, the files skipped).
+
+    The images are stacked in memory, or with a :class:`_SpillSink` written to its file as they
+    are decoded (the data cache: a folder of 100,000 files is never a list of 100,000 arrays).
 
     Without ``data.skip_bad`` the first unusable file is an error; with it, unusable files are
     skipped unless they are more than that share of ``files`` (then an error counting them).
     """
-    arrays: list[np.ndarray] = []
+    sink = _ListSink() if sink is None else sink
     kept: list[int] = []
     bad: list[_Unusable] = []
     first: tuple[str, tuple[int, int]] | None = None
@@ -939,7 +1136,7 @@ def _decode_files(
             continue
         if first is None:
             first = (where, size)
-        arrays.append(arr)
+        sink.add(arr)
         kept.append(i)
     if bad:
         allowed = math.floor(options.skip_bad * len(files))
@@ -953,13 +1150,12 @@ def _decode_files(
                 f"{key}: {summary}; more than data.skip_bad = {options.skip_bad:g} allows "
                 f"({allowed}); fix or delete them, or raise data.skip_bad"
             )
-        print(
+        _warn(
             f"decentdiff: warning: {key}: {summary}; skipped them "
-            f"(data.skip_bad = {options.skip_bad:g} allows {allowed})",
-            file=sys.stderr,
+            f"(data.skip_bad = {options.skip_bad:g} allows {allowed})"
         )
-    _check_count(len(arrays), key)
-    return arrays, kept, tuple(str(e) for e in bad)
+    _check_count(len(sink), key)
+    return sink.result(), kept, tuple(str(e) for e in bad)
 
 
 def _stack_images(
@@ -1013,8 +1209,12 @@ def _images_under(folder: str) -> list[str]:
     return out
 
 
-def _load_folder(key: str, folder: str, options: ImageOptions) -> Any:
-    """One sub-folder per class; or, with no sub-folders, the images in the folder (unlabeled)."""
+def _load_folder(key: str, folder: str, options: ImageOptions, spill: str | None = None) -> Any:
+    """One sub-folder per class; or, with no sub-folders, the images in the folder (unlabeled).
+
+    With ``spill`` (a file path) the images are decoded in chunks into that file and a
+    :class:`_Spilled` is returned in their place.
+    """
     if not os.path.isdir(folder):
         raise DataError(
             f"{key}: is not a directory; give a folder of images, or one sub-folder per class"
@@ -1038,8 +1238,8 @@ def _load_folder(key: str, folder: str, options: ImageOptions) -> Any:
                 "sub-folder of images per class"
             )
         files = [(e, os.path.join(folder, e)) for e in loose]
-        arrays, _, skipped = _decode_files(files, key, options)
-        return _stack(arrays), None, None, skipped  # no class folders: unlabeled
+        images, _, skipped = _decode_files(files, key, options, _sink(spill))
+        return images, None, None, skipped  # no class folders: unlabeled
     paths, labels = [], []
     for k, c in enumerate(classes):
         found = _images_under(os.path.join(folder, c))
@@ -1050,7 +1250,7 @@ def _load_folder(key: str, folder: str, options: ImageOptions) -> Any:
         paths += found
         labels += [k] * len(found)
     files = [(os.path.relpath(p, folder), p) for p in paths]
-    arrays, kept, skipped = _decode_files(files, key, options)
+    images, kept, skipped = _decode_files(files, key, options, _sink(spill))
     y = np.asarray(labels, dtype=np.int64)[kept]
     emptied = sorted(set(range(len(classes))) - set(y.tolist()))
     if emptied:
@@ -1058,7 +1258,11 @@ def _load_folder(key: str, folder: str, options: ImageOptions) -> Any:
             f"{key}: every image of class folder {classes[emptied[0]]!r} is unusable; "
             "fix its images or remove the folder"
         )
-    return _stack(arrays), y, tuple(classes), skipped
+    return images, y, tuple(classes), skipped
+
+
+def _sink(spill: str | None) -> _ListSink | _SpillSink:
+    return _SpillSink(spill) if spill else _ListSink()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1189,6 +1393,7 @@ register_source(
     "PNG/JPEG/WebP images of any size and mode, one sub-folder per class (or none: unlabeled)",
     arg="path",
     fits=True,
+    spills=True,
 )
 register_source(
     "hf",

@@ -54,7 +54,7 @@ def calibration(
 
     g = torch.Generator().manual_seed(10_000 + seed)  # router_accuracy's draws
     idx = torch.randint(0, len(images), (n,), generator=g)
-    x0 = to_model_space(torch.from_numpy(np.ascontiguousarray(images))[idx]).to(device)
+    x0 = to_model_space(np.asarray(images[idx.numpy()])).to(device)  # only these rows are read
     target = np.asarray(clusters, np.int64)[idx.numpy()]
     cond = None if labels is None else torch.from_numpy(np.asarray(labels, np.int64))[idx]
     eps = torch.randn(x0.shape, generator=g).to(device)

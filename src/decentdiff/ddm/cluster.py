@@ -53,6 +53,7 @@ def partition_run(
         fine: fine k-means centroids (default min(1024, N/4)).
         force: replace a partition that experts were already trained on.
     """
+    from ..data.cache import rows_of
     from ..data.features import featurize
     from ..data.partition import PARTITIONERS, make_partition
     from ..figures import partition_figure
@@ -84,7 +85,7 @@ def partition_run(
             if new_run:
                 run.toml_path.unlink(missing_ok=True)
             raise
-    images = d.images[d.train_idx]
+    images = rows_of(d.images, d.train_idx)  # a memmap's rows are read in chunks, not copied
     labels = d.labels[d.train_idx] if d.labels is not None else None
     method = PARTITIONERS.get(by)  # None: make_partition reports the unknown method
     featurised = method is not None and method.needs_features

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
+from ..data.cache import rows_of
 from ..errors import ConfigError, RunError
 from ..run import Run, RunData
 from ..training.checkpoint import read_meta
@@ -89,7 +90,7 @@ def expert_job(run: Run, k: int, cfg: Config, *, batch: int | None = None) -> Ex
         out_dir=expert_dir(run, k),
         data=data,
         shard=shard,
-        images=data.images[data.train_idx][shard],
+        images=rows_of(rows_of(data.images, data.train_idx), shard),
         labels=labels,
         cfg=ecfg,
         meta={

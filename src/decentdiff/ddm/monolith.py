@@ -26,13 +26,14 @@ def train_monolith(
     run: Run, cfg: Config, *, fresh: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Train the monolith on every training image of RUN into RUN/monolith; returns meta.json."""
+    from ..data.cache import rows_of
     from ..training.generative import train_generative
 
     d = run.data(cfg)
     out = run.model_dir("monolith")
     return train_generative(
         out,
-        d.images[d.train_idx],
+        rows_of(d.images, d.train_idx),  # a memmap's rows stay on disk until drawn
         d.labels[d.train_idx] if d.labels is not None else None,
         d.num_classes,
         cfg,

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..config import Config
+from ..data.cache import rows_of
 from ..diffusion.paths import noisy
 from ..errors import CheckpointError
 from ..models.registry import build_router, router_from_dict, router_net_config
@@ -40,7 +41,7 @@ def train_router(
     return fit_router(
         run,
         cfg,
-        data.images[data.train_idx],
+        rows_of(data.images, data.train_idx),
         data.labels[data.train_idx] if data.labels is not None else None,
         rec.assignments,
         rec,

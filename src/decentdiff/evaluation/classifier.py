@@ -129,7 +129,9 @@ class FeatureNet(nn.Module):
 
 def check_images(images: Any, who: str) -> np.ndarray:
     """images as uint8 (N, C, H, W), C in {1, 3}, H, W ≥ 8; DataError (naming ``who``) otherwise."""
-    x = np.asarray(images)
+    from decentdiff.data.cache import ImageRows
+
+    x = images if isinstance(images, ImageRows) else np.asarray(images)  # rows stay lazy
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3):
         raise DataError(
             f"{who}: images must be uint8 (N, C, H, W) with C in {{1, 3}}, got {x.dtype} "
@@ -277,7 +279,17 @@ def train_classifier(
     max_shift = max(1, round(min(x.shape[2], x.shape[3]) / 14))
     opt = torch.optim.AdamW(net.parameters(), lr=_LR, weight_decay=_WEIGHT_DECAY)
     gen = torch.Generator().manual_seed(int(seed))
-    xs = torch.tensor(x)  # uint8 copy (the source's arrays may be read-only); floats per batch
+    if isinstance(x, np.ndarray) and not isinstance(x, np.memmap):
+        xs = torch.tensor(x)  # uint8 copy (the source's arrays may be read-only); floats per batch
+
+        def rows(idx: Tensor) -> Tensor:
+            return xs[idx]
+
+    else:  # a memmap or its rows (data larger than memory): read each batch's rows only
+
+        def rows(idx: Tensor) -> Tensor:
+            return torch.from_numpy(np.asarray(x[idx.numpy()]))
+
     ys = torch.from_numpy(y)
     bar = None
     if progress:
@@ -291,7 +303,7 @@ def train_classifier(
         perm = torch.randperm(n, generator=gen)
         for i in range(steps_per_epoch):
             idx = perm[i * batch : (i + 1) * batch]
-            xb = _random_shift(_to_float(xs[idx]), max_shift, gen)
+            xb = _random_shift(_to_float(rows(idx)), max_shift, gen)
             xb = xb.contiguous(memory_format=torch.channels_last)
             if step < warmup:
                 lr = _LR * (step + 1) / warmup

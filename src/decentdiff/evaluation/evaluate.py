@@ -59,13 +59,15 @@ def feature_net(run: Run, data: RunData, features: str, *, progress: bool = True
     check_features(data, features)
     if features == "inception":
         return InceptionFeatures(), {"features": "inception"}
+    from ..data.cache import rows_of
+
     tr, ho = data.train_idx, data.heldout_idx
     labels = data.labels
     net, meta = get_feature_net(
-        data.images[tr],
+        rows_of(data.images, tr),  # a memmap's rows are read per batch, never all at once
         None if labels is None else labels[tr],
         data.fingerprint,
-        heldout_images=data.images[ho] if len(ho) else None,
+        heldout_images=rows_of(data.images, ho) if len(ho) else None,
         heldout_labels=None if labels is None or not len(ho) else labels[ho],
         progress=progress,
         num_classes=data.num_classes or None,
@@ -91,10 +93,12 @@ def _real(run: Run, data: RunData, net, features: str) -> dict[str, Any]:
             "evaluation needs a held-out part of at least 2 images; set data.heldout > 0 "
             "(e.g. --set data.heldout=0.2) in a new RUN"
         )
-    held = extract(net, data.images[data.heldout_idx])
+    from ..data.cache import rows_of
+
+    held = extract(net, rows_of(data.images, data.heldout_idx))  # in batches, from disk
     rng = np.random.default_rng(0)
     tr = rng.permutation(data.train_idx)[: len(data.heldout_idx)]
-    train = extract(net, data.images[tr])
+    train = extract(net, rows_of(data.images, tr))
     out = {
         "held_features": held["features"],
         "train_features": train["features"],

@@ -14,24 +14,18 @@ made from other images or settings is retrained, never trusted
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from decentdiff.data.cache import default_cache_dir
 from decentdiff.errors import CheckpointError, RunError
 from decentdiff.evaluation.classifier import FeatureNet, fresh_net
 from decentdiff.training.checkpoint import load_tensors, read_meta, save_checkpoint
 
 __all__ = ["default_cache_dir", "digest", "entry_dir", "load_cached", "save_cached"]
-
-
-def default_cache_dir() -> Path:
-    """``$DECENTDIFF_CACHE`` if set, else ``~/.cache/decentdiff``."""
-    env = os.environ.get("DECENTDIFF_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "decentdiff"
 
 
 def entry_dir(cache_dir: Path | None, fingerprint: str, seed: int) -> Path:
@@ -46,8 +40,9 @@ def entry_dir(cache_dir: Path | None, fingerprint: str, seed: int) -> Path:
 def digest(images: np.ndarray, labels: np.ndarray | None) -> str:
     """sha256 hex digest of images (dtype, shape and bytes) and labels, stored in meta.json."""
     h = hashlib.sha256()
-    h.update(repr((images.dtype.str, images.shape)).encode())
-    h.update(np.ascontiguousarray(images).tobytes())
+    h.update(repr((images.dtype.str, tuple(images.shape))).encode())
+    for i in range(0, len(images), 4096):  # in chunks: the rows of a memmap are read in turn
+        h.update(np.ascontiguousarray(images[i : i + 4096]).tobytes())
     if labels is not None:
         h.update(np.ascontiguousarray(labels.astype(np.int64)).tobytes())
     return h.hexdigest()

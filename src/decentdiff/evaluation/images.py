@@ -38,7 +38,10 @@ def image_batches(
             return t[i:j].float() / 127.5 - 1.0 if t.dtype == torch.uint8 else t[i:j].float()
 
     else:
-        a = np.asarray(images)
+        from decentdiff.data.cache import ImageRows
+
+        # Rows of a memmap stay lazy: each batch reads only its rows.
+        a = images if isinstance(images, ImageRows) else np.asarray(images)
         if not (a.dtype == np.uint8 or a.dtype.kind == "f"):
             raise DataError(
                 f"{who}: images must be uint8 in [0, 255] or float in [-1, 1], got {a.dtype}"

@@ -48,7 +48,7 @@ def objective_from(cfg: ObjectiveConfig) -> FlowMatching | DDPM:
 
 
 def image_batches(
-    images: np.ndarray,
+    images: Any,
     labels: np.ndarray | None,
     batch: int,
     device: torch.device,
@@ -58,15 +58,19 @@ def image_batches(
     """A batch drawer: (generator) -> (x0 (B, C, H, W) in [−1, 1], cond (B,) or None, indices (B,)).
 
     Indices are drawn with replacement from ``images`` only, so a model trained on a shard never
-    touches any other shard.
+    touches any other shard. ``images`` is uint8 (N, C, H, W): an array, a memmap or an
+    :class:`~decentdiff.data.cache.ImageRows`; only the batch's rows are read (a memmap or a row
+    view is never materialised), and the batches are the same whichever of them holds the pixels.
     """
-    data = torch.from_numpy(np.ascontiguousarray(images))
+    in_memory = isinstance(images, np.ndarray) and not isinstance(images, np.memmap)
+    data = torch.from_numpy(np.ascontiguousarray(images)) if in_memory else None
     lab = torch.from_numpy(np.asarray(labels, dtype=np.int64)) if labels is not None else None
-    n = data.shape[0]
+    n = len(images)
 
     def draw(g: torch.Generator) -> tuple[Tensor, Tensor | None, Tensor]:
         idx = torch.randint(0, n, (batch,), generator=g)
-        x0 = to_model_space(data[idx]).to(device)
+        rows = data[idx] if data is not None else torch.from_numpy(np.asarray(images[idx.numpy()]))
+        x0 = to_model_space(rows).to(device)
         cond = None
         if lab is not None and num_classes > 0:
             c = lab[idx].clone()
