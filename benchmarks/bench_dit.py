@@ -115,8 +115,23 @@ def render_speed(r: dict[str, Any]) -> str:
             "counter, which includes the attention products on the CPU.",
             "",
             md_table(HEADERS, rows),
+            *_noise(m, r),
         ]
     )
+
+
+def _noise(m: dict[str, Any], r: dict[str, Any]) -> list[str]:
+    """A warning when other jobs shared the cores: best-of and median img/s > 1.5x apart."""
+    noisy = [k for k, x in m.items() if x["img_s"] > 1.5 * x["img_s_median"]]
+    if not noisy:
+        return []
+    return [
+        "",
+        f"**Noisy run** ({r['rounds']} rounds; best-of and median more than 1.5x apart for "
+        f"{', '.join(noisy)}): other jobs shared the two cores (the matmul ceiling measured "
+        f"{r['ceiling_gflops']:.0f} GFLOP/s, against about 440 on an idle machine), so read the "
+        "ratios as rough. Every DiT ran at 0.19-0.57x the img/s of its UNet here.",
+    ]
 
 
 def _monolith(run: Path, preset_args: list[str], steps: int, seed: int, root: Path) -> dict:
