@@ -136,8 +136,7 @@ def _noise(m: dict[str, Any], r: dict[str, Any]) -> list[str]:
     return [
         "",
         f"**Noisy run** ({r['rounds']} rounds; best-of and median more than 1.5x apart for "
-        f"{', '.join(noisy)}): other jobs shared the two cores (the matmul ceiling measured "
-        f"{r['ceiling_gflops']:.0f} GFLOP/s, against about 440 on an idle machine), so read the "
+        f"{', '.join(noisy)}): other jobs shared the two cores during the run, so read the "
         "ratios as rough.",
     ]
 
