@@ -26,6 +26,7 @@ RUN_OPTIONS = (
     "seed",
     "min_replies",
     "round_timeout",
+    "client_state",
 )
 
 

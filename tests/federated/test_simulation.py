@@ -172,10 +172,21 @@ def test_bytes_measured_equal_bytes_predicted(capsys, tmp_path, method, quantize
     args = ["--data", "digits", "--preset", "tiny", "--clients", 2, "--split", "iid",
             "--method", method, "--quantize", quantize, "--local-steps", 1, "--batch", 8,
             "--rounds", 2, "--eval-n", 0]  # fmt: skip
+    keep = method == "usplit"  # one real simulation carries Adam between rounds (issue 21)
+    if keep:
+        args += ["--client-state", "keep"]
     code, _, err = cli(capsys, "fed", "run", run, *args)
     assert code == 0, err
     rows = read_rounds(run)
     assert [r["round"] for r in rows] == [1, 2] and all(r["accepted"] == 2 for r in rows)
+    for i in range(2):  # with keep each client's Adam ran on over both rounds (1 step each)
+        carry_dir = run / "federated" / "clients" / str(i) / "carry"
+        assert (carry_dir / "meta.json").is_file() == keep
+        if keep:
+            from decentdiff.federated.client import load_carry
+
+            c = load_carry(run / "federated" / "clients" / str(i), 2)
+            assert c.offset == 2 and int(c.optimizer["opt.0.step"]) == 2
     code, out, _ = cli(capsys, "fed", "bytes", "--preset", "tiny", "--clients", 2, "--rounds", 2,
                        "--quantize", quantize, "--json")  # fmt: skip
     want = json.loads(out)[method]

@@ -97,6 +97,16 @@ def fed_run(
     quantize: Annotated[
         int, typer.Option("--quantize", help="8: send 8-bit updates (0 = full precision).")
     ] = DEFAULTS.quantize,
+    client_state: Annotated[
+        str,
+        typer.Option(
+            "--client-state",
+            help="What a client keeps between rounds: reset = a new Adam every round (the "
+            "paper); keep = Adam's moments carry over (kept on the node and in "
+            "RUN/federated/clients/<i>/carry, so a resumed run continues exactly). A warm-up "
+            "(--set train.warmup=N) always runs on the client's steps across rounds.",
+        ),
+    ] = DEFAULTS.client_state,
     min_replies: Annotated[
         int, typer.Option("--min-replies", help="Valid updates a round needs to complete.")
     ] = DEFAULTS.min_replies,
@@ -142,6 +152,7 @@ def fed_run(
         seed=seed,
         min_replies=min_replies,
         round_timeout=round_timeout,
+        client_state=client_state,
     )  # validated by run_federated before RUN is touched
     r = Run(run)
     base = fed_base()

@@ -1,7 +1,9 @@
 """One data silo's side of a federated round, without Flower.
 
-:func:`client_round` trains with the project's one training loop: the optimiser is re-created
-every round (``fresh=True``), as in de Goede et al. (arXiv 2406.12575). :func:`client_turn` wraps
+:func:`client_round` trains with the project's one training loop. By default the optimiser is
+re-created every round, as in de Goede et al. (arXiv 2406.12575); ``client_state = "keep"`` carries
+Adam's moments from round to round instead, and a personal model (UDEC, ULATDEC) with
+``train.ema_decay > 0`` keeps an EMA across rounds (:class:`~decentdiff.training.loop.Carry`). :func:`client_turn` wraps
 it with what a node does around it: find its private parts (UDEC, ULATDEC) in what the node kept
 or, after a restart, in its saved personal model; mark itself busy; save its personal model. The
 ClientApp only moves arrays between Flower's messages and these functions.
@@ -18,7 +20,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +28,9 @@ from . import aggregate as A
 from . import parts as P
 from .settings import FedSettings, config_from
 from .store import personal_meta, write_activity
+
+if TYPE_CHECKING:
+    from ..training.loop import Carry
 
 Arrays = dict[str, np.ndarray]
 
@@ -110,6 +115,7 @@ def client_round(
     state: Arrays | None,
     *,
     threads: int = 0,
+    carry: Carry | None = None,
 ) -> tuple[Arrays, Arrays, dict[str, float]]:
     """One client round: load weights, train E local epochs, encode the update.
 
@@ -122,6 +128,10 @@ def client_round(
         report: the groups this client reports this round.
         state: the client's full model after its previous round (None in round 1 or when lost).
         threads: torch intra-op threads (0: leave as is).
+        carry: the client's optimizer and EMA from its previous round (``client_state = keep``,
+            personal EMA); updated in place. Without one the optimizer is new every round (the
+            paper). Either way the learning-rate schedule (warm-up) and the EMA's warm-up run on
+            the client's sequential step, (round − 1) · steps + s, not restart each round.
     Returns:
         (update arrays to send, the client's new full model, metrics).
     """
@@ -131,7 +141,7 @@ def client_round(
     from ..errors import RunError
     from ..models.registry import build_network, config_from_dict
     from ..training.generative import image_batches, objective_from
-    from ..training.loop import resolve_device, train
+    from ..training.loop import Carry, resolve_device, train
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -167,6 +177,8 @@ def client_round(
         return loss + prox, {"prox": float(prox.detach())}
 
     steps = local_steps(settings, len(data.images))
+    carry = carry if carry is not None else Carry()
+    carry.offset = (round_ - 1) * steps
     tcfg = replace(
         cfg.train,
         steps=steps,
@@ -183,7 +195,8 @@ def client_round(
             Path(work),
             tcfg,
             role=f"client {data.partition}",
-            fresh=True,  # Adam re-created every round (paper)
+            fresh=True,  # this call is one round; what carries over is in `carry`
+            carry=carry,
             progress=False,
             flops_per_step=_FLOPS.get(fkey),
         )
@@ -211,6 +224,7 @@ def client_turn(
     kept: tuple[Arrays, int] | None = None,
     out_dir: Path | None = None,
     threads: int = 0,
+    carry: Carry | None = None,
 ) -> tuple[Arrays, Arrays, dict[str, Any], int]:
     """A node's whole part in round ``round_``: :func:`client_round` and what surrounds it.
 
@@ -218,6 +232,9 @@ def client_turn(
         kept: (full model, cumulative steps) the node kept from its previous round, if any.
         out_dir: where this client's personal model is saved (UDEC, ULATDEC), if anywhere.
         threads: torch intra-op threads (0: leave as is).
+        carry: the optimizer / EMA state the node kept from its previous round (empty: none
+            kept, e.g. a restarted process; it is then read back from ``out_dir/carry``). Updated
+            in place when the run carries state (:func:`carries`), else left empty.
     Returns:
         (update to send, the new full model, metrics, cumulative local steps). ``metrics``
         includes ``private-from``: where the private parts came from (0 nowhere, 1 the node's
@@ -235,30 +252,121 @@ def client_turn(
             # the round is re-run (from a model one round further on: private parts only).
             if saved_round in (round_ - 1, round_):
                 state, steps_before, origin = arrays, saved_step, 2
+    from ..training.loop import Carry
+
+    keep_opt, keep_ema = carries(settings)
+    work = Carry()
+    if keep_opt or keep_ema:
+        if carry is not None and (carry.optimizer or carry.ema):
+            work = carry
+        elif round_ > 1 and out_dir is not None:
+            work = load_carry(out_dir, round_ - 1) or work
+        if not keep_opt:
+            work.optimizer = None
+        if not keep_ema:
+            work.ema = None
     write_activity(settings, data.partition, round_, "training")
     update, local, metrics = client_round(
-        settings, data, round_, received, report, state, threads=threads
+        settings, data, round_, received, report, state, threads=threads, carry=work
     )
     metrics["private-from"] = origin
     step = steps_before + int(metrics["steps"])
+    ema = None
+    if keep_opt or keep_ema:
+        if not keep_opt:
+            work.optimizer = None
+        if not keep_ema:
+            work.ema = None
+        if carry is not None:
+            carry.offset, carry.optimizer, carry.ema = work.offset, work.optimizer, work.ema
+        if out_dir is not None:
+            save_carry(out_dir, work, round_)
+        if keep_ema and work.ema is not None:
+            ema = {k: v.numpy() for k, v in work.ema.items()}
     if personal and out_dir is not None:
-        save_personal(out_dir, settings, data, local, round=round_, step=step)
+        save_personal(out_dir, settings, data, local, ema=ema, round=round_, step=step)
     write_activity(settings, data.partition, round_, "done")
     return update, local, metrics, step
 
 
+def carries(settings: FedSettings) -> tuple[bool, bool]:
+    """(keep the optimizer, keep an EMA) from round to round, by the run's settings.
+
+    The optimizer with ``client_state = "keep"``; an EMA for personal models (UDEC, ULATDEC) with
+    ``train.ema_decay > 0`` (a FULL/USPLIT client's weights are replaced by the server's every
+    round, and its EMA would never leave the node: the server's EMA is the one that counts there).
+    """
+    keep_opt = settings.client_state == "keep"
+    keep_ema = settings.method_spec.personal and float(settings.train.get("ema_decay", 0)) > 0
+    return keep_opt, keep_ema
+
+
+CARRY_DIR = "carry"  # under a client's out_dir: optimizer and EMA after its last round
+
+
+def save_carry(out_dir: Path, carry: Carry, round_: int) -> None:
+    """Write ``carry`` atomically to ``out_dir/carry`` (the previous one is kept in ``.prev``)."""
+    import torch
+
+    from ..training.checkpoint import save_checkpoint
+
+    tensors = {"state": {"offset": torch.tensor(carry.offset), **(carry.optimizer or {})}}
+    if carry.ema is not None:
+        tensors["ema"] = carry.ema
+    meta = {"kind": "federated-client-carry", "round": round_, "offset": carry.offset}
+    save_checkpoint(out_dir / CARRY_DIR, tensors, meta)
+
+
+def load_carry(out_dir: Path, round_: int) -> Carry | None:
+    """The carry a client saved after ``round_`` (from ``carry`` or its ``.prev``), else None.
+
+    After a crash the server re-runs a round some clients had already finished: their newest
+    carry is one round too new, and the one before it, in ``.prev``, is the right one.
+    """
+    from ..training.checkpoint import PREVIOUS, load_tensors, read_meta
+    from ..training.loop import Carry
+
+    for d in (out_dir / CARRY_DIR, out_dir / CARRY_DIR / PREVIOUS):
+        if not (d / "meta.json").is_file():
+            continue
+        meta = read_meta(d)
+        if int(meta.get("round", -1)) != round_:
+            continue
+        state = load_tensors(d, "state", meta)
+        ema = load_tensors(d, "ema", meta) if "ema.safetensors" in meta.get("files", {}) else None
+        offset = int(state.pop("offset"))
+        return Carry(offset=offset, optimizer=state or None, ema=ema)
+    return None
+
+
 def save_personal(
-    out_dir: Path, settings: FedSettings, data: ClientData, local: Arrays, **extra: Any
+    out_dir: Path,
+    settings: FedSettings,
+    data: ClientData,
+    local: Arrays,
+    *,
+    ema: Arrays | None = None,
+    **extra: Any,
 ) -> None:
-    """Write a client's own model as an ordinary generative checkpoint (``sample`` accepts it)."""
+    """Write a client's own model as an ordinary generative checkpoint (``sample`` accepts it).
+
+    ``ema``: the client's EMA across rounds, if it keeps one (else the EMA slot holds the model).
+    """
     import torch
 
     from ..training.checkpoint import save_checkpoint
 
     sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in local.items()}
+    ema_sd = (
+        sd
+        if ema is None
+        else {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ema.items()}
+    )
     meta = personal_meta(settings, data.partition, len(data.images), data, **extra)
     step = int(extra.get("step", 0))
-    save_checkpoint(out_dir, {"model": sd, "ema": sd, "state": {"step": torch.tensor(step)}}, meta)
+    save_checkpoint(
+        out_dir, {"model": sd, "ema": ema_sd, "state": {"step": torch.tensor(step)}}, meta
+    )
 
 
 def load_personal(out_dir: Path, ref_keys: list[str]) -> tuple[Arrays, int, int]:

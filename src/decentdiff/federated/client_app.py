@@ -23,6 +23,9 @@ from .store import client_dir
 
 STATE_KEY = "local-model"  # ctx.state ArrayRecord: the client's full model after its last round
 ROUND_KEY = "local-round"  # ctx.state ConfigRecord: which round that model is from
+OPT_KEY = "local-optimizer"  # ctx.state ArrayRecord: Adam's state (client_state = "keep")
+EMA_KEY = "local-ema"  # ctx.state ArrayRecord: the personal model's EMA across rounds
+CARRY_ROUND_KEY = "local-carry-round"  # ctx.state ConfigRecord: the round the two are from
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -35,6 +38,42 @@ def _out_dir(ctx: Context, settings: FedSettings, partition: int) -> Path | None
     if settings.run_dir:
         return client_dir(settings.run_dir, partition)
     return None
+
+
+def _carry_from(ctx: Context, round_: int):
+    """The optimizer / EMA this node kept after round ``round_ - 1`` (an empty Carry if none)."""
+    import torch
+
+    from ..training.loop import Carry
+
+    carry = Carry()
+    conf = ctx.state.config_records.get(CARRY_ROUND_KEY)
+    if conf is None or int(conf.get("round", -1)) != round_ - 1:
+        return carry
+    recs = ctx.state.array_records
+    scalars = set(str(conf.get("scalars", "")).split(","))  # Flower stores 0-d arrays as (1,)
+
+    def tensors(key: str) -> dict[str, torch.Tensor]:
+        out = {k: torch.from_numpy(a.numpy().copy()) for k, a in recs[key].items()}
+        return {k: v.reshape(()) if f"{key}/{k}" in scalars else v for k, v in out.items()}
+
+    if OPT_KEY in recs:
+        carry.optimizer = tensors(OPT_KEY)
+    if EMA_KEY in recs:
+        carry.ema = tensors(EMA_KEY)
+    return carry
+
+
+def _carry_to(ctx: Context, carry, round_: int) -> None:
+    """Keep ``carry`` in the node's state for the next round (nothing if the run carries none)."""
+    scalars = []
+    for key, part in ((OPT_KEY, carry.optimizer), (EMA_KEY, carry.ema)):
+        if part:
+            ctx.state.array_records[key] = _record({k: v.numpy() for k, v in part.items()})
+            scalars += [f"{key}/{k}" for k, v in part.items() if v.dim() == 0]
+    if carry.optimizer or carry.ema:
+        conf = {"round": round_, "scalars": ",".join(scalars)}
+        ctx.state.config_records[CARRY_ROUND_KEY] = ConfigRecord(conf)
 
 
 app = ClientApp()
@@ -56,6 +95,7 @@ def train_handler(msg: Message, ctx: Context) -> Message:
     if STATE_KEY in ctx.state.array_records:
         arrays = {k: a.numpy() for k, a in ctx.state.array_records[STATE_KEY].items()}
         kept = arrays, int(ctx.state.config_records[ROUND_KEY].get("step", 0))
+    carry = _carry_from(ctx, round_)
     update, local, metrics, step = client_turn(
         settings,
         data,
@@ -65,9 +105,11 @@ def train_handler(msg: Message, ctx: Context) -> Message:
         kept=kept,
         out_dir=_out_dir(ctx, settings, partition),
         threads=int(ctx.node_config.get("threads", 0)) or settings.client_threads,
+        carry=carry,
     )
     if settings.method_spec.personal:
         ctx.state.array_records[STATE_KEY] = _record(local)
         ctx.state.config_records[ROUND_KEY] = ConfigRecord({"round": round_, "step": step})
+    _carry_to(ctx, carry, round_)
     reply = RecordDict({"arrays": _record(update), "metrics": MetricRecord(metrics)})
     return Message(reply, reply_to=msg)

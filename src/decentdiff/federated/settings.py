@@ -31,15 +31,32 @@ if TYPE_CHECKING:
     from .parts import Method
 
 #: Paper defaults (de Goede et al., arXiv 2406.12575): DDPM ε with Huber loss, linear β, T = 1000,
-#: Adam lr 1e-4 re-created every round, batch 128. Warm-up would restart every round, so it is off;
-#: EMA across re-created optimisers means nothing, so clients keep none (decay 0: EMA == weights).
+#: Adam lr 1e-4 re-created every round, batch 128, no warm-up, no EMA. (A warm-up, when set, runs
+#: on a client's sequential step across rounds; ``train.ema_decay > 0`` gives UDEC/ULATDEC's
+#: personal models an EMA across rounds; the global model's EMA is the server's.)
 FED_BASE: dict[str, dict[str, Any]] = {
     "objective": {"kind": "ddpm", "loss": "huber", "schedule": "linear", "timesteps": 1000},
     "train": {"lr": 1e-4, "warmup": 0, "batch": 128, "ema_decay": 0.0, "weight_decay": 0.0},
 }
 
 #: Keys that must not change when a federated run is resumed.
-IDENTITY = ("method", "clients", "split", "seed", "prox", "quantize", "unet", "objective", "data")
+IDENTITY = (
+    "method",
+    "clients",
+    "split",
+    "seed",
+    "prox",
+    "quantize",
+    "client_state",
+    "unet",
+    "objective",
+    "data",
+)
+
+#: What a client keeps from one round to the next: ``reset`` re-creates Adam every round (the
+#: paper's protocol); ``keep`` carries Adam's moments and step over (kept by the node, and in
+#: ``RUN/federated/clients/<i>/carry`` so a resumed run continues exactly).
+CLIENT_STATES = ("reset", "keep")
 
 
 @dataclass
@@ -59,6 +76,7 @@ class FedSettings:
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
     min_client_size: int = 2
     client_threads: int = 0  # torch threads per client (0: torch's default); a node may override
+    client_state: str = "reset"  # reset: new Adam every round (paper); keep: Adam carried over
     run_dir: str = ""  # simulation: clients save personal models under RUN/federated/clients/<i>
     data: dict[str, Any] = field(default_factory=dict)  # DataConfig as a dict
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig as a dict
@@ -117,6 +135,11 @@ class FedSettings:
                 f"--min-replies must be in 1..{self.clients}, got {self.min_replies}",
             ),
             (self.round_timeout > 0, f"--round-timeout must be > 0, got {self.round_timeout}"),
+            (
+                self.client_state in CLIENT_STATES,
+                f"--client-state must be one of {', '.join(CLIENT_STATES)}, "
+                f"got {self.client_state!r}",
+            ),
         ]
         for ok, msg in checks:
             if not ok:
@@ -210,6 +233,9 @@ RUN_CONFIG_KEYS = (
     "round-timeout",
     "batch",
     "lr",
+    "warmup",
+    "ema-decay",
+    "client-state",
     "objective",
     "image-shape",
     "num-classes",
@@ -222,7 +248,8 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
 
     Keys (all optional, defaults as ``decentdiff fed run``'s): run-dir, data, preset, method,
     clients, split, rounds, local-epochs, local-steps, prox, quantize, seed, min-replies,
-    round-timeout, batch, lr, objective, image-shape ("C,H,W": the server then never loads data),
+    round-timeout, batch, lr, warmup, ema-decay, client-state, objective, image-shape ("C,H,W":
+    the server then never loads data),
     num-classes, class-cond. Writes nothing (the ServerApp records the settings in RUN).
     """
     from .. import config as C
@@ -249,6 +276,7 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
         seed=int(get("seed")),
         min_replies=int(get("min-replies")),
         round_timeout=float(get("round-timeout")),
+        client_state=str(get("client-state")),
     ).validate()
     cfg = C.resolve(base=fed_base())
     cfg.data.source = str(rc.get("data", cfg.data.source))
@@ -257,6 +285,8 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
     cfg.objective.kind = str(rc.get("objective", cfg.objective.kind))
     cfg.train.batch = int(rc.get("batch", cfg.train.batch))
     cfg.train.lr = float(rc.get("lr", cfg.train.lr))
+    cfg.train.warmup = int(rc.get("warmup", cfg.train.warmup))
+    cfg.train.ema_decay = float(rc.get("ema-decay", cfg.train.ema_decay))
     shape_s = str(rc.get("image-shape", ""))
     if shape_s:
         shape = tuple(int(x) for x in shape_s.split(","))

@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,12 +161,29 @@ def _resume(
     return old
 
 
+@dataclass
+class Carry:
+    """State one :func:`train` call hands to the next when a model trains in pieces.
+
+    A federated client trains a few steps each round, in separate calls. Without a Carry every
+    call is a new run: a new Adam, the learning-rate warm-up and the EMA's warm-up from step 0.
+    With one, they continue: ``offset`` shifts the schedule and the EMA warm-up to the client's
+    steps so far, ``optimizer`` (tensors as :func:`optimizer_tensors` flattens them) and ``ema``
+    (the EMA's weights) are loaded at the start and replaced with the new state at the end.
+    """
+
+    offset: int = 0
+    optimizer: dict[str, torch.Tensor] | None = None
+    ema: dict[str, torch.Tensor] | None = None
+
+
 def train(
     model: nn.Module,
     loss_fn: LossFn,
     out_dir: Path,
     cfg: TrainConfig,
     *,
+    carry: Carry | None = None,
     meta: dict[str, Any] | None = None,
     metrics_path: Path | None = None,
     role: str = "model",
@@ -186,6 +203,8 @@ def train(
         metrics_path: JSONL file that receives a row every ``cfg.log_every`` steps.
         fresh: ignore an existing checkpoint and start over.
         flops_per_step: if None, measured once with the FLOP counter.
+        carry: continue the schedule, optimizer and EMA of an earlier call (see :class:`Carry`);
+            updated in place at the end. Only with ``fresh`` (a checkpoint resume has its own).
     Returns:
         The final ``meta.json`` contents.
     """
@@ -196,6 +215,17 @@ def train(
     if cfg.log not in LOG_KINDS:
         raise ConfigError(f"train.log={cfg.log!r}: choose one of {', '.join(LOG_KINDS)}")
     ema = EMA(model, cfg.ema_decay)
+    offset = 0
+    if carry is not None:
+        if not fresh:
+            raise ValueError("train(carry=...) needs fresh=True")
+        offset = carry.offset
+        if carry.optimizer:
+            load_optimizer_tensors(opt, carry.optimizer)
+        if carry.ema:
+            ema.shadow = {
+                k: v.detach().clone().to(ema.shadow[k].device) for k, v in carry.ema.items()
+            }
     start = 0
     meta = dict(meta or {})
     remove_stale_temps(out_dir)
@@ -271,9 +301,9 @@ def train(
     # TensorBoard event files beside metrics.jsonl (`tensorboard --logdir RUN` shows each model).
     events = EventWriter(metrics_path.parent) if cfg.log == "tensorboard" and metrics_path else None
     for step in bar:
-        g = step_generator(cfg.seed, step)
+        g = step_generator(cfg.seed, step + offset)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(step + offset, cfg)
         with autocast(precision, device):
             out = loss_fn(model, g)
         loss, logs = out if isinstance(out, tuple) else (out, {})
@@ -289,7 +319,7 @@ def train(
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        ema.update(model, step)
+        ema.update(model, step + offset)
         last = float(loss.detach())
         seen += cfg.batch
         done = step + 1
@@ -299,7 +329,7 @@ def train(
                 "role": role,
                 "step": done,
                 "loss": last,
-                "lr": lr_at(step, cfg),
+                "lr": lr_at(step + offset, cfg),
                 "img_per_s": seen / max(dt, 1e-9),
                 **logs,
             }
@@ -312,4 +342,8 @@ def train(
         if on_step is not None:
             on_step(done)
     bar.close()
+    if carry is not None:
+        carry.offset = offset + cfg.steps
+        carry.optimizer = {k: v.detach().cpu().clone() for k, v in optimizer_tensors(opt).items()}
+        carry.ema = {k: v.detach().cpu().clone() for k, v in ema.shadow.items()}
     return final if final is not None else read_meta(out_dir)
