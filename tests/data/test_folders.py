@@ -352,3 +352,26 @@ def test_cmnist5k_construction():
     again = load_source("cmnist5k")
     assert again is not ds and again.fingerprint == ds.fingerprint
     assert ds.fingerprint == CMNIST5K_FINGERPRINT
+
+
+def test_exif_orientation_is_applied_as_viewers_show_it(tmp_path):
+    """A phone photo stored sideways with EXIF orientation 6 is shown turned 90° clockwise; a
+    folder reads it as shown (numpy's rot90 is the oracle), so its sides match an upright image
+    of the shown size without data.size. Orientations 3 (180°) and 2 (mirror) likewise."""
+    cases = {"a_rot6.png": (6, lambda a: np.rot90(a, k=-1)),
+             "b_rot3.png": (3, lambda a: np.rot90(a, k=2)),
+             "c_mirror2.png": (2, lambda a: a[:, ::-1])}  # fmt: skip
+    stored = {}
+    for i, (name, (tag, _)) in enumerate(cases.items()):
+        shape = (12, 20, 3) if tag == 6 else (20, 12, 3)  # the sideways one is stored 20 wide
+        stored[name] = rand(shape, 10 + i)
+        exif = Image.Exif()
+        exif[0x0112] = tag
+        Image.fromarray(stored[name]).save(tmp_path / name, exif=exif)
+    upright = rand((20, 12, 3), 20)
+    Image.fromarray(upright).save(tmp_path / "d_upright.png")
+    ds = load_source(f"folder:{tmp_path}")
+    assert ds.shape == (3, 20, 12)
+    for i, (name, (_, shown)) in enumerate(cases.items()):
+        np.testing.assert_array_equal(ds.images[i].transpose(1, 2, 0), shown(stored[name]))
+    np.testing.assert_array_equal(ds.images[3].transpose(1, 2, 0), upright)

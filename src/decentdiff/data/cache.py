@@ -55,8 +55,9 @@ __all__ = [
 
 #: Set to 0 / off / false to decode into memory instead of the on-disk cache.
 DATA_CACHE_ENV = "DECENTDIFF_DATA_CACHE"
-#: Version of the entry layout; another version is rebuilt.
-FORMAT = 1
+#: Version of the entry layout and of how files are decoded into it; another version is rebuilt.
+#: 2: EXIF orientation applied (an entry of version 1 holds such images unrotated).
+FORMAT = 2
 #: Rows per chunk when an entry is written or hashed (28 x 28 RGB: ~10 MB).
 CHUNK_ROWS = 4096
 

@@ -937,15 +937,38 @@ def _fit_arrays(images: np.ndarray, options: ImageOptions) -> np.ndarray:
     )
 
 
+#: EXIF orientations that turn the stored image by 90° (its width and height swap when shown).
+_SWAPS_SIDES = (5, 6, 7, 8)
+
+
+def _exif_orientation(img: Any) -> int | None:
+    """The EXIF orientation tag (1-8) read from the header, or None (none, or unreadable EXIF)."""
+    try:
+        value = img.getexif().get(0x0112)
+    except Exception:  # a damaged EXIF block is ignored, as viewers do
+        return None
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else None
+
+
+def _shown_size(img: Any, orientation: int | None = 0) -> tuple[int, int]:
+    """(width, height) as the image is shown: EXIF orientations 5-8 swap the stored sides."""
+    if orientation == 0:
+        orientation = _exif_orientation(img)
+    w, h = img.size
+    return (h, w) if orientation in _SWAPS_SIDES else (w, h)
+
+
 def _decode(
     img: Any, where: str, key: str, options: ImageOptions, first: tuple[str, tuple[int, int]] | None
 ) -> np.ndarray:
     """Checks an opened (header read) PIL image, decodes and fits it.
 
     ``first`` is the first image kept and its size; without ``data.size`` every image must have
-    that size (a DataError naming both, not a skippable file).
+    that size (a DataError naming both, not a skippable file). An EXIF orientation (phone and
+    camera JPEGs) is applied, as image viewers do: sizes are checked as the image is shown.
     """
-    w, h = img.size
+    orientation = _exif_orientation(img)
+    w, h = _shown_size(img, orientation)
     if w * h > MAX_IMAGE_PIXELS:
         raise _Unusable(
             "too large",
@@ -973,6 +996,10 @@ def _decode(
         )
     try:
         img.load()  # decode now, inside the error handler
+        if orientation not in (None, 1):
+            from PIL import ImageOps
+
+            img = ImageOps.exif_transpose(img)
         return _fit_pil(img, options)
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
         raise _Unusable(
@@ -1125,7 +1152,7 @@ def _decode_files(
         try:
             img = _open_header(path, where)
             with img:
-                size = img.size
+                size = _shown_size(img)
                 arr = _decode(img, where, key, options, first)
         except _Unusable as e:
             if options.skip_bad <= 0:
@@ -1179,11 +1206,12 @@ def _stack_images(
                     f"cannot read image {where} ({type(e).__name__}: {_one_line(e)})",
                     "replace or delete it",
                 ) from e
+            size = _shown_size(img)
             arrays.append(_decode(img, where, key, options, first))
         except _Unusable as e:
             raise DataError(f"{key}: {e}; {e.fix}") from e
         if first is None:
-            first = (where, img.size)
+            first = (where, size)
     _check_count(len(arrays), key)
     return _stack(arrays)
 
