@@ -378,3 +378,36 @@ def test_classifier_digest_and_training_are_the_same_over_rows(tmp_path):
     b = train_classifier(rows, y[idx], seed=0, epochs=1)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb), ka
+
+
+def test_a_federated_client_reads_its_rows_from_the_cache_not_a_copy(tmp_path, monkeypatch):
+    """Issue 17: a client of a cached source holds lazy rows of the memmap (its share is never
+    copied into memory), and trains bitwise as the in-memory client of the same source does."""
+    pytest.importorskip("flwr")
+    from decentdiff import config as C
+    from decentdiff.federated import client as FC
+    from decentdiff.federated import parts as P
+    from decentdiff.federated.settings import FedSettings, build_settings, fed_base
+    from decentdiff.federated.store import initial_arrays
+
+    x = np.random.default_rng(2).integers(0, 256, (60, 1, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(60) % 3)
+    cfg = C.resolve(base=fed_base())
+    cfg.data.source, cfg.model.preset, cfg.train.batch = f"npz:{tmp_path / 'd.npz'}", "tiny", 8
+    options = FedSettings(method="full", clients=2, rounds=1, local_steps=2).validate()
+    s = build_settings(cfg, options, image_shape=(1, 8, 8), num_classes=0)
+    got = {}
+    for mode in ("cache", "memory"):
+        if mode == "memory":
+            monkeypatch.setenv(cache.DATA_CACHE_ENV, "0")
+        clear_cache()
+        FC._load.cache_clear()
+        d = FC.client_data(s, 1, 2)
+        upd, _, _ = FC.client_round(s, d, 1, initial_arrays(s), P.ALL_GROUPS, None)
+        got[mode] = (d, upd)
+    lazy, eager = got["cache"][0], got["memory"][0]
+    assert isinstance(lazy.images, ImageRows) and isinstance(lazy.images.base, np.memmap)
+    assert type(eager.images) is np.ndarray
+    assert np.array_equal(np.asarray(lazy.images), eager.images)
+    assert all(np.array_equal(got["cache"][1][k], got["memory"][1][k]) for k in got["memory"][1])
+    FC._load.cache_clear()

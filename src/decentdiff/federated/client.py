@@ -37,7 +37,7 @@ Arrays = dict[str, np.ndarray]
 
 @dataclass
 class ClientData:
-    images: np.ndarray  # uint8 (n, C, H, W)
+    images: Any  # uint8 (n, C, H, W): an array, or ImageRows of the data cache's memmap
     labels: np.ndarray | None
     num_classes: int
     fingerprint: str
@@ -81,8 +81,10 @@ def client_data(
             min_size=settings.min_client_size,
         )
         train_idx = train_idx[shares[partition]]
+    from ..data.cache import rows_of
+
     return ClientData(
-        images=d.images[train_idx],
+        images=rows_of(d.images, train_idx),  # a cached (memmap) source's rows stay on disk
         labels=d.labels[train_idx] if d.labels is not None else None,
         num_classes=d.num_classes,
         fingerprint=d.fingerprint,
