@@ -35,11 +35,15 @@ N = scaled(1000, 20)  # generated images per FID
 BAR = 1.5
 # The package's central recipe (config.TrainConfig defaults): lr 2e-3, 100 warm-up steps, EMA.
 CENTRAL_LR, WARMUP = 2e-3, 100
-SERVER_EMA = 0.999  # per sequential step, as the central EMA (see --server-ema's help)
+# The server's EMA decay per round (bias-corrected, --server-ema). The central trainer's EMA,
+# decay min(0.999, (1 + s)/(10 + s)) per step s, is at s = 200 (the federation's sequential steps)
+# 0.957 per step, 0.957^20 = 0.42 per round of 20 steps: 0.5 is the nearest round number.
+SERVER_EMA = 0.5
 
 PAPER = ("--set", "train.lr=0.001")  # study 6's federations: the paper's protocol at lr 1e-3
-FAIR = ("--set", f"train.lr={CENTRAL_LR}", "--set", f"train.warmup={WARMUP}",
-        "--client-state", "keep", "--server-ema", SERVER_EMA)  # fmt: skip
+RECIPE = ("--set", f"train.lr={CENTRAL_LR}", "--set", f"train.warmup={WARMUP}",
+          "--client-state", "keep")  # fmt: skip
+FAIR = (*RECIPE, "--server-ema", SERVER_EMA)
 
 #: name -> (kind, method, extra options). kind: central (train monolith) or fed.
 ARMS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
@@ -47,21 +51,25 @@ ARMS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     "fedavg paper": ("fed", "full", PAPER),
     "fedavg fair": ("fed", "full", FAIR),
     # One seed each: what each piece of the recipe is worth, and the server optimizers.
-    "fedavg lr+warmup": ("fed", "full", FAIR[:4]),
-    "fedavg lr+warmup+keep": ("fed", "full", FAIR[:6]),
-    "fedavgm fair (0.5)": ("fed", "full", (*FAIR, "--server-opt", "fedavgm",
-                                           "--server-momentum", 0.5)),  # fmt: skip
-    "fedadam fair": ("fed", "full", (*FAIR, "--server-opt", "fedadam", "--server-lr", 0.01)),
+    "fedavg lr+warmup": ("fed", "full", RECIPE[:4]),
+    "fedavg lr+warmup+keep": ("fed", "full", RECIPE),
+    "fedavg fair, server EMA 0.8": ("fed", "full", (*RECIPE, "--server-ema", 0.8)),
+    "fedavgm fair (eta 1, beta 0.5)": (
+        "fed",
+        "full",
+        (*FAIR, "--server-opt", "fedavgm", "--server-lr", 1.0, "--server-momentum", 0.5),
+    ),
+    "fedadam fair (eta 1e-3)": ("fed", "full", (*FAIR, "--server-opt", "fedadam")),
     "central 200 steps": ("central", "", ("--steps", 200, "--batch", 64)),
     "central 200 steps x 320": ("central", "", ("--steps", 200, "--batch", 320)),
     "udec paper": ("fed", "udec", PAPER),
-    "udec fair": ("fed", "udec", (*FAIR[:6], "--set", "train.ema_decay=0.999")),
+    "udec fair": ("fed", "udec", (*RECIPE, "--set", "train.ema_decay=0.999")),
 }
 MAIN = ("central", "fedavg paper", "fedavg fair")
 
 
 def run_dir(arm: str, seed: int) -> Path:
-    slug = arm.replace(" ", "-").replace("+", "_").replace("(", "").replace(")", "")
+    slug = "".join(c if c.isalnum() or c in "-." else "-" for c in arm).strip("-")
     return ROOT / "s16" / slug / f"seed{seed}"
 
 

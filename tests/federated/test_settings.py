@@ -1,5 +1,6 @@
 """One set of defaults for a federated run, and the method resolved once."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,10 @@ RUN_OPTIONS = (
     "local_steps",
     "prox",
     "quantize",
+    "server_opt",
+    "server_lr",
+    "server_momentum",
+    "server_ema",
     "seed",
     "min_replies",
     "round_timeout",
@@ -50,9 +55,11 @@ def test_the_flower_run_config_falls_back_to_the_same_defaults_as_pyprojects():
     shape = {"image-shape": "1,28,28"}  # the server then never loads data
     bare = settings_from_run_config(shape)
     assert settings_from_run_config({**declared["config"], **shape}) == bare
+    resolved = replace(DEFAULTS).validate()  # "the optimiser's default" -> its value
     assert {k: getattr(bare, k) for k in RUN_OPTIONS} == {
-        k: getattr(DEFAULTS, k) for k in RUN_OPTIONS
+        k: getattr(resolved, k) for k in RUN_OPTIONS
     }
+    assert (bare.server_opt, bare.server_lr, bare.server_momentum) == ("fedavg", 1.0, 0.0)
 
 
 def test_the_method_is_resolved_once_to_its_canonical_name():

@@ -38,6 +38,12 @@ METHOD_HELP = (
     "full (everything both ways), usplit (random pairs report encoder / decoder), udec (only the "
     "decoder travels), ulatdec (decoder + bottleneck)."
 )
+SERVER_OPT_HELP = (
+    "Server optimiser over the clients' validated average (Flower's own strategies): fedavg (the "
+    "average is the new model), fedavgm (server momentum, Hsu et al. 2019), fedadam, fedyogi, "
+    "fedadagrad (Reddi et al. 2021: an adaptive step along average − model). Costs no bytes; "
+    "with udec / ulatdec it moves only the shared parts."
+)
 SPLIT_HELP = (
     "iid, dirichlet:ALPHA (label skew), quantity:ALPHA (size skew), classes:N; or Flower's "
     "partitioners by their names and parameters: dirichlet:alpha=0.5,min_partition_size=10,"
@@ -107,6 +113,34 @@ def fed_run(
             "(--set train.warmup=N) always runs on the client's steps across rounds.",
         ),
     ] = DEFAULTS.client_state,
+    server_opt: Annotated[str, typer.Option("--server-opt", help=SERVER_OPT_HELP)] = (
+        DEFAULTS.server_opt
+    ),
+    server_lr: Annotated[
+        float,
+        typer.Option(
+            "--server-lr",
+            help="Server learning rate η of --server-opt (0 = its default: fedavg 1 (the only "
+            "value it takes), fedavgm 1 − momentum, fedadam / fedyogi / fedadagrad 1e-3).",
+        ),
+    ] = DEFAULTS.server_lr,
+    server_momentum: Annotated[
+        float,
+        typer.Option(
+            "--server-momentum",
+            help="FedAvgM's momentum β / FedAdam's and FedYogi's β1, in [0, 1) (-1 = the "
+            "default, 0.9; fedavg and fedadagrad take none).",
+        ),
+    ] = DEFAULTS.server_momentum,
+    server_ema: Annotated[
+        float,
+        typer.Option(
+            "--server-ema",
+            help="Decay β per round of an EMA of the global model kept on the server (0 = off; "
+            "FULL, USPLIT): bias-corrected, so no weight stays on the initial model. Stored as "
+            "the global checkpoint's ema weights, which sample / eval / fed eval use by default.",
+        ),
+    ] = DEFAULTS.server_ema,
     min_replies: Annotated[
         int, typer.Option("--min-replies", help="Valid updates a round needs to complete.")
     ] = DEFAULTS.min_replies,
@@ -149,6 +183,10 @@ def fed_run(
         local_steps=local_steps,
         prox=prox,
         quantize=quantize,
+        server_opt=server_opt,
+        server_lr=server_lr,
+        server_momentum=server_momentum,
+        server_ema=server_ema,
         seed=seed,
         min_replies=min_replies,
         round_timeout=round_timeout,

@@ -7,6 +7,9 @@ Nothing here imports Flower: arrays are ``dict[str, np.ndarray]`` (a state dict 
 - FedProx (Li et al., arXiv 1812.06127): the client adds (μ/2)·||θ − θ_global||² to its loss.
 - Quantised updates (Vora et al., FedDM, arXiv 2407.14730): a client sends Δ = θ_local − θ_global
   per tensor as 8-bit codes plus (offset, step); the server decodes θ_global + Δ̂.
+- Server EMA (:func:`ema_update`): an exponential moving average of the global model across
+  rounds, kept on the server (no bytes travel), bias-corrected so that no weight is left on the
+  random initial model.
 - Bytes: ``payload`` counts the array elements sent (numel × itemsize); ``wire`` counts what
   Flower's ``ArrayRecord.count_bytes`` counts (each array's ``np.save`` bytes, header included,
   plus its key). Both are predicted exactly by :func:`predict_bytes`.
@@ -84,6 +87,36 @@ def aggregate(global_: Arrays, updates: Sequence[Update]) -> dict[str, np.ndarra
         for w, a in got:
             acc += (w / total) * a.astype(np.float64)
         out[key] = acc.astype(ref.dtype)
+    return out
+
+
+# ------------------------------------------------------------------------------ server EMA
+def ema_decay(decay: float, n: int) -> float:
+    """The weight the server EMA keeps of its previous value at its ``n``-th update (n ≥ 1).
+
+    Bias-corrected (as Adam's moments, Kingma & Ba 2014): d_n = β(1 − β^(n−1)) / (1 − β^n), so after
+    n updates the EMA is Σ_i (1 − β)β^(n−i)·θ_i / (1 − β^n), the normalised exponentially weighted
+    average of the n global models so far. d_1 = 0 (the first EMA is round 1's model: nothing of
+    the random initial model), d_2 = β/(1 + β), and d_n → β. The central trainer's warm-up
+    min(β, (1 + n)/(10 + n)) suits thousands of steps, not 15 rounds: it would keep 10% of the
+    initial model after round 1 and stay below β = 0.9 for 80 rounds.
+    """
+    if n < 1:
+        raise ValueError(f"EMA updates count from 1, got {n}")
+    return decay * (1.0 - decay ** (n - 1)) / (1.0 - decay**n) if decay > 0 else 0.0
+
+
+def ema_update(ema: Arrays, current: Arrays, decay: float, n: int) -> dict[str, np.ndarray]:
+    """The server EMA after its ``n``-th update with ``current`` (each key in its own dtype).
+
+    Computed in float64, stored in the model's dtype: the stored EMA is exactly the one in memory,
+    so a resumed run continues it bitwise.
+    """
+    d = ema_decay(decay, n)
+    out: dict[str, np.ndarray] = {}
+    for k, x in current.items():
+        acc = d * np.asarray(ema[k], dtype=np.float64) + (1.0 - d) * x.astype(np.float64)
+        out[k] = acc.astype(x.dtype)
     return out
 
 

@@ -1,8 +1,11 @@
-"""Flower ServerApp: starts :class:`.strategy.PartialFedAvg` from the initial (or last saved) model.
+"""Flower ServerApp: starts the run's strategy (:func:`.strategy.make_strategy`: the partial
+average, with ``--server-opt``'s Flower optimiser on top) from the initial (or last saved) model.
 
-After every round it saves the server's model (``global/`` or ``shared/``) and appends a row to
-``rounds.jsonl``, through FedAvg's per-round ``evaluate_fn`` hook, so flwr's ``Strategy.start``
-loop is used as is. ``app`` serves ``flwr run`` and deployment (settings from the run config, see
+After every round it updates the server EMA (``--server-ema``), saves the server's model
+(``global/`` or ``shared/``; the EMA in the ``ema`` slot, the optimiser state and the EMA's count
+in ``state``, one atomic checkpoint) and appends a row to ``rounds.jsonl``, through FedAvg's
+per-round ``evaluate_fn`` hook, so flwr's ``Strategy.start`` loop is used as is. A resumed run
+restores all of it and continues bitwise as an uninterrupted one. ``app`` serves ``flwr run`` and deployment (settings from the run config, see
 :func:`.settings.settings_from_run_config`); :func:`make_server_app` serves ``decentdiff fed run``.
 """
 
@@ -18,17 +21,19 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from ..events import EventWriter
+from . import aggregate as A
 from .settings import FedSettings, settings_from_run_config
 from .store import (
     append_round,
     fed_dir,
     record_settings,
     resume_point,
+    resume_server_state,
     round_row,
     save_server_model,
     truncate_rounds,
 )
-from .strategy import PartialFedAvg
+from .strategy import make_strategy
 
 RoundHook = Callable[[dict[str, Any]], None]
 EvaluateFn = Callable[[int, dict[str, np.ndarray]], "dict[str, float] | None"]
@@ -41,35 +46,62 @@ def serve(
     on_round: RoundHook | None = None,
     evaluate_fn: EvaluateFn | None = None,
 ) -> None:
-    """Run the remaining rounds of ``settings`` on ``grid``, saving after every round."""
+    """Run the remaining rounds of ``settings`` on ``grid``, saving after every round.
+
+    Args:
+        on_round: called with each rounds.jsonl row, after the round is saved.
+        evaluate_fn: ``(round, arrays) -> metrics`` after each round, for FULL/USPLIT only; it is
+            given the server EMA's weights with ``--server-ema`` (what ``sample``/``eval`` load by
+            default), else the global model. Its result goes to the round's row.
+    """
     run_dir = Path(settings.run_dir)
     arrays, done = resume_point(run_dir, settings)
     truncate_rounds(run_dir, done)
     if done >= settings.rounds:
         return
-    strategy = PartialFedAvg(settings, round_offset=done)
+    ema0, ema_updates, opt_state = resume_server_state(run_dir, settings, arrays)
+    strategy = make_strategy(settings, round_offset=done)
+    strategy.load_optimizer_state(opt_state, arrays)
     clock = {"t": time.perf_counter()}
     tb: dict[str, EventWriter] = {}
+    ema: dict[str, Any] = {"arrays": ema0, "n": ema_updates}
 
     def after_round(server_round: int, record: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:  # Strategy.start calls the hook once before round 1
             return None
         rnd = server_round + done
         current = {k: a.numpy() for k, a in record.items()}
+        info = strategy.rounds.get(rnd, {"round": rnd})
+        if settings.server_ema > 0 and info.get("complete"):
+            # Only a round that made a new global model moves the EMA (and counts for its
+            # bias correction); see aggregate.ema_decay.
+            ema["n"] += 1
+            prev = ema["arrays"] if ema["arrays"] is not None else current
+            ema["arrays"] = A.ema_update(prev, current, settings.server_ema, ema["n"])
+        served = ema["arrays"] if ema["arrays"] is not None else current
         now = time.perf_counter()
-        row = round_row(strategy.rounds.get(rnd, {"round": rnd}), settings, now - clock["t"])
+        row = round_row(info, settings, now - clock["t"])
         clock["t"] = now
         metrics = None
         if evaluate_fn is not None and not strategy.method.personal:
             # The lead's FID hook; UDEC/ULATDEC's server model is no generator and is not evaluated.
-            metrics = evaluate_fn(rnd, current)
+            metrics = evaluate_fn(rnd, served)
             row["eval"] = metrics
         append_round(run_dir, row)  # the row first: a crash before the save truncates it on resume
         if settings.train.get("log") == "tensorboard":  # RUN/federated: TensorBoard event file
             if "w" not in tb:
                 tb["w"] = EventWriter(fed_dir(run_dir))
             tb["w"].scalars(rnd, row, prefix="federated/")
-        save_server_model(run_dir, settings, current, rnd, {"loss": row["loss"]})
+        save_server_model(
+            run_dir,
+            settings,
+            current,
+            rnd,
+            {"loss": row["loss"]},
+            ema=ema["arrays"],
+            ema_updates=ema["n"],
+            optimizer=strategy.optimizer_state(),
+        )
         if on_round is not None:
             on_round(row)
         return MetricRecord(metrics) if metrics else None

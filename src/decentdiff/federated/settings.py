@@ -20,6 +20,7 @@ Module-level imports stay light (``decentdiff --help`` imports this module for t
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,10 @@ IDENTITY = (
     "prox",
     "quantize",
     "client_state",
+    "server_opt",
+    "server_lr",
+    "server_momentum",
+    "server_ema",
     "unet",
     "objective",
     "data",
@@ -57,6 +62,19 @@ IDENTITY = (
 #: paper's protocol); ``keep`` carries Adam's moments and step over (kept by the node, and in
 #: ``RUN/federated/clients/<i>/carry`` so a resumed run continues exactly).
 CLIENT_STATES = ("reset", "keep")
+#: Server optimisers (``--server-opt``): Flower's own strategies applied to the validated average.
+#: name -> (default η, default momentum β1); fedavgm's default η is 1 − β (see :meth:`resolve`).
+#: fedavg and fedadagrad take no momentum (Flower's FedAdagrad fixes β1 = 0).
+SERVER_OPTS: dict[str, tuple[float, float]] = {
+    "fedavg": (1.0, 0.0),
+    "fedavgm": (0.1, 0.9),
+    "fedadam": (1e-3, 0.9),
+    "fedyogi": (1e-3, 0.9),
+    "fedadagrad": (1e-3, 0.0),
+}
+#: ``server_lr`` / ``server_momentum`` meaning "the optimiser's default" (resolved by validate).
+DEFAULT_LR = 0.0
+DEFAULT_MOMENTUM = -1.0
 
 
 @dataclass
@@ -71,6 +89,12 @@ class FedSettings:
     local_steps: int = 0  # > 0 overrides E (tests, quick looks)
     prox: float = 0.0  # FedProx μ (0 = plain FedAvg)
     quantize: int = 0  # 0 = full precision; 8 = 8-bit updates
+    # --- server optimiser and server EMA (issue 21); `validate` resolves the defaults
+    server_opt: str = "fedavg"  # fedavg | fedavgm | fedadam | fedyogi | fedadagrad (SERVER_OPTS)
+    server_lr: float = DEFAULT_LR  # η; 0 = the optimiser's default
+    server_momentum: float = DEFAULT_MOMENTUM  # FedAvgM momentum / FedOpt β1; -1 = default
+    server_ema: float = 0.0  # decay per round of the server's EMA of the global model (0 = off)
+    # ---
     seed: int = 0
     min_replies: int = 1  # a round completes when at least this many valid updates arrived
     round_timeout: float = 3600.0  # seconds the server waits for a round's replies
@@ -93,7 +117,7 @@ class FedSettings:
     def from_json(cls, text: str) -> FedSettings:
         raw = json.loads(text)
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        return cls(**{k: v for k, v in raw.items() if k in names}).resolve_server_opt()
 
     @property
     def bits(self) -> int | None:
@@ -106,10 +130,33 @@ class FedSettings:
 
         return get_method(self.method)
 
+    def resolve_server_opt(self) -> FedSettings:
+        """Replace "the optimiser's default" (``server_lr`` 0, ``server_momentum`` -1) by the value.
+
+        Defaults (:data:`SERVER_OPTS`): fedavg η = 1, no momentum; fedavgm β = 0.9 and η = 1 − β
+        (Hsu et al.'s effective learning rate η/(1 − β) = 1: once the momentum has built up, a
+        steady pseudo-gradient moves the model as far as FedAvg would); fedadam and fedyogi
+        η = 1e-3, β1 = 0.9; fedadagrad η = 1e-3 (no momentum in Flower's FedAdagrad). β2 = 0.99
+        and τ = 1e-3 are Flower's. The adaptive optimisers move a weight by up to about η per
+        round; a client's round of Adam moves it by at most lr × local steps (1e-4 × 7 for the
+        paper's E = 1 on mnist5k with 5 clients), so η = 1e-3 starts at FedAvg's scale (Flower's own defaults, 1e-1 / 1e-2 / 1e-1, are for
+        SGD-trained classifiers). An unknown name is left for :meth:`validate`. Returns self.
+        """
+        opt = str(self.server_opt).strip().lower()
+        if opt in SERVER_OPTS:
+            self.server_opt = opt
+            lr, mom = SERVER_OPTS[opt]
+            if self.server_momentum == DEFAULT_MOMENTUM:
+                self.server_momentum = mom
+            if self.server_lr == DEFAULT_LR:
+                self.server_lr = 1.0 - self.server_momentum if opt == "fedavgm" else lr
+        return self
+
     def validate(self) -> FedSettings:
         """Check the run options; raise ConfigError (one line) on a bad value; returns self.
 
-        Also makes ``method`` the method's canonical name.
+        Also makes ``method`` the method's canonical name and resolves the server optimiser's
+        defaults (:meth:`resolve_server_opt`).
         """
         from ..data.client_split import parse_client_split
         from .aggregate import QUANTIZE_BITS
@@ -144,7 +191,50 @@ class FedSettings:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        self._validate_server_opt()
         return self
+
+    def _validate_server_opt(self) -> None:
+        given_lr, given_mom = self.server_lr, self.server_momentum
+        opt = self.server_opt
+        if str(opt).strip().lower() not in SERVER_OPTS:
+            raise ConfigError(
+                f"unknown --server-opt {opt!r}; choose one of: {', '.join(SERVER_OPTS)}"
+            )
+        self.resolve_server_opt()
+        opt, lr, mom, ema = self.server_opt, self.server_lr, self.server_momentum, self.server_ema
+        checks = [
+            (
+                math.isfinite(lr) and lr > 0,
+                f"--server-lr must be > 0 (0 = the optimiser's default), got {given_lr}",
+            ),
+            (
+                opt != "fedavg" or lr == 1.0,
+                f"--server-opt fedavg is the plain average (η = 1), got --server-lr {given_lr}; "
+                "use --server-opt fedavgm for a server learning rate",
+            ),
+            (
+                math.isfinite(mom) and 0 <= mom < 1,
+                f"--server-momentum must be in [0, 1) (-1 = the optimiser's default), got {given_mom}",
+            ),
+            (
+                opt not in ("fedavg", "fedadagrad") or mom == 0,
+                f"--server-opt {opt} takes no momentum, got --server-momentum {given_mom}; "
+                "use fedavgm, fedadam or fedyogi",
+            ),
+            (
+                math.isfinite(ema) and 0 <= ema < 1,
+                f"--server-ema must be in [0, 1) (0 = off), got {ema}",
+            ),
+            (
+                ema == 0 or not self.method_spec.personal,
+                f"--server-ema needs a global generator (full, usplit); {self.method}'s server "
+                "model holds only shared parts, its generators are the clients' own models",
+            ),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
 
 
 #: The one set of defaults (clients, rounds, local epochs, ...): the CLI options, the Flower run
@@ -231,6 +321,10 @@ RUN_CONFIG_KEYS = (
     "seed",
     "min-replies",
     "round-timeout",
+    "server-opt",
+    "server-lr",
+    "server-momentum",
+    "server-ema",
     "batch",
     "lr",
     "warmup",
@@ -248,9 +342,10 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
 
     Keys (all optional, defaults as ``decentdiff fed run``'s): run-dir, data, preset, method,
     clients, split, rounds, local-epochs, local-steps, prox, quantize, seed, min-replies,
-    round-timeout, batch, lr, warmup, ema-decay, client-state, objective, image-shape ("C,H,W":
-    the server then never loads data),
-    num-classes, class-cond. Writes nothing (the ServerApp records the settings in RUN).
+    round-timeout, client-state, server-opt, server-lr (0 = the optimiser's default),
+    server-momentum (-1 = the optimiser's default), server-ema, batch, lr, warmup, ema-decay,
+    objective, image-shape ("C,H,W": the server then never loads data), num-classes, class-cond.
+    Writes nothing (the ServerApp records the settings in RUN).
     """
     from .. import config as C
     from ..run import load_data
@@ -277,6 +372,10 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
         min_replies=int(get("min-replies")),
         round_timeout=float(get("round-timeout")),
         client_state=str(get("client-state")),
+        server_opt=str(get("server-opt")),
+        server_lr=float(get("server-lr")),
+        server_momentum=float(get("server-momentum")),
+        server_ema=float(get("server-ema")),
     ).validate()
     cfg = C.resolve(base=fed_base())
     cfg.data.source = str(rc.get("data", cfg.data.source))

@@ -47,13 +47,15 @@ def run_federated(
         run: a :class:`decentdiff.run.Run` (RUN directory).
         cfg: the resolved project config (data, model, objective, train).
         options: the run options (method, clients, split, rounds, local_epochs, local_steps,
-            prox, quantize, seed, min_replies, round_timeout), validated here before RUN is
-            touched; see :class:`~.settings.FedSettings`.
+            prox, quantize, server_opt, server_lr, server_momentum, server_ema, seed,
+            min_replies, round_timeout), validated here before RUN is touched; see
+            :class:`~.settings.FedSettings`.
         parallel: clients trained at once (0: one per CPU core); each gets cores/parallel threads.
         fresh: delete RUN/federated first.
         on_round: called with each rounds.jsonl row (progress).
         evaluate_fn: hook ``(round, global arrays) -> metrics`` for FULL/USPLIT's global model
-            (e.g. FID); its result is stored in the round's row. Not called for UDEC/ULATDEC,
+            (e.g. FID), given the server EMA's weights with ``--server-ema``; its result is
+            stored in the round's row. Not called for UDEC/ULATDEC,
             whose server model is not a generator.
     Returns:
         {"settings", "sizes", "rounds" (rows), "model_dirs", "figure", "seconds"}.

@@ -5,8 +5,11 @@ Layout of ``RUN/federated/``::
     fed.json          the run's settings (:class:`~.settings.FedSettings`)
     rounds.jsonl      one row per round: bytes each way per client (initial broadcast included),
                       loss, rejected or failed clients
-    global/           FULL, USPLIT: the global model, an ordinary generative checkpoint
+    global/           FULL, USPLIT: the global model, an ordinary generative checkpoint (its
+                      ``ema`` is the server EMA with --server-ema, else the model itself)
     shared/           UDEC, ULATDEC: the server's shared parts only (not a generator)
+                      (both: ``state.safetensors`` holds the round and, with --server-opt other
+                      than fedavg, the server optimiser's state; all in one atomic checkpoint)
     clients/<i>/      UDEC, ULATDEC: each client's own model, an ordinary generative checkpoint
     live/client-<i>.json   what client i is doing (round, state, PID), replaced atomically
 
@@ -27,6 +30,10 @@ from ..config import ObjectiveConfig
 from ..errors import ConfigError, RunError
 from . import parts as P
 from .settings import IDENTITY, FedSettings
+
+#: Prefix of the server optimiser's state in a server checkpoint's state.safetensors:
+#: ``server_opt.<m_t|v_t|momentum_vector>.<parameter key>``.
+OPT_STATE_PREFIX = "server_opt."
 
 
 # ------------------------------------------------------------------------------ paths
@@ -187,7 +194,19 @@ def _meta_common(settings: FedSettings) -> dict[str, Any]:
         "train": settings.train,
         "federated": {
             k: getattr(settings, k)
-            for k in ("method", "clients", "split", "local_epochs", "prox", "quantize", "seed")
+            for k in (
+                "method",
+                "clients",
+                "split",
+                "local_epochs",
+                "prox",
+                "quantize",
+                "seed",
+                "server_opt",
+                "server_lr",
+                "server_momentum",
+                "server_ema",
+            )
         },
     }
 
@@ -213,12 +232,18 @@ def save_server_model(
     arrays: dict[str, np.ndarray],
     round_: int,
     extra: dict[str, Any] | None = None,
+    *,
+    ema: dict[str, np.ndarray] | None = None,
+    ema_updates: int = 0,
+    optimizer: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write the server's model after ``round_``.
+    """Write the server's model after ``round_``, with what a resume needs, in one checkpoint.
 
-    FULL, USPLIT: ``global/``, a generative checkpoint (``ema`` = ``model``: the server keeps no
-    EMA). UDEC, ULATDEC: ``shared/`` with only the shared parts and ``kind = federated-shared``, so
-    nothing mistakes it for a generator.
+    FULL, USPLIT: ``global/``, a generative checkpoint; ``ema`` is the server EMA (``--server-ema``)
+    or, without one, the model itself. UDEC, ULATDEC: ``shared/`` with only the shared parts and
+    ``kind = federated-shared``, so nothing mistakes it for a generator. ``state.safetensors``
+    holds ``step`` (the round), ``ema_updates`` and the server optimiser's state (``optimizer``,
+    ``server_opt.<name>.<key>`` arrays); meta.json commits them all at once.
     """
     import torch
 
@@ -227,7 +252,16 @@ def save_server_model(
     m = settings.method_spec
     out = global_dir(run_dir, m)
     keys = P.keys_for(m.shared, list(arrays)) if m.personal else list(arrays)
-    sd = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])) for k in keys}
+
+    def tensors(a: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {k: torch.from_numpy(np.ascontiguousarray(a[k])) for k in keys}
+
+    sd = tensors(arrays)
+    ema_sd = tensors(ema) if ema is not None else sd
+    state = {"step": torch.tensor(round_), "ema_updates": torch.tensor(ema_updates)}
+    state.update(
+        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in (optimizer or {}).items()}
+    )
     meta = {**_meta_common(settings), "round": round_, "step": round_, **(extra or {})}
     if m.personal:
         meta = {
@@ -240,7 +274,12 @@ def save_server_model(
         }
     else:
         meta["role"] = "federated global"
-    save_checkpoint(out, {"model": sd, "ema": sd, "state": {"step": torch.tensor(round_)}}, meta)
+        meta["ema"] = (
+            f"server EMA, decay {settings.server_ema} per round (bias-corrected)"
+            if ema is not None
+            else "none (ema = model)"
+        )
+    save_checkpoint(out, {"model": sd, "ema": ema_sd, "state": state}, meta)
     return out
 
 
@@ -287,6 +326,48 @@ def resume_point(run_dir: str | Path, settings: FedSettings) -> tuple[dict[str, 
     for k, v in t.items():
         arrays[k] = v.numpy()
     return arrays, int(meta.get("round", 0))
+
+
+def resume_server_state(
+    run_dir: str | Path, settings: FedSettings, arrays: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray] | None, int, dict[str, np.ndarray]]:
+    """(server EMA or None, its number of updates, optimiser state) saved with the last round.
+
+    ``arrays`` is what :func:`resume_point` returned (names, shapes and dtypes to check against);
+    nothing saved yet gives (None, 0, {}). The EMA is read only with ``--server-ema``.
+    """
+    from ..errors import CheckpointError
+    from ..training.checkpoint import load_tensors, read_meta
+
+    d = global_dir(run_dir, settings.method_spec)
+    if not (d / "meta.json").is_file():
+        return None, 0, {}
+    meta = read_meta(d)
+    state = {k: v.numpy() for k, v in load_tensors(d, "state", meta).items()}
+    prefix = OPT_STATE_PREFIX
+    opt: dict[str, np.ndarray] = {}
+    for name, v in state.items():
+        if not name.startswith(prefix):
+            continue
+        key = name[len(prefix) :].split(".", 1)[-1]
+        ref = arrays.get(key)
+        if ref is None or v.shape != ref.shape or v.dtype != ref.dtype:
+            raise CheckpointError(
+                f"{d}/state.safetensors: {name} does not fit this run's model; pass --fresh"
+            )
+        opt[name] = v
+    updates = int(state["ema_updates"]) if "ema_updates" in state else 0
+    if settings.server_ema <= 0 or updates == 0:
+        return None, updates, opt
+    ema = dict(arrays)
+    for k, v in load_tensors(d, "ema", meta).items():
+        ref = arrays.get(k)
+        if ref is None or tuple(v.shape) != ref.shape or v.numpy().dtype != ref.dtype:
+            raise CheckpointError(
+                f"{d}/ema.safetensors does not fit this run's model ({k}); pass --fresh"
+            )
+        ema[k] = v.numpy()
+    return ema, updates, opt
 
 
 # ------------------------------------------------------------------------------ activity markers

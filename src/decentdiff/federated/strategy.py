@@ -1,7 +1,9 @@
-"""The Flower strategy: FedAvg whose messages carry only what a method exchanges.
+"""The Flower strategies: FedAvg whose messages carry only what a method exchanges, and Flower's
+own server optimisers (FedAvgM, FedAdam, FedYogi, FedAdagrad) on top of that average.
 
-A small subclass of ``flwr.serverapp.strategy.FedAvg`` (style of flwr's ``fedprox.py``): node
-sampling, message construction and reply bookkeeping stay FedAvg's; the overrides only
+:class:`PartialAverage` is a small subclass of ``flwr.serverapp.strategy.FedAvg`` (style of flwr's
+``fedprox.py``): node sampling, message construction and reply bookkeeping stay FedAvg's; the
+overrides only
 
 - ``configure_train``: per node, send the method's downlink groups and tell it which groups to
   report (``parts.assignments``), and record the bytes sent;
@@ -9,6 +11,26 @@ sampling, message construction and reply bookkeeping stay FedAvg's; the override
   and logged, never averaged) and average per key over the clients that reported it
   (``aggregate.aggregate``). FedAvg's own aggregation cannot be used: it demands the same keys from
   every client, which USPLIT's clients do not send.
+
+Server optimisers are composed, not re-implemented (:func:`make_strategy`). Python's MRO puts
+Flower's optimiser between our front mixin and the partial average::
+
+    PartialFedAdam -> _ServerOpt -> _RunRound -> FedAdam -> FedOpt -> PartialAverage -> FedAvg
+
+so FedAdam's ``super().aggregate_train`` is the validated partial average, and Flower applies its
+step to (average − current). What the composition has to fix, it fixes around Flower's code:
+
+- rounds: Flower's ``server_round`` restarts at 1 when a run resumes; :class:`_RunRound` turns it
+  into the run's round once, for every class below it (FedAdam's bias correction included);
+- keys nobody reported this round (UDEC's private parts, a USPLIT group whose client was
+  rejected) are put back bitwise, with their optimiser state as it was: they neither move nor
+  accumulate momentum;
+- dtypes: FedAdam's step comes back in float64 (a NumPy float64 scalar times float32); the global
+  model keeps its dtypes;
+- resume: the optimiser state (``m_t``, ``v_t``; FedAvgM's ``momentum_vector``) is exported by
+  :meth:`_ServerOpt.optimizer_state` and restored by :meth:`_ServerOpt.load_optimizer_state`
+  (the ServerApp stores it in the checkpoint's ``state.safetensors``); FedAvgM's
+  ``current_arrays`` is taken from the round's model every round, not only from the first.
 
 What happened in each round (bytes per client, rejections, failures) is kept in ``self.rounds``
 for the ServerApp to write to rounds.jsonl.
@@ -32,12 +54,13 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedYogi
 from flwr.supercore import log
 
 from . import aggregate as A
 from . import parts as P
 from .settings import FedSettings
+from .store import OPT_STATE_PREFIX as STATE_PREFIX
 
 
 def record_bytes(record: ArrayRecord) -> tuple[int, int]:
@@ -46,33 +69,46 @@ def record_bytes(record: ArrayRecord) -> tuple[int, int]:
     return payload, record.count_bytes()
 
 
-class PartialFedAvg(FedAvg):
+def _fedavg_args(settings: FedSettings) -> dict[str, Any]:
+    return {
+        "fraction_train": 1.0,  # the paper: every client, every round
+        "fraction_evaluate": 0.0,  # no client-side evaluation round
+        "min_train_nodes": settings.clients,
+        "min_available_nodes": settings.clients,
+    }
+
+
+class PartialAverage(FedAvg):
     """FedAvg for FULL, USPLIT, UDEC and ULATDEC (de Goede et al., arXiv 2406.12575).
 
-    Args:
-        settings: the run's settings (method, seed, quantisation, minimum replies, ...).
-        round_offset: rounds already done (resume): Flower's round r is the run's r + offset.
+    The ``server_round`` its methods receive is the run's round (:class:`_RunRound` in front of
+    every strategy turns Flower's into it). No ``__init__`` of its own, so Flower's optimisers'
+    ``super().__init__`` chains pass through to FedAvg; :meth:`_bind` adds the run's settings.
     """
 
-    def __init__(self, settings: FedSettings, *, round_offset: int = 0) -> None:
-        super().__init__(
-            fraction_train=1.0,  # the paper: every client, every round
-            fraction_evaluate=0.0,  # no client-side evaluation round
-            min_train_nodes=settings.clients,
-            min_available_nodes=settings.clients,
-        )
+    def _bind(self, settings: FedSettings, round_offset: int) -> None:
         self.settings = settings
         self.method = settings.method_spec
         self.round_offset = round_offset
         self.rounds: dict[int, dict[str, Any]] = {}
         self._global: dict[str, np.ndarray] = {}
         self._assigned: dict[int, frozenset[str]] = {}
+        self._reported: set[str] = set()  # keys of the last round's accepted updates
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """The server optimiser's state to checkpoint (none for the plain average)."""
+        return {}
+
+    def load_optimizer_state(
+        self, tensors: dict[str, np.ndarray], arrays: dict[str, np.ndarray]
+    ) -> None:
+        """Restore :meth:`optimizer_state` on resume (nothing for the plain average)."""
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """FedAvg's sampling, then one message per node with its groups to send and report."""
-        rnd = server_round + self.round_offset
+        rnd = server_round
         config["round"] = rnd
         base = list(super().configure_train(server_round, arrays, config, grid))
         nodes = [m.metadata.dst_node_id for m in base]
@@ -109,7 +145,8 @@ class PartialFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate every reply, then average per key the valid ones (weighted by num-examples)."""
-        rnd = server_round + self.round_offset
+        rnd = server_round
+        self._reported = set()
         info = self.rounds.setdefault(rnd, {"round": rnd, "clients": {}})
         rows = info["clients"]
         valid, failed = self._check_and_log_replies(list(replies), is_train=True, validate=False)
@@ -145,6 +182,7 @@ class PartialFedAvg(FedAvg):
             )
             return None, None
         info["complete"] = True
+        self._reported = {k for u in updates for k in u.arrays}
         new = A.aggregate(self._global, updates)
         arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})
         metrics = self.train_metrics_aggr_fn(accepted, self.weighted_by_key)
@@ -183,3 +221,191 @@ class PartialFedAvg(FedAvg):
             self.settings.bits,
         )
         return update, metrics
+
+
+class _RunRound:
+    """First in every strategy's MRO: Flower's round (from 1 in every ServerApp run) becomes the
+    run's round, once, for every class after it (FedAdam's bias correction included)."""
+
+    round_offset: int
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return super().configure_train(  # type: ignore[misc]
+            server_round + self.round_offset, arrays, config, grid
+        )
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return super().aggregate_train(server_round + self.round_offset, replies)  # type: ignore[misc]
+
+
+class PartialFedAvg(_RunRound, PartialAverage):
+    """``--server-opt fedavg``: the validated per-key average is the new global model (η = 1).
+
+    Args:
+        settings: the run's settings (method, seed, quantisation, minimum replies, ...).
+        round_offset: rounds already done (resume): Flower's round r is the run's r + offset.
+    """
+
+    def __init__(self, settings: FedSettings, *, round_offset: int = 0) -> None:
+        super().__init__(**_fedavg_args(settings))
+        self._bind(settings, round_offset)
+
+
+class _ServerOpt(_RunRound):
+    """Wraps a Flower server optimiser (next in the MRO) around :class:`PartialAverage`.
+
+    ``_STATE`` names the optimiser's state attributes (dicts key -> array; FedAvgM's is a list in
+    the model's key order). Only what Flower cannot know is done here: unreported keys and their
+    state are put back, dtypes restored, the state exported and restored (see the module doc).
+    """
+
+    _STATE: tuple[str, ...] = ()
+    _global: dict[str, np.ndarray]
+    _reported: set[str]
+    method: P.Method
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's step on the partial average; unreported keys keep value and state bitwise."""
+        before = {name: self._get_state(name) for name in self._STATE}
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None:  # no round (too few valid replies): Flower took no step either
+            return arrays, metrics
+        frozen = [k for k in self._global if k not in self._reported]
+        new = {
+            k: ref if k in frozen else np.ascontiguousarray(arrays[k].numpy(), dtype=ref.dtype)
+            for k, ref in self._global.items()
+        }
+        for name in self._STATE:
+            after = self._get_state(name)
+            if after is None:
+                continue
+            old = before[name]
+            for k in frozen:
+                after[k] = old[k] if old is not None else np.zeros_like(self._global[k])
+            self._set_state(name, after, list(self._global))
+        out = ArrayRecord({k: Array(v) for k, v in new.items()})
+        self._after_step(out)
+        return out, metrics
+
+    def _after_step(self, arrays: ArrayRecord) -> None:
+        """Hook: what the optimiser must know of the round's result (FedAvgM's current model)."""
+
+    def _get_state(self, name: str) -> dict[str, np.ndarray] | None:
+        value = getattr(self, name)
+        return dict(value) if value else None
+
+    def _set_state(self, name: str, value: dict[str, np.ndarray], order: list[str]) -> None:
+        setattr(self, name, value)
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """The optimiser's state as ``server_opt.<name>.<key>`` arrays (the stored keys only:
+        for UDEC/ULATDEC the shared parts; the others' state is zero, they are never reported)."""
+        keys = list(self._global)
+        if self.method.personal:
+            keys = P.keys_for(self.method.shared, keys)
+        out: dict[str, np.ndarray] = {}
+        for name in self._STATE:
+            state = self._get_state(name)
+            if state is not None:
+                out.update({f"{STATE_PREFIX}{name}.{k}": state[k] for k in keys})
+        return out
+
+    def load_optimizer_state(
+        self, tensors: dict[str, np.ndarray], arrays: dict[str, np.ndarray]
+    ) -> None:
+        """Restore what :meth:`optimizer_state` exported; missing keys get zeros (as unreported).
+
+        Args:
+            tensors: ``server_opt.<name>.<key>`` arrays (checked by the caller).
+            arrays: the model the run resumes from (its keys and their order).
+        """
+        for name in self._STATE:
+            prefix = f"{STATE_PREFIX}{name}."
+            got = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if got:  # else Flower creates the state at its first step
+                full = {k: got.get(k, np.zeros_like(ref)) for k, ref in arrays.items()}
+                self._set_state(name, full, list(arrays))
+
+
+class PartialFedAvgM(_ServerOpt, FedAvgM, PartialAverage):
+    """``--server-opt fedavgm``: Flower's FedAvgM (Hsu et al., arXiv 1909.06335) on the partial
+    average: v ← β·v + (θ − avg), θ ← θ − η·v."""
+
+    _STATE = ("momentum_vector",)
+
+    def __init__(self, settings: FedSettings, *, round_offset: int = 0) -> None:
+        super().__init__(
+            **_fedavg_args(settings),
+            server_learning_rate=settings.server_lr,
+            server_momentum=settings.server_momentum,
+        )
+        self._bind(settings, round_offset)
+
+    def _after_step(self, arrays: ArrayRecord) -> None:
+        # FedAvgM takes current_arrays from its first configure_train and then from its own
+        # step; the step's result here is ours (unreported keys put back, dtypes kept).
+        self.current_arrays = arrays
+
+    def _get_state(self, name: str) -> dict[str, np.ndarray] | None:
+        value = self.momentum_vector
+        return None if value is None else dict(zip(self._global, value, strict=True))
+
+    def _set_state(self, name: str, value: dict[str, np.ndarray], order: list[str]) -> None:
+        self.momentum_vector = [value[k] for k in order]
+
+
+class PartialFedAdam(_ServerOpt, FedAdam, PartialAverage):
+    """``--server-opt fedadam``: Flower's FedAdam (Reddi et al., arXiv 2003.00295) on the partial
+    average, bias-corrected with the run's round t as Flower does: η·√(1 − β2^(t+1))/(1 − β1^(t+1))."""
+
+    _STATE = ("m_t", "v_t")
+
+    def __init__(self, settings: FedSettings, *, round_offset: int = 0) -> None:
+        super().__init__(
+            **_fedavg_args(settings), eta=settings.server_lr, beta_1=settings.server_momentum
+        )
+        self._bind(settings, round_offset)
+
+
+class PartialFedYogi(_ServerOpt, FedYogi, PartialAverage):
+    """``--server-opt fedyogi``: Flower's FedYogi (Reddi et al.) on the partial average."""
+
+    _STATE = ("m_t", "v_t")
+
+    def __init__(self, settings: FedSettings, *, round_offset: int = 0) -> None:
+        super().__init__(
+            **_fedavg_args(settings), eta=settings.server_lr, beta_1=settings.server_momentum
+        )
+        self._bind(settings, round_offset)
+
+
+class PartialFedAdagrad(_ServerOpt, FedAdagrad, PartialAverage):
+    """``--server-opt fedadagrad``: Flower's FedAdagrad (Reddi et al.; β1 = 0) on the partial
+    average."""
+
+    _STATE = ("m_t", "v_t")
+
+    def __init__(self, settings: FedSettings, *, round_offset: int = 0) -> None:
+        super().__init__(**_fedavg_args(settings), eta=settings.server_lr)
+        self._bind(settings, round_offset)
+
+
+#: ``--server-opt`` -> its strategy class.
+STRATEGIES: dict[str, type[PartialAverage]] = {
+    "fedavg": PartialFedAvg,
+    "fedavgm": PartialFedAvgM,
+    "fedadam": PartialFedAdam,
+    "fedyogi": PartialFedYogi,
+    "fedadagrad": PartialFedAdagrad,
+}
+
+
+def make_strategy(settings: FedSettings, *, round_offset: int = 0) -> PartialAverage:
+    """The run's strategy: the partial average, with ``settings.server_opt`` on top of it."""
+    return STRATEGIES[settings.server_opt](settings, round_offset=round_offset)  # type: ignore[call-arg]
