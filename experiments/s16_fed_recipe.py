@@ -12,7 +12,7 @@ steps at batch 64 = 64k images; the central run 1,000 steps at batch 64, the sam
 1,000 generated images (Euler, 20 steps), 3 seeds for the main arms; one seed for the ablations,
 the server optimizers and the UDEC personal models.
 
-    python experiments/s16_fed_recipe.py [run] [--phase main|extra]
+    python experiments/s16_fed_recipe.py [run] [--phase main|extra|splits]
     python experiments/s16_fed_recipe.py report
 """
 
@@ -65,6 +65,22 @@ ARMS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     "udec paper": ("fed", "udec", PAPER),
     "udec fair": ("fed", "udec", (*RECIPE, "--set", "train.ema_decay=0.999")),
 }
+#: Phase "splits" (one seed): label skew harsher than study 6's dirichlet:0.5, FedProx swept.
+SPLITS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
+    "fedavg fair dirichlet:0.1": ("fed", "full", FAIR),
+    "fedavg fair classes:2": ("fed", "full", FAIR),
+    "fedprox 0.01 fair dirichlet:0.1": ("fed", "full", (*FAIR, "--prox", 0.01)),
+    "fedprox 0.1 fair dirichlet:0.1": ("fed", "full", (*FAIR, "--prox", 0.1)),
+}
+ARMS.update(SPLITS)
+
+
+def split_of(arm: str) -> str:
+    """The client split an arm names (its last word when that is a split spec), else iid."""
+    last = arm.split()[-1]
+    return last if ":" in last else "iid"
+
+
 MAIN = ("central", "fedavg paper", "fedavg fair")
 
 
@@ -73,9 +89,9 @@ def run_dir(arm: str, seed: int) -> Path:
     return ROOT / "s16" / slug / f"seed{seed}"
 
 
-def fed_args(method: str, seed: int, extra: tuple[Any, ...]) -> list[Any]:
+def fed_args(method: str, seed: int, extra: tuple[Any, ...], split: str = "iid") -> list[Any]:
     f = FED
-    return ["--data", f["data"], "-n", f["clients"], "--split", "iid", "--method", method,
+    return ["--data", f["data"], "-n", f["clients"], "--split", split, "--method", method,
             "--rounds", f["rounds"], "--local-steps", f["local_steps"], "--preset", f["preset"],
             "--batch", f["batch"], "--seed", seed, "--eval-n", 0, "--objective", f["objective"],
             "--quiet", *extra]  # fmt: skip
@@ -96,7 +112,7 @@ def one(arm: str, seed: int) -> dict[str, Any]:
                 "--quiet", study=STUDY)  # fmt: skip
             row = find_row(run, **want)
         return {"fid": row["fid"], "bytes": 0, "models": 1}
-    cli("fed", "run", run, *fed_args(method, seed, extra), study=STUDY)
+    cli("fed", "run", run, *fed_args(method, seed, extra, split_of(arm)), study=STUDY)
     row = find_row(run, kind="fed_eval", n=N)
     if row is None:
         cli("fed", "eval", run, "--n", N, "--steps", steps, "--seed", seed, "--quiet", study=STUDY)
@@ -115,7 +131,9 @@ def one(arm: str, seed: int) -> dict[str, Any]:
 def plan(phase: str) -> list[tuple[str, int]]:
     if phase == "main":
         return [(a, s) for s in SEEDS for a in MAIN]
-    return [(a, SEEDS[0]) for a in ARMS if a not in MAIN]
+    if phase == "splits":
+        return [(a, SEEDS[0]) for a in SPLITS]
+    return [(a, SEEDS[0]) for a in ARMS if a not in MAIN and a not in SPLITS]
 
 
 def work(phase: str) -> None:
