@@ -32,6 +32,7 @@ RUN_OPTIONS = (
     "min_replies",
     "round_timeout",
     "client_state",
+    "full_rounds",
 )
 
 

@@ -175,6 +175,9 @@ def test_bytes_measured_equal_bytes_predicted(capsys, tmp_path, method, quantize
     keep = method == "usplit"  # one real simulation carries Adam between rounds (issue 21)
     if keep:
         args += ["--client-state", "keep"]
+    # ULATDEC with one FULL round first (--full-rounds): round 1 sends and reports everything.
+    full_rounds = ["--full-rounds", 1] if method == "ulatdec" else []
+    args += full_rounds
     code, _, err = cli(capsys, "fed", "run", run, *args)
     assert code == 0, err
     rows = read_rounds(run)
@@ -188,7 +191,9 @@ def test_bytes_measured_equal_bytes_predicted(capsys, tmp_path, method, quantize
             c = load_carry(run / "federated" / "clients" / str(i), 2)
             assert c.offset == 2 and int(c.optimizer["opt.0.step"]) == 2
     code, out, _ = cli(capsys, "fed", "bytes", "--preset", "tiny", "--clients", 2, "--rounds", 2,
-                       "--quantize", quantize, "--json")  # fmt: skip
+                       "--quantize", quantize, "--json", *full_rounds)  # fmt: skip
     want = json.loads(out)[method]
+    if full_rounds:  # round 1 reported the whole model, round 2 only ULATDEC's parts
+        assert rows[0]["up"] > rows[1]["up"] and rows[0]["down"] > rows[1]["down"]
     assert sum(r["up"] for r in rows) == want["up"] > 0
     assert sum(r["down"] for r in rows) == want["down"] > 0

@@ -113,6 +113,15 @@ def fed_run(
             "(--set train.warmup=N) always runs on the client's steps across rounds.",
         ),
     ] = DEFAULTS.client_state,
+    full_rounds: Annotated[
+        int,
+        typer.Option(
+            "--full-rounds",
+            help="UDEC / ULATDEC: the first N rounds are FULL rounds (the whole model both "
+            "ways), then the method's own; the private parts start from a model averaged over "
+            "every client (0 = none, the paper).",
+        ),
+    ] = DEFAULTS.full_rounds,
     server_opt: Annotated[str, typer.Option("--server-opt", help=SERVER_OPT_HELP)] = (
         DEFAULTS.server_opt
     ),
@@ -191,6 +200,7 @@ def fed_run(
         min_replies=min_replies,
         round_timeout=round_timeout,
         client_state=client_state,
+        full_rounds=full_rounds,
     )  # validated by run_federated before RUN is touched
     r = Run(run)
     base = fed_base()
@@ -300,6 +310,10 @@ def fed_bytes(
     seed: Annotated[
         int, typer.Option("--seed", help="Run seed (USPLIT's pairings).")
     ] = DEFAULTS.seed,
+    full_rounds: Annotated[
+        int,
+        typer.Option("--full-rounds", help="UDEC / ULATDEC: FULL rounds first (as fed run's)."),
+    ] = DEFAULTS.full_rounds,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object keyed by method.")
     ] = False,
@@ -319,12 +333,16 @@ def fed_bytes(
 
     if clients < 1 or rounds < 1:
         raise ConfigError("--clients and --rounds must be ≥ 1")
+    if not 0 <= full_rounds <= rounds:
+        raise ConfigError(f"--full-rounds must be in 0..--rounds ({rounds}), got {full_rounds}")
     if quantize not in (0, *A.QUANTIZE_BITS):
         raise ConfigError(f"--quantize must be 0 (off) or 8, got {quantize}")
     net = network_config(preset, in_channels, num_classes, resolved.model.arch)
     sd = build_network(net).state_dict()
     layout = A.layout_of({k: v.numpy() for k, v in sd.items()})
-    table = A.bytes_table(layout, clients, rounds, bits=quantize or None, seed=seed)
+    table = A.bytes_table(
+        layout, clients, rounds, bits=quantize or None, seed=seed, full_rounds=full_rounds
+    )
     if as_json:
         out = {
             k: {f: v[f] for f in ("up", "down", "total", "ratio_to_full")} for k, v in table.items()

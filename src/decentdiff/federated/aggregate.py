@@ -337,6 +337,7 @@ def predict_bytes(
     *,
     bits: int | None = None,
     seed: int = 0,
+    full_rounds: int = 0,
 ) -> dict[str, object]:
     """Bytes a run would send when every client replies every round (no training needed).
 
@@ -347,6 +348,7 @@ def predict_bytes(
         rounds: number of rounds; round 1's downlink is the whole model (initial broadcast).
         bits: quantisation of the uplink (None or 8).
         seed: the run's seed (USPLIT's assignments depend on it).
+        full_rounds: FULL rounds before the method's own (UDEC / ULATDEC's ``--full-rounds``).
     Returns:
         {"up", "down", "total", "up_wire", "down_wire", "per_round": [{"round", "up", "down",
         "up_wire", "down_wire"}, ...]}; ``up``/``down``/``total`` are payload bytes.
@@ -356,9 +358,10 @@ def predict_bytes(
     per_round = []
     clients = list(range(n_clients))
     for r in range(1, rounds + 1):
-        down_lay = {k: layout[k] for k in P.keys_for(P.downlink_groups(m, r), keys)}
+        down = P.downlink_groups(m, r, full_rounds=full_rounds)
+        down_lay = {k: layout[k] for k in P.keys_for(down, keys)}
         up = upw = 0
-        for groups in P.assignments(m, clients, r, seed).values():
+        for groups in P.assignments(m, clients, r, seed, full_rounds=full_rounds).values():
             lay = expected_layout(layout, P.keys_for(groups, keys), bits)
             up += payload_bytes(lay)
             upw += wire_bytes(lay)
@@ -390,12 +393,15 @@ def bytes_table(
     *,
     bits: int | None = None,
     seed: int = 0,
+    full_rounds: int = 0,
 ) -> dict[str, dict[str, object]]:
-    """``predict_bytes`` for every method, with ``ratio_to_full`` (total / FULL's full-precision total)."""
+    """``predict_bytes`` for every method, with ``ratio_to_full`` (total / FULL's full-precision
+    total); ``full_rounds`` applies to the personal methods (UDEC, ULATDEC) only."""
     full = predict_bytes(layout, "full", n_clients, rounds, bits=None, seed=seed)["total"]
     out = {}
-    for name in P.METHODS:
-        pb = predict_bytes(layout, name, n_clients, rounds, bits=bits, seed=seed)
+    for name, m in P.METHODS.items():
+        fr = full_rounds if m.personal else 0
+        pb = predict_bytes(layout, name, n_clients, rounds, bits=bits, seed=seed, full_rounds=fr)
         out[name] = {
             "up": pb["up"],
             "down": pb["down"],

@@ -23,7 +23,9 @@ method         a client reports (uplink)                    the server sends (do
 =============  ===========================================  ==========================================
 
 Round 1's downlink is always the whole model (the initial broadcast: every client starts from the
-same weights). Every client trains all its weights locally; only what travels differs.
+same weights). Every client trains all its weights locally; only what travels differs. With
+``--full-rounds N`` the first N rounds of UDEC / ULATDEC are FULL rounds (everything both ways):
+the clients' private parts start from a model averaged over every client's data.
 """
 
 from __future__ import annotations
@@ -102,7 +104,12 @@ def keys_for(groups: Iterable[str], keys: Iterable[str]) -> list[str]:
 
 
 def assignments(
-    method: str | Method, client_ids: Sequence[int], round_: int, seed: int = 0
+    method: str | Method,
+    client_ids: Sequence[int],
+    round_: int,
+    seed: int = 0,
+    *,
+    full_rounds: int = 0,
 ) -> dict[int, frozenset[str]]:
     """The groups each client reports in round ``round_`` (a pure function of its arguments).
 
@@ -117,6 +124,8 @@ def assignments(
         client_ids: the clients taking part (distinct).
         round_: the round, from 1.
         seed: the run's seed.
+        full_rounds: rounds 1..full_rounds are FULL rounds (every client reports every group)
+            before the method's own (``--full-rounds``: a shared start for UDEC / ULATDEC).
     Returns:
         client id -> frozenset of group names.
     """
@@ -124,6 +133,8 @@ def assignments(
     ids = sorted(client_ids)
     if len(set(ids)) != len(ids):
         raise ValueError("client ids must be distinct")
+    if round_ <= full_rounds:
+        return {c: ALL_GROUPS for c in ids}
     if not m.split:
         return {c: m.shared for c in ids}
     rng = np.random.default_rng([seed, round_])
@@ -141,10 +152,11 @@ def assignments(
     return out
 
 
-def downlink_groups(method: str | Method, round_: int) -> frozenset[str]:
-    """Groups the server sends in ``round_``: the whole model in round 1 (initial broadcast)."""
+def downlink_groups(method: str | Method, round_: int, *, full_rounds: int = 0) -> frozenset[str]:
+    """Groups the server sends in ``round_``: the whole model in round 1 (initial broadcast) and
+    in the FULL rounds 1..``full_rounds`` that may precede the method's own."""
     m = method if isinstance(method, Method) else get_method(method)
-    return ALL_GROUPS if round_ <= 1 else m.shared
+    return ALL_GROUPS if round_ <= max(1, full_rounds) else m.shared
 
 
 def split_by_group(keys: Iterable[str]) -> dict[str, list[str]]:

@@ -194,9 +194,15 @@ def bytes_figure(run_dir: str | Path, settings: FedSettings) -> Path:
     )
     rows = read_rounds(run_dir)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in P.METHODS:
+    for name, m in P.METHODS.items():
         pr = A.predict_bytes(
-            layout, name, settings.clients, settings.rounds, bits=settings.bits, seed=settings.seed
+            layout,
+            name,
+            settings.clients,
+            settings.rounds,
+            bits=settings.bits,
+            seed=settings.seed,
+            full_rounds=settings.full_rounds if m.personal else 0,
         )["per_round"]
         cum = np.cumsum([0] + [r["up"] + r["down"] for r in pr]) / 1e6
         ax.plot(range(len(cum)), cum, "--", alpha=0.7, label=f"{name} (predicted)")

@@ -251,7 +251,10 @@ def save_server_model(
 
     m = settings.method_spec
     out = global_dir(run_dir, m)
-    keys = P.keys_for(m.shared, list(arrays)) if m.personal else list(arrays)
+    # UDEC/ULATDEC keep only the shared parts, except before a FULL round (--full-rounds), whose
+    # downlink is the whole model: a resume then needs all of it.
+    whole = not m.personal or round_ < settings.full_rounds
+    keys = list(arrays) if whole else P.keys_for(m.shared, list(arrays))
 
     def tensors(a: dict[str, np.ndarray]) -> dict[str, Any]:
         return {k: torch.from_numpy(np.ascontiguousarray(a[k])) for k in keys}
@@ -297,8 +300,8 @@ def initial_arrays(settings: FedSettings) -> dict[str, np.ndarray]:
 def resume_point(run_dir: str | Path, settings: FedSettings) -> tuple[dict[str, np.ndarray], int]:
     """(the server's arrays, rounds already done): from the last checkpoint, or the initial model.
 
-    For UDEC/ULATDEC only the shared parts are stored; the rest is the initial model, which the
-    server never sends again after round 1.
+    For UDEC/ULATDEC only the shared parts are stored (all of the model before a FULL round of
+    ``--full-rounds``); the rest is the initial model, which the server never sends again.
     """
     from ..training.checkpoint import load_tensors, read_meta
 

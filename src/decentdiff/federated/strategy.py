@@ -113,8 +113,12 @@ class PartialAverage(FedAvg):
         base = list(super().configure_train(server_round, arrays, config, grid))
         nodes = [m.metadata.dst_node_id for m in base]
         self._global = {k: a.numpy() for k, a in arrays.items()}
-        self._assigned = P.assignments(self.method, nodes, rnd, self.settings.seed)
-        down_keys = P.keys_for(P.downlink_groups(self.method, rnd), list(arrays.keys()))
+        full = self.settings.full_rounds
+        self._assigned = P.assignments(
+            self.method, nodes, rnd, self.settings.seed, full_rounds=full
+        )
+        down = P.downlink_groups(self.method, rnd, full_rounds=full)
+        down_keys = P.keys_for(down, list(arrays.keys()))
         down = ArrayRecord({k: arrays[k] for k in down_keys})
         payload, wire = record_bytes(down)
         info: dict[str, Any] = {"round": rnd, "clients": {}}
