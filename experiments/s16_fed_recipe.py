@@ -65,12 +65,15 @@ ARMS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     "udec paper": ("fed", "udec", PAPER),
     "udec fair": ("fed", "udec", (*RECIPE, "--set", "train.ema_decay=0.999")),
 }
-#: Phase "splits" (one seed): label skew harsher than study 6's dirichlet:0.5, FedProx swept.
+#: Phase "splits" (one seed): label skew harsher than study 6's dirichlet:0.5, FedProx swept;
+#: and UDEC after FULL rounds.
 SPLITS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     "fedavg fair dirichlet:0.1": ("fed", "full", FAIR),
     "fedavg fair classes:2": ("fed", "full", FAIR),
     "fedprox 0.01 fair dirichlet:0.1": ("fed", "full", (*FAIR, "--prox", 0.01)),
     "fedprox 0.1 fair dirichlet:0.1": ("fed", "full", (*FAIR, "--prox", 0.1)),
+    # UDEC whose private parts start from 5 FULL rounds of averaging (--full-rounds).
+    "udec fair, 5 full rounds": ("fed", "udec", (*ARMS["udec fair"][2], "--full-rounds", 5)),
 }
 ARMS.update(SPLITS)
 
