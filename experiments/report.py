@@ -25,6 +25,7 @@ ORDER = (
     ("s13_heterogeneous_budget", "13. (ours) Heterogeneous experts at a longer budget"),
     ("s14_dit_experts", "14. (ours) DDM with DiT experts"),
     ("s15_vpred", "15. (ours) v-prediction sampled deterministically"),
+    ("s16_fed_recipe", "16. (ours) Federated averaging with the central recipe"),
 )
 
 
@@ -527,6 +528,40 @@ def body_s15(r: dict) -> list[str]:
     return out
 
 
+def body_s16(r: dict) -> list[str]:
+    per, summ, ratios = r["per_seed"], r["summary"], r["ratios"]
+    out = ["| arm | seeds | FID (mean ± std (min–max)) | / central, per seed (95% t-interval) | "
+           "bytes on the wire |", "|---|---|---|---|---|"]  # fmt: skip
+    for arm, rows in per.items():
+        rat = ratios.get(f"{arm} / central")
+        rtxt = "–" if rat is None else f"{ms(rat)}" + (
+            f" {_iv(rat['interval95'])}" if rat["count"] > 1 else "")  # fmt: skip
+        nbytes = next(iter(rows.values())).get("bytes", 0)
+        out.append(f"| {arm} | {len(rows)} | {ms(summ[arm])} | {rtxt} | "
+                   f"{mb(nbytes) if nbytes else '0 (central)'} |")  # fmt: skip
+    out += ["", "UDEC rows: the mean over the 5 clients' personal models (each scored on its own "
+            "1,000 samples).", "", _checks(r), "", "![s16](figures/repro_s16.png)"]  # fmt: skip
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for arm, rows in per.items():
+        nbytes = next(iter(rows.values())).get("bytes", 0)
+        if not nbytes:
+            ax.axhline(summ[arm]["mean"], ls="--", lw=1, color="gray")
+            ax.annotate(arm, (1, summ[arm]["mean"]), fontsize=6, color="gray")
+            continue
+        m = summ[arm]
+        ax.errorbar(nbytes / 1e6, m["mean"], yerr=m["std"] if m["count"] > 1 else None,
+                    fmt="o", ms=4, capsize=2, label=arm)  # fmt: skip
+    ax.set_xlabel("bytes on the wire (MB, all rounds)")
+    ax.set_ylabel("FID (1,000 samples)")
+    ax.set_title("Federated recipes vs central (dashed)")
+    ax.legend(fontsize=5.5, ncol=2)
+    fig.tight_layout()
+    fig.savefig(FIGS / "repro_s16.png", dpi=110)
+    plt.close(fig)
+    return out
+
+
 BODIES = {
     "s1_ddm_vs_monolith": body_s1,
     "s2_routing_table": body_s2,
@@ -543,6 +578,7 @@ BODIES = {
     "s13_heterogeneous_budget": body_s13,
     "s14_dit_experts": body_s14,
     "s15_vpred": body_s15,
+    "s16_fed_recipe": body_s16,
 }
 
 #: What the numbers say, written after reading them (kept apart from the generated figures).

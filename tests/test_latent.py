@@ -249,6 +249,31 @@ def test_an_export_carries_its_vae(latent_run, vae_dir, capsys, tmp_path):
         assert z["images"].shape == (2, 1, 8, 8)
 
 
+def test_sampling_cost_counts_the_vaes_decoder(latent_run, vae_dir):
+    """Issue 16: a latent model's GFLOPs per image include decoding its sample once. The oracle is
+    torch's stock FlopCounterMode around diffusers' own AutoencoderKL.decode of one latent, plus
+    the mid-block's attention that the stock counter skips on the CPU, by hand: N = 4·4 tokens of
+    C = 16 channels, QKᵀ and AV at 2·N²·C each."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from decentdiff.config import SampleConfig
+    from decentdiff.generate import generate
+    from decentdiff.run import Run
+
+    vae = diffusers.AutoencoderKL.from_pretrained(vae_dir).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        vae.decode(torch.zeros(1, 4, 4, 4))
+    n_tok, ch = 4 * 4, 16
+    want = (counter.get_total_flops() + 2 * (2 * n_tok * n_tok * ch)) / 1e9
+    assert want > 0
+    gen = generate(Run(latent_run), "monolith", SampleConfig(n=3, steps=2, seed=0), progress=False)
+    assert gen.cost["vae_decode_gflops_per_image"] == pytest.approx(want, rel=1e-6)
+    networks = sum(gen.cost["network_evals_per_image"].values())  # forward passes per image
+    assert networks > 0
+    assert gen.cost["gflops_per_image"] > want  # the networks' share is still there
+
+
 def test_resume_reuses_the_cache_and_a_changed_vae_is_refused(latent_run, vae_dir, capsys):
     before = sorted(p.name for p in (latent_run / "latents").glob("*.npy"))
     code, _, err = cli(capsys, "train", "monolith", latent_run, "--preset", "tiny", "--steps", 4,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,10 @@ def generate(
                 routes.append(weights)
         wall = time.perf_counter() - t0
         cost = sampling_cost(counter, s.n, m.image_shape, device)
+        if m.decode is not None:  # a latent model's samples pass the VAE's decoder once each
+            vae = decode_flops(m.decode, m.image_shape) / 1e9
+            cost["vae_decode_gflops_per_image"] = vae
+            cost["gflops_per_image"] += vae
     finally:
         counter.close()
     return Generated(
@@ -123,6 +127,16 @@ def generate(
         solver=solver,
         precision=precision,
     )
+
+
+def decode_flops(decode: Callable[[Tensor], Tensor], latent_shape: Sequence[int]) -> float:
+    """FLOPs of decoding one latent of ``latent_shape`` to pixels (the VAE's decoder), counted."""
+    from .evaluation.flops import flop_counter
+
+    counter = flop_counter()
+    with torch.no_grad(), counter:
+        decode(torch.zeros(1, *latent_shape))
+    return float(counter.get_total_flops())
 
 
 def _available_bytes() -> int | None:
