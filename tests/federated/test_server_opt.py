@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("flwr")
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from safetensors.numpy import load_file
 from tests._cli import _bad
+from tests.federated._flower_fakes import Grid, _task_identity  # noqa: F401 (autouse)
 
 from decentdiff import config as C
 from decentdiff.errors import ConfigError
@@ -34,23 +34,6 @@ from decentdiff.federated.store import (
     save_server_model,
 )
 from decentdiff.federated.strategy import make_strategy
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    # Messages are stamped with the task running them; outside Flower we play that task.
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
-
-
-class Grid:
-    def __init__(self, nodes):
-        self.nodes = nodes
-
-    def get_node_ids(self):
-        return list(self.nodes)
 
 
 def _settings(method="full", clients=3, **kw):

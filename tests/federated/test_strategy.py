@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from tests.federated._flower_fakes import Grid, _task_identity  # noqa: F401 (autouse)
 
 from decentdiff import config as C
 from decentdiff.federated import aggregate as A
@@ -14,23 +14,6 @@ from decentdiff.federated import parts as P
 from decentdiff.federated.settings import FedSettings, build_settings, fed_base
 from decentdiff.federated.store import initial_arrays
 from decentdiff.federated.strategy import PartialFedAvg
-
-
-@pytest.fixture(autouse=True)
-def _task_identity():
-    # Messages are stamped with the task running them; outside Flower we play that task.
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
-
-
-class Grid:
-    def __init__(self, nodes):
-        self.nodes = nodes
-
-    def get_node_ids(self):
-        return list(self.nodes)
 
 
 def _settings(method, clients, quantize=0, min_replies=1):
