@@ -375,3 +375,14 @@ def test_exif_orientation_is_applied_as_viewers_show_it(tmp_path):
     for i, (name, (_, shown)) in enumerate(cases.items()):
         np.testing.assert_array_equal(ds.images[i].transpose(1, 2, 0), shown(stored[name]))
     np.testing.assert_array_equal(ds.images[3].transpose(1, 2, 0), upright)
+
+
+def test_reading_the_orientation_decodes_nothing(tmp_path, monkeypatch):
+    """The size limits are checked from the header, before any decode: looking for an EXIF
+    orientation must not decode a PNG (Pillow's getexif loads a PNG without an eXIf chunk)."""
+    Image.fromarray(rand((10, 12, 3), 0)).save(tmp_path / "plain.png")
+    with Image.open(tmp_path / "plain.png") as img:
+        loaded = []
+        real = img.load
+        monkeypatch.setattr(img, "load", lambda: loaded.append(1) or real())
+        assert sources._shown_size(img) == (12, 10) and loaded == []

@@ -67,8 +67,24 @@ def test_a_restarted_client_continues_exactly_from_its_saved_state(tmp_path):
     # from the same start; the newest carry (round 3) is one round too new, .prev has round 2.
     redo, _, _ = _rounds(s, tmp_path / "b", [3], carry=Carry(), start=two)
     assert _equal(whole, redo)
+    again, _, _ = _rounds(s, tmp_path / "b", [3], carry=Carry(), start=two)  # a second crash
+    assert _equal(whole, again)
     c = load_carry(tmp_path / "b", 3)
     assert int(c.optimizer["opt.0.step"]) == 6  # Adam's step counts all three rounds
+    assert sorted(p.name for p in (tmp_path / "b" / CARRY_DIR).iterdir()) == ["2", "3"]
+
+
+def test_a_client_that_missed_a_round_continues_from_its_last_state(tmp_path, capsys):
+    """Round 2 failed on this client: round 3 starts from round 1's Adam (said on stderr), not
+    from a new one; a torn newest write falls back to the copy in .prev."""
+    s = _settings()
+    one, _, _ = _rounds(s, tmp_path / "m", [1], carry=Carry())
+    _rounds(s, tmp_path / "m", [3], carry=Carry(), start=one)
+    assert "no optimizer/EMA state from round 2" in capsys.readouterr().err
+    assert int(load_carry(tmp_path / "m", 3).optimizer["opt.0.step"]) == 4  # 2 + 2 steps
+    _rounds(s, tmp_path / "m", [3], carry=Carry(), start=one)  # round 3 again: carry/3/.prev
+    (tmp_path / "m" / CARRY_DIR / "3" / "state.safetensors").write_bytes(b"torn")
+    assert int(load_carry(tmp_path / "m", 3).optimizer["opt.0.step"]) == 4  # from .prev
 
 
 def test_keep_carries_adam_and_reset_is_the_papers_client(tmp_path):
@@ -120,4 +136,22 @@ def test_the_client_app_keeps_the_carry_in_flowers_node_state():
             and back.optimizer[k].shape == c.optimizer[k].shape
         )
     assert torch.equal(back.ema["w"], c.ema["w"])
-    assert _carry_from(ctx, 5).optimizer is None  # a carry from another round is not used
+    assert _carry_from(ctx, 5).optimizer is not None  # rounds 3-4 missed: the last one is used
+    assert _carry_from(ctx, 2).optimizer is None  # never a carry of the round itself
+
+
+def test_a_resumed_run_must_keep_the_clients_training_recipe():
+    """The schedule, Adam and EMA now run on across rounds: resuming with another lr, warm-up or
+    EMA decay would silently be another experiment. The device may change."""
+    from decentdiff.errors import ConfigError
+    from decentdiff.federated.store import check_resumable
+
+    old = _settings(ema=0.9, warmup=5)
+    for key, value in (("ema_decay", 0.0), ("warmup", 0), ("lr", 2e-3)):
+        new = _settings(ema=0.9, warmup=5)
+        new.train[key] = value
+        with pytest.raises(ConfigError, match=f"differs in train.{key}"):
+            check_resumable(old, new)
+    new = _settings(ema=0.9, warmup=5)
+    new.train["device"] = "cuda"
+    check_resumable(old, new)

@@ -24,8 +24,11 @@ def test_full_rounds_exchange_what_full_does_then_the_methods_parts():
     for r in (1, 2, 3):
         assert P.downlink_groups(udec, r, full_rounds=3) == P.downlink_groups(full, r)
         assert P.assignments(udec, ids, r, 0, full_rounds=3) == P.assignments(full, ids, r, 0)
-    assert P.downlink_groups(udec, 4, full_rounds=3) == udec.shared
+    # Round 4 receives round 3's averaged model whole (else that average would be lost), and
+    # from then on only the decoder travels, reported by everyone.
+    assert P.downlink_groups(udec, 4, full_rounds=3) == P.ALL_GROUPS
     assert P.assignments(udec, ids, 4, 0, full_rounds=3) == {i: udec.shared for i in ids}
+    assert P.downlink_groups(udec, 5, full_rounds=3) == udec.shared
     assert P.downlink_groups(udec, 2) == udec.shared  # the paper's UDEC: only round 1 is whole
 
 
@@ -34,7 +37,8 @@ def test_predicted_bytes_are_full_then_udec_round_by_round():
     mixed = A.predict_bytes(layout, "udec", 3, 5, full_rounds=2)["per_round"]
     full = A.predict_bytes(layout, "full", 3, 5)["per_round"]
     udec = A.predict_bytes(layout, "udec", 3, 5)["per_round"]
-    assert mixed[:2] == full[:2] and mixed[2:] == udec[2:]
+    assert mixed[:2] == full[:2] and mixed[3:] == udec[3:]
+    assert mixed[2]["down"] == full[2]["down"] and mixed[2]["up"] == udec[2]["up"]
     assert mixed[0]["up"] == 3 * (16 + 8) * 4 and mixed[2]["up"] == 3 * 8 * 4  # by hand
 
 
@@ -51,12 +55,13 @@ def test_the_server_keeps_the_whole_model_while_a_full_round_follows(tmp_path):
     init = initial_arrays(s)
     trained = {k: v + 1.0 if v.dtype.kind == "f" else v for k, v in init.items()}
     enc = P.keys_for({"encoder"}, list(init))[0]
-    save_server_model(tmp_path, s, trained, 1)  # round 2 is FULL: its downlink is everything
+    for rnd in (1, 2):  # rounds 2 and 3 receive the whole model: the server keeps all of it
+        save_server_model(tmp_path, s, trained, rnd)
+        got, done = resume_point(tmp_path, s)
+        assert done == rnd and np.array_equal(got[enc], trained[enc])
+    save_server_model(tmp_path, s, trained, 3)  # round 4 is UDEC's: only the decoder is sent
     got, done = resume_point(tmp_path, s)
-    assert done == 1 and np.array_equal(got[enc], trained[enc])
-    save_server_model(tmp_path, s, trained, 2)  # round 3 is UDEC's: only the decoder is sent
-    got, done = resume_point(tmp_path, s)
-    assert done == 2 and np.array_equal(got[enc], init[enc])  # not stored, never sent again
+    assert done == 3 and np.array_equal(got[enc], init[enc])  # not stored, never sent again
 
 
 @pytest.mark.parametrize(

@@ -118,8 +118,9 @@ def fed_run(
         typer.Option(
             "--full-rounds",
             help="UDEC / ULATDEC: the first N rounds are FULL rounds (the whole model both "
-            "ways), then the method's own; the private parts start from a model averaged over "
-            "every client (0 = none, the paper).",
+            "ways) and round N+1 still receives the whole averaged model; then the method's "
+            "own. The private parts start from a model averaged over every client (0 = none, "
+            "the paper).",
         ),
     ] = DEFAULTS.full_rounds,
     server_opt: Annotated[str, typer.Option("--server-opt", help=SERVER_OPT_HELP)] = (

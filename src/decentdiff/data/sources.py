@@ -942,7 +942,13 @@ _SWAPS_SIDES = (5, 6, 7, 8)
 
 
 def _exif_orientation(img: Any) -> int | None:
-    """The EXIF orientation tag (1-8) read from the header, or None (none, or unreadable EXIF)."""
+    """The EXIF orientation tag (1-8) read from the header, or None (none, or unreadable EXIF).
+
+    A PNG whose eXIf chunk is not before its pixels is not looked into: Pillow would decode the
+    whole image to find it, before the size checks that must come first.
+    """
+    if img.format == "PNG" and "exif" not in img.info:
+        return None
     try:
         value = img.getexif().get(0x0112)
     except Exception:  # a damaged EXIF block is ignored, as viewers do

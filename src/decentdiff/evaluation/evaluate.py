@@ -183,6 +183,7 @@ def evaluate(
         "classifier_accuracy": net_meta.get("heldout_accuracy"),
         "train_flops": gen.train_flops,
         "sample_gflops_per_image": gen.cost["gflops_per_image"],
+        "vae_decode_gflops_per_image": gen.cost.get("vae_decode_gflops_per_image"),
         "router_share": gen.cost["router_share"],
         "sample_wall_s": gen.wall_s,
         "wall_s": time.perf_counter() - t0,

@@ -103,7 +103,8 @@ class SampleCounter:
 
 
 def sampling_cost(counter: SampleCounter, n_images: int, shape, device="cpu") -> dict[str, float]:
-    """GFLOPs per image of a finished sampling run, and the router's share of them."""
+    """GFLOPs per image of a finished sampling run, and the router's share of them (of the
+    networks' FLOPs: a latent model's decoder pass is added afterwards, by ``generate``)."""
     totals = counter.totals(tuple(shape), device)
     total = sum(totals.values())
     router = totals.get("router", 0.0)

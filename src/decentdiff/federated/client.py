@@ -262,7 +262,13 @@ def client_turn(
         if carry is not None and (carry.optimizer or carry.ema):
             work = carry
         elif round_ > 1 and out_dir is not None:
-            work = load_carry(out_dir, round_ - 1) or work
+            found = latest_carry(out_dir, round_)
+            if found is not None:
+                work, from_round = found
+                if from_round != round_ - 1:
+                    _warn_carry(data.partition, round_, f"from round {from_round}")
+            else:
+                _warn_carry(data.partition, round_, "none found: a new one")
         if not keep_opt:
             work.optimizer = None
         if not keep_ema:
@@ -291,6 +297,16 @@ def client_turn(
     return update, local, metrics, step
 
 
+def _warn_carry(partition: int, round_: int, what: str) -> None:
+    import sys
+
+    print(
+        f"decentdiff: warning: client {partition}, round {round_}: no optimizer/EMA state from "
+        f"round {round_ - 1} (the client missed it or its state was lost); {what}",
+        file=sys.stderr,
+    )
+
+
 def carries(settings: FedSettings) -> tuple[bool, bool]:
     """(keep the optimizer, keep an EMA) from round to round, by the run's settings.
 
@@ -303,11 +319,17 @@ def carries(settings: FedSettings) -> tuple[bool, bool]:
     return keep_opt, keep_ema
 
 
-CARRY_DIR = "carry"  # under a client's out_dir: optimizer and EMA after its last round
+CARRY_DIR = "carry"  # under a client's out_dir: carry/<round>/, its state after that round
 
 
 def save_carry(out_dir: Path, carry: Carry, round_: int) -> None:
-    """Write ``carry`` atomically to ``out_dir/carry`` (the previous one is kept in ``.prev``)."""
+    """Write ``carry`` atomically to ``out_dir/carry/<round_>``; keep only that and round − 1's.
+
+    One directory per round: a round re-run after a crash (even twice) overwrites its own entry
+    and never the previous round's, which the re-run starts from.
+    """
+    import shutil
+
     import torch
 
     from ..training.checkpoint import save_checkpoint
@@ -316,28 +338,52 @@ def save_carry(out_dir: Path, carry: Carry, round_: int) -> None:
     if carry.ema is not None:
         tensors["ema"] = carry.ema
     meta = {"kind": "federated-client-carry", "round": round_, "offset": carry.offset}
-    save_checkpoint(out_dir / CARRY_DIR, tensors, meta)
+    save_checkpoint(out_dir / CARRY_DIR / str(round_), tensors, meta)
+    for old, _ in _carry_rounds(out_dir):
+        if old < round_ - 1:
+            shutil.rmtree(out_dir / CARRY_DIR / str(old), ignore_errors=True)
+
+
+def _carry_rounds(out_dir: Path) -> list[tuple[int, Path]]:
+    """(round, directory) of the saved carries, newest first."""
+    root = out_dir / CARRY_DIR
+    found = [(int(d.name), d) for d in root.iterdir() if d.name.isdigit()] if root.is_dir() else []
+    return sorted(found, reverse=True)
 
 
 def load_carry(out_dir: Path, round_: int) -> Carry | None:
-    """The carry a client saved after ``round_`` (from ``carry`` or its ``.prev``), else None.
+    """The carry a client saved after ``round_``, else None (absent, or damaged beyond its
+    ``.prev``)."""
+    return _read_carry(out_dir / CARRY_DIR / str(round_))
 
-    After a crash the server re-runs a round some clients had already finished: their newest
-    carry is one round too new, and the one before it, in ``.prev``, is the right one.
-    """
+
+def _read_carry(d: Path) -> Carry | None:
+    from ..errors import CheckpointError
     from ..training.checkpoint import PREVIOUS, load_tensors, read_meta
     from ..training.loop import Carry
 
-    for d in (out_dir / CARRY_DIR, out_dir / CARRY_DIR / PREVIOUS):
-        if not (d / "meta.json").is_file():
+    for where in (d, d / PREVIOUS):
+        if not (where / "meta.json").is_file():
             continue
-        meta = read_meta(d)
-        if int(meta.get("round", -1)) != round_:
-            continue
-        state = load_tensors(d, "state", meta)
-        ema = load_tensors(d, "ema", meta) if "ema.safetensors" in meta.get("files", {}) else None
+        try:
+            meta = read_meta(where)
+            state = load_tensors(where, "state", meta)
+            has_ema = "ema.safetensors" in meta.get("files", {})
+            ema = load_tensors(where, "ema", meta) if has_ema else None
+        except CheckpointError:
+            continue  # a torn write: the copy in .prev (same round) may be whole
         offset = int(state.pop("offset"))
         return Carry(offset=offset, optimizer=state or None, ema=ema)
+    return None
+
+
+def latest_carry(out_dir: Path, before: int) -> tuple[Carry, int] | None:
+    """The newest readable carry saved after a round < ``before``, with its round; else None."""
+    for rnd, d in _carry_rounds(out_dir):
+        if rnd < before:
+            c = _read_carry(d)
+            if c is not None:
+                return c, rnd
     return None
 
 

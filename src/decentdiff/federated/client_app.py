@@ -41,15 +41,16 @@ def _out_dir(ctx: Context, settings: FedSettings, partition: int) -> Path | None
 
 
 def _carry_from(ctx: Context, round_: int):
-    """The optimizer / EMA this node kept after round ``round_ - 1`` (an empty Carry if none)."""
+    """The optimizer / EMA this node kept after its last round before ``round_`` (normally
+    round_ − 1; an older one when it missed rounds), or an empty Carry."""
     import torch
 
     from ..training.loop import Carry
 
     carry = Carry()
     conf = ctx.state.config_records.get(CARRY_ROUND_KEY)
-    if conf is None or int(conf.get("round", -1)) != round_ - 1:
-        return carry
+    if conf is None or int(conf.get("round", round_)) >= round_:
+        return carry  # none yet (or, impossibly, from this round on): client_turn looks on disk
     recs = ctx.state.array_records
     scalars = set(str(conf.get("scalars", "")).split(","))  # Flower stores 0-d arrays as (1,)
 

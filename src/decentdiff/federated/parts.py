@@ -24,8 +24,9 @@ method         a client reports (uplink)                    the server sends (do
 
 Round 1's downlink is always the whole model (the initial broadcast: every client starts from the
 same weights). Every client trains all its weights locally; only what travels differs. With
-``--full-rounds N`` the first N rounds of UDEC / ULATDEC are FULL rounds (everything both ways):
-the clients' private parts start from a model averaged over every client's data.
+``--full-rounds N`` the first N rounds of UDEC / ULATDEC are FULL rounds (everything both ways)
+and round N+1 still receives the whole averaged model: the clients' private parts start from a
+model averaged over every client's data, then stay private.
 """
 
 from __future__ import annotations
@@ -153,10 +154,13 @@ def assignments(
 
 
 def downlink_groups(method: str | Method, round_: int, *, full_rounds: int = 0) -> frozenset[str]:
-    """Groups the server sends in ``round_``: the whole model in round 1 (initial broadcast) and
-    in the FULL rounds 1..``full_rounds`` that may precede the method's own."""
+    """Groups the server sends in ``round_``: the whole model in round 1 (initial broadcast).
+
+    With ``full_rounds`` N > 0 also in rounds 2..N+1: the FULL rounds' downlink, and round N+1's,
+    which hands every client the model averaged in round N (its private parts start there).
+    """
     m = method if isinstance(method, Method) else get_method(method)
-    return ALL_GROUPS if round_ <= max(1, full_rounds) else m.shared
+    return ALL_GROUPS if round_ <= 1 + full_rounds else m.shared
 
 
 def split_by_group(keys: Iterable[str]) -> dict[str, list[str]]:

@@ -101,10 +101,25 @@ def _identity(s: FedSettings) -> dict[str, Any]:
     return {k: d[k] for k in IDENTITY}
 
 
+#: The training settings a resumed federation must keep: the clients' schedule, optimizer and EMA
+#: continue across rounds, so changing them mid-run would not be the same experiment (device,
+#: threads, logging and precision may change).
+TRAIN_IDENTITY = ("lr", "warmup", "ema_decay", "batch", "weight_decay", "grad_clip", "cond_drop")
+
+
+def _train_identity(s: FedSettings) -> dict[str, Any]:
+    from ..config import TrainConfig
+
+    train = {**asdict(TrainConfig()), **(s.train or {})}  # keys added later: their defaults
+    return {k: train.get(k) for k in TRAIN_IDENTITY}
+
+
 def check_resumable(old: FedSettings, new: FedSettings) -> None:
     """A resumed run must be the same experiment (more rounds are fine)."""
     a, b = _identity(old), _identity(new)
     diff = [k for k in IDENTITY if a[k] != b[k]]
+    ta, tb = _train_identity(old), _train_identity(new)
+    diff += [f"train.{k}" for k in TRAIN_IDENTITY if ta[k] != tb[k]]
     if diff:
         raise ConfigError(
             f"RUN/federated holds a different federated run (differs in {', '.join(diff)}); use "
@@ -206,6 +221,8 @@ def _meta_common(settings: FedSettings) -> dict[str, Any]:
                 "server_lr",
                 "server_momentum",
                 "server_ema",
+                "client_state",
+                "full_rounds",
             )
         },
     }
@@ -251,9 +268,9 @@ def save_server_model(
 
     m = settings.method_spec
     out = global_dir(run_dir, m)
-    # UDEC/ULATDEC keep only the shared parts, except before a FULL round (--full-rounds), whose
-    # downlink is the whole model: a resume then needs all of it.
-    whole = not m.personal or round_ < settings.full_rounds
+    # UDEC/ULATDEC keep only the shared parts, except while the next round's downlink is the
+    # whole model (--full-rounds N: after rounds 1..N): a resume then needs all of it.
+    whole = not m.personal or round_ <= settings.full_rounds
     keys = list(arrays) if whole else P.keys_for(m.shared, list(arrays))
 
     def tensors(a: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -272,6 +289,9 @@ def save_server_model(
             "note": f"{m.name}: only {sorted(m.shared)} are averaged; the generators are "
             "RUN/federated/clients/<i>",
             "shared_groups": sorted(m.shared),
+            "holds": "the whole model (the next round's downlink is the whole model)"
+            if whole
+            else "the shared groups only",
             "round": round_,
             "federated": meta["federated"],
         }

@@ -4,7 +4,9 @@ The loop knows nothing about diffusion: it receives ``loss_fn(model, generator) 
 logs)`` which draws its own batch. Every random number of step s comes from a generator seeded by
 (seed, s) alone, and the learning rate depends on s alone (warm-up, then constant), so a run
 resumed from any checkpoint is bitwise identical to an uninterrupted one, whatever ``steps`` is.
-With ``train.precision`` bf16 the loss (the model's forward passes) runs under ``torch.autocast``;
+A model trained in pieces (a federated client's rounds, :class:`Carry`) counts s from its first
+piece: s = offset + the piece's own step (since 2026-12-02; a client's batches differ from
+earlier versions', so federated runs from before are not reproduced bitwise). With ``train.precision`` bf16 the loss (the model's forward passes) runs under ``torch.autocast``;
 the weights, the optimizer, the EMA and the checkpoints stay fp32.
 """
 
