@@ -148,11 +148,24 @@ def one(arm: str, seed: int) -> dict[str, Any]:
     return out
 
 
+#: The splits phase's order: what the issue asks most first (a session may stop it part-way).
+SPLITS_ORDER = (
+    "fedavg fair, 20 rounds x 10 steps",
+    "udec fair, 5 full rounds",
+    "fedavg fair dirichlet:0.1",
+    "fedprox 0.1 fair dirichlet:0.1",
+    "fedavg fair classes:2",
+    "fedavg fair, 50 rounds x 4 steps",
+    "fedprox 0.01 fair dirichlet:0.1",
+)
+
+
 def plan(phase: str) -> list[tuple[str, int]]:
     if phase == "main":
         return [(a, s) for s in SEEDS for a in MAIN]
     if phase == "splits":
-        return [(a, SEEDS[0]) for a in SPLITS]
+        assert sorted(SPLITS_ORDER) == sorted(SPLITS)
+        return [(a, SEEDS[0]) for a in SPLITS_ORDER]
     return [(a, SEEDS[0]) for a in ARMS if a not in MAIN and a not in SPLITS]
 
 
