@@ -204,6 +204,11 @@ def report() -> dict[str, Any]:
         xs = [rows[s]["fid"] / central[s]["fid"] for s in rows if s in central]
         if xs:
             ratios[f"{arm} / central"] = {**summarise(xs), "interval95": interval(xs)}
+    for num, den in (("fedavg fair", "fedavg paper"), ("udec fair", "udec paper")):
+        a, b = per.get(num, {}), per.get(den, {})
+        xs = [a[s]["fid"] / b[s]["fid"] for s in a if s in b]
+        if xs:
+            ratios[f"{num} / {den}"] = {**summarise(xs), "interval95": interval(xs)}
     checks = {}
     fair = ratios.get("fedavg fair / central")
     if fair and fair["count"] == len(SEEDS):
