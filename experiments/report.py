@@ -539,6 +539,10 @@ def body_s16(r: dict) -> list[str]:
         nbytes = next(iter(rows.values())).get("bytes", 0)
         out.append(f"| {arm} | {len(rows)} | {ms(summ[arm])} | {rtxt} | "
                    f"{mb(nbytes) if nbytes else '0 (central)'} |")  # fmt: skip
+    others = {k: v for k, v in ratios.items() if not k.endswith(" / central")}
+    if others:
+        out += ["", "| ratio, per seed | mean ± std (min–max) | 95% t-interval |", "|---|---|---|"]
+        out += [f"| {k} | {ms(v)} | {_iv(v['interval95'])} |" for k, v in others.items()]
     out += ["", "UDEC rows: the mean over the 5 clients' personal models (each scored on its own "
             "1,000 samples).", "", _checks(r), "", "![s16](figures/repro_s16.png)"]  # fmt: skip
     plt = _plt()

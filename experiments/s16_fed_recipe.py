@@ -131,18 +131,23 @@ def one(arm: str, seed: int) -> dict[str, Any]:
     if kind == "central":
         cli("train", "monolith", run, "--data", FED["data"], "--preset", FED["preset"],
             "--objective", FED["objective"], "--seed", seed, "--quiet", *extra, study=STUDY)  # fmt: skip
-        want = {"model": "monolith", "n": N, "seed": seed, "steps": steps}
-        row = find_row(run, **want)
-        if row is None:
+        if find_row(run, model="monolith", n=N, seed=seed, steps=steps) is None:
             cli("eval", run, "--model", "monolith", "--n", N, "--seed", seed, "--steps", steps,
                 "--quiet", study=STUDY)  # fmt: skip
-            row = find_row(run, **want)
-        return {"fid": row["fid"], "bytes": 0, "models": 1}
+        return scored(arm, seed)
     cli("fed", "run", run, *fed_args(method, seed, extra, split_of(arm)), study=STUDY)
-    row = find_row(run, kind="fed_eval", n=N)
-    if row is None:
+    if find_row(run, kind="fed_eval", n=N) is None:
         cli("fed", "eval", run, "--n", N, "--steps", steps, "--seed", seed, "--quiet", study=STUDY)
-        row = find_row(run, kind="fed_eval", n=N)
+    return scored(arm, seed)
+
+
+def scored(arm: str, seed: int) -> dict[str, Any]:
+    """What one finished arm scored (read from its RUN; nothing is run)."""
+    run = run_dir(arm, seed)
+    if ARMS[arm][0] == "central":
+        row = find_row(run, model="monolith", n=N, seed=seed, steps=FED["sample_steps"])
+        return {"fid": row["fid"], "bytes": 0, "models": 1}
+    row = find_row(run, kind="fed_eval", n=N)
     rounds = [json.loads(x) for x in (run / "federated" / "rounds.jsonl").read_text().splitlines()
               if x.strip()]  # fmt: skip
     fid = row["fid"]
@@ -194,7 +199,7 @@ def report() -> dict[str, Any]:
     for arm in ARMS:
         for seed in SEEDS:
             if done(arm, seed):
-                per.setdefault(arm, {})[f"seed{seed}"] = one(arm, seed)
+                per.setdefault(arm, {})[f"seed{seed}"] = scored(arm, seed)
     summary = {a: summarise([r["fid"] for r in rows.values()]) for a, rows in per.items()}
     ratios: dict[str, dict[str, Any]] = {}
     central = per.get("central", {})
