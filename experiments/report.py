@@ -557,7 +557,7 @@ def body_s16(r: dict) -> list[str]:
             continue
         ax.errorbar(nbytes / 1e6, m["mean"], yerr=m["std"] if m["count"] > 1 else None,
                     fmt="o", ms=4, capsize=2)  # fmt: skip
-        ax.annotate(arm + (f" (3 seeds)" if m["count"] > 1 else ""), (nbytes / 1e6, m["mean"]),
+        ax.annotate(arm + (f" ({m['count']} seeds)" if m["count"] > 1 else ""), (nbytes / 1e6, m["mean"]),
                     xytext=(4, 0), textcoords="offset points", fontsize=6, va="center")  # fmt: skip
     ax.set_yscale("log")
     ax.set_xlabel("bytes on the wire (MB, all rounds)")
