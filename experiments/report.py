@@ -546,23 +546,25 @@ def body_s16(r: dict) -> list[str]:
     out += ["", "UDEC rows: the mean over the 5 clients' personal models (each scored on its own "
             "1,000 samples).", "", _checks(r), "", "![s16](figures/repro_s16.png)"]  # fmt: skip
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.6))
-    for arm, rows in per.items():
-        nbytes = next(iter(rows.values())).get("bytes", 0)
+    arms = list(per)
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(arms) + 1.2))
+    for i, arm in enumerate(arms):
         m = summ[arm]
-        if not nbytes:
-            ax.axhline(m["mean"], ls="--", lw=0.8, color="gray")
-            ax.text(ax.get_xlim()[0] if ax.has_data() else 0, m["mean"], f" {arm}",
-                    fontsize=6, color="gray", va="bottom")  # fmt: skip
-            continue
-        ax.errorbar(nbytes / 1e6, m["mean"], yerr=m["std"] if m["count"] > 1 else None,
-                    fmt="o", ms=4, capsize=2)  # fmt: skip
-        ax.annotate(arm + (f" ({m['count']} seeds)" if m["count"] > 1 else ""), (nbytes / 1e6, m["mean"]),
-                    xytext=(4, 0), textcoords="offset points", fontsize=6, va="center")  # fmt: skip
-    ax.set_yscale("log")
-    ax.set_xlabel("bytes on the wire (MB, all rounds)")
-    ax.set_ylabel("FID (1,000 samples, log scale)")
-    ax.set_title("Federated recipes vs central training (dashed; 0 bytes)")
+        nbytes = next(iter(per[arm].values())).get("bytes", 0)
+        colour = "gray" if not nbytes else "tab:orange" if "udec" in arm else "tab:blue"
+        ax.barh(i, m["mean"], xerr=m["std"] if m["count"] > 1 else None, color=colour,
+                capsize=2, height=0.6)  # fmt: skip
+        ax.text(m["mean"] * 1.05, i, f"{m['mean']:.1f}", va="center", fontsize=6)
+    labels = []
+    for arm in arms:
+        nbytes = next(iter(per[arm].values())).get("bytes", 0)
+        seeds = f", {summ[arm]['count']} seeds" if summ[arm]["count"] > 1 else ""
+        labels.append(f"{arm} ({nbytes / 1e6:.0f} MB{seeds})" if nbytes else f"{arm}{seeds}")
+    ax.set_yticks(range(len(arms)), labels, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("FID (1,000 samples, log scale); gray: central, blue: FedAvg, orange: UDEC")
+    ax.set_title("Federated recipes vs central training (bytes sent in parentheses)", fontsize=9)
     fig.tight_layout()
     fig.savefig(FIGS / "repro_s16.png", dpi=110)
     plt.close(fig)
