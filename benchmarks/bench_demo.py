@@ -44,6 +44,11 @@ def bench_demo(ctx: Context) -> dict[str, Any]:
     run = Path(os.environ.get("DECENTDIFF_DEMO_RUN", root / "runs" / "demo"))
     if not (run / "demo.json").is_file():
         subprocess.run([sys.executable, "-m", "decentdiff", "demo", str(run), "-q"], check=True)
+    return record(run, root, "demo")
+
+
+def record(run: Path, root: Path, prefix: str) -> dict[str, Any]:
+    """A finished demo RUN's timings, compare rows and figures (copied to docs/figures/<prefix>-*)."""
     timing = json.loads((run / "demo.json").read_text())
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     latest: dict[tuple, dict] = {}
@@ -65,6 +70,7 @@ def bench_demo(ctx: Context) -> dict[str, Any]:
                 "confident_share",
                 "sample_gflops_per_image",
                 "train_flops",
+                "features",
             )
         }
         for r in latest.values()
@@ -80,8 +86,8 @@ def bench_demo(ctx: Context) -> dict[str, Any]:
     for name in names:
         src = run / "samples" / f"{name}.png"
         if src.is_file():
-            shutil.copy2(src, out / f"demo-{name}.png")
-            figures.append(f"docs/figures/demo-{name}.png")
+            shutil.copy2(src, out / f"{prefix}-{name}.png")
+            figures.append(f"docs/figures/{prefix}-{name}.png")
     for name in (
         "partition",
         "attribution",
@@ -91,8 +97,8 @@ def bench_demo(ctx: Context) -> dict[str, Any]:
     ):
         src = run / "figures" / f"{name}.png"
         if src.is_file():
-            shutil.copy2(src, out / f"demo-{name}.png")
-            figures.append(f"docs/figures/demo-{name}.png")
+            shutil.copy2(src, out / f"{prefix}-{name}.png")
+            figures.append(f"docs/figures/{prefix}-{name}.png")
     from decentdiff.ddm.load import resolve_routing
     from decentdiff.run import Run
 
@@ -118,22 +124,30 @@ def bench_demo(ctx: Context) -> dict[str, Any]:
     }
 
 
-def render_demo(r: dict[str, Any]) -> str:
+def render_demo(r: dict[str, Any], *, as_demo: bool = True) -> str:
+    """The section's text; ``as_demo`` False: another demo RUN (no `make demo` time target)."""
     from common import verdict
 
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in r["stages_s"].items())
-    text = (
-        f"`make demo` (= `decentdiff demo runs/demo`, defaults: the `{r.get('preset')}` UNet) "
-        f"finished in **{r['wall_s'] / 60:.1f} "
-        f"min** on {r.get('demo_time') or 'the day recorded'} (target ≤ 10 min: "
-        f"{verdict(r['time_met'])})"
-        + (f"; stages: {stages}" if stages else "")
-        + ". "
-        + (f"({r['note']}.) " if r.get("note") else "")
-        + f"The fp32 2048² matmul measured when this section was written: "
-        f"{r['matmul_gflops_now']:.0f} GFLOP/s; compare the training section's figure — these "
-        "shared machines' speed varies from day to day, and the demo's time with it.\n\n"
-    )
+    if not as_demo:
+        text = (
+            f"The `{r.get('preset')}` UNet; {r['wall_s'] / 60:.1f} min on "
+            f"{r.get('demo_time') or 'the day recorded'} ({stages}; fp32 2048² matmul at the "
+            f"time: {r['matmul_gflops_now']:.0f} GFLOP/s).\n\n"
+        )
+    else:
+        text = (
+            f"`make demo` (= `decentdiff demo runs/demo`, defaults: the `{r.get('preset')}` UNet) "
+            f"finished in **{r['wall_s'] / 60:.1f} "
+            f"min** on {r.get('demo_time') or 'the day recorded'} (target ≤ 10 min: "
+            f"{verdict(r['time_met'])})"
+            + (f"; stages: {stages}" if stages else "")
+            + ". "
+            + (f"({r['note']}.) " if r.get("note") else "")
+            + f"The fp32 2048² matmul measured when this section was written: "
+            f"{r['matmul_gflops_now']:.0f} GFLOP/s; compare the training section's figure — these "
+            "shared machines' speed varies from day to day, and the demo's time with it.\n\n"
+        )
     rows = [
         [
             x["model"],
@@ -141,7 +155,7 @@ def render_demo(r: dict[str, Any]) -> str:
             f"{x['fid']:.2f}",
             f"{x['precision']:.3f}",
             f"{x['recall']:.3f}",
-            f"{x['confident_share']:.3f}",
+            "–" if x["confident_share"] is None else f"{x['confident_share']:.3f}",
             f"{x['sample_gflops_per_image']:.2f}",
             f"{x['train_flops'] / 1e12:.1f}",
         ]
@@ -155,16 +169,18 @@ def render_demo(r: dict[str, Any]) -> str:
             f"{f['fid']:.2f}",
             f"{f['precision']:.3f}",
             f"{f['recall']:.3f}",
-            f"{f.get('confident_share') or float('nan'):.3f}",
+            "–" if f.get("confident_share") is None else f"{f['confident_share']:.3f}",
             "–",
             "–",
         ]
     )
     n = r["rows"][0]["n"] if r["rows"] else 0
     g = r["rows"][0]["guidance"] if r["rows"] else 1
+    feats = (r["rows"][0].get("features") or "classifier") if r["rows"] else "classifier"
     text += (
-        f"{n} samples per row, Euler, guidance {g} inside each expert; classifier features "
-        "(FID here is not comparable with Inception FIDs).\n\n"
+        f"{n} samples per row, Euler, guidance {g} inside each expert; {feats} features"
+        + (" (FID here is not comparable with Inception FIDs)" if feats == "classifier" else "")
+        + ".\n\n"
     )
     text += md_table(
         [
@@ -179,11 +195,13 @@ def render_demo(r: dict[str, Any]) -> str:
         ],
         rows,
     )
-    text += (
-        f"\n\nSamples of the default routing (`{r.get('default_routing', 'top1')}`) classified "
-        f"with confidence ≥ 0.9: target ≥ {TARGET_CONFIDENT:.0%}: "
-        f"{verdict(r['confident_met'])}.\n\n"
-    )
+    if feats == "classifier":
+        text += (
+            f"\n\nSamples of the default routing (`{r.get('default_routing', 'top1')}`) classified "
+            f"with confidence ≥ 0.9: target ≥ {TARGET_CONFIDENT:.0%}: "
+            f"{verdict(r['confident_met'])}."
+        )
+    text += "\n\n"
     text += " ".join(f"![{Path(p).stem}]({p})" for p in r["figures"])
     return text
 
