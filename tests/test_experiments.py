@@ -156,3 +156,35 @@ def test_s11_ratio_is_best_ode_over_best_ancestral(tmp_path, monkeypatch):
     assert r["verdict"] == "not held"
     text = "\n".join(report.body_s11(r))
     assert "| eps-uniform |" in text and "3.00 [3.00, 3.00]" in text
+
+
+def test_s16_arms_plans_and_command_lines():
+    import s16_fed_recipe as s16
+
+    assert s16.split_of("fedavg fair dirichlet:0.1") == "dirichlet:0.1"
+    assert s16.split_of("fedavg fair, 20 rounds x 10 steps") == "iid"
+    # Every arm runs in exactly one phase.
+    phases = [a for p in ("main", "extra", "splits") for a, _ in s16.plan(p) if _ == s16.SEEDS[0]]
+    assert sorted(phases) == sorted(s16.ARMS)
+    args = s16.fed_args("full", 0, s16.ARMS["fedavg fair, 20 rounds x 10 steps"][2])
+    assert args.count("--rounds") == 1 and args[args.index("--rounds") + 1] == 20
+    default = s16.fed_args("full", 0, s16.FAIR)
+    assert default[default.index("--rounds") + 1] == s16.FED["rounds"]
+    assert len({s16.run_dir(a, 0) for a in s16.ARMS}) == len(s16.ARMS)  # no two arms share a RUN
+
+
+def test_s16_report_body_renders_ratios_and_a_figure(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "FIGS", tmp_path)
+    per = {"central": {"seed0": {"fid": 5.0, "bytes": 0}, "seed1": {"fid": 6.0, "bytes": 0}},
+           "fedavg fair": {"seed0": {"fid": 15.0, "bytes": 2e8}, "seed1": {"fid": 12.0, "bytes": 2e8}}}  # fmt: skip
+    r = {"per_seed": per,
+         "summary": {a: common.summarise([x["fid"] for x in v.values()]) for a, v in per.items()},
+         "ratios": {"fedavg fair / central": {**common.summarise([3.0, 2.0]),
+                                             "interval95": common.t_interval([3.0, 2.0])},
+                    "fedavg fair / fedavg paper": {**common.summarise([0.5, 0.7]),
+                                                  "interval95": [0.1, 1.1]}},
+         "checks": {"x": "not held"}}  # fmt: skip
+    text = "\n".join(report.body_s16(r))
+    assert "| fedavg fair | 2 | 13.50 ± 2.12 (12.00–15.00) | 2.50 ± 0.71 (2.00–3.00)" in text
+    assert "| fedavg fair / fedavg paper | 0.60 ± 0.14 (0.50–0.70) | [0.10, 1.10] |" in text
+    assert "200.0 MB" in text and (tmp_path / "repro_s16.png").stat().st_size > 0
