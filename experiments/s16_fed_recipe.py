@@ -12,7 +12,7 @@ steps at batch 64 = 64k images; the central run 1,000 steps at batch 64, the sam
 1,000 generated images (Euler, 20 steps), 3 seeds for the main arms; one seed for the ablations,
 the server optimizers and the UDEC personal models.
 
-    python experiments/s16_fed_recipe.py [run] [--phase main|extra|splits|udec]
+    python experiments/s16_fed_recipe.py [run] [--phase main|extra|splits|udec|lr]
     python experiments/s16_fed_recipe.py report
 """
 
@@ -96,6 +96,12 @@ SPLITS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     "udec fair, 5 full rounds": ("fed", "udec", (*ARMS["udec fair"][2], "--full-rounds", 5)),
 }
 ARMS.update(SPLITS)
+#: Phase "lr" (one seed): the clients' learning rate around the central one, the recipe otherwise.
+LRS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
+    f"fedavg fair, client lr {lr:g}": ("fed", "full", ("--set", f"train.lr={lr}", *FAIR[2:]))
+    for lr in (1e-3, 4e-3)
+}
+ARMS.update(LRS)
 
 
 def split_of(arm: str) -> str:
@@ -175,12 +181,14 @@ SPLITS_ORDER = (
 def plan(phase: str) -> list[tuple[str, int]]:
     if phase == "main":
         return [(a, s) for s in SEEDS for a in MAIN]
+    if phase == "lr":
+        return [(a, SEEDS[0]) for a in LRS]
     if phase == "udec":  # the UDEC arms' other seeds
         return [(a, s) for s in SEEDS[1:] for a in ("udec paper", "udec fair")]
     if phase == "splits":
         assert sorted(SPLITS_ORDER) == sorted(SPLITS)
         return [(a, SEEDS[0]) for a in SPLITS_ORDER]
-    return [(a, SEEDS[0]) for a in ARMS if a not in MAIN and a not in SPLITS]
+    return [(a, SEEDS[0]) for a in ARMS if a not in MAIN and a not in SPLITS and a not in LRS]
 
 
 def work(phase: str) -> None:
