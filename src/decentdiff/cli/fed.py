@@ -131,7 +131,10 @@ def fed_run(
         typer.Option(
             "--server-lr",
             help="Server learning rate η of --server-opt (0 = its default: fedavg 1 (the only "
-            "value it takes), fedavgm 1 − momentum, fedadam / fedyogi / fedadagrad 1e-3).",
+            "value it takes), fedavgm 1 − momentum, fedadam / fedyogi / fedadagrad 1e-3). "
+            "Measured (docs/reproduction.md, study 16): FedAdam at 1e-3 and 1e-2 barely moved "
+            "a model whose clients take 20 Adam steps at lr 2e-3; an adaptive step needs η "
+            "near the clients' own movement per round, about lr × local steps.",
         ),
     ] = DEFAULTS.server_lr,
     server_momentum: Annotated[
