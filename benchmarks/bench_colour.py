@@ -39,8 +39,36 @@ def bench_colour(ctx: Context) -> dict[str, Any]:
                  "--router-steps", str(router_steps), "--n", str(n), "-q"],
                 check=True,
             )  # fmt: skip
-        out[str(size)] = {**record(run, root, f"colour{size}"), "size": size}
+        rec = record(run, root, f"colour{size}")
+        rec["figures"] = _small_grids(run, root, f"colour{size}", rec["figures"])
+        out[str(size)] = {**rec, "size": size}
     return {"sizes": out}
+
+
+def _small_grids(run: Path, root: Path, prefix: str, figures: list[str]) -> list[str]:
+    """Sample grids of 64 images (the demo's hold 256 colour images, ~0.5 MB each) for the
+    mixture and the monolith only; the other routings' grids are dropped from docs/figures."""
+    import numpy as np
+    import torch
+
+    from decentdiff.training.generative import to_uint8
+    from decentdiff.viz import save_grid
+
+    kept = []
+    for fig in figures:
+        name = Path(fig).stem.removeprefix(f"{prefix}-")
+        npz = run / "samples" / f"{name}.npz"
+        if not npz.is_file():
+            kept.append(fig)  # a diagnostic figure, not a sample grid
+            continue
+        if name not in ("ensemble-mixture", "monolith"):
+            (root / fig).unlink(missing_ok=True)
+            continue
+        with np.load(npz) as z:
+            images = torch.from_numpy(z["images"][:64])
+        save_grid(to_uint8(images), root / fig, nrow=8)
+        kept.append(fig)
+    return kept
 
 
 def render_colour(r: dict[str, Any]) -> str:
@@ -51,8 +79,15 @@ def render_colour(r: dict[str, Any]) -> str:
         "(the default for colour data), so these FIDs are not comparable with the classifier-"
         "feature FIDs of the grey sections."
     ]
+    parts[0] += (
+        " One run per size and 250 samples per FID: a single measurement, not an interval. "
+        "The grids show 64 of each model's samples."
+    )
     for size, run in r["sizes"].items():
         parts += ["", f"**{size}×{size}**", "", render_demo(run, as_demo=False)]
+    missing = [str(s) for s in PLAN if str(s) not in r["sizes"]]
+    if missing:
+        parts += ["", f"Not run yet: {', '.join(f'{s}×{s}' for s in missing)}."]
     return "\n".join(parts)
 
 
