@@ -164,7 +164,9 @@ def test_s16_arms_plans_and_command_lines():
     assert s16.split_of("fedavg fair dirichlet:0.1") == "dirichlet:0.1"
     assert s16.split_of("fedavg fair, 20 rounds x 10 steps") == "iid"
     # Every arm runs in exactly one phase.
-    phases = [a for p in ("main", "extra", "splits", "lr") for a, _ in s16.plan(p) if _ == s16.SEEDS[0]]
+    phases = [
+        a for p in ("main", "extra", "splits", "lr") for a, _ in s16.plan(p) if _ == s16.SEEDS[0]
+    ]
     assert sorted(phases) == sorted(s16.ARMS)
     args = s16.fed_args("full", 0, s16.ARMS["fedavg fair, 20 rounds x 10 steps"][2])
     assert args.count("--rounds") == 1 and args[args.index("--rounds") + 1] == 20
