@@ -254,25 +254,8 @@ def client_turn(
             # the round is re-run (from a model one round further on: private parts only).
             if saved_round in (round_ - 1, round_):
                 state, steps_before, origin = arrays, saved_step, 2
-    from ..training.loop import Carry
-
     keep_opt, keep_ema = carries(settings)
-    work = Carry()
-    if keep_opt or keep_ema:
-        if carry is not None and (carry.optimizer or carry.ema):
-            work = carry
-        elif round_ > 1 and out_dir is not None:
-            found = latest_carry(out_dir, round_)
-            if found is not None:
-                work, from_round = found
-                if from_round != round_ - 1:
-                    _warn_carry(data.partition, round_, f"from round {from_round}")
-            else:
-                _warn_carry(data.partition, round_, "none found: a new one")
-        if not keep_opt:
-            work.optimizer = None
-        if not keep_ema:
-            work.ema = None
+    work = _start_carry(carry, out_dir, round_, data.partition, keep_opt, keep_ema)
     write_activity(settings, data.partition, round_, "training")
     update, local, metrics = client_round(
         settings, data, round_, received, report, state, threads=threads, carry=work
@@ -281,20 +264,55 @@ def client_turn(
     step = steps_before + int(metrics["steps"])
     ema = None
     if keep_opt or keep_ema:
-        if not keep_opt:
-            work.optimizer = None
-        if not keep_ema:
-            work.ema = None
+        _trim(work, keep_opt, keep_ema)
         if carry is not None:
             carry.offset, carry.optimizer, carry.ema = work.offset, work.optimizer, work.ema
         if out_dir is not None:
             save_carry(out_dir, work, round_)
-        if keep_ema and work.ema is not None:
+        if work.ema is not None:
             ema = {k: v.numpy() for k, v in work.ema.items()}
     if personal and out_dir is not None:
         save_personal(out_dir, settings, data, local, ema=ema, round=round_, step=step)
     write_activity(settings, data.partition, round_, "done")
     return update, local, metrics, step
+
+
+def _start_carry(
+    carry: Carry | None,
+    out_dir: Path | None,
+    round_: int,
+    partition: int,
+    keep_opt: bool,
+    keep_ema: bool,
+) -> Carry:
+    """The state a round starts from: the node's (``carry``), else the newest one on disk, else a
+    new one (said on stderr after round 1), trimmed to what the run keeps."""
+    from ..training.loop import Carry
+
+    work = Carry()
+    if not (keep_opt or keep_ema):
+        return work
+    if carry is not None and (carry.optimizer or carry.ema):
+        work = carry
+    elif round_ > 1 and out_dir is not None:
+        found = latest_carry(out_dir, round_)
+        if found is not None:
+            work, from_round = found
+            if from_round != round_ - 1:
+                _warn_carry(partition, round_, f"from round {from_round}")
+        else:
+            _warn_carry(partition, round_, "none found: a new one")
+    return _trim(work, keep_opt, keep_ema)
+
+
+def _trim(work: Carry, keep_opt: bool, keep_ema: bool) -> Carry:
+    """Drop from ``work`` what the run does not keep (the optimizer with reset, the EMA of a
+    non-personal model); returns it."""
+    if not keep_opt:
+        work.optimizer = None
+    if not keep_ema:
+        work.ema = None
+    return work
 
 
 def _warn_carry(partition: int, round_: int, what: str) -> None:
