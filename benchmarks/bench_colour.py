@@ -81,7 +81,8 @@ def render_colour(r: dict[str, Any]) -> str:
     ]
     parts[0] += (
         " One run per size and 250 samples per FID: a single measurement, not an interval. "
-        "The grids show 64 of each model's samples."
+        "The grids show 64 of each model's samples. Reproduce: `.venv/bin/python "
+        "benchmarks/run.py --only colour` (opt-in; `DECENTDIFF_COLOUR_SIZES=32` for one size)."
     )
     for size, run in r["sizes"].items():
         parts += ["", f"**{size}×{size}**", "", render_demo(run, as_demo=False)]
