@@ -26,7 +26,10 @@ PLAN = {32: ("compact", 350, 400, 250), 64: ("compact", 200, 250, 250)}
 def bench_colour(ctx: Context) -> dict[str, Any]:
     root = Path(ctx.root)
     sizes = [int(s) for s in os.environ.get("DECENTDIFF_COLOUR_SIZES", "32,64").split(",")]
-    out: dict[str, Any] = {}
+    # A size not asked for this time keeps its earlier record (DECENTDIFF_COLOUR_SIZES=64 adds the
+    # 64×64 run beside a 32×32 one measured before).
+    before = ctx.results.get("benchmarks", {}).get("colour", {}).get("sizes", {})
+    out: dict[str, Any] = {k: v for k, v in before.items() if int(k) not in sizes}
     for size in sizes:
         preset, steps, router_steps, n = PLAN[size]
         if ctx.quick:

@@ -223,6 +223,31 @@ def test_training_is_seeded_and_leaves_global_rng_alone(one_thread):
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+def test_max_steps_caps_the_optimizer_steps(monkeypatch, one_thread):
+    """8 rows a batch of 16 over 128 images: 8 steps an epoch, 32 in 4 epochs; max_steps cuts there."""
+    x, y = _tiny()
+    calls = []
+    real_step = torch.optim.AdamW.step
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counting)
+    full = train_classifier(x, y, seed=0, epochs=4)
+    assert len(calls) == 32
+    calls.clear()
+    same = train_classifier(x, y, seed=0, epochs=4, max_steps=32)  # the cap not reached
+    assert len(calls) == 32
+    assert all(torch.equal(v, same.state_dict()[k]) for k, v in full.state_dict().items())
+    calls.clear()
+    capped = train_classifier(x, y, seed=0, epochs=4, max_steps=10)  # stops mid-epoch 2
+    assert len(calls) == 10
+    assert not all(torch.equal(v, capped.state_dict()[k]) for k, v in full.state_dict().items())
+    with pytest.raises(ConfigError, match="max_steps"):
+        train_classifier(x, y, max_steps=0)
+
+
 def test_rgb_small_images_and_explicit_num_classes(one_thread):
     x, y = _tiny(n=96, c=3, size=8, k=3)
     net = train_classifier(x, y, seed=0, epochs=4, num_classes=5)

@@ -43,8 +43,10 @@ __all__ = [
 ]
 
 #: Above this many items the fine k-means stage uses MiniBatchKMeans (full Lloyd iterations over
-#: N x 1024 distances stop being "a few seconds" on a laptop CPU).
-MINIBATCH_ABOVE = 50_000
+#: N x 1024 distances stop being "a few seconds" on a laptop CPU). Equal to SINGLE_THREAD_UP_TO:
+#: with a gap between the two, 40,000 items ran full Lloyd on two threads and took 90 s against
+#: 37 s for 80,000 items by MiniBatchKMeans (BENCHMARKS.md, data larger than memory).
+MINIBATCH_ABOVE = 20_000
 
 #: Up to this many items k-means runs on one thread: the work is well under a second, and OpenMP
 #: barriers on CPUs shared with other jobs made the 2-thread run 10x slower than 1 thread (measured).

@@ -26,6 +26,7 @@ from decentdiff.evaluation.images import image_batches
 
 __all__ = [
     "DEFAULT_EPOCHS",
+    "MAX_STEPS",
     "RECIPE_FORMAT",
     "FeatureNet",
     "accuracy",
@@ -35,6 +36,10 @@ __all__ = [
 
 #: Epochs of the default classifier (mnist5k, 4,000 training images: ≥ 97 % held-out accuracy).
 DEFAULT_EPOCHS = 8
+#: At most this many optimizer steps, whatever the epochs: 8 epochs of mnist5k are 248 steps, of
+#: 100,000 images 6,250 (20-40 minutes on two CPU cores, BENCHMARKS.md). 2,000 steps at batch 128
+#: are 256,000 images seen, so a set of up to 32,000 training images trains exactly as before.
+MAX_STEPS = 2000
 _BATCH = 128
 _LR = 3e-3
 _WEIGHT_DECAY = 1e-4
@@ -226,6 +231,7 @@ def train_classifier(
     epochs: int = DEFAULT_EPOCHS,
     num_classes: int | None = None,
     progress: bool = False,
+    max_steps: int = MAX_STEPS,
 ) -> FeatureNet:
     """Trains the feature classifier on labelled images.
 
@@ -246,6 +252,8 @@ def train_classifier(
         epochs: passes over the data (≥ 1).
         num_classes: K; defaults to ``labels.max() + 1``.
         progress: show a progress bar (stderr).
+        max_steps: at most this many steps (the learning-rate schedule spans them); large sets
+            then see fewer than ``epochs`` passes.
 
     Returns:
         The trained network, in eval mode.
@@ -274,7 +282,11 @@ def train_classifier(
     # 128 per batch on large sets; smaller batches on small sets so that an epoch has ≥ ~32 steps.
     batch = min(n, _BATCH, max(16, n // 32))
     steps_per_epoch = n // batch  # drop the ragged last batch: BatchNorm dislikes tiny batches
-    total = steps_per_epoch * epochs
+    if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral) or max_steps < 1:
+        raise ConfigError(
+            f"feature classifier: max_steps must be an integer ≥ 1, got {max_steps!r}"
+        )
+    total = min(steps_per_epoch * epochs, int(max_steps))
     warmup = max(1, total // 10)
     max_shift = max(1, round(min(x.shape[2], x.shape[3]) / 14))
     opt = torch.optim.AdamW(net.parameters(), lr=_LR, weight_decay=_WEIGHT_DECAY)
@@ -300,8 +312,10 @@ def train_classifier(
     net.to(memory_format=torch.channels_last).train()
     step = 0
     for _ in range(epochs):
+        if step >= total:
+            break
         perm = torch.randperm(n, generator=gen)
-        for i in range(steps_per_epoch):
+        for i in range(min(steps_per_epoch, total - step)):
             idx = perm[i * batch : (i + 1) * batch]
             xb = _random_shift(_to_float(rows(idx)), max_shift, gen)
             xb = xb.contiguous(memory_format=torch.channels_last)

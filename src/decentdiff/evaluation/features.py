@@ -29,6 +29,7 @@ from torch import Tensor
 from decentdiff.errors import ConfigError
 from decentdiff.evaluation.classifier import (
     DEFAULT_EPOCHS,
+    MAX_STEPS,
     RECIPE_FORMAT,
     FeatureNet,
     accuracy,
@@ -138,6 +139,7 @@ def get_feature_net(
         "train_digest": train_digest,
         "seed": seed,
         "epochs": epochs,
+        "max_steps": MAX_STEPS,
     }
     cached = load_cached(directory, recipe)
     if cached is not None:
