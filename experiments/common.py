@@ -375,18 +375,30 @@ def commands(study: str) -> list[str]:
     return list(seen)
 
 
+def previous(study: str) -> dict[str, Any] | None:
+    """The study's last saved result (docs/reproduction/<study>.json), or None."""
+    p = RESULTS / f"{study}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
 def save(study: str, result: dict[str, Any]) -> Path:
     """Write docs/reproduction/<study>.json (the study's numbers, verdict and set-up)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{study}.json"
+    wall, cmds = study_wall(study), commands(study)
+    before = previous(study)
+    if before and not set(before.get("commands", [])) <= set(cmds):
+        # The log of the earlier runs is on another machine (a fresh clone): add to its record.
+        wall += float(before.get("wall_s", 0.0))
+        cmds = [*before.get("commands", []), *(c for c in cmds if c not in before["commands"])]
     result = {
         **result,
         "study": study,
         "scale": SCALE,
-        "wall_s": round(study_wall(study), 1),
-        "commands": commands(study),
+        "wall_s": round(wall, 1),
+        "commands": cmds,
         "recorded": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    out = RESULTS / f"{study}.json"
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, out)

@@ -12,7 +12,7 @@ steps at batch 64 = 64k images; the central run 1,000 steps at batch 64, the sam
 1,000 generated images (Euler, 20 steps), 3 seeds for the main arms; one seed for the ablations,
 the server optimizers and the UDEC personal models.
 
-    python experiments/s16_fed_recipe.py [run] [--phase main|extra|splits|udec|lr]
+    python experiments/s16_fed_recipe.py [run] [--phase main|extra|splits|udec|lr|local|local-seeds]
     python experiments/s16_fed_recipe.py report
 """
 
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import FED, ROOT, SEEDS, cli, find_row, save, scaled, summarise
+from common import FED, ROOT, SEEDS, cli, find_row, previous, save, scaled, summarise
 from common import t_interval as interval
 
 STUDY = "s16_fed_recipe"
@@ -102,6 +102,23 @@ LRS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     for lr in (1e-3, 4e-3)
 }
 ARMS.update(LRS)
+#: Phase "local": the same images seen (64k) in as many sequential steps as the central run: more
+#: local steps at a smaller client batch (10 rounds x 100 steps x 13 = 1,000 steps per client), and
+#: half-way (50 x 26). The server EMA keeps its window in sequential steps (0.5 per 20 steps); at
+#: 100 steps a round it would keep 3% of the past, so that arm runs without it.
+LOCAL: dict[str, tuple[str, str, tuple[Any, ...]]] = {
+    "fedavg fair, 10 rounds x 100 steps x batch 13": (
+        "fed",
+        "full",
+        (*RECIPE, "--rounds", 10, "--local-steps", 100, "--batch", 13),
+    ),
+    "fedavg fair, 10 rounds x 50 steps x batch 26": (
+        "fed",
+        "full",
+        (*RECIPE, "--server-ema", 0.18, "--rounds", 10, "--local-steps", 50, "--batch", 26),
+    ),
+}
+ARMS.update(LOCAL)
 
 
 def split_of(arm: str) -> str:
@@ -183,12 +200,17 @@ def plan(phase: str) -> list[tuple[str, int]]:
         return [(a, s) for s in SEEDS for a in MAIN]
     if phase == "lr":
         return [(a, SEEDS[0]) for a in LRS]
+    if phase == "local":
+        return [(a, SEEDS[0]) for a in LOCAL]
+    if phase == "local-seeds":
+        return [(a, s) for s in SEEDS[1:] for a in list(LOCAL)[:1]]
     if phase == "udec":  # the UDEC arms' other seeds
         return [(a, s) for s in SEEDS[1:] for a in ("udec paper", "udec fair")]
     if phase == "splits":
         assert sorted(SPLITS_ORDER) == sorted(SPLITS)
         return [(a, SEEDS[0]) for a in SPLITS_ORDER]
-    return [(a, SEEDS[0]) for a in ARMS if a not in MAIN and a not in SPLITS and a not in LRS]
+    return [(a, SEEDS[0]) for a in ARMS
+            if a not in MAIN and a not in SPLITS and a not in LRS and a not in LOCAL]  # fmt: skip
 
 
 def work(phase: str) -> None:
@@ -206,10 +228,14 @@ def done(arm: str, seed: int) -> bool:
 
 def report() -> dict[str, Any]:
     per: dict[str, dict[str, Any]] = {}
+    # Arms run in an earlier session whose RUNs are not on this machine keep their recorded scores.
+    recorded = (previous(STUDY) or {}).get("per_seed", {})
     for arm in ARMS:
         for seed in SEEDS:
             if done(arm, seed):
                 per.setdefault(arm, {})[f"seed{seed}"] = scored(arm, seed)
+            elif f"seed{seed}" in recorded.get(arm, {}):
+                per.setdefault(arm, {})[f"seed{seed}"] = recorded[arm][f"seed{seed}"]
     summary = {a: summarise([r["fid"] for r in rows.values()]) for a, rows in per.items()}
     ratios: dict[str, dict[str, Any]] = {}
     central = per.get("central", {})
