@@ -47,14 +47,16 @@ __all__ = ["extract", "get_feature_net"]
 
 
 def extract(
-    net: FeatureNet | InceptionFeatures, images: np.ndarray | Tensor, batch: int = 500
+    net: FeatureNet | InceptionFeatures, images: np.ndarray | Tensor, batch: int | None = None
 ) -> dict[str, Any]:
     """Features (and, for the classifier, class probabilities) of images.
 
     Args:
         net: a :class:`FeatureNet` (from :func:`get_feature_net`) or :class:`InceptionFeatures`.
         images: uint8 (N, C, H, W) (numpy or torch), or float (N, C, H, W) in [-1, 1].
-        batch: images per forward pass.
+        batch: images per forward pass; None: the network's own (500 for the classifier,
+            :data:`~decentdiff.evaluation.inception.BATCH` for Inception, whose activations at
+            299×299 take ~16 MB an image: at 500 a pass peaked at 8.5 GB).
 
     Returns:
         ``{"features": float64 (N, D), "probs": float64 (N, K) or None}``; probs is None for
@@ -65,8 +67,8 @@ def extract(
             classifier was trained on.
     """
     if isinstance(net, InceptionFeatures):
-        return net.extract(images, batch=batch)
-    return extract_features(net, images, batch=batch)
+        return net.extract(images) if batch is None else net.extract(images, batch=batch)
+    return extract_features(net, images, batch=500 if batch is None else batch)
 
 
 def get_feature_net(

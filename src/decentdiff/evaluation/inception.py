@@ -59,6 +59,12 @@ def _tf_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+#: Images per Inception forward pass. The 299×299 activations cost ~16 MB an image on the CPU
+#: (peak RSS of one pass: 0.7 GB at 10, 1.6 GB at 50, 8.5 GB at 500, measured), so a small batch
+#: keeps evaluation of any data set size under 2 GB.
+BATCH = 25
+
+
 class InceptionFeatures(nn.Module):
     """Standard FID features: 2048-D pool3 activations of the FID Inception-v3 (TorchScript).
 
@@ -103,7 +109,7 @@ class InceptionFeatures(nn.Module):
         return self.features(x)
 
     @torch.no_grad()
-    def extract(self, images: np.ndarray | Tensor, batch: int = 50) -> dict[str, Any]:
+    def extract(self, images: np.ndarray | Tensor, batch: int = BATCH) -> dict[str, Any]:
         """``{"features": float64 (N, 2048), "probs": None}`` of uint8 or [-1, 1] float images."""
         shape, batches = image_batches(images, batch, "Inception features")
         if shape[1] not in (1, 3):
