@@ -165,7 +165,10 @@ def test_s16_arms_plans_and_command_lines():
     assert s16.split_of("fedavg fair, 20 rounds x 10 steps") == "iid"
     # Every arm runs in exactly one phase.
     phases = [
-        a for p in ("main", "extra", "splits", "lr") for a, _ in s16.plan(p) if _ == s16.SEEDS[0]
+        a
+        for p in ("main", "extra", "splits", "lr", "local")
+        for a, _ in s16.plan(p)
+        if _ == s16.SEEDS[0]
     ]
     assert sorted(phases) == sorted(s16.ARMS)
     args = s16.fed_args("full", 0, s16.ARMS["fedavg fair, 20 rounds x 10 steps"][2])
@@ -190,3 +193,37 @@ def test_s16_report_body_renders_ratios_and_a_figure(tmp_path, monkeypatch):
     assert "| fedavg fair | 2 | 13.50 ± 2.12 (12.00–15.00) | 2.50 ± 0.71 (2.00–3.00)" in text
     assert "| fedavg fair / fedavg paper | 0.60 ± 0.14 (0.50–0.70) | [0.10, 1.10] |" in text
     assert "200.0 MB" in text and (tmp_path / "repro_s16.png").stat().st_size > 0
+    assert (tmp_path / "repro_s16_bytes.png").stat().st_size > 0
+
+
+def test_save_on_a_fresh_clone_keeps_the_recorded_commands_and_wall(tmp_path, monkeypatch):
+    """The runs of an earlier session live on another machine: its log is gone, its JSON is not."""
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(common, "ROOT", tmp_path / "runs")
+    (tmp_path / "runs").mkdir()
+    log = tmp_path / "runs" / "commands.jsonl"
+    log.write_text(json.dumps({"study": "sx", "cmd": "a", "wall_s": 10.0}) + "\n")
+    common.save("sx", {"verdict": "held"})
+    first = json.loads((tmp_path / "results" / "sx.json").read_text())
+    assert first["commands"] == ["a"] and first["wall_s"] == 10.0
+    common.save("sx", {"verdict": "held"})  # same machine, same log: nothing counted twice
+    assert json.loads((tmp_path / "results" / "sx.json").read_text())["wall_s"] == 10.0
+    log.write_text(json.dumps({"study": "sx", "cmd": "b", "wall_s": 5.0}) + "\n")  # a new clone
+    common.save("sx", {"verdict": "held"})
+    again = json.loads((tmp_path / "results" / "sx.json").read_text())
+    assert again["commands"] == ["a", "b"] and again["wall_s"] == 15.0
+
+
+def test_s16_report_keeps_recorded_arms_whose_runs_are_elsewhere(tmp_path, monkeypatch):
+    import s16_fed_recipe as s16
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(common, "ROOT", tmp_path / "runs")
+    monkeypatch.setattr(s16, "ROOT", tmp_path / "runs")
+    (tmp_path / "results").mkdir()
+    recorded = {"central": {"seed0": {"fid": 5.0, "bytes": 0}},
+                "fedavg fair": {"seed0": {"fid": 10.0, "bytes": 2e8}}}  # fmt: skip
+    (tmp_path / "results" / "s16_fed_recipe.json").write_text(json.dumps({"per_seed": recorded}))
+    r = s16.report()
+    assert r["per_seed"] == recorded
+    assert r["ratios"]["fedavg fair / central"]["mean"] == 2.0
