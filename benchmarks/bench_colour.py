@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ def bench_colour(ctx: Context) -> dict[str, Any]:
     sizes = [int(s) for s in os.environ.get("DECENTDIFF_COLOUR_SIZES", "32,64").split(",")]
     # A size not asked for this time keeps its earlier record (DECENTDIFF_COLOUR_SIZES=64 adds the
     # 64×64 run beside a 32×32 one measured before).
-    before = ctx.results.get("benchmarks", {}).get("colour", {}).get("sizes", {})
+    section = ctx.results.get("benchmarks", {}).get("colour", {})
+    same_kind = section.get("_run", {}).get("quick", False) == ctx.quick
+    before = section.get("sizes", {}) if same_kind else {}
     out: dict[str, Any] = {k: v for k, v in before.items() if int(k) not in sizes}
     for size in sizes:
         preset, steps, router_steps, n = PLAN[size]
@@ -44,8 +47,12 @@ def bench_colour(ctx: Context) -> dict[str, Any]:
             )  # fmt: skip
         rec = record(run, root, f"colour{size}")
         rec["figures"] = _small_grids(run, root, f"colour{size}", rec["figures"])
-        out[str(size)] = {**rec, "size": size}
-    return {"sizes": out}
+        out[str(size)] = {
+            **rec,
+            "size": size,
+            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
+    return {"sizes": dict(sorted(out.items(), key=lambda kv: int(kv[0])))}
 
 
 def _small_grids(run: Path, root: Path, prefix: str, figures: list[str]) -> list[str]:
@@ -88,7 +95,8 @@ def render_colour(r: dict[str, Any]) -> str:
         "benchmarks/run.py --only colour` (opt-in; `DECENTDIFF_COLOUR_SIZES=32` for one size)."
     )
     for size, run in r["sizes"].items():
-        parts += ["", f"**{size}×{size}**", "", render_demo(run, as_demo=False)]
+        when = f" (measured {run['measured']})" if "measured" in run else ""
+        parts += ["", f"**{size}×{size}**{when}", "", render_demo(run, as_demo=False)]
     missing = [str(s) for s in PLAN if str(s) not in r["sizes"]]
     if missing:
         parts += ["", f"Not run yet: {', '.join(f'{s}×{s}' for s in missing)}."]

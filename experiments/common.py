@@ -386,17 +386,25 @@ def save(study: str, result: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{study}.json"
     wall, cmds = study_wall(study), commands(study)
+    # What ran on other machines (a fresh clone has none of their log): kept apart as "inherited"
+    # and recomputed on every save, so nothing is counted twice or dropped.
+    inherited: dict[str, Any] = {"wall_s": 0.0, "commands": []}
     before = previous(study)
-    if before and not set(before.get("commands", [])) <= set(cmds):
-        # The log of the earlier runs is on another machine (a fresh clone): add to its record.
-        wall += float(before.get("wall_s", 0.0))
-        cmds = [*before.get("commands", []), *(c for c in cmds if c not in before["commands"])]
+    if before:
+        inherited = before.get("inherited", inherited)
+        own = [c for c in before.get("commands", []) if c not in inherited["commands"]]
+        if not set(own) <= set(cmds):  # the last save's own commands are not in this log
+            inherited = {
+                "wall_s": float(before.get("wall_s", 0.0)),
+                "commands": list(before.get("commands", [])),
+            }
     result = {
         **result,
         "study": study,
         "scale": SCALE,
-        "wall_s": round(wall, 1),
-        "commands": cmds,
+        "wall_s": round(inherited["wall_s"] + wall, 1),
+        "commands": [*inherited["commands"], *(c for c in cmds if c not in inherited["commands"])],
+        "inherited": inherited,
         "recorded": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     tmp = out.with_suffix(".json.tmp")

@@ -1,6 +1,7 @@
 """Probe: why does an ε-model sampled by the ODE score far worse than sampled ancestrally?
 
 Usage: python experiments/eps_probe.py RUN [--model monolith] [--n 500] [--variants a,b,...]
+       [--structure] [--no-err]
 
 Samples the same trained model under several sampler variants (same noise seed) and prints the
 FID (classifier features, held-out reference) of each, plus the x̂0 error of the converted velocity
@@ -195,7 +196,9 @@ def main() -> None:
             f"{name:28s} FID {fid:8.2f}  mean {x.mean():+.3f}  ({time.time() - t0:.0f}s)",
             flush=True,
         )
-    if a.structure and isinstance(objective, P.DDPM) and objective.kind == "ddpm":
+    if a.structure:
+        if not (isinstance(objective, P.DDPM) and objective.kind == "ddpm"):
+            raise SystemExit("--structure measures an ε-model (--objective ddpm); this one is not")
         structure(data, unet, objective, a.steps)
     if a.no_err:
         return

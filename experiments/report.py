@@ -593,7 +593,8 @@ def _fig_s16_bytes(plt, per: dict, summ: dict) -> None:
         m, nbytes = summ[arm], next(iter(rows.values())).get("bytes", 0)
         if not nbytes:
             ax.axhline(m["mean"], color="gray", lw=0.8, ls="--")
-            ax.text(1e8, m["mean"] * 1.02, arm, fontsize=6, color="gray")
+            ax.text(0.01, m["mean"] * 1.02, arm, fontsize=6, color="gray",
+                    transform=ax.get_yaxis_transform())  # fmt: skip
             continue
         if m["mean"] > 200:
             continue  # off the chart: the untuned FedAdam arms (in the table)
@@ -755,7 +756,9 @@ READING = {
         "`experiments/eps_probe.py --structure`): the error is not a bias or a scale -- its per-pixel mean over "
         "256 images is 0.004-0.008 rms against 0.038 in all at t = 0.8-0.995, its regression on "
         "the input is below 0.005, and the network's Jacobian along high-, white- and low-frequency "
-        "perturbations is as the exact posterior's (t·dε̂/dx 0.95-1.00 at t >= 0.9); yet the ODE "
+        "perturbations is that of a denoiser whose x̂0 barely moves with such noise (t·dε̂/dx, 1 for "
+        "an x̂0 that ignores the perturbation: 0.99-1.00 high and white, 0.95-0.99 low, at "
+        "t >= 0.9); yet the ODE "
         "leaves the data: on the DDPM grid without clipping (exactly diffusers' DDIM with "
         "clip_sample off) the state's rms, 0.98 at the start, grows to 1.7-1.9 by t = 0 (data: "
         "0.96), and FID is 413 (ancestral on the same grid "

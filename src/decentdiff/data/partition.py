@@ -42,15 +42,16 @@ __all__ = [
     "random_partition",
 ]
 
-#: Above this many items the fine k-means stage uses MiniBatchKMeans (full Lloyd iterations over
-#: N x 1024 distances stop being "a few seconds" on a laptop CPU). Equal to SINGLE_THREAD_UP_TO:
-#: with a gap between the two, 40,000 items ran full Lloyd on two threads and took 90 s against
-#: 37 s for 80,000 items by MiniBatchKMeans (BENCHMARKS.md, data larger than memory).
-MINIBATCH_ABOVE = 20_000
-
 #: Up to this many items k-means runs on one thread: the work is well under a second, and OpenMP
 #: barriers on CPUs shared with other jobs made the 2-thread run 10x slower than 1 thread (measured).
 SINGLE_THREAD_UP_TO = 20_000
+
+#: Above this many items the fine k-means stage uses MiniBatchKMeans (full Lloyd iterations over
+#: N x 1024 distances stop being "a few seconds" on a laptop CPU). Tied to SINGLE_THREAD_UP_TO:
+#: with a gap between the two (50,000 until stop 27), 40,000 items ran full Lloyd on two threads
+#: and took 90 s against 37 s for 80,000 items by MiniBatchKMeans (BENCHMARKS.md). Partitions of
+#: 20,001-50,000 items made before that change are not reproduced by re-partitioning.
+MINIBATCH_ABOVE = SINGLE_THREAD_UP_TO
 
 #: Default number of fine centroids is min(FINE_MAX, N // FINE_DIVISOR), at least K (paper: 1024).
 FINE_MAX = 1024

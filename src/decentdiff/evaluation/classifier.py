@@ -36,7 +36,7 @@ __all__ = [
 
 #: Epochs of the default classifier (mnist5k, 4,000 training images: ≥ 97 % held-out accuracy).
 DEFAULT_EPOCHS = 8
-#: At most this many optimizer steps, whatever the epochs: 8 epochs of mnist5k are 248 steps, of
+#: At most this many optimizer steps, whatever the epochs: 8 epochs of mnist5k are 256 steps, of
 #: 100,000 images 6,250 (20-40 minutes on two CPU cores, BENCHMARKS.md). 2,000 steps at batch 128
 #: are 256,000 images seen, so a set of up to 32,000 training images trains exactly as before.
 MAX_STEPS = 2000

@@ -5,6 +5,7 @@ the held-out part), the training FLOPs and the sampling FLOPs per image actually
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -81,13 +82,14 @@ def _real(run: Run, data: RunData, net, features: str) -> dict[str, Any]:
     from .features import extract
 
     cache = run.path / "eval" / f"real-{features}.npz"
+    net_id = _net_id(net)
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
-                if str(z["fingerprint"]) == data.fingerprint:
+                if str(z["fingerprint"]) == data.fingerprint and str(z["net"]) == net_id:
                     return {k: z[k] for k in z.files}
         except (OSError, ValueError, KeyError):
-            pass  # a damaged cache is recomputed
+            pass  # a damaged cache, or one made by another feature network, is recomputed
     if len(data.heldout_idx) < 2:
         raise ConfigError(
             "evaluation needs a held-out part of at least 2 images; set data.heldout > 0 "
@@ -103,19 +105,42 @@ def _real(run: Run, data: RunData, net, features: str) -> dict[str, Any]:
         "held_features": held["features"],
         "train_features": train["features"],
         "fingerprint": np.str_(data.fingerprint),
+        "net": np.str_(net_id),
     }
     if data.labels is not None:
         out["held_labels"] = data.labels[data.heldout_idx]
     if "probs" in train and train["probs"] is not None:
         out["train_probs"] = train["probs"]
-    import io
-
-    from ..training.checkpoint import atomic_write_bytes
-
-    buf = io.BytesIO()
-    np.savez(buf, **out)
-    atomic_write_bytes(cache, buf.getvalue())
+    # Straight to a temporary file, then renamed: at 100,000 images the arrays are ~0.7 GB, and an
+    # in-memory .npz buffer would hold them twice more.
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **out)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, cache)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out
+
+
+def _net_id(net) -> str:
+    """Which feature network made a set of features: ``inception``, or the SHA-256 of the
+    classifier's weights (a retrained classifier, e.g. under a new recipe, is another network)."""
+    import hashlib
+
+    from .inception import InceptionFeatures
+
+    if isinstance(net, InceptionFeatures):
+        return "inception"
+    h = hashlib.sha256()
+    for k, v in sorted(net.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def evaluate(

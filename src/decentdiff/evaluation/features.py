@@ -158,7 +158,9 @@ def get_feature_net(
         return net, {**meta, "cache_path": str(directory), "from_cache": True}
 
     t0 = time.perf_counter()
-    net = train_classifier(x, y, seed=seed, epochs=epochs, num_classes=k, progress=progress)
+    net = train_classifier(
+        x, y, seed=seed, epochs=epochs, num_classes=k, progress=progress, max_steps=MAX_STEPS
+    )
     seconds = time.perf_counter() - t0
     meta = {
         "kind": "feature-classifier",

@@ -114,8 +114,9 @@ class InceptionFeatures(nn.Module):
         shape, batches = image_batches(images, batch, "Inception features")
         if shape[1] not in (1, 3):
             raise DataError(f"Inception features: images need 1 or 3 channels, got {shape[1]}")
-        feats = [self.features(x).double().numpy() for x in batches]
-        return {
-            "features": np.concatenate(feats) if feats else np.zeros((0, 2048)),
-            "probs": None,
-        }
+        out = np.empty((shape[0], 2048), dtype=np.float64)  # filled in place: no second copy
+        i = 0
+        for x in batches:
+            out[i : i + len(x)] = self.features(x).double().numpy()
+            i += len(x)
+        return {"features": out, "probs": None}
