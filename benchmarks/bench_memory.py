@@ -142,19 +142,26 @@ def bench_larger_than_memory(ctx: Context) -> dict[str, Any]:
     )
     out["rss_ok"] = out["max_rss_mb"] < RSS_TARGET_MB
     out["superlinear"] = superlinear(out["sizes"])
+    out["superlinear_strict"] = superlinear(out["sizes"], 1.0)
     out["linear_ok"] = not out["superlinear"]
     return out
 
 
-def superlinear(sizes: dict[str, Any]) -> list[str]:
-    """Every step between consecutive sizes where a stage's time grew faster than the data."""
+#: Timing noise on the shared 2-core machine: the same stage and step (decode, 25,000 → 50,000)
+#: measured 2.15× and 1.62× in two runs. Growth within this factor of the data's counts as linear.
+NOISE = 1.10
+
+
+def superlinear(sizes: dict[str, Any], tolerance: float = NOISE) -> list[str]:
+    """Every step between consecutive sizes where a stage's time grew faster than the data (by
+    more than ``tolerance``: 1.0 is the strict rule)."""
     found = []
     ns = sorted(sizes, key=int)
     for a, b in itertools.pairwise(ns):
         for s in STAGES:
             if s in sizes[a] and s in sizes[b]:
                 g = sizes[b][s]["wall_s"] / sizes[a][s]["wall_s"]
-                if g > int(b) / int(a):
+                if g > tolerance * int(b) / int(a):
                     found.append(
                         f"{s} {int(a):,} → {int(b):,}: {g:.2f}× for {int(b) / int(a):.0f}×"
                     )
@@ -195,7 +202,14 @@ def render_larger_than_memory(r: dict[str, Any]) -> str:
         "should stay flat (it varies with the machine's load)."
     )
     slow = superlinear(r["sizes"])  # from the figures, between every pair of consecutive sizes
-    text += f" Time per stage no faster than linear between consecutive sizes: {verdict(not slow)}"
+    strict = superlinear(r["sizes"], 1.0)
+    text += (
+        " Time per stage no faster than linear between consecutive sizes (within "
+        f"{NOISE - 1:.0%}, this machine's timing noise: the same step measured 2.15× and 1.62× in "
+        f"two runs): {verdict(not slow)}"
+    )
+    if strict and not slow:
+        text += f" (strictly faster than linear, within the noise: {'; '.join(strict)})"
     if slow:
         text += f" ({'; '.join(slow)})"
         if any(x.startswith("partition") for x in slow):
