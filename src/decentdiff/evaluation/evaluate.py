@@ -5,7 +5,6 @@ the held-out part), the training FLOPs and the sampling FLOPs per image actually
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -111,19 +110,11 @@ def _real(run: Run, data: RunData, net, features: str) -> dict[str, Any]:
         out["held_labels"] = data.labels[data.heldout_idx]
     if "probs" in train and train["probs"] is not None:
         out["train_probs"] = train["probs"]
-    # Straight to a temporary file, then renamed: at 100,000 images the arrays are ~0.7 GB, and an
-    # in-memory .npz buffer would hold them twice more.
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **out)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, cache)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from ..training.checkpoint import atomic_write_bytes
+
+    # Straight to the (temporary) file: at 100,000 images the arrays are ~0.7 GB, and an in-memory
+    # .npz buffer would hold them twice more.
+    atomic_write_bytes(cache, lambda f: np.savez(f, **out))
     return out
 
 

@@ -60,8 +60,8 @@ def _tf_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 #: Images per Inception forward pass. The 299×299 activations cost ~16 MB an image on the CPU
-#: (peak RSS of one pass: 0.7 GB at 10, 1.6 GB at 50, 8.5 GB at 500, measured), so a small batch
-#: keeps evaluation of any data set size under 2 GB.
+#: (peak RSS of one pass: 0.7 GB at 10, 1.6 GB at 50, 8.5 GB at 500, measured); at 25 a whole
+#: eval of 25,000 colour images peaked at 1.46 GB (BENCHMARKS.md, data larger than memory).
 BATCH = 25
 
 

@@ -21,8 +21,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError
@@ -37,13 +38,17 @@ TENSOR_FILES = ("model", "ema", "state")
 PREVIOUS = ".prev"
 
 
-def _write_temp(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a fsynced temporary file beside ``path``; return the temporary's path."""
+def _write_temp(path: Path, data: bytes | Callable[[BinaryIO], object]) -> Path:
+    """Write ``data`` (bytes, or a function that writes to the open file) to a fsynced temporary
+    file beside ``path``; return the temporary's path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
@@ -66,8 +71,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and an atomic rename."""
+def atomic_write_bytes(path: Path, data: bytes | Callable[[BinaryIO], object]) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and an atomic rename.
+    ``data`` may be a function that writes to the open file (large contents, never in memory twice).
+    """
     tmp = _write_temp(path, data)
     try:
         os.replace(tmp, path)
