@@ -50,6 +50,16 @@ class ObjectiveConfig:
     loss: str = "mse"  # mse | huber
     timesteps: int = 1000  # ddpm: T
     weighting: str = "uniform"  # ddpm: uniform (Ho's simple loss) | velocity:G (capped v-loss)
+    eps_param: str = "direct"  # ddpm: direct (network = ε̂) | skip (ε̂ = √(1−ᾱ)·z + √ᾱ·network)
+
+    #: What a model recorded before a field existed was trained with (its meta.json lacks it).
+    LEGACY: typing.ClassVar[dict[str, Any]] = {"eps_param": "direct"}
+
+    @classmethod
+    def from_meta(cls, d: dict[str, Any]) -> ObjectiveConfig:
+        """The objective a checkpoint's or a federation's record describes; fields it predates
+        take what models were trained with then (:attr:`LEGACY`), not today's defaults."""
+        return cls(**{**cls.LEGACY, **d})
 
 
 @dataclass

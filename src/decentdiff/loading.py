@@ -293,7 +293,7 @@ def _load_ensemble(
         spec=ModelSpec("ensemble"),
         velocity=ens,
         networks=networks,
-        objectives=[objective_from(ObjectiveConfig(**metas[k]["objective"])) for k in kept],
+        objectives=[objective_from(ObjectiveConfig.from_meta(metas[k]["objective"])) for k in kept],
         image_shape=tuple(metas[kept[0]]["image_shape"]),
         num_classes=networks[f"expert {kept[0]}"].num_classes,
         train_flops=float(train_flops),

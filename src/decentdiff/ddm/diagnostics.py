@@ -62,7 +62,7 @@ def usage(
     ncls = unet.num_classes
     cond = (torch.arange(n) % ncls).to(device) if ncls > 0 else None
     with torch.no_grad():
-        grid = sampling_grid([objective_from(ObjectiveConfig(**m["objective"])) for m in metas],
+        grid = sampling_grid([objective_from(ObjectiveConfig.from_meta(m["objective"])) for m in metas],
                              solver, s.steps)  # the grid `eval` samples on  # fmt: skip
         sample(ens, (n, *shape), steps=s.steps, solver=solver, generator=g, cond=cond,
                device=device, grid=grid)  # fmt: skip

@@ -136,6 +136,10 @@ def parse_weighting(spec: str) -> float | None:
 
 
 # ---------------------------------------------------------------- objectives
+#: How a DDPM ε-model's network output becomes ε̂ (:meth:`DDPM.predict_eps`).
+EPS_PARAMS = ("direct", "skip")
+
+
 class FlowMatching:
     """Rectified flow matching (Liu et al. 2022; Lipman et al. 2022): regress v = ε − x0."""
 
@@ -184,11 +188,17 @@ class DDPM:
         timesteps: int = 1000,
         loss: str = "mse",
         weighting: str = "uniform",
+        eps_param: str = "direct",
     ):
         if timesteps < 2:
             raise ConfigError(f"DDPM needs at least 2 timesteps, got {timesteps}")
+        if eps_param not in EPS_PARAMS:
+            raise ConfigError(
+                f"unknown objective.eps_param {eps_param!r}; choose one of: {', '.join(EPS_PARAMS)}"
+            )
         _loss(torch.zeros(1), torch.zeros(1), loss)
         self.schedule, self.timesteps, self.loss_kind = schedule, timesteps, loss
+        self.eps_param = eps_param
         self.weighting, self.weight_cap = weighting, parse_weighting(weighting)
         self.betas = ddpm_betas(schedule, timesteps)
         self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)  # (T,) float64, index n = 0..T-1
@@ -205,8 +215,27 @@ class DDPM:
     ) -> Tensor:
         n = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator).to(x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-        pred = model(self.q_sample(x0, n, eps), n.to(x0.dtype) / self.timesteps, cond)
+        ab = self.alphas_cumprod.to(x0.device)[n]
+        pred = self.predict_eps(model, self.q_sample(x0, n, eps), n.to(x0.dtype) / self.timesteps,
+                                cond, ab)  # fmt: skip
         return _loss(pred, eps, self.loss_kind, self.loss_weight(n))
+
+    def predict_eps(
+        self, model: nn.Module, z: Tensor, tau: Tensor, cond: Tensor | None, alpha_bar: Tensor
+    ) -> Tensor:
+        """ε̂ for the VP state z at model time τ = n/T whose ᾱ is ``alpha_bar`` (B,).
+
+        ``direct``: the network's output is ε̂ (Ho et al. 2020). ``skip``: ε̂ = √(1−ᾱ)·z + √ᾱ·F(z),
+        a skip connection (the c_skip/c_out preconditioning of Karras et al. 2022) that carries z
+        to the output as the true ε is carried near t = 1. The loss is the same ε-MSE; x̂0 =
+        (z − √(1−ᾱ)·ε̂)/√ᾱ = √ᾱ·z − √(1−ᾱ)·F no longer divides the network's error by √ᾱ
+        (study 17: the cause of study 11's deterministic-sampling gap).
+        """
+        out = model(z, tau, cond)
+        if self.eps_param == "direct":
+            return out
+        ab = bcast(alpha_bar, z).to(z.dtype)
+        return (1 - ab).sqrt() * z + ab.sqrt() * out
 
     def loss_weight(self, n: Tensor) -> Tensor | None:
         """Per-example weight of the ε-loss at steps n, or None (uniform, Ho et al.'s simple loss).
@@ -254,7 +283,10 @@ class EpsilonVelocity(nn.Module):
         self.model, self.ddpm, self.clip_x0 = model, ddpm, clip_x0
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        eps = self.model(bcast(vp_scale(t), x) * x, self.ddpm.model_time(t), cond)
+        eps = self.ddpm.predict_eps(
+            self.model, bcast(vp_scale(t), x) * x, self.ddpm.model_time(t), cond,
+            alpha_bar_from_time(t),
+        )  # fmt: skip
         tb = bcast(t, x)
         x0 = (x - sigma(tb) * eps) / alpha(tb).clamp(min=1e-4)
         if self.clip_x0 is not None:
@@ -317,8 +349,9 @@ def _flow_matching(*, time_dist: str, loss: str, weighting: str, **_) -> FlowMat
     return FlowMatching(time_dist=time_dist, loss=loss)
 
 
-def _ddpm(*, schedule: str, timesteps: int, loss: str, weighting: str, **_) -> DDPM:
-    return DDPM(schedule=schedule, timesteps=timesteps, loss=loss, weighting=weighting)
+def _ddpm(*, schedule: str, timesteps: int, loss: str, weighting: str, eps_param: str, **_) -> DDPM:
+    return DDPM(schedule=schedule, timesteps=timesteps, loss=loss, weighting=weighting,
+                eps_param=eps_param)  # fmt: skip
 
 
 def _vpred(*, schedule: str, timesteps: int, loss: str, weighting: str, **_) -> VPrediction:
@@ -346,10 +379,12 @@ def make_objective(
     loss: str = "mse",
     timesteps: int = 1000,
     weighting: str = "uniform",
+    eps_param: str = "direct",
 ) -> FlowMatching | DDPM:
     """Build an objective from config values; unknown kinds list the valid choices."""
     if kind not in OBJECTIVES:
         raise ConfigError(f"unknown objective {kind!r}; choose one of: {', '.join(OBJECTIVES)}")
     return OBJECTIVES[kind](
-        time_dist=time_dist, schedule=schedule, loss=loss, timesteps=timesteps, weighting=weighting
-    )
+        time_dist=time_dist, schedule=schedule, loss=loss, timesteps=timesteps,
+        weighting=weighting, eps_param=eps_param,
+    )  # fmt: skip

@@ -273,7 +273,7 @@ def config_from(settings: FedSettings) -> Config:
     return Config(
         data=DataConfig(**settings.data),
         model=ModelConfig(**settings.model),
-        objective=ObjectiveConfig(**settings.objective),
+        objective=ObjectiveConfig.from_meta(settings.objective),
         train=TrainConfig(**settings.train),
     )
 

@@ -93,11 +93,11 @@ def read_settings(run_dir: str | Path) -> FedSettings | None:
 
 def _identity(s: FedSettings) -> dict[str, Any]:
     d = asdict(s)
-    # Objective fields added after a run was started (e.g. `weighting`) take their defaults, so
-    # a fed.json written by an earlier version still resumes.
+    # Objective fields added after a run was started (e.g. `weighting`) take what that version
+    # trained with (ObjectiveConfig.LEGACY, else the default), so an earlier fed.json still resumes.
     known = {f.name for f in fields(ObjectiveConfig)}
     obj = d.get("objective") or {}
-    d["objective"] = {**asdict(ObjectiveConfig()), **obj} if set(obj) <= known else obj
+    d["objective"] = asdict(ObjectiveConfig.from_meta(obj)) if set(obj) <= known else obj
     return {k: d[k] for k in IDENTITY}
 
 

@@ -44,6 +44,7 @@ def objective_from(cfg: ObjectiveConfig) -> FlowMatching | DDPM:
         loss=cfg.loss,
         timesteps=cfg.timesteps,
         weighting=cfg.weighting,
+        eps_param=cfg.eps_param,
     )
 
 
@@ -157,7 +158,7 @@ def load_generative(
     meta = read_meta(directory, make_hint)
     try:
         ucfg = config_from_dict(meta["unet"])
-        ocfg = ObjectiveConfig(**meta["objective"])
+        ocfg = ObjectiveConfig.from_meta(meta["objective"])
     except (KeyError, TypeError):
         raise CheckpointError(
             f"{directory}/meta.json lacks the model description; retrain"
