@@ -44,8 +44,23 @@ BASE: dict[str, Any] = {
 }
 #: arm -> extra training arguments
 ARMS: dict[str, list[str]] = {
-    "eps-uniform": ["--objective", "ddpm", "--set", "objective.weighting=uniform"],
-    "eps-velocity100": ["--objective", "ddpm", "--set", "objective.weighting=velocity:100"],
+    # The network's output read as ε̂ (eps_param=direct), the default before study 17.
+    "eps-uniform": [
+        "--objective",
+        "ddpm",
+        "--set",
+        "objective.weighting=uniform",
+        "--set",
+        "objective.eps_param=direct",
+    ],
+    "eps-velocity100": [
+        "--objective",
+        "ddpm",
+        "--set",
+        "objective.weighting=velocity:100",
+        "--set",
+        "objective.eps_param=direct",
+    ],
     "fm": ["--objective", "fm"],
 }
 #: (solver, steps) evaluated for every model

@@ -50,6 +50,8 @@ def hetero_run(seed: int, eps_steps: int | None = None, tag: str = ""):
             k,
             "--objective",
             "ddpm",
+            "--set",
+            "objective.eps_param=direct",  # as recorded (before study 17's default)
             "--preset",
             DDM["preset"],
             "--steps",

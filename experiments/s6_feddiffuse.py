@@ -31,6 +31,7 @@ def central(
     cli(
         "train", "monolith", run, "--data", FED["data"], "--preset", FED["preset"],
         "--objective", objective, "--steps", steps, "--batch", FED["batch"], "--seed", 0,
+        *(["--set", "objective.eps_param=direct"] if objective == "ddpm" else []),  # as recorded
         "--quiet", study=STUDY,
     )  # fmt: skip
     return pick(

@@ -50,7 +50,9 @@ class ObjectiveConfig:
     loss: str = "mse"  # mse | huber
     timesteps: int = 1000  # ddpm: T
     weighting: str = "uniform"  # ddpm: uniform (Ho's simple loss) | velocity:G (capped v-loss)
-    eps_param: str = "direct"  # ddpm: direct (network = ε̂) | skip (ε̂ = √(1−ᾱ)·z + √ᾱ·network)
+    eps_param: str = (
+        "skip"  # ddpm: skip (ε̂ = √(1−ᾱ)·z + √ᾱ·network, study 17) | direct (network = ε̂)
+    )
 
     #: What a model recorded before a field existed was trained with (its meta.json lacks it).
     LEGACY: typing.ClassVar[dict[str, Any]] = {"eps_param": "direct"}

@@ -106,3 +106,71 @@ def test_the_check_can_fail():
     with pytest.raises(AssertionError):
         counts = _land(x, data)
         assert chisquare(counts.numpy()).pvalue > 1e-3
+
+
+class ExactSkip(torch.nn.Module):
+    """The same exact model for ``eps_param=skip``: the network output F that makes
+    ε̂ = √(1−ᾱ)·z + √ᾱ·F equal E[ε | z], i.e. F = (E[ε | z] − √(1−ᾱ)·z)/√ᾱ."""
+
+    def __init__(self, data: torch.Tensor, ddpm: P.DDPM):
+        super().__init__()
+        self.eps, self.ddpm = ExactEps(data, ddpm), ddpm
+
+    def forward(self, x, tau, cond=None):
+        d = self.ddpm
+        n = tau.double() * d.timesteps
+        lo = n.floor().long().clamp(0, d.timesteps - 2)
+        w = n - lo
+        ab = torch.sigmoid(-(d._neg_logsnr[lo] * (1 - w) + d._neg_logsnr[lo + 1] * w))
+        ab = P.bcast(ab, x.double())
+        return ((self.eps(x, tau).double() - (1 - ab).sqrt() * x.double()) / ab.sqrt()).to(x.dtype)
+
+
+@pytest.mark.parametrize(("solver", "steps", "grid"), [("euler", 200, "uniform"), ("ddim", 200, "ddpm")])
+def test_exact_skip_eps_model_reproduces_the_data_set(solver, steps, grid):
+    """``eps_param=skip`` goes through the same conversion: its exact network lands on the data."""
+    data = _points()
+    d = P.DDPM(eps_param="skip")
+    vel = P.EpsilonVelocity(ExactSkip(data, d), d, clip_x0=None)
+    x = S.sample(
+        vel,
+        (1200, 1, 1, 2),
+        steps=steps,
+        solver=solver,
+        grid=S.ddpm_grid(d, steps) if grid == "ddpm" else None,
+        generator=torch.Generator().manual_seed(3),
+    ).double()
+    assert chisquare(_land(x, data).numpy()).pvalue > 1e-3
+
+
+def test_the_skip_model_read_as_direct_fails():
+    """Control: the skip network's output read as ε̂ (``direct``) does not land on the data, so the
+    test above checks that the skip connection is applied."""
+    data = _points()
+    d = P.DDPM(eps_param="skip")
+    vel = P.EpsilonVelocity(ExactSkip(data, d), P.DDPM(eps_param="direct"), clip_x0=None)
+    x = S.sample(vel, (300, 1, 1, 2), steps=200, generator=torch.Generator().manual_seed(3))
+    with pytest.raises(AssertionError):
+        _land(x.double(), data)
+
+
+def test_skip_eps_loss_is_the_alpha_bar_weighted_v_loss():
+    """Re-derived: with ε̂ = √(1−ᾱ)·z + √ᾱ·F and z = √ᾱ·x0 + √(1−ᾱ)·ε, ε̂ − ε = √ᾱ·(F − v) for
+    v = √ᾱ·ε − √(1−ᾱ)·x0, so the ε-MSE equals the mean of ᾱ·(F − v)² (same draws)."""
+    d = P.DDPM(eps_param="skip")
+    x0 = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    class Lin(torch.nn.Module):  # any network: a fixed input- and time-dependent map
+        def forward(self, z, tau, cond=None):
+            return 0.3 * z - P.bcast(tau, z) + 0.1
+
+    loss = d.loss(Lin(), x0, None, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)  # the same draws, in the order DDPM.loss makes them
+    n = torch.randint(0, d.timesteps, (64,), generator=g)
+    eps = torch.randn(x0.shape, generator=g).double()
+    ab = P.bcast(d.alphas_cumprod[n], x0)
+    z = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    f = 0.3 * z - P.bcast(n.double() / d.timesteps, z) + 0.1
+    v = ab.sqrt() * eps - (1 - ab).sqrt() * x0
+    expected = (ab * (f - v) ** 2).mean()
+    assert torch.allclose(loss, expected, rtol=1e-9), (float(loss), float(expected))

@@ -181,3 +181,30 @@ def test_weighted_loss_and_bad_weightings():
             P.DDPM(weighting=bad)
     with pytest.raises(ConfigError, match="applies to --objective ddpm only"):
         P.make_objective("fm", weighting="velocity:100")
+
+
+def test_eps_param_choices_and_legacy_records(tmp_path):
+    """``objective.eps_param``: unknown values are refused; a record written before the field
+    existed (no ``eps_param`` key) is read as the network it was trained as (``direct``)."""
+    import json
+
+    import numpy as np
+
+    from decentdiff.config import Config, ObjectiveConfig
+    from decentdiff.training.generative import load_generative, train_generative
+
+    with pytest.raises(ConfigError, match="eps_param 'x'; choose one of: direct, skip"):
+        P.DDPM(eps_param="x")
+    assert ObjectiveConfig.from_meta({"kind": "ddpm"}).eps_param == "direct"
+    assert ObjectiveConfig.from_meta({"kind": "ddpm", "eps_param": "skip"}).eps_param == "skip"
+    cfg = Config()
+    cfg.model.preset, cfg.objective.kind, cfg.objective.eps_param = "tiny", "ddpm", "skip"
+    cfg.train.steps, cfg.train.batch = 2, 4
+    images = np.random.default_rng(0).integers(0, 255, (8, 1, 8, 8), dtype=np.uint8)
+    out = tmp_path / "m"
+    train_generative(out, images, None, 0, cfg, role="monolith", progress=False)
+    assert load_generative(out)[3].eps_param == "skip"
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["objective"]["eps_param"]  # as an earlier version wrote it
+    (out / "meta.json").write_text(json.dumps(meta))
+    assert load_generative(out)[3].eps_param == "direct"

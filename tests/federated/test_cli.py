@@ -259,3 +259,21 @@ def test_a_fed_json_without_newer_objective_fields_still_resumes():
     other = replace(new, objective={**new.objective, "weighting": "velocity:100"})
     with pytest.raises(ConfigError, match="objective"):
         check_resumable(replace(new, objective=old_obj), other)
+
+
+def test_a_fed_json_without_eps_param_is_a_direct_eps_federation():
+    """fed.json written before `objective.eps_param` existed trained direct ε-networks: it resumes
+    with eps_param=direct and refuses skip (whatever today's default), naming the objective."""
+    from dataclasses import asdict, replace
+
+    from decentdiff.config import ObjectiveConfig
+    from decentdiff.errors import ConfigError
+    from decentdiff.federated.settings import FedSettings
+    from decentdiff.federated.store import check_resumable
+
+    direct = FedSettings(objective=asdict(ObjectiveConfig(kind="ddpm", eps_param="direct")))
+    old = replace(direct, objective={k: v for k, v in direct.objective.items() if k != "eps_param"})
+    check_resumable(old, direct)  # no error
+    skip = replace(direct, objective={**direct.objective, "eps_param": "skip"})
+    with pytest.raises(ConfigError, match="objective"):
+        check_resumable(old, skip)

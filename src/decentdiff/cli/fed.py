@@ -88,7 +88,9 @@ def fed_run(
     objective: Annotated[
         str | None,
         typer.Option(
-            "--objective", help="ddpm (ε, Huber, as the paper), fm or vpred. [default: ddpm]"
+            "--objective",
+            help="ddpm (ε, Huber, as the paper; skip-connected ε-network, objective.eps_param), "
+            "fm or vpred. [default: ddpm]",
         ),
     ] = None,
     batch: Annotated[

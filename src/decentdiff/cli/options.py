@@ -84,8 +84,9 @@ ObjectiveOpt = Annotated[
     str | None,
     typer.Option(
         "--objective",
-        help="fm (flow matching), ddpm (ε-prediction) or vpred (v-prediction on the DDPM "
-        f"schedule). {default_of('objective', 'kind')}",
+        help="fm (flow matching), ddpm (ε-prediction; its network has a skip connection, "
+        "objective.eps_param=skip, so Euler samples it well too; direct = Ho et al.'s plain "
+        f"ε-network) or vpred (v-prediction on the DDPM schedule). {default_of('objective', 'kind')}",
     ),
 ]
 StepsOpt = Annotated[

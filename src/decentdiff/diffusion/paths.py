@@ -379,7 +379,7 @@ def make_objective(
     loss: str = "mse",
     timesteps: int = 1000,
     weighting: str = "uniform",
-    eps_param: str = "direct",
+    eps_param: str = "skip",
 ) -> FlowMatching | DDPM:
     """Build an objective from config values; unknown kinds list the valid choices."""
     if kind not in OBJECTIVES:
