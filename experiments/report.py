@@ -26,6 +26,7 @@ ORDER = (
     ("s14_dit_experts", "14. (ours) DDM with DiT experts"),
     ("s15_vpred", "15. (ours) v-prediction sampled deterministically"),
     ("s16_fed_recipe", "16. (ours) Federated averaging with the central recipe"),
+    ("s17_eps_skip", "17. (ours) An epsilon-network with a skip connection"),
 )
 
 
@@ -631,6 +632,7 @@ BODIES = {
     "s13_heterogeneous_budget": body_s13,
     "s14_dit_experts": body_s14,
     "s15_vpred": body_s15,
+    "s17_eps_skip": body_s15,  # the same table: quantities with intervals
     "s16_fed_recipe": body_s16,
 }
 

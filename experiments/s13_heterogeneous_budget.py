@@ -53,17 +53,26 @@ VERDICT_ARM = "eps-skip"
 STEPS = scaled(5000, 2)
 N = scaled(1000, 20)
 ROUTING = "mixture"
+WORKER = False  # set by work(): the base RUNs are not trained by parallel workers
 BAR = 1.1
 
 
-def source(seed: int) -> Path:
+def source(seed: int, train: bool = True) -> Path | None:
     """Study 10's K=4 RUN of the 5,000-step budget; where it was not trained on this machine,
-    this study's own copy made by the same commands (partition, experts, router; no monolith)."""
+    this study's own copy made by the same commands (partition, experts, router; no monolith),
+    trained here if ``train`` (one process at a time: run this study without --worker), else
+    None while it is missing."""
     own = ROOT / "s13" / "base" / f"seed{seed}"
     try:
         return trained_k4(seed, STUDY)
     except SystemExit:
         if not (own / "trained").is_file():
+            if not train:
+                return None
+            if WORKER:
+                raise SystemExit(
+                    f"study {STUDY}: {own} is trained by one process; run without --worker"
+                ) from None
             ddm_run(own, K=4, seed=seed, study=STUDY, budget=budget("b5000"), monolith=False)
             (own / "trained").write_text("")
         return own
@@ -90,6 +99,8 @@ def ev(run: Path, seed: int, solver: str) -> dict[str, Any]:
 
 
 def work(worker: tuple[int, int] | None) -> None:
+    global WORKER
+    WORKER = worker is not None
     for seed in SEEDS:
         for arm, extra in ARMS.items():
             run = run_dir(arm, seed)
@@ -114,22 +125,31 @@ def report() -> dict[str, Any]:
     before = (previous(STUDY) or {}).get("per_seed") or {}
     for seed in SEEDS:
         old = before.get(f"seed{seed}", {})
-        homo = {s: ev(source(seed), seed, s)["fid"] for s in ("euler", "ddpm")}
+        base = source(seed, train=False)
+        if base is None:
+            continue
+        homo = {s: ev(base, seed, s)["fid"] for s in ("euler", "ddpm")}
         row = {f"homogeneous {s}": v for s, v in homo.items()}
         for arm in ARMS:
             run = run_dir(arm, seed)
             if (run / "evaluated").is_file():
                 het = {s: ev(run, seed, s)["fid"] for s in ("euler", "ddpm")}
-                ref = homo
-            elif recorded(arm, seed):  # recorded on another machine, against its own homogeneous
+                # each ensemble by its best sampler, against the homogeneous one it was built from
+                ratio = min(het.values()) / min(homo.values())
+            elif recorded(arm, seed):  # made elsewhere: its numbers and ratio as recorded
                 het = {s: old[f"heterogeneous ({arm}) {s}"] for s in ("euler", "ddpm")}
-                ref = {s: old[f"homogeneous {s}"] for s in ("euler", "ddpm")}
-                row.update({f"homogeneous {s} (recorded)": v for s, v in ref.items()})
+                # (saves before the ratio was stored divided by that machine's homogeneous FIDs)
+                ratio = old.get(f"ratio ({arm})") or min(het.values()) / min(
+                    old[f"homogeneous {s}"] for s in ("euler", "ddpm")
+                )
+                for s in ("euler", "ddpm"):
+                    key = f"homogeneous {s} (where {arm} was recorded)"
+                    row[key] = old.get(key, old[f"homogeneous {s}"])
             else:
                 continue
             row.update({f"heterogeneous ({arm}) {s}": v for s, v in het.items()})
-            # each ensemble by its best sampler
-            ratios.setdefault(arm, []).append(min(het.values()) / min(ref.values()))
+            row[f"ratio ({arm})"] = ratio
+            ratios.setdefault(arm, []).append(ratio)
         per[f"seed{seed}"] = row
     keys = next(iter(per.values())).keys() if per else []
     summary = {k: summarise([per[s][k] for s in per if k in per[s]]) for k in keys}
@@ -144,7 +164,7 @@ def report() -> dict[str, Any]:
     verdict = checks.get(key, "inconclusive")
     result = {
         "claim": CLAIM,
-        "setup": {"source": "study 10, b5000, K=4", "eps_experts": list(EPS_EXPERTS),
+        "setup": {"source": "study 10, b5000, K=4 (or this study's own, by the same commands)", "eps_experts": list(EPS_EXPERTS),
                   "arms": ARMS, "steps": STEPS, "batch": 16, "preset": "tiny", "n": N,
                   "routing": ROUTING, "sample_steps": 20, "seeds": list(SEEDS)},
         "per_seed": per,

@@ -94,6 +94,10 @@ class Run:
         if "data" in base:
             base["data"].pop("fingerprint", None)
             base["data"].pop("shape", None)
+        if base.get("objective", {}).get("kind") == "ddpm":
+            from .config import ObjectiveConfig  # a run.toml that predates a field: as trained then
+
+            base["objective"] = {**ObjectiveConfig.LEGACY, **base["objective"]}
         return base
 
     def write_toml(

@@ -205,6 +205,27 @@ def test_eps_param_choices_and_legacy_records(tmp_path):
     train_generative(out, images, None, 0, cfg, role="monolith", progress=False)
     assert load_generative(out)[3].eps_param == "skip"
     meta = json.loads((out / "meta.json").read_text())
+    # Resuming with another ε-network would train one network as the other: refused, named.
+    cfg.train.steps, cfg.objective.eps_param = 4, "direct"
+    with pytest.raises(ConfigError, match=r"objective.eps_param=skip, not direct; resume with"):
+        train_generative(out, images, None, 0, cfg, role="monolith", progress=False)
     del meta["objective"]["eps_param"]  # as an earlier version wrote it
     (out / "meta.json").write_text(json.dumps(meta))
     assert load_generative(out)[3].eps_param == "direct"
+    # ... and such a checkpoint resumes as direct, not as today's default.
+    cfg.objective.eps_param = "skip"
+    with pytest.raises(ConfigError, match=r"objective.eps_param=direct, not skip"):
+        train_generative(out, images, None, 0, cfg, role="monolith", progress=False)
+
+
+def test_an_old_run_toml_reads_as_a_direct_eps_run(tmp_path):
+    """A RUN's run.toml written before `objective.eps_param` existed: its ddpm objective resolves
+    to direct (as trained then); a flow-matching RUN takes today's default for new ε-experts."""
+    from decentdiff.config import resolve
+    from decentdiff.run import Run
+
+    old = 'kind = "{}"\nloss = "mse"\nschedule = "linear"\ntimesteps = 1000\n'
+    for kind, want in (("ddpm", "direct"), ("fm", "skip")):
+        (tmp_path / "run.toml").write_text("[objective]\n" + old.format(kind))
+        cfg = resolve(base=Run(tmp_path).base_config())
+        assert cfg.objective.eps_param == want, kind

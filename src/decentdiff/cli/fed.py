@@ -89,8 +89,9 @@ def fed_run(
         str | None,
         typer.Option(
             "--objective",
-            help="ddpm (ε, Huber, as the paper; skip-connected ε-network, objective.eps_param), "
-            "fm or vpred. [default: ddpm]",
+            help="ddpm (ε, Huber, as the paper, but with a skip-connected ε-network; "
+            "--set objective.eps_param=direct for the paper's plain one), fm or vpred. "
+            "[default: ddpm]",
         ),
     ] = None,
     batch: Annotated[

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from .parts import Method
 
 #: Paper defaults (de Goede et al., arXiv 2406.12575): DDPM ε with Huber loss, linear β, T = 1000,
-#: Adam lr 1e-4 re-created every round, batch 128, no warm-up, no EMA. (A warm-up, when set, runs
+#: Adam lr 1e-4 re-created every round, batch 128, no warm-up, no EMA. One departure: the
+#: ε-network has the project's skip connection (``objective.eps_param=skip``, study 17: better
+#: ancestrally and by Euler); ``--set objective.eps_param=direct`` is the paper's plain network. (A warm-up, when set, runs
 #: on a client's sequential step across rounds; ``train.ema_decay > 0`` gives UDEC/ULATDEC's
 #: personal models an EMA across rounds; the global model's EMA is the server's.)
 FED_BASE: dict[str, dict[str, Any]] = {

@@ -139,6 +139,9 @@ def train_generative_ddp(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
     n_cls = num_classes if cfg.model.class_cond else 0
     from ..latent import cache_dir_for, model_inputs, resumed_meta
+    from .generative import check_resumed_objective
+
+    check_resumed_objective(resumed_meta(out_dir, fresh), cfg.objective, out_dir)
 
     # Rank 0 encodes into the cache first; the other ranks wait for it, then read the cache.
     if cfg.model.vae and not env.is_main:

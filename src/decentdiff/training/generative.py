@@ -36,6 +36,33 @@ def to_uint8(x: Tensor) -> np.ndarray:
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
+#: The objective settings each kind trains with (the others are ignored by it).
+RELEVANT = {
+    "fm": ("time_dist", "loss"),
+    "ddpm": ("schedule", "loss", "timesteps", "weighting", "eps_param"),
+    "vpred": ("schedule", "loss", "timesteps"),
+}
+
+
+def check_resumed_objective(meta: dict[str, Any] | None, cfg: ObjectiveConfig, where: Path) -> None:
+    """A checkpoint continues only with the objective it was trained with (``meta``: the
+    resumed meta.json, None for a fresh start); a difference is one line naming the setting."""
+    if not meta or not isinstance(meta.get("objective"), dict):
+        return
+    try:
+        was = asdict(ObjectiveConfig.from_meta(meta["objective"]))
+    except TypeError:
+        return  # a damaged meta is the training loop's to report
+    now = asdict(cfg)
+    for key in ("kind", *RELEVANT.get(was["kind"], ())):
+        value = was.get(key)
+        if now.get(key) != value:
+            raise ConfigError(
+                f"{where} was trained with objective.{key}={value}, not {now.get(key)}; resume "
+                f"with --set objective.{key}={value} or pass --fresh to start over"
+            )
+
+
 def objective_from(cfg: ObjectiveConfig) -> FlowMatching | DDPM:
     return make_objective(
         cfg.kind,
@@ -106,6 +133,7 @@ def train_generative(
     from ..latent import cache_dir_for, model_inputs, resumed_meta
 
     network_config(cfg.model.preset, 1, 0, cfg.model.arch)  # a bad preset fails before encoding
+    check_resumed_objective(resumed_meta(out_dir, fresh), cfg.objective, out_dir)
     # With model.vae the network sees latents (encoded once, cached in RUN/latents).
     images, vae_meta = model_inputs(
         images,
