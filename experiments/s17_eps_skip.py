@@ -2,10 +2,12 @@
 output F becomes ε̂ = √(1−ᾱ)·z + √ᾱ·F (`objective.eps_param=skip`, same ε-MSE loss) sample
 deterministically as well as ancestrally?
 
-Study 11 measured the cause of the gap: an ε error δ becomes an x̂0 error δ·√(1−ᾱ)/√ᾱ, and the
-network's x̂0 answers to the noise in its input with a gain (1 − √(1−ᾱ)·∂ε̂/∂z)/√ᾱ that is 1.5-7.6
-at t ≥ 0.9 for a Jacobian of 0.95-0.99 -- the ODE amplifies what the ancestral sampler's fresh
-noise washes out. With the skip connection, x̂0 = √ᾱ·z − √(1−ᾱ)·F: neither is divided by √ᾱ.
+Study 11 measured the cause of the gap: an ε error δ becomes an x̂0 error δ·√(1−ᾱ)/√ᾱ. The same
+division turns a Jacobian ∂ε̂/∂z a few percent short of 1/√(1−ᾱ) (study 11's probe: t·∂ε̂/∂x =
+0.95-1.00 at t ≥ 0.9) into an x̂0 that follows the noise in its input, (1 − √(1−ᾱ)·∂ε̂/∂z)/√ᾱ,
+where the exact posterior's barely moves; the ODE carries that along, the ancestral sampler's
+fresh noise washes it out. With the skip connection, x̂0 = √ᾱ·z − √(1−ᾱ)·F: nothing is divided
+by √ᾱ.
 
 Set-up: study 11's (compact UNet, 1,000 steps at batch 64, mnist5k, 3 seeds, FID on 1,000 images,
 the same five samplers), one arm. The direct-ε, v-prediction and flow-matching arms are studies 11
