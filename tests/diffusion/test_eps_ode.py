@@ -126,7 +126,9 @@ class ExactSkip(torch.nn.Module):
         return ((self.eps(x, tau).double() - (1 - ab).sqrt() * x.double()) / ab.sqrt()).to(x.dtype)
 
 
-@pytest.mark.parametrize(("solver", "steps", "grid"), [("euler", 200, "uniform"), ("ddim", 200, "ddpm")])
+@pytest.mark.parametrize(
+    ("solver", "steps", "grid"), [("euler", 200, "uniform"), ("ddim", 200, "ddpm")]
+)
 def test_exact_skip_eps_model_reproduces_the_data_set(solver, steps, grid):
     """``eps_param=skip`` goes through the same conversion: its exact network lands on the data."""
     data = _points()
