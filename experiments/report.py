@@ -832,7 +832,7 @@ READING = {
         "1.29-1.42 (mean 1.36, 95% CI 1.20-1.52, 3 seeds): no better than the plain network, "
         "so the gap is not deterministic sampling but weaker ε-experts (study 17: the ε-model's "
         "best FID is 2.1x flow matching's at equal budget; a one-seed probe with the cosine "
-        "schedule gave ancestral 7.69 vs 9.19 linear).""
+        "schedule gave ancestral 7.69 vs 9.19 linear)."
     ),
     "s9_router_budget": (
         "Not held: ten times the router's steps made it much more accurate at low noise (K=4: "
