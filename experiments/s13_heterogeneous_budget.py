@@ -48,6 +48,13 @@ ARMS = {
     "eps": ["--set", "objective.weighting=uniform", "--set", "objective.eps_param=direct"],
     "eps-velocity100": ["--set", "objective.weighting=velocity:100",
                         "--set", "objective.eps_param=direct"],  # study 11's better ε-loss
+    # The skip ε-model trained on flow matching's noise levels (the flow experts' logit-normal t
+    # instead of uniform integer steps, which spend a third of the updates where ᾱ < 0.01).
+    "eps-skip-ln": ["--set", "objective.weighting=uniform", "--set", "objective.eps_param=skip",
+                    "--set", "objective.step_dist=logit_normal"],
+    # ... and on Nichol & Dhariwal's cosine schedule (stop 28's one-seed lead on a monolith).
+    "eps-skip-cos": ["--set", "objective.weighting=uniform", "--set", "objective.eps_param=skip",
+                     "--set", "objective.schedule=cosine"],
 }  # fmt: skip
 VERDICT_ARM = "eps-skip"
 STEPS = scaled(5000, 2)

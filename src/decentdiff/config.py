@@ -54,8 +54,11 @@ class ObjectiveConfig:
         "skip"  # ddpm: skip (ε̂ = √(1−ᾱ)·z + √ᾱ·network, study 17) | direct (network = ε̂)
     )
 
+    # ddpm, vpred: uniform (integer steps, Ho et al.) | logit_normal (flow matching's noise levels)
+    step_dist: str = "uniform"
+
     #: What a model recorded before a field existed was trained with (its meta.json lacks it).
-    LEGACY: typing.ClassVar[dict[str, Any]] = {"eps_param": "direct"}
+    LEGACY: typing.ClassVar[dict[str, Any]] = {"eps_param": "direct", "step_dist": "uniform"}
 
     @classmethod
     def from_meta(cls, d: dict[str, Any]) -> ObjectiveConfig:

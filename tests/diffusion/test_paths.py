@@ -159,14 +159,14 @@ def test_velocity_weighting_is_the_flow_loss_of_the_converted_velocity():
     model = lambda x, tau, cond=None: eps + err  # noqa: E731  an ε-model off by err
     v_hat = P.EpsilonVelocity(model, d, clip_x0=None)(x_flow, t)
     flow_loss = (v_hat - (eps - x0)).pow(2).flatten(1).mean(1)
-    w = d.loss_weight(n).double()
+    w = d.loss_weight(t).double()
     assert torch.allclose(w * err.pow(2).flatten(1).mean(1), flow_loss, rtol=1e-4)
     # The weights by NumPy from the schedule alone: ᾱ, then t = √(1−ᾱ)/(√ᾱ + √(1−ᾱ)).
     ab = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[n.numpy()]
     t_np = np.sqrt(1 - ab) / (np.sqrt(ab) + np.sqrt(1 - ab))
-    capped = P.DDPM(weighting="velocity:100").loss_weight(n).numpy()
+    capped = P.DDPM(weighting="velocity:100").loss_weight(d.time_of_step(n)).numpy()
     assert np.allclose(capped, np.minimum(1 / (1 - t_np) ** 2, 100), rtol=1e-5)
-    assert P.DDPM().loss_weight(n) is None  # uniform: Ho et al.'s simple loss
+    assert P.DDPM().loss_weight(t) is None  # uniform: Ho et al.'s simple loss
 
 
 def test_weighted_loss_and_bad_weightings():
@@ -229,3 +229,55 @@ def test_an_old_run_toml_reads_as_a_direct_eps_run(tmp_path):
         (tmp_path / "run.toml").write_text("[objective]\n" + old.format(kind))
         cfg = resolve(base=Run(tmp_path).base_config())
         assert cfg.objective.eps_param == want, kind
+
+
+@pytest.mark.parametrize("kind", ["ddpm", "vpred"])
+def test_logit_normal_step_dist_draws_flow_matchings_noise_levels(kind):
+    """``objective.step_dist=logit_normal``: the network sees the VP state of a flow time
+    t ~ logit-normal(0, 1) (the same draw as flow matching's), with ᾱ = (1−t)²/((1−t)²+t²)
+    re-derived in NumPy, at a fractional step whose schedule SNR brackets t's, and the loss is
+    the objective's own target at that ᾱ."""
+    obj = P.make_objective(kind, step_dist="logit_normal", eps_param="skip")
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, tau, cond=None):
+            seen["x"], seen["tau"] = x, tau
+            return torch.zeros_like(x)
+
+    x0 = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    loss = obj.loss(Spy(), x0, None, torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    t = 1 / (1 + np.exp(-torch.randn(64, generator=gen, dtype=torch.float64).numpy()))
+    eps = torch.randn(x0.shape, generator=gen).double().numpy()
+    ab = (1 - t) ** 2 / ((1 - t) ** 2 + t**2)
+    a, s = np.sqrt(ab)[:, None, None, None], np.sqrt(1 - ab)[:, None, None, None]
+    z = a * x0.double().numpy() + s * eps
+    np.testing.assert_allclose(seen["x"].numpy(), z, rtol=1e-5, atol=1e-6)
+    # The fractional step: the schedule's ᾱ at its floor is ≥ ᾱ(t) ≥ the one at its ceiling.
+    sched = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    step = seen["tau"].double().numpy() * 1000
+    lo, hi = np.floor(step).astype(int), np.minimum(np.floor(step).astype(int) + 1, 999)
+    assert (sched[lo] >= ab * (1 - 1e-4)).all() and (sched[hi] <= ab * (1 + 1e-4)).all()
+    # F = 0: the skip ε-model says ε̂ = √(1−ᾱ)·z; the v-model's target is √ᾱ·ε − √(1−ᾱ)·x0.
+    if kind == "ddpm":
+        want = ((s * z - eps) ** 2).mean()
+    else:
+        want = ((a * eps - s * x0.double().numpy()) ** 2).mean()
+    assert math.isclose(loss.item(), want, rel_tol=1e-4)
+    # The levels follow flow matching's: median t ≈ 0.5, all inside the schedule's range.
+    _, _, tt = obj.sample_levels(20000, torch.Generator().manual_seed(2))
+    assert abs(tt.median().item() - 0.5) < 0.02
+    t_first, t_last = obj.time_of_step(torch.tensor([0, 999])).tolist()
+    assert tt.min() >= t_first and tt.max() <= t_last
+    with pytest.raises(ConfigError, match="step_dist 'x'; choose one of: uniform, logit_normal"):
+        P.make_objective(kind, step_dist="x")
+
+
+def test_step_dist_legacy_and_resume():
+    from decentdiff.config import ObjectiveConfig
+    from decentdiff.training.generative import RELEVANT
+
+    assert ObjectiveConfig.from_meta({"kind": "ddpm"}).step_dist == "uniform"
+    assert ObjectiveConfig().step_dist == "uniform"  # Ho et al.'s integer steps by default
+    assert "step_dist" in RELEVANT["ddpm"] and "step_dist" in RELEVANT["vpred"]

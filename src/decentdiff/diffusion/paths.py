@@ -138,6 +138,8 @@ def parse_weighting(spec: str) -> float | None:
 # ---------------------------------------------------------------- objectives
 #: How a DDPM ε-model's network output becomes ε̂ (:meth:`DDPM.predict_eps`).
 EPS_PARAMS = ("direct", "skip")
+#: How a DDPM ε- or v-model draws its training noise levels (:meth:`DDPM.sample_levels`).
+STEP_DISTS = ("uniform", "logit_normal")
 
 
 class FlowMatching:
@@ -189,6 +191,7 @@ class DDPM:
         loss: str = "mse",
         weighting: str = "uniform",
         eps_param: str = "direct",
+        step_dist: str = "uniform",
     ):
         if timesteps < 2:
             raise ConfigError(f"DDPM needs at least 2 timesteps, got {timesteps}")
@@ -196,9 +199,13 @@ class DDPM:
             raise ConfigError(
                 f"unknown objective.eps_param {eps_param!r}; choose one of: {', '.join(EPS_PARAMS)}"
             )
+        if step_dist not in STEP_DISTS:
+            raise ConfigError(
+                f"unknown objective.step_dist {step_dist!r}; choose one of: {', '.join(STEP_DISTS)}"
+            )
         _loss(torch.zeros(1), torch.zeros(1), loss)
         self.schedule, self.timesteps, self.loss_kind = schedule, timesteps, loss
-        self.eps_param = eps_param
+        self.eps_param, self.step_dist = eps_param, step_dist
         self.weighting, self.weight_cap = weighting, parse_weighting(weighting)
         self.betas = ddpm_betas(schedule, timesteps)
         self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)  # (T,) float64, index n = 0..T-1
@@ -210,15 +217,30 @@ class DDPM:
         ab = self.alphas_cumprod.to(x0.device)[n]
         return bcast(ab.sqrt(), x0) * x0 + bcast((1 - ab).sqrt(), x0) * eps
 
+    def sample_levels(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """(ᾱ, model time τ, flow time t), each (n,) on the CPU, of n training examples.
+
+        ``uniform``: integer steps uniform over 0..T−1 (Ho et al. 2020). ``logit_normal``: flow
+        time t ~ logit-normal(0, 1), flow matching's default (Esser et al. 2024), clamped to the
+        schedule's range [t(0), t(T−1)]; ᾱ = (1−t)²/((1−t)²+t²) exactly and τ the fractional
+        step of the same SNR (:meth:`step_from_time`), as the samplers query it.
+        """
+        if self.step_dist == "uniform":
+            k = torch.randint(0, self.timesteps, (n,), generator=generator)
+            return self.alphas_cumprod[k], k.float() / self.timesteps, self.time_of_step(k)
+        lo, hi = self.time_of_step(torch.tensor([0, self.timesteps - 1])).tolist()
+        t = torch.sigmoid(torch.randn(n, generator=generator, dtype=torch.float64)).clamp(lo, hi)
+        return alpha_bar_from_time(t), self.step_from_time(t) / self.timesteps, t
+
     def loss(
         self, model: nn.Module, x0: Tensor, cond: Tensor | None, generator: torch.Generator
     ) -> Tensor:
-        n = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+        ab, tau, t = self.sample_levels(x0.shape[0], generator)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-        ab = self.alphas_cumprod.to(x0.device)[n]
-        pred = self.predict_eps(model, self.q_sample(x0, n, eps), n.to(x0.dtype) / self.timesteps,
-                                cond, ab)  # fmt: skip
-        return _loss(pred, eps, self.loss_kind, self.loss_weight(n))
+        ab = ab.to(x0.device)
+        z = bcast(ab.sqrt(), x0).to(x0.dtype) * x0 + bcast((1 - ab).sqrt(), x0).to(x0.dtype) * eps
+        pred = self.predict_eps(model, z, tau.to(x0.device, x0.dtype), cond, ab)
+        return _loss(pred, eps, self.loss_kind, self.loss_weight(t.to(x0.device)))
 
     def predict_eps(
         self, model: nn.Module, z: Tensor, tau: Tensor, cond: Tensor | None, alpha_bar: Tensor
@@ -237,16 +259,15 @@ class DDPM:
         ab = bcast(alpha_bar, z).to(z.dtype)
         return (1 - ab).sqrt() * z + ab.sqrt() * out
 
-    def loss_weight(self, n: Tensor) -> Tensor | None:
-        """Per-example weight of the ε-loss at steps n, or None (uniform, Ho et al.'s simple loss).
+    def loss_weight(self, t: Tensor) -> Tensor | None:
+        """Per-example weight of the ε-loss at flow times t, or None (uniform, Ho et al.'s simple
+        loss).
 
-        ``velocity:G`` weights by min(1/(1 − t)², G), t the flow time of step n: an ε error δ is a
-        velocity error δ/(1 − t), so this is the flow-matching loss of the converted velocity,
-        capped at G where 1 − t → 0.
+        ``velocity:G`` weights by min(1/(1 − t)², G): an ε error δ is a velocity error δ/(1 − t),
+        so this is the flow-matching loss of the converted velocity, capped at G where 1 − t → 0.
         """
         if self.weight_cap is None:
             return None
-        t = self.time_of_step(n.cpu()).to(n.device)
         return (1 / (1 - t) ** 2).clamp(max=self.weight_cap).float()
 
     def step_from_time(self, t: Tensor) -> Tensor:
@@ -308,11 +329,11 @@ class VPrediction(DDPM):
     def loss(
         self, model: nn.Module, x0: Tensor, cond: Tensor | None, generator: torch.Generator
     ) -> Tensor:
-        n = torch.randint(0, self.timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+        ab, tau, _ = self.sample_levels(x0.shape[0], generator)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-        ab = self.alphas_cumprod.to(x0.device)[n]
+        ab = ab.to(x0.device)
         a, s = bcast(ab.sqrt(), x0).to(x0.dtype), bcast((1 - ab).sqrt(), x0).to(x0.dtype)
-        pred = model(a * x0 + s * eps, n.to(x0.dtype) / self.timesteps, cond)
+        pred = model(a * x0 + s * eps, tau.to(x0.device, x0.dtype), cond)
         return _loss(pred, a * eps - s * x0, self.loss_kind)
 
     def velocity(self, model: nn.Module, clip_x0: float | None = None) -> Velocity:
@@ -349,18 +370,22 @@ def _flow_matching(*, time_dist: str, loss: str, weighting: str, **_) -> FlowMat
     return FlowMatching(time_dist=time_dist, loss=loss)
 
 
-def _ddpm(*, schedule: str, timesteps: int, loss: str, weighting: str, eps_param: str, **_) -> DDPM:
+def _ddpm(
+    *, schedule: str, timesteps: int, loss: str, weighting: str, eps_param: str, step_dist: str, **_
+) -> DDPM:
     return DDPM(schedule=schedule, timesteps=timesteps, loss=loss, weighting=weighting,
-                eps_param=eps_param)  # fmt: skip
+                eps_param=eps_param, step_dist=step_dist)  # fmt: skip
 
 
-def _vpred(*, schedule: str, timesteps: int, loss: str, weighting: str, **_) -> VPrediction:
+def _vpred(
+    *, schedule: str, timesteps: int, loss: str, weighting: str, step_dist: str, **_
+) -> VPrediction:
     if weighting != "uniform":
         raise ConfigError(
             f"objective.weighting={weighting} applies to --objective ddpm only; set "
             "objective.weighting=uniform"
         )
-    return VPrediction(schedule=schedule, timesteps=timesteps, loss=loss)
+    return VPrediction(schedule=schedule, timesteps=timesteps, loss=loss, step_dist=step_dist)
 
 
 #: Objective kinds: each builds its objective from the config values it uses.
@@ -380,11 +405,12 @@ def make_objective(
     timesteps: int = 1000,
     weighting: str = "uniform",
     eps_param: str = "skip",
+    step_dist: str = "uniform",
 ) -> FlowMatching | DDPM:
     """Build an objective from config values; unknown kinds list the valid choices."""
     if kind not in OBJECTIVES:
         raise ConfigError(f"unknown objective {kind!r}; choose one of: {', '.join(OBJECTIVES)}")
     return OBJECTIVES[kind](
         time_dist=time_dist, schedule=schedule, loss=loss, timesteps=timesteps,
-        weighting=weighting, eps_param=eps_param,
+        weighting=weighting, eps_param=eps_param, step_dist=step_dist,
     )  # fmt: skip

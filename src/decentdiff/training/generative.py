@@ -39,8 +39,8 @@ def to_uint8(x: Tensor) -> np.ndarray:
 #: The objective settings each kind trains with (the others are ignored by it).
 RELEVANT = {
     "fm": ("time_dist", "loss"),
-    "ddpm": ("schedule", "loss", "timesteps", "weighting", "eps_param"),
-    "vpred": ("schedule", "loss", "timesteps"),
+    "ddpm": ("schedule", "loss", "timesteps", "weighting", "eps_param", "step_dist"),
+    "vpred": ("schedule", "loss", "timesteps", "step_dist"),
 }
 
 
@@ -72,6 +72,7 @@ def objective_from(cfg: ObjectiveConfig) -> FlowMatching | DDPM:
         timesteps=cfg.timesteps,
         weighting=cfg.weighting,
         eps_param=cfg.eps_param,
+        step_dist=cfg.step_dist,
     )
 
 
