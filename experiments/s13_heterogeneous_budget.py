@@ -52,9 +52,12 @@ ARMS = {
     # instead of uniform integer steps, which spend a third of the updates where ᾱ < 0.01).
     "eps-skip-ln": ["--set", "objective.weighting=uniform", "--set", "objective.eps_param=skip",
                     "--set", "objective.step_dist=logit_normal"],
-    # ... and on Nichol & Dhariwal's cosine schedule (stop 28's one-seed lead on a monolith).
-    "eps-skip-cos": ["--set", "objective.weighting=uniform", "--set", "objective.eps_param=skip",
-                     "--set", "objective.schedule=cosine"],
+    # ... and with the velocity weighting: min(1/(1−t)², 100) × the ε-loss is the flow-matching
+    # loss of the converted velocity (study 11), so this ε-expert sees the flow experts' objective
+    # in ε-parameterisation: what is left of the gap is the parameterisation, not the loss.
+    "eps-skip-ln-v": ["--set", "objective.weighting=velocity:100",
+                      "--set", "objective.eps_param=skip",
+                      "--set", "objective.step_dist=logit_normal"],
 }  # fmt: skip
 VERDICT_ARM = "eps-skip"
 STEPS = scaled(5000, 2)

@@ -260,3 +260,69 @@ def test_a_student_of_another_size_with_preset(tmp_path, run_dir, capsys):
     assert json.loads((run / "distilled" / "meta.json").read_text())["params"] == expert["params"]
     code, _, err = cli(capsys, *args, "--preset", "huge")
     assert code == 2 and "unknown model preset" in err
+
+
+def test_student_init_from_the_experts(tmp_path, run_dir, capsys):
+    """`distill --init`: expert:K starts the student at expert K's EMA weights (with lr 0 it
+    stays there: read back from the files); soup is the shard-size-weighted mean of the experts'
+    EMA weights, re-computed here in NumPy from the safetensors files; a different --init on
+    resume, an unknown one, a missing expert and a student of another size are one-line errors."""
+    from safetensors.numpy import load_file
+
+    run = tmp_path / "copy"
+    shutil.copytree(run_dir, run)
+    shutil.rmtree(run / "distilled", ignore_errors=True)
+    # lr 1e-30 (0 is refused): Adam moves a weight by ~1e-30, far below any weight's resolution
+    args = ["distill", run, "--steps", 2, "-q", "--set", "train.batch=8", "--set", "train.lr=1e-30"]
+    code, _, err = cli(capsys, *args, "--init", "expert:1")
+    assert code == 0, err
+    want = load_file(str(run / "experts" / "1" / "ema.safetensors"))
+    got = load_file(str(run / "distilled" / "model.safetensors"))
+    assert want.keys() == got.keys()
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, atol=1e-20, err_msg=name)
+    assert json.loads((run / "distilled" / "meta.json").read_text())["init"] == "expert:1"
+    code, _, err = cli(capsys, *args, "--steps", 3)  # resume with another start: refused
+    assert code == 2 and "--init expert:1" in err and err.count("\n") == 1
+    code, _, err = cli(capsys, *args, "--init", "soup", "--fresh")
+    assert code == 0, err
+    sizes = [json.loads((run / "experts" / str(k) / "meta.json").read_text())["shard_size"]
+             for k in (0, 1)]  # fmt: skip
+    experts = [load_file(str(run / "experts" / str(k) / "ema.safetensors")) for k in (0, 1)]
+    got = load_file(str(run / "distilled" / "model.safetensors"))
+    w = np.array(sizes, np.float64) / sum(sizes)
+    assert experts[0].keys() == got.keys()
+    differs = 0
+    for name, a in experts[0].items():
+        if not np.issubdtype(a.dtype, np.floating):
+            continue
+        soup = w[0] * a.astype(np.float64) + w[1] * experts[1][name].astype(np.float64)
+        np.testing.assert_allclose(got[name], soup, rtol=1e-5, atol=1e-7, err_msg=name)
+        differs += not np.allclose(a, experts[1][name])
+    assert differs > 0  # the experts differ, so the mean is not one of them
+    for bad, words in (("expert:x", "unknown --init"), ("expert:7", "experts 0..1"),
+                       ("best", "unknown --init")):  # fmt: skip
+        code, _, err = cli(capsys, *args, "--init", bad, "--fresh")
+        assert code == 2 and words in err and err.count("\n") == 1, err
+    code, _, err = cli(capsys, *args, "--init", "soup", "--fresh", "--preset", "compact")
+    assert code == 2 and "architecture is not the student's" in err, err
+
+
+def test_soup_weights_by_shard_size():
+    """The soup weighs each expert by its shard size (1:3 here), integer buffers are copied."""
+    from decentdiff.ddm.distill import initial_weights
+
+    nets = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        net = torch.nn.BatchNorm1d(3)
+        net.weight.data.normal_(), net.bias.data.normal_()
+        net.num_batches_tracked += seed + 5
+        nets.append(net)
+    got = initial_weights(
+        "soup", nets, [{"shard_size": 1}, {"shard_size": 3}], torch.nn.BatchNorm1d(3)
+    )
+    for name in ("weight", "bias"):
+        a, b = (getattr(n, name).detach().double().numpy() for n in nets)
+        np.testing.assert_allclose(got[name].numpy(), 0.25 * a + 0.75 * b, rtol=1e-6)
+    assert got["num_batches_tracked"].item() == 5  # the first expert's, not averaged

@@ -295,6 +295,16 @@ def distill(
             "a lower-variance target (full costs K expert forwards per example).",
         ),
     ] = "own",
+    init: Annotated[
+        str,
+        typer.Option(
+            "--init",
+            help="The student's starting weights: random; soup, the experts' EMA weights "
+            "averaged by cluster size; or expert:K, expert K's. The experts are already paid "
+            "for, so a start from them costs no training FLOPs (soup and expert:K need the "
+            "experts' architecture).",
+        ),
+    ] = "random",
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     log: LogOpt = None,
@@ -319,6 +329,7 @@ def distill(
         teacher=teacher,
         preset=preset,
         arch=arch or "",
+        init=init,
     )
     typer.echo(
         f"distilled: step {meta['step']}, batch {meta['train']['batch']}, loss {meta.get('loss')}, "

@@ -51,6 +51,7 @@ def distill(
     teacher: str = "own",
     preset: str | None = None,
     arch: str = "",
+    init: str = "random",
 ) -> dict[str, Any]:
     """Train ``RUN/distilled`` from the K experts of RUN.
 
@@ -63,6 +64,8 @@ def distill(
         teacher: ``own`` or a per-step routing of the ensemble (see the module docstring).
         preset: the student's model size (None: the experts' architecture).
         arch: the student's backbone for a plain size name (``dit`` + ``small`` = ``dit-small``).
+        init: the student's starting weights (:func:`check_init`): ``random``, ``soup`` (the
+            experts' EMA weights averaged by cluster size) or ``expert:K`` (expert K's).
 
     Returns:
         The student's meta.json. ``train_flops`` counts the student's forward+backward *and* the
@@ -71,6 +74,7 @@ def distill(
         experts themselves cost to train.
     """
     check_teacher(teacher)  # before anything is loaded
+    check_init(init)
     if arch and preset is None:
         raise ConfigError(
             "--arch needs --preset for the student (e.g. --arch dit --preset small); without "
@@ -90,6 +94,15 @@ def distill(
             raise RunError(
                 f"{out} was distilled with --teacher {before}; resume with --teacher {before}, "
                 f"or pass --fresh to start a student taught by {teacher}"
+            )
+        try:
+            began = json.loads((out / "meta.json").read_text()).get("init", "random")
+        except (OSError, ValueError):
+            began = init
+        if began != init:
+            raise RunError(
+                f"{out} was started with --init {began}; resume with --init {began}, or pass "
+                f"--fresh to start a student from {init}"
             )
     # Every current member (withdrawn rows left out, added sources in) with its cluster.
     images, labels, clusters, rec = member_data(run, cfg)
@@ -145,6 +158,8 @@ def distill(
     )
     torch.manual_seed(tcfg.seed)  # parameter initialisation only
     student = build_network(ucfg).to(device)
+    if init != "random":
+        student.load_state_dict(initial_weights(init, unets, metas, student))
     parts = torch.from_numpy(clusters)
     draw = image_batches(images, labels, tcfg.batch, device, tcfg.cond_drop, n_cls)
 
@@ -180,6 +195,7 @@ def distill(
         "data_fingerprint": data_fp,
         "source": source,
         "teacher": teacher,
+        "init": init,
         "teacher_flops_per_step": teacher_fps,
         "teachers_train_flops": float(sum(m.get("train_flops", 0.0) for m in metas)),
     }
@@ -211,6 +227,52 @@ def make_teacher(teachers: list[nn.Module], routed: nn.Module | None = None):
         return v
 
     return velocity
+
+
+#: --init's choices, as the help and the errors name them.
+INITS = "random, soup (the experts' weights averaged by cluster size) or expert:K"
+
+
+def check_init(init: str) -> int | None:
+    """``random``, ``soup`` or ``expert:K`` (returns K); anything else is one line naming --init."""
+    if init in ("random", "soup"):
+        return None
+    if init.startswith("expert:") and init[7:].isdigit():
+        return int(init[7:])
+    raise ConfigError(f"unknown --init {init!r}; use {INITS}")
+
+
+def initial_weights(
+    init: str, unets: list[nn.Module], metas: list[dict[str, Any]], student: nn.Module
+) -> dict[str, Tensor]:
+    """The student's starting state dict: expert K's EMA weights, or the average of all experts'
+    weighted by their shard sizes (a "soup": experts of one seed start from the same weights,
+    ``train.seed``, and stay close enough that the average is a working network, if a poor one).
+    Refused, with one line, when the experts' architecture is not the student's."""
+    k = check_init(init)
+    if k is not None and not 0 <= k < len(unets):
+        raise ConfigError(f"--init {init}: this RUN has experts 0..{len(unets) - 1}")
+    chosen = unets if k is None else [unets[k]]
+    want = {n: p.shape for n, p in student.state_dict().items()}
+    for net in chosen:
+        have = {n: p.shape for n, p in net.state_dict().items()}
+        if have != want:
+            raise ConfigError(
+                f"--init {init}: the experts' architecture is not the student's; drop --preset/"
+                "--arch (the student then takes the experts') or use --init random"
+            )
+    if k is not None:
+        return {n: p.detach().clone() for n, p in unets[k].state_dict().items()}
+    sizes = torch.tensor([float(m.get("shard_size") or m.get("num_images") or 1) for m in metas])
+    w = (sizes / sizes.sum()).tolist()
+    states = [net.state_dict() for net in unets]
+    out = {}
+    for n, p in states[0].items():
+        if p.is_floating_point():
+            out[n] = sum(wi * s[n].double() for wi, s in zip(w, states, strict=True)).to(p.dtype)
+        else:  # integer buffers (counters) are not averaged
+            out[n] = p.detach().clone()
+    return out
 
 
 def check_teacher(teacher: str) -> None:
