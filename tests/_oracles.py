@@ -5,7 +5,7 @@ import numpy as np
 
 def fid_scipy(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance of two feature sets, re-derived with scipy.linalg.sqrtm (not the
-    package's eigenvalue route)."""
+    package's nuclear-norm route)."""
     import warnings
 
     from scipy import linalg

@@ -305,7 +305,21 @@ def test_student_init_from_the_experts(tmp_path, run_dir, capsys):
         code, _, err = cli(capsys, *args, "--init", bad, "--fresh")
         assert code == 2 and words in err and err.count("\n") == 1, err
     code, _, err = cli(capsys, *args, "--init", "soup", "--fresh", "--preset", "compact")
-    assert code == 2 and "architecture is not the student's" in err, err
+    assert code == 2 and "student's architecture is not every expert's" in err, err
+    assert err.count("\n") == 1
+    # expert:01 is expert:1: recorded normalised, so it resumes as expert:1 does
+    code, _, err = cli(capsys, *args, "--init", "expert:01", "--fresh")
+    assert code == 0, err
+    assert json.loads((run / "distilled" / "meta.json").read_text())["init"] == "expert:1"
+    code, _, err = cli(capsys, *args, "--init", "expert:1", "--steps", 3)
+    assert code == 0, err
+    # An ε-expert is not a velocity network: it cannot start the flow-matching student.
+    meta = json.loads((run / "experts" / "0" / "meta.json").read_text())
+    meta["objective"]["kind"] = "ddpm"
+    (run / "experts" / "0" / "meta.json").write_text(json.dumps(meta))
+    for init in ("expert:0", "soup"):
+        code, _, err = cli(capsys, *args, "--init", init, "--fresh")
+        assert code == 2 and "flow-matching network" in err and err.count("\n") == 1, err
 
 
 def test_soup_weights_by_shard_size():

@@ -266,7 +266,9 @@ def test_logit_normal_step_dist_draws_flow_matchings_noise_levels(kind):
         want = ((a * eps - s * x0.double().numpy()) ** 2).mean()
     assert math.isclose(loss.item(), want, rel_tol=1e-4)
     # The levels follow flow matching's: median t ≈ 0.5, all inside the schedule's range.
-    _, _, tt = obj.sample_levels(20000, torch.Generator().manual_seed(2))
+    _, tau, tt = obj.sample_levels(20000, torch.Generator().manual_seed(2), x0)
+    # τ is the model time the samplers feed the network at the same flow time
+    torch.testing.assert_close(tau, obj.model_time(tt).float())
     assert abs(tt.median().item() - 0.5) < 0.02
     t_first, t_last = obj.time_of_step(torch.tensor([0, 999])).tolist()
     assert tt.min() >= t_first and tt.max() <= t_last
@@ -274,10 +276,39 @@ def test_logit_normal_step_dist_draws_flow_matchings_noise_levels(kind):
         P.make_objective(kind, step_dist="x")
 
 
-def test_step_dist_legacy_and_resume():
-    from decentdiff.config import ObjectiveConfig
-    from decentdiff.training.generative import RELEVANT
+def test_logit_normal_with_velocity_weighting_is_the_flow_loss():
+    """step_dist=logit_normal with weighting=velocity:G (study 13's eps-skip-ln-v arm): each
+    example's ε-loss is weighted by min(1/(1 − t)², G) at its own flow time t (re-drawn here)."""
+    obj = P.make_objective("ddpm", step_dist="logit_normal", weighting="velocity:4")
+    x0 = torch.randn(256, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    model = lambda x, tau, cond=None: torch.zeros_like(x)  # noqa: E731  F = 0 (skip: ε̂ = √(1−ᾱ)·z)
+    loss = obj.loss(model, x0, None, torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    t = 1 / (1 + np.exp(-torch.randn(256, generator=gen, dtype=torch.float64).numpy()))
+    eps = torch.randn(x0.shape, generator=gen).double().numpy()
+    ab = ((1 - t) ** 2 / ((1 - t) ** 2 + t**2))[:, None, None, None]
+    z = np.sqrt(ab) * x0.double().numpy() + np.sqrt(1 - ab) * eps
+    per = ((np.sqrt(1 - ab) * z - eps) ** 2).reshape(256, -1).mean(1)
+    w = np.minimum(1 / (1 - t) ** 2, 4.0)
+    assert (w == 4.0).any() and (w < 4.0).any()  # both sides of the cap are drawn
+    assert math.isclose(loss.item(), (w * per).mean(), rel_tol=1e-4)
+
+
+def test_step_dist_legacy_and_resume(tmp_path):
+    """Records without ``step_dist`` read as uniform; a checkpoint resumed with another
+    step_dist is refused in one line naming the setting."""
+    from decentdiff.config import Config, ObjectiveConfig
+    from decentdiff.training.generative import train_generative
 
     assert ObjectiveConfig.from_meta({"kind": "ddpm"}).step_dist == "uniform"
     assert ObjectiveConfig().step_dist == "uniform"  # Ho et al.'s integer steps by default
-    assert "step_dist" in RELEVANT["ddpm"] and "step_dist" in RELEVANT["vpred"]
+    images = np.random.default_rng(0).integers(0, 255, (8, 1, 8, 8), dtype=np.uint8)
+    for kind in ("ddpm", "vpred"):
+        cfg = Config()
+        cfg.model.preset, cfg.objective.kind = "tiny", kind
+        cfg.train.steps, cfg.train.batch = 2, 4
+        out = tmp_path / kind
+        train_generative(out, images, None, 0, cfg, role="monolith", progress=False)
+        cfg.train.steps, cfg.objective.step_dist = 4, "logit_normal"
+        with pytest.raises(ConfigError, match=r"objective.step_dist=uniform, not logit_normal"):
+            train_generative(out, images, None, 0, cfg, role="monolith", progress=False)

@@ -86,7 +86,9 @@ ObjectiveOpt = Annotated[
         "--objective",
         help="fm (flow matching), ddpm (ε-prediction; its network has a skip connection, "
         "objective.eps_param=skip, so Euler samples it well too; direct = Ho et al.'s plain "
-        f"ε-network) or vpred (v-prediction on the DDPM schedule). {default_of('objective', 'kind')}",
+        "ε-network) or vpred (v-prediction on the DDPM schedule); ddpm and vpred train on "
+        "uniform integer steps unless objective.step_dist=logit_normal (flow matching's noise "
+        f"levels). {default_of('objective', 'kind')}",
     ),
 ]
 StepsOpt = Annotated[

@@ -217,30 +217,35 @@ class DDPM:
         ab = self.alphas_cumprod.to(x0.device)[n]
         return bcast(ab.sqrt(), x0) * x0 + bcast((1 - ab).sqrt(), x0) * eps
 
-    def sample_levels(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """(ᾱ, model time τ, flow time t), each (n,) on the CPU, of n training examples.
+    def sample_levels(
+        self, n: int, generator: torch.Generator, like: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(ᾱ float64, model time τ, flow time t float64), each (n,) on ``like``'s device, τ in
+        its dtype, of n training examples.
 
-        ``uniform``: integer steps uniform over 0..T−1 (Ho et al. 2020). ``logit_normal``: flow
-        time t ~ logit-normal(0, 1), flow matching's default (Esser et al. 2024), clamped to the
+        ``uniform``: integer steps uniform over 0..T−1 (Ho et al. 2020), τ = n/T divided on the
+        device as it always was (resumed runs stay bitwise). ``logit_normal``: flow time t ~
+        logit-normal(0, 1), flow matching's default (Esser et al. 2024), clamped to the
         schedule's range [t(0), t(T−1)]; ᾱ = (1−t)²/((1−t)²+t²) exactly and τ the fractional
-        step of the same SNR (:meth:`step_from_time`), as the samplers query it.
+        step of the same SNR (:meth:`model_time`, as the samplers query it).
         """
         if self.step_dist == "uniform":
-            k = torch.randint(0, self.timesteps, (n,), generator=generator)
-            return self.alphas_cumprod[k], k.float() / self.timesteps, self.time_of_step(k)
+            k = torch.randint(0, self.timesteps, (n,), generator=generator).to(like.device)
+            ab = self.alphas_cumprod.to(like.device)[k]
+            return ab, k.to(like.dtype) / self.timesteps, time_from_alpha_bar(ab)
         lo, hi = self.time_of_step(torch.tensor([0, self.timesteps - 1])).tolist()
         t = torch.sigmoid(torch.randn(n, generator=generator, dtype=torch.float64)).clamp(lo, hi)
-        return alpha_bar_from_time(t), self.step_from_time(t) / self.timesteps, t
+        t = t.to(like.device)
+        return alpha_bar_from_time(t), self.model_time(t).to(like.dtype), t
 
     def loss(
         self, model: nn.Module, x0: Tensor, cond: Tensor | None, generator: torch.Generator
     ) -> Tensor:
-        ab, tau, t = self.sample_levels(x0.shape[0], generator)
+        ab, tau, t = self.sample_levels(x0.shape[0], generator, x0)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-        ab = ab.to(x0.device)
-        z = bcast(ab.sqrt(), x0).to(x0.dtype) * x0 + bcast((1 - ab).sqrt(), x0).to(x0.dtype) * eps
-        pred = self.predict_eps(model, z, tau.to(x0.device, x0.dtype), cond, ab)
-        return _loss(pred, eps, self.loss_kind, self.loss_weight(t.to(x0.device)))
+        z = bcast(ab.sqrt(), x0) * x0 + bcast((1 - ab).sqrt(), x0) * eps
+        pred = self.predict_eps(model, z, tau, cond, ab)
+        return _loss(pred, eps, self.loss_kind, self.loss_weight(t))
 
     def predict_eps(
         self, model: nn.Module, z: Tensor, tau: Tensor, cond: Tensor | None, alpha_bar: Tensor
@@ -329,11 +334,10 @@ class VPrediction(DDPM):
     def loss(
         self, model: nn.Module, x0: Tensor, cond: Tensor | None, generator: torch.Generator
     ) -> Tensor:
-        ab, tau, _ = self.sample_levels(x0.shape[0], generator)
+        ab, tau, _ = self.sample_levels(x0.shape[0], generator, x0)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-        ab = ab.to(x0.device)
-        a, s = bcast(ab.sqrt(), x0).to(x0.dtype), bcast((1 - ab).sqrt(), x0).to(x0.dtype)
-        pred = model(a * x0 + s * eps, tau.to(x0.device, x0.dtype), cond)
+        a, s = bcast(ab.sqrt(), x0), bcast((1 - ab).sqrt(), x0)
+        pred = model(a * x0 + s * eps, tau, cond)
         return _loss(pred, a * eps - s * x0, self.loss_kind)
 
     def velocity(self, model: nn.Module, clip_x0: float | None = None) -> Velocity:
