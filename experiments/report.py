@@ -812,7 +812,12 @@ READING = {
         "step. Why not better: the student has the monolith's capacity (the tiny UNet, 87k "
         "parameters), the regime where the ensemble wins by capacity (mixture 0.71x the "
         "monolith here); compressing four experts into one such network cannot keep that edge, "
-        "and at a third of the FLOPs it does not quite reach the monolith either."
+        "and at a third of the FLOPs it does not quite reach the monolith either. Stop 29, a "
+        "one-seed probe on study 13's seed-0 experts (the same commands, retrained on this "
+        "machine): the student started from the experts' shard-weighted average (`distill --init "
+        "soup`) scored 8.59 against 9.04 from random weights, everything else equal (the "
+        "recorded seed-0 monolith: 7.72, so 1.11x vs 1.17x) -- a lead of 5%, within the "
+        "seed-to-seed spread; not yet a result."
     ),
     "s13_heterogeneous_budget": (
         "Not held, but far closer than study 5: with study 10's longer budget (each expert 5,000 "

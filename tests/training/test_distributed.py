@@ -83,8 +83,9 @@ def test_two_ranks_train_resume_exactly(run_dir, tmp_path):
     assert json.loads((run_dir / "experts" / "0" / "meta.json").read_text())["step"] == 8
 
 
-def test_ranks_agree(run_dir, tmp_path):
-    # Every rank saves its own final weights through a hook: they must be bitwise equal.
+def _ddp_with_rank_weights(run_dir, tmp_path, expert, steps):
+    """train_expert_ddp on 2 gloo ranks under torchrun, each rank saving its own final weights
+    through a hook (tmp_path/rank<i>.safetensors); returns both."""
     script = tmp_path / "agree.py"
     script.write_text(
         "import os, sys\n"
@@ -101,32 +102,16 @@ def test_ranks_agree(run_dir, tmp_path):
         "    return out\n"
         "loop.train = spy\n"
         "run = Run(sys.argv[1])\n"
-        "cfg = C.resolve(None, ['model.preset=tiny', 'train.steps=4', 'train.batch=16',\n"
+        f"cfg = C.resolve(None, ['model.preset=tiny', 'train.steps={steps}', 'train.batch=16',\n"
         "                       'train.threads=1'], base=run.base_config())\n"
-        "D.train_expert_ddp(run, 1, cfg, D.dist_env(), progress=False)\n"
+        f"D.train_expert_ddp(run, {expert}, cfg, D.dist_env(), progress=False)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(script),
-        str(run_dir),
-        str(tmp_path),
-    ]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), str(run_dir), str(tmp_path)]  # fmt: skip
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    w0, w1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
-    assert all(torch.equal(w0[k], w1[k]) for k in w0)
-    # ... and the ranks really trained (weights moved from their identical initialisation).
-    saved = _weights_k(run_dir, 1)
-    assert all(torch.equal(saved[k], w0[k]) for k in saved)
-
-
-def _weights_k(run, k):
-    return load_file(Path(run) / "experts" / str(k) / "model.safetensors")
+    return load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
 
 
 def test_world_size_must_divide_batch(run_dir, capsys, monkeypatch):
@@ -152,7 +137,8 @@ def test_world_size_must_divide_batch(run_dir, capsys, monkeypatch):
 
 
 def test_two_ranks_at_half_batch_equal_one_process_at_full_batch(run_dir, tmp_path):
-    """Issue 19, item 3. DDP on 2 gloo ranks, each drawing B/2 with its own rank generator, equals
+    """Issue 19, item 3. The ranks agree bitwise (each saves its own weights through a hook), and
+    DDP on 2 gloo ranks, each drawing B/2 with its own rank generator, equals
     one process that draws both ranks' halves itself and averages their losses (what DDP's
     all-reduce does to the gradients), through the same training loop: same weights after 5
     steps within float tolerance (the all-reduce sums in another order). The ranks' halves are
@@ -168,9 +154,11 @@ def test_two_ranks_at_half_batch_equal_one_process_at_full_batch(run_dir, tmp_pa
     from decentdiff.training.loop import train
 
     steps = 5
-    r = _torchrun(tmp_path, "train", "expert", run_dir, "--expert", "0", "--steps", steps, *TRAIN)
-    assert r.returncode == 0, r.stderr[-2000:]
+    w0, w1 = _ddp_with_rank_weights(run_dir, tmp_path, 0, steps)
+    # Every rank ends with bitwise the same weights, and the checkpoint holds them.
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
     ddp = _weights(run_dir)
+    assert all(torch.equal(ddp[k], w0[k]) for k in ddp)
 
     cfg = C.resolve(None, ["model.preset=tiny", "train.batch=16", "train.threads=1",
                            f"train.steps={steps}"], base=Run(run_dir).base_config())  # fmt: skip
