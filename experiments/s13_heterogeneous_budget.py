@@ -48,16 +48,17 @@ ARMS = {
     "eps": ["--set", "objective.weighting=uniform", "--set", "objective.eps_param=direct"],
     "eps-velocity100": ["--set", "objective.weighting=velocity:100",
                         "--set", "objective.eps_param=direct"],  # study 11's better ε-loss
-    # The skip ε-model trained on flow matching's noise levels (the flow experts' logit-normal t
-    # instead of uniform integer steps, which spend a third of the updates where ᾱ < 0.01).
-    "eps-skip-ln": ["--set", "objective.weighting=uniform", "--set", "objective.eps_param=skip",
-                    "--set", "objective.step_dist=logit_normal"],
-    # ... and with the velocity weighting: min(1/(1−t)², 100) × the ε-loss is the flow-matching
-    # loss of the converted velocity (study 11), so this ε-expert sees the flow experts' objective
-    # in ε-parameterisation: what is left of the gap is the parameterisation, not the loss.
+    # The skip ε-model on flow matching's noise levels with the velocity weighting:
+    # min(1/(1−t)², 100) × the ε-loss is the flow-matching loss of the converted velocity (study
+    # 11), so this ε-expert sees the flow experts' objective in ε-parameterisation: what is left
+    # of the gap is the parameterisation, not the loss.
     "eps-skip-ln-v": ["--set", "objective.weighting=velocity:100",
                       "--set", "objective.eps_param=skip",
                       "--set", "objective.step_dist=logit_normal"],
+    # ... and with the ε-loss unweighted: flow matching's noise levels only (the flow experts'
+    # logit-normal t instead of uniform integer steps, a third of which have ᾱ < 0.01).
+    "eps-skip-ln": ["--set", "objective.weighting=uniform", "--set", "objective.eps_param=skip",
+                    "--set", "objective.step_dist=logit_normal"],
 }  # fmt: skip
 VERDICT_ARM = "eps-skip"
 STEPS = scaled(5000, 2)
