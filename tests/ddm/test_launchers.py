@@ -110,15 +110,6 @@ def test_process_launcher_killed_island_is_finished_by_relaunch(run_dir, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_relaunch_leaves_finished_islands_untouched(run_dir):
-    cfg = _cfg(run_dir, steps=4)
-    launchers.train_experts(Run(run_dir), cfg, launcher="process", jobs=2, experts=[1])
-    before = tree_hashes(run_dir / "experts" / "1")
-    launchers.train_experts(Run(run_dir), cfg, launcher="process", jobs=2)
-    assert tree_hashes(run_dir / "experts" / "1") == before
-    assert _step(run_dir, 0) == 4
-
-
 def test_unknown_launcher_is_one_line(run_dir, capsys):
     _bad(capsys, run_dir, "train", "experts", run_dir, "--launcher", "slurm", *TINY, match="slurm")
     _bad(
