@@ -27,6 +27,7 @@ ORDER = (
     ("s15_vpred", "15. (ours) v-prediction sampled deterministically"),
     ("s16_fed_recipe", "16. (ours) Federated averaging with the central recipe"),
     ("s17_eps_skip", "17. (ours) An epsilon-network with a skip connection"),
+    ("s18_eps_flow_loss", "18. (ours) An epsilon-network on the flow-matching loss"),
 )
 
 
@@ -641,6 +642,7 @@ BODIES = {
     "s14_dit_experts": body_s14,
     "s15_vpred": body_s15,
     "s17_eps_skip": body_s15,  # the same table: quantities with intervals
+    "s18_eps_flow_loss": body_s15,
     "s16_fed_recipe": body_s16,
 }
 

@@ -1,6 +1,6 @@
 """Run every study in order (each resumes where it stopped), then write docs/reproduction.md.
 
-python experiments/run_all.py            # all eight
+python experiments/run_all.py            # all of them
 python experiments/run_all.py s1 s4      # some, by prefix
 """
 
@@ -24,6 +24,11 @@ STUDIES = (
     "s11_eps_sampling",
     "s12_distill_budget",
     "s13_heterogeneous_budget",
+    "s14_dit_experts",
+    "s15_vpred",
+    "s16_fed_recipe",
+    "s17_eps_skip",
+    "s18_eps_flow_loss",
 )
 
 
