@@ -465,28 +465,25 @@ def body_s11(r: dict) -> list[str]:
 
 
 def body_s12(r: dict) -> list[str]:
-    out = [
-        "| seed | monolith | ensemble mixture | "
-        + " | ".join(f"student ({t})" for t in r["setup"]["teachers"])
-        + " |",
-        "|---|---|---|" + "---|" * len(r["setup"]["teachers"]),
-    ]
+    # arm -> (teacher, batch, extra); results saved before the arms existed: teacher -> batch
+    arms = r["setup"].get("arms") or {t: (t, b, []) for t, b in r["setup"]["teachers"].items()}
+    cols: list[str] = []
+    for row in r["per_seed"].values():
+        cols += [k for k in row if k not in cols]
+    out = ["| seed | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for seed, row in r["per_seed"].items():
-        cells = [f2(row.get(f"student {t}")) for t in r["setup"]["teachers"]]
-        out.append(
-            f"| {seed} | {f2(row['monolith'])} | {f2(row['ensemble mixture'])} | "
-            + " | ".join(cells)
-            + " |"
-        )
+        out.append(f"| {seed} | " + " | ".join(f2(row.get(k)) for k in cols) + " |")
     out += [
         "",
-        "| teacher | student batch | student / monolith FID, mean [95% CI] | training FLOPs / "
-        "monolith's |",
-        "|---|---|---|---|",
+        "| arm | teacher | student batch | init | student / monolith FID, mean [95% CI] | "
+        "training FLOPs / monolith's |",
+        "|---|---|---|---|---|---|",
     ]
-    for t, sm in r["summary"].items():
+    for a, sm in r["summary"].items():
+        teacher, batch, extra = arms[a]
+        init = extra[extra.index("--init") + 1] if "--init" in extra else "random"
         out.append(
-            f"| {t} | {r['setup']['teachers'][t]} | {sm['ratio_to_monolith']['mean']:.3f} "
+            f"| {a} | {teacher} | {batch} | {init} | {sm['ratio_to_monolith']['mean']:.3f} "
             f"{_iv(sm['interval95'])} | {sm['train_flops_vs_monolith']['mean']:.2f} |"
         )
     out += ["", "Checks: " + ", ".join(f"{k}: {v}" for k, v in r["checks"].items()), ""]
