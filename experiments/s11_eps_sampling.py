@@ -52,6 +52,8 @@ ARMS: dict[str, list[str]] = {
         "objective.weighting=uniform",
         "--set",
         "objective.eps_param=direct",
+        "--set",
+        "objective.step_dist=uniform",
     ],
     "eps-velocity100": [
         "--objective",
@@ -60,6 +62,8 @@ ARMS: dict[str, list[str]] = {
         "objective.weighting=velocity:100",
         "--set",
         "objective.eps_param=direct",
+        "--set",
+        "objective.step_dist=uniform",
     ],
     "fm": ["--objective", "fm"],
 }

@@ -42,16 +42,19 @@ CLAIM = (
 EPS_EXPERTS = (0, 1)
 #: arm -> extra training arguments of the ε-experts
 ARMS = {
-    # The default ε-model (skip connection, study 17).
-    "eps-skip": ["--set", "objective.weighting=uniform", "--set", "objective.eps_param=skip"],
+    # Study 17's default ε-model (skip connection; Ho et al.'s steps and weighting).
+    "eps-skip": ["--set", "objective.weighting=uniform", "--set", "objective.eps_param=skip",
+                 "--set", "objective.step_dist=uniform"],
     # Before study 17 (recorded at stop 26): the network's output read as ε̂ directly.
-    "eps": ["--set", "objective.weighting=uniform", "--set", "objective.eps_param=direct"],
+    "eps": ["--set", "objective.weighting=uniform", "--set", "objective.eps_param=direct",
+            "--set", "objective.step_dist=uniform"],
     "eps-velocity100": ["--set", "objective.weighting=velocity:100",
-                        "--set", "objective.eps_param=direct"],  # study 11's better ε-loss
+                        "--set", "objective.eps_param=direct",
+                        "--set", "objective.step_dist=uniform"],  # study 11's better ε-loss
     # The skip ε-model on flow matching's noise levels with the velocity weighting:
     # min(1/(1−t)², 100) × the ε-loss is the flow-matching loss of the converted velocity (study
     # 11), so this ε-expert sees the flow experts' objective in ε-parameterisation: what is left
-    # of the gap is the parameterisation, not the loss.
+    # of the gap is the parameterisation, not the loss. `--objective ddpm`'s default since study 18.
     "eps-skip-ln-v": ["--set", "objective.weighting=velocity:100",
                       "--set", "objective.eps_param=skip",
                       "--set", "objective.step_dist=logit_normal"],

@@ -52,6 +52,10 @@ def hetero_run(seed: int, eps_steps: int | None = None, tag: str = ""):
             "ddpm",
             "--set",
             "objective.eps_param=direct",  # as recorded (before study 17's default)
+            "--set",
+            "objective.weighting=uniform",  # and before study 18's
+            "--set",
+            "objective.step_dist=uniform",
             "--preset",
             DDM["preset"],
             "--steps",

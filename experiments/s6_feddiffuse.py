@@ -31,7 +31,8 @@ def central(
     cli(
         "train", "monolith", run, "--data", FED["data"], "--preset", FED["preset"],
         "--objective", objective, "--steps", steps, "--batch", FED["batch"], "--seed", 0,
-        *(["--set", "objective.eps_param=direct"] if objective == "ddpm" else []),  # as recorded
+        *(["--set", "objective.eps_param=direct", "--set", "objective.weighting=uniform",
+           "--set", "objective.step_dist=uniform"] if objective == "ddpm" else []),  # as recorded
         "--quiet", study=STUDY,
     )  # fmt: skip
     return pick(

@@ -58,6 +58,9 @@ def test_export_samples_bitwise_like_its_run_and_holds_only_what_sampling_needs(
     row = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()][-1]
     assert config["models"]["monolith"]["metrics"]["fid"] == row["fid"]
     assert config["ensemble"]["experts"] == 2 and config["ensemble"]["router"]
+    # run.toml keeps `auto` (each command's --objective decides); the export states it resolved.
+    assert "auto" in decentdiff.load(trained).run.read_toml()["objective"].values()
+    assert config["objective"]["weighting"] == "uniform" and config["objective"]["kind"] == "fm"
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: decentdiff\nlicense: apache-2.0\n")
     assert toml_fp in card and f"{row['fid']:.2f}" in card

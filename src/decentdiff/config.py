@@ -49,22 +49,44 @@ class ObjectiveConfig:
     schedule: str = "linear"  # ddpm: linear | cosine
     loss: str = "mse"  # mse | huber
     timesteps: int = 1000  # ddpm: T
-    weighting: str = "uniform"  # ddpm: uniform (Ho's simple loss) | velocity:G (capped v-loss)
+    # ddpm: velocity:G (the ε-loss weighted as the flow-matching loss, capped at G; study 18) |
+    # uniform (Ho et al.'s simple loss); vpred, fm: uniform. auto = the kind's default (AUTO).
+    weighting: str = "auto"
     eps_param: str = (
         "skip"  # ddpm: skip (ε̂ = √(1−ᾱ)·z + √ᾱ·network, study 17) | direct (network = ε̂)
     )
-
-    # ddpm, vpred: uniform (integer steps, Ho et al.) | logit_normal (flow matching's noise levels)
-    step_dist: str = "uniform"
+    # ddpm, vpred: logit_normal (flow matching's noise levels, at the DDPM step of the same SNR) |
+    # uniform (integer steps, Ho et al.). auto = the kind's default (AUTO): ddpm logit_normal
+    # (study 18), vpred uniform (study 15).
+    step_dist: str = "auto"
 
     #: What a model recorded before a field existed was trained with (its meta.json lacks it).
-    LEGACY: typing.ClassVar[dict[str, Any]] = {"eps_param": "direct", "step_dist": "uniform"}
+    LEGACY: typing.ClassVar[dict[str, Any]] = {
+        "eps_param": "direct",
+        "step_dist": "uniform",
+        "weighting": "uniform",
+    }
+    #: What ``auto`` means per objective kind (every record stores the resolved value).
+    AUTO: typing.ClassVar[dict[str, dict[str, str]]] = {
+        "ddpm": {"weighting": "velocity:100", "step_dist": "logit_normal"},
+        "vpred": {"weighting": "uniform", "step_dist": "uniform"},
+        "fm": {"weighting": "uniform", "step_dist": "uniform"},
+    }
+
+    def resolved(self) -> ObjectiveConfig:
+        """A copy with every ``auto`` replaced by the kind's default (:attr:`AUTO`); what trains
+        and what is recorded (meta.json, fed.json), so a later change of a default never changes
+        how a recorded model is read. An unknown kind is left for the objective to report."""
+        auto = self.AUTO.get(self.kind, self.AUTO["fm"])
+        return dataclasses.replace(
+            self, **{k: v for k, v in auto.items() if getattr(self, k) == "auto"}
+        )
 
     @classmethod
     def from_meta(cls, d: dict[str, Any]) -> ObjectiveConfig:
         """The objective a checkpoint's or a federation's record describes; fields it predates
         take what models were trained with then (:attr:`LEGACY`), not today's defaults."""
-        return cls(**{**cls.LEGACY, **d})
+        return cls(**{**cls.LEGACY, **d}).resolved()
 
 
 @dataclass

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -174,11 +175,22 @@ def _config(
             "heldout": data.get("heldout"),
         },
         "model": toml.get("model", {}),
-        "objective": toml.get("objective", {}),
+        "objective": _objective(toml.get("objective", {})),
         "models": models,
         "ensemble": ensemble,
         "sample_grids": grids,
     }
+
+
+def _objective(section: dict[str, Any]) -> dict[str, Any]:
+    """run.toml's objective with ``auto`` resolved for the RUN's kind (each model's own, possibly
+    another kind, is in its meta.json)."""
+    from .config import ObjectiveConfig
+
+    try:
+        return asdict(ObjectiveConfig.from_meta(section))
+    except TypeError:  # a section with keys this version does not know: as written
+        return dict(section)
 
 
 def _metrics(row: dict[str, Any]) -> dict[str, Any]:

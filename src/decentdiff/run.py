@@ -94,10 +94,15 @@ class Run:
         if "data" in base:
             base["data"].pop("fingerprint", None)
             base["data"].pop("shape", None)
-        if base.get("objective", {}).get("kind") == "ddpm":
+        if "objective" in base:
             from .config import ObjectiveConfig  # a run.toml that predates a field: as trained then
 
-            base["objective"] = {**ObjectiveConfig.LEGACY, **base["objective"]}
+            # weighting and step_dist whatever the kind (a later `train expert --objective ddpm`
+            # in an old RUN trains as the RUN's other ddpm experts did); eps_param for ddpm RUNs.
+            legacy = dict(ObjectiveConfig.LEGACY)
+            if base["objective"].get("kind") != "ddpm":
+                legacy.pop("eps_param")
+            base["objective"] = {**legacy, **base["objective"]}
         return base
 
     def write_toml(

@@ -229,6 +229,22 @@ def test_an_old_run_toml_reads_as_a_direct_eps_run(tmp_path):
         (tmp_path / "run.toml").write_text("[objective]\n" + old.format(kind))
         cfg = resolve(base=Run(tmp_path).base_config())
         assert cfg.objective.eps_param == want, kind
+        # Whatever the RUN's kind, an ε-expert trained in it later takes Ho et al.'s steps and
+        # weighting, as the RUN's ε-experts of then did -- not today's `auto` (study 18).
+        eps = resolve(base=Run(tmp_path).base_config(), objective="ddpm").objective.resolved()
+        assert (eps.weighting, eps.step_dist) == ("uniform", "uniform"), kind
+        # A run.toml that has weighting but predates step_dist: still Ho et al.'s steps.
+        (tmp_path / "run.toml").write_text(
+            "[objective]\n" + old.format(kind) + 'weighting = "uniform"\neps_param = "skip"\n'
+        )
+        eps = resolve(base=Run(tmp_path).base_config(), objective="ddpm").objective.resolved()
+        assert (eps.weighting, eps.step_dist) == ("uniform", "uniform"), kind
+    # A new RUN's run.toml keeps `auto`: its kind is each command's (--objective).
+    (tmp_path / "run.toml").write_text(
+        '[objective]\nkind = "fm"\nweighting = "auto"\nstep_dist = "auto"\n'
+    )
+    eps = resolve(base=Run(tmp_path).base_config(), objective="ddpm").objective.resolved()
+    assert (eps.weighting, eps.step_dist) == ("velocity:100", "logit_normal")
 
 
 @pytest.mark.parametrize("kind", ["ddpm", "vpred"])
@@ -301,14 +317,60 @@ def test_step_dist_legacy_and_resume(tmp_path):
     from decentdiff.training.generative import train_generative
 
     assert ObjectiveConfig.from_meta({"kind": "ddpm"}).step_dist == "uniform"
-    assert ObjectiveConfig().step_dist == "uniform"  # Ho et al.'s integer steps by default
     images = np.random.default_rng(0).integers(0, 255, (8, 1, 8, 8), dtype=np.uint8)
     for kind in ("ddpm", "vpred"):
         cfg = Config()
         cfg.model.preset, cfg.objective.kind = "tiny", kind
+        cfg.objective.step_dist = "uniform"
         cfg.train.steps, cfg.train.batch = 2, 4
         out = tmp_path / kind
         train_generative(out, images, None, 0, cfg, role="monolith", progress=False)
         cfg.train.steps, cfg.objective.step_dist = 4, "logit_normal"
         with pytest.raises(ConfigError, match=r"objective.step_dist=uniform, not logit_normal"):
             train_generative(out, images, None, 0, cfg, role="monolith", progress=False)
+
+
+def test_auto_objective_settings_resolve_per_kind_and_are_recorded_resolved(tmp_path):
+    """``auto`` (the default of objective.weighting and objective.step_dist) means: ddpm trains
+    on the flow-matching loss (velocity:100 weighting, logit-normal noise levels; study 18), vpred
+    on uniform integer steps, fm as before. What trains is what meta.json records -- never
+    ``auto``, so a later change of a default does not change how a model reads -- and an explicit
+    setting is kept."""
+    import json
+
+    from decentdiff.config import Config, ObjectiveConfig
+    from decentdiff.training.generative import objective_from, train_generative
+
+    assert (ObjectiveConfig().weighting, ObjectiveConfig().step_dist) == ("auto", "auto")
+    want = {
+        "ddpm": ("velocity:100", "logit_normal"),
+        "vpred": ("uniform", "uniform"),
+        "fm": ("uniform", "uniform"),
+    }
+    for kind, (weighting, step_dist) in want.items():
+        r = ObjectiveConfig(kind=kind).resolved()
+        assert (r.weighting, r.step_dist) == (weighting, step_dist)
+    explicit = ObjectiveConfig(kind="ddpm", weighting="uniform", step_dist="uniform").resolved()
+    assert (explicit.weighting, explicit.step_dist) == ("uniform", "uniform")
+    obj = objective_from(ObjectiveConfig(kind="ddpm"))
+    assert (obj.weight_cap, obj.step_dist) == (100.0, "logit_normal")
+    assert objective_from(ObjectiveConfig(kind="vpred")).step_dist == "uniform"
+    # A record from before either field existed: Ho et al.'s recipe, whatever today's default.
+    old = ObjectiveConfig.from_meta({"kind": "ddpm", "eps_param": "direct"})
+    assert (old.weighting, old.step_dist) == ("uniform", "uniform")
+
+    images = np.random.default_rng(0).integers(0, 255, (8, 1, 8, 8), dtype=np.uint8)
+    cfg = Config()
+    cfg.model.preset, cfg.objective.kind = "tiny", "ddpm"
+    cfg.train.steps, cfg.train.batch = 2, 4
+    train_generative(tmp_path / "m", images, None, 0, cfg, role="monolith", progress=False)
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    assert meta["objective"]["weighting"] == "velocity:100"
+    assert meta["objective"]["step_dist"] == "logit_normal"
+    # Resuming with the settings spelled out is the same run; with Ho et al.'s steps it is not.
+    cfg.train.steps = 3
+    cfg.objective.weighting, cfg.objective.step_dist = "velocity:100", "logit_normal"
+    train_generative(tmp_path / "m", images, None, 0, cfg, role="monolith", progress=False)
+    cfg.train.steps, cfg.objective.step_dist = 4, "uniform"
+    with pytest.raises(ConfigError, match=r"objective.step_dist=logit_normal, not uniform"):
+        train_generative(tmp_path / "m", images, None, 0, cfg, role="monolith", progress=False)

@@ -244,8 +244,9 @@ def test_the_packages_flower_app_declaration_is_valid(tmp_path):
 
 
 def test_a_fed_json_without_newer_objective_fields_still_resumes():
-    """fed.json written before `objective.weighting` existed is the same experiment as today's
-    settings with the default weighting (review finding: it used to read as a different run)."""
+    """fed.json written before `objective.weighting` existed (trained with the uniform weighting)
+    is the same experiment as today's settings with weighting=uniform (review finding: it used to
+    read as a different run), and not one with the velocity weighting."""
     from dataclasses import asdict, replace
 
     from decentdiff.config import ObjectiveConfig
@@ -253,7 +254,8 @@ def test_a_fed_json_without_newer_objective_fields_still_resumes():
     from decentdiff.federated.settings import FedSettings
     from decentdiff.federated.store import check_resumable
 
-    new = FedSettings(objective=asdict(ObjectiveConfig(kind="ddpm", loss="huber")))
+    obj = ObjectiveConfig(kind="ddpm", loss="huber", weighting="uniform", step_dist="uniform")
+    new = FedSettings(objective=asdict(obj))
     old_obj = {k: v for k, v in new.objective.items() if k != "weighting"}
     check_resumable(replace(new, objective=old_obj), new)  # no error
     other = replace(new, objective={**new.objective, "weighting": "velocity:100"})

@@ -89,8 +89,10 @@ def fed_run(
         str | None,
         typer.Option(
             "--objective",
-            help="ddpm (ε, Huber, as the paper, but with a skip-connected ε-network; "
-            "--set objective.eps_param=direct for the paper's plain one), fm or vpred. "
+            help="ddpm (ε, Huber, integer steps, as the paper, but with a skip-connected "
+            "ε-network; --set objective.eps_param=direct for the paper's plain one; the central "
+            "default's flow-matching noise levels and weighting, not measured federated: --set "
+            "objective.step_dist=logit_normal --set objective.weighting=velocity:100), fm or vpred. "
             "[default: ddpm]",
         ),
     ] = None,

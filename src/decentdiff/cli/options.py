@@ -84,11 +84,13 @@ ObjectiveOpt = Annotated[
     str | None,
     typer.Option(
         "--objective",
-        help="fm (flow matching), ddpm (ε-prediction; its network has a skip connection, "
-        "objective.eps_param=skip, so Euler samples it well too; direct = Ho et al.'s plain "
-        "ε-network) or vpred (v-prediction on the DDPM schedule); ddpm and vpred train on "
-        "uniform integer steps unless objective.step_dist=logit_normal (flow matching's noise "
-        f"levels). {default_of('objective', 'kind')}",
+        help="fm (flow matching), ddpm (ε-prediction) or vpred (v-prediction on the DDPM "
+        "schedule). ddpm by default trains an ε-network with a skip connection "
+        "(objective.eps_param=skip) on flow matching's noise levels and loss weighting "
+        "(objective.step_dist=logit_normal, objective.weighting=velocity:100), so Euler samples "
+        "it about as well as the ancestral sampler (study 18); Ho et al.'s recipe: "
+        "eps_param=direct, step_dist=uniform, weighting=uniform. vpred trains on uniform "
+        f"integer steps. {default_of('objective', 'kind')}",
     ),
 ]
 StepsOpt = Annotated[

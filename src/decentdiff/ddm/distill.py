@@ -161,7 +161,7 @@ def distill(
     n_cls = ucfg.num_classes
     routed = None if teacher == "own" else _routed_teacher(run, teacher, device)
     # The student is a flow-matching model whatever its teachers were (ε-teachers are converted).
-    obj_cfg = replace(cfg.objective, kind="fm", weighting="uniform")
+    obj_cfg = replace(cfg.objective, kind="fm", weighting="uniform").resolved()
     objective = objective_from(obj_cfg)
     tcfg = replace(
         cfg.train,

@@ -34,11 +34,22 @@ if TYPE_CHECKING:
 #: Paper defaults (de Goede et al., arXiv 2406.12575): DDPM ε with Huber loss, linear β, T = 1000,
 #: Adam lr 1e-4 re-created every round, batch 128, no warm-up, no EMA. One departure: the
 #: ε-network has the project's skip connection (``objective.eps_param=skip``, study 17: better
-#: ancestrally and by Euler); ``--set objective.eps_param=direct`` is the paper's plain network. (A warm-up, when set, runs
+#: ancestrally and by Euler); ``--set objective.eps_param=direct`` is the paper's plain network.
+#: The paper's integer steps and unweighted loss are kept (``objective.step_dist=uniform``,
+#: ``objective.weighting=uniform``), not ``--objective ddpm``'s central default since study 18
+#: (flow matching's noise levels and weighting), which is measured centrally only and, with the
+#: Huber loss, is no longer the flow-matching loss. (A warm-up, when set, runs
 #: on a client's sequential step across rounds; ``train.ema_decay > 0`` gives UDEC/ULATDEC's
 #: personal models an EMA across rounds; the global model's EMA is the server's.)
 FED_BASE: dict[str, dict[str, Any]] = {
-    "objective": {"kind": "ddpm", "loss": "huber", "schedule": "linear", "timesteps": 1000},
+    "objective": {
+        "kind": "ddpm",
+        "loss": "huber",
+        "schedule": "linear",
+        "timesteps": 1000,
+        "weighting": "uniform",
+        "step_dist": "uniform",
+    },
     "train": {"lr": 1e-4, "warmup": 0, "batch": 128, "ema_decay": 0.0, "weight_decay": 0.0},
 }
 
@@ -313,7 +324,7 @@ def build_settings(
         run_dir=run_dir,
         data=asdict(cfg.data),
         model=asdict(cfg.model),
-        objective=asdict(cfg.objective),
+        objective=asdict(cfg.objective.resolved()),
         train=asdict(cfg.train),
         unet=network_config(cfg.model.preset, image_shape[0], n_cls, cfg.model.arch).to_dict(),
         image_shape=list(image_shape),

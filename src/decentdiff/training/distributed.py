@@ -177,7 +177,7 @@ def train_generative_ddp(
         **(meta or {}),
         "kind": "generative",
         "unet": ucfg.to_dict(),
-        "objective": asdict(cfg.objective),
+        "objective": asdict(cfg.objective.resolved()),
         "model": asdict(cfg.model),
         "image_shape": list(images.shape[1:]),
         "num_images": len(images),

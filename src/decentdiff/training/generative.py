@@ -53,7 +53,7 @@ def check_resumed_objective(meta: dict[str, Any] | None, cfg: ObjectiveConfig, w
         was = asdict(ObjectiveConfig.from_meta(meta["objective"]))
     except TypeError:
         return  # a damaged meta is the training loop's to report
-    now = asdict(cfg)
+    now = asdict(cfg.resolved())
     for key in ("kind", *RELEVANT.get(was["kind"], ())):
         value = was.get(key)
         if now.get(key) != value:
@@ -64,6 +64,8 @@ def check_resumed_objective(meta: dict[str, Any] | None, cfg: ObjectiveConfig, w
 
 
 def objective_from(cfg: ObjectiveConfig) -> FlowMatching | DDPM:
+    """The objective ``cfg`` describes, ``auto`` settings resolved for its kind."""
+    cfg = cfg.resolved()
     return make_objective(
         cfg.kind,
         time_dist=cfg.time_dist,
@@ -157,7 +159,7 @@ def train_generative(
         **(meta or {}),
         "kind": "generative",
         "unet": ucfg.to_dict(),
-        "objective": asdict(cfg.objective),
+        "objective": asdict(cfg.objective.resolved()),
         "model": asdict(cfg.model),
         "image_shape": list(images.shape[1:]),
         "num_images": len(images),
