@@ -1,5 +1,7 @@
-"""Driving a Flower strategy outside Flower: the task identity its Messages are stamped with, and a
-grid that only lists nodes. Shared by the strategy and server-optimiser tests."""
+"""Driving a Flower strategy outside Flower: the task identity its Messages are stamped with, a
+grid that only lists nodes, and one that runs the real ClientApp handler in this process (the real
+ServerApp loop without Ray, which takes ~20-30 s to start here). Shared by the strategy,
+server-optimiser and bytes tests."""
 
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
@@ -20,3 +22,51 @@ class Grid:
 
     def get_node_ids(self):
         return list(self.nodes)
+
+
+class InProcessGrid:
+    """Flower's Grid as Strategy.start uses it, with the ClientApp's handler run in this process."""
+
+    def __init__(self, n):
+        from flwr.app import Context, RecordDict
+
+        self.ctx = {
+            10 + i: Context(
+                run_id=1,
+                node_id=10 + i,
+                node_config={"partition-id": i, "num-partitions": n, "threads": 1},
+                state=RecordDict(),
+                run_config={},
+            )
+            for i in range(n)
+        }
+
+    def get_node_ids(self):
+        return list(self.ctx)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from decentdiff.federated.client_app import train_handler
+
+        return [train_handler(m, self.ctx[m.metadata.dst_node_id]) for m in messages]
+
+
+def serve_in_process(run_dir, *, clients, hooks=None, **options):
+    """A federation of ``clients`` on digits with the tiny UNet at batch 8 (``options``: the
+    FedSettings fields, e.g. method, rounds, local_steps, quantize), run through the real
+    ServerApp loop (`server_app.serve`) and ClientApp handler in this process; returns the
+    settings. Calling it again on the same RUN resumes."""
+    from decentdiff import config as C
+    from decentdiff.federated.server_app import serve
+    from decentdiff.federated.settings import FedSettings, build_settings, fed_base
+    from decentdiff.federated.store import record_settings
+    from decentdiff.run import load_data
+
+    cfg = C.resolve(base=fed_base())
+    cfg.data.source, cfg.model.preset, cfg.train.batch = "digits", "tiny", 8
+    d = load_data(cfg.data)
+    options = FedSettings(clients=clients, **options).validate()
+    s = build_settings(cfg, options, image_shape=d.shape, num_classes=d.num_classes,
+                       run_dir=str(run_dir))  # fmt: skip
+    record_settings(run_dir, s)
+    serve(InProcessGrid(clients), s, **(hooks or {}))
+    return s

@@ -14,10 +14,14 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from safetensors.numpy import load_file
 from tests._cli import _bad
-from tests.federated._flower_fakes import Grid, _task_identity  # noqa: F401 (autouse)
+from tests.federated._flower_fakes import (  # noqa: F401 (_task_identity: autouse)
+    Grid,
+    _task_identity,
+    serve_in_process,
+)
 
 from decentdiff import config as C
 from decentdiff.errors import ConfigError
@@ -278,44 +282,10 @@ def test_server_ema_is_the_bias_corrected_average_of_the_rounds_models():
 
 
 # ------------------------------------------------------------------------------ a real run, resumed
-class InProcessGrid:
-    """Flower's Grid as Strategy.start uses it, with the ClientApp's handler run in this process."""
-
-    def __init__(self, n):
-        self.ctx = {
-            10 + i: Context(
-                run_id=1,
-                node_id=10 + i,
-                node_config={"partition-id": i, "num-partitions": n, "threads": 1},
-                state=RecordDict(),
-                run_config={},
-            )
-            for i in range(n)
-        }
-
-    def get_node_ids(self):
-        return list(self.ctx)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        from decentdiff.federated.client_app import train_handler
-
-        return [train_handler(m, self.ctx[m.metadata.dst_node_id]) for m in messages]
-
-
 def _serve(run_dir, rounds, hooks=None, plain=False):
-    from decentdiff.federated.server_app import serve
-    from decentdiff.run import load_data
-
-    cfg = C.resolve(base=fed_base())
-    cfg.data.source, cfg.model.preset, cfg.train.batch = "digits", "tiny", 8
-    d = load_data(cfg.data)
     server = {} if plain else {"server_opt": "fedadam", "server_lr": 0.01, "server_ema": 0.5}
-    options = FedSettings(method="full", clients=2, rounds=rounds, local_steps=2,
-                          **server).validate()  # fmt: skip
-    s = build_settings(cfg, options, image_shape=d.shape, num_classes=d.num_classes,
-                       run_dir=str(run_dir))  # fmt: skip
-    record_settings(run_dir, s)
-    serve(InProcessGrid(2), s, **(hooks or {}))
+    serve_in_process(run_dir, clients=2, method="full", rounds=rounds, local_steps=2,
+                     hooks=hooks, **server)  # fmt: skip
 
 
 def _checkpoint(run_dir):
