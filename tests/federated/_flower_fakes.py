@@ -50,8 +50,9 @@ class InProcessGrid:
         return [train_handler(m, self.ctx[m.metadata.dst_node_id]) for m in messages]
 
 
-def serve_in_process(run_dir, *, clients, hooks=None, **options):
-    """A federation of ``clients`` on digits with the tiny UNet at batch 8 (``options``: the
+def serve_in_process(run_dir, *, clients, hooks=None, batch=8, sets=(), **options):
+    """A federation of ``clients`` on digits with the tiny UNet at ``batch`` (``sets``: --set
+    items; ``options``: the
     FedSettings fields, e.g. method, rounds, local_steps, quantize), run through the real
     ServerApp loop (`server_app.serve`) and ClientApp handler in this process; returns the
     settings. Calling it again on the same RUN resumes."""
@@ -61,8 +62,8 @@ def serve_in_process(run_dir, *, clients, hooks=None, **options):
     from decentdiff.federated.store import record_settings
     from decentdiff.run import load_data
 
-    cfg = C.resolve(base=fed_base())
-    cfg.data.source, cfg.model.preset, cfg.train.batch = "digits", "tiny", 8
+    cfg = C.resolve(base=fed_base(), sets=list(sets))
+    cfg.data.source, cfg.model.preset, cfg.train.batch = "digits", "tiny", batch
     d = load_data(cfg.data)
     options = FedSettings(clients=clients, **options).validate()
     s = build_settings(cfg, options, image_shape=d.shape, num_classes=d.num_classes,

@@ -5,7 +5,8 @@ in RUN/federated/live/client-<i>.json (round, state, PID); as soon as one says i
 round 2, that process (a Ray worker of this test's own process tree) is killed with SIGKILL. Ray
 restarts the worker and re-runs its task; since a client round is a pure function of (seed,
 round, client), every round completes with all clients and the final global model is bitwise the
-one of a federation that nobody killed. (Found by this test: without the restart, Flower 1.41
+one of a federation that nobody killed (run in-process, through the same ServerApp loop and
+ClientApp handler: the transport changes no bit). (Found by this test: without the restart, Flower 1.41
 kept the dead actor in its pool and every later task sent to it failed, so from round 2 on the
 rounds were incomplete and the global model froze.)
 """
@@ -22,6 +23,8 @@ import torch
 from safetensors.torch import load_file
 
 pytest.importorskip("flwr")
+
+from tests.federated._flower_fakes import _task_identity, serve_in_process  # noqa: F401 (autouse)
 
 
 def _descendants(root: int) -> set[int]:
@@ -100,13 +103,8 @@ def test_a_client_killed_mid_round_does_not_stop_the_federation(tmp_path):
     model = load_file(run / "federated" / "global" / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
     # the same federation, nobody killed: bitwise the same global model
-    res = subprocess.run(
-        [sys.executable, "-m", "decentdiff", "fed", "run", str(twin), *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    serve_in_process(twin, clients=3, method="full", rounds=2, local_steps=25, batch=32,
+                     min_replies=2, sets=["train.threads=1"])  # fmt: skip
     ref = load_file(twin / "federated" / "global" / "model.safetensors")
     assert ref.keys() == model.keys()
     assert all(torch.equal(ref[k], model[k]) for k in ref), "the re-run client changed the result"
