@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 pytest.importorskip("flwr")
 
 from tests._cli import cli
+from tests.federated._flower_fakes import _task_identity, serve_in_process  # noqa: F401 (autouse)
 
 from decentdiff.cli.fed import fed_app
 from decentdiff.federated.store import read_rounds
@@ -164,9 +165,11 @@ def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_
     # Stopped after round 2 and resumed, the federation ends bitwise where an uninterrupted one
     # of 3 rounds ends: the server's shared parts and every client's personal model (its private
     # parts back from disk). Each client's round is a pure function of (seed, round, client).
+    # The uninterrupted one runs in-process (the same ServerApp loop and ClientApp handler; the
+    # transport changes no bit, and a third Ray start-up costs ~30 s).
     once = tmp_path / "once"
-    code, _, err = cli(capsys, "fed", "run", once, *common, "--rounds", 3, "--eval-n", 0)
-    assert code == 0, err
+    serve_in_process(once, clients=3, method="udec", quantize=8, local_steps=2, batch=16,
+                     split="dirichlet:1", rounds=3)  # fmt: skip
     a, b = _models(once), _models(run)
     assert a.keys() == b.keys() and len(a) == 4
     for name in a:
