@@ -104,6 +104,11 @@ def work(worker: tuple[int, int] | None) -> None:
             run = run_dir(arm, seed)
             if (run / "evaluated").is_file() or recorded(arm, seed):
                 continue
+            if worker is not None and source(seed, train=False) is None:
+                raise SystemExit(
+                    f"study {STUDY}: seed {seed}'s teachers and monolith are trained by one "
+                    "process; run without --worker first"
+                )
             if worker is not None and not claim(run.parent / f".claim-{run.name}"):
                 continue
             run = prepare(arm, seed)
@@ -113,7 +118,7 @@ def work(worker: tuple[int, int] | None) -> None:
             src = source(seed)
             ev(src, "monolith", seed)
             ev(src, "ensemble", seed, "mixture")
-            (run / "evaluated").write_text("")
+            (run / "evaluated").write_text(str(src))  # the monolith this arm is paired with
 
 
 def report() -> dict[str, Any]:
@@ -121,7 +126,11 @@ def report() -> dict[str, Any]:
     ratios: dict[str, list[float]] = {}
     flops: dict[str, list[float]] = {}
     for seed in SEEDS:
-        src = source(seed, train=False)
+        # The monolith the arms made here were paired with (recorded in `evaluated`), else the
+        # source as it resolves now.
+        paired = [(run_dir(a, seed) / "evaluated") for a in ARMS]
+        paired = [p.read_text().strip() for p in paired if p.is_file()]
+        src = Path(paired[0]) if paired and paired[0] else source(seed, train=False)
         row: dict[str, float] = {}
         if src is not None:
             mono = ev(src, "monolith", seed)
@@ -165,8 +174,13 @@ def report() -> dict[str, Any]:
         for t, r in ratios.items()
         if len(r) == len(SEEDS)
     }
-    # Held if one complete recipe holds (every arm's check is reported beside the verdict).
-    verdict = ("held" if "held" in checks.values() else "not held") if checks else "inconclusive"
+    # Held if one complete recipe holds -- the best of the arms, so the reading names which and
+    # every arm's check is reported beside it; while an arm is incomplete and none holds, open.
+    complete = len(checks) == len(ARMS)
+    if "held" in checks.values():
+        verdict = "held"
+    else:
+        verdict = "not held" if checks and complete else "inconclusive"
     result = {
         "claim": CLAIM,
         "setup": {"teachers": TEACHERS, "arms": ARMS, "steps": STEPS, "n": N, "preset": "tiny", "K": 4,

@@ -27,14 +27,14 @@ class Grid:
 class InProcessGrid:
     """Flower's Grid as Strategy.start uses it, with the ClientApp's handler run in this process."""
 
-    def __init__(self, n):
+    def __init__(self, n, threads=1):
         from flwr.app import Context, RecordDict
 
         self.ctx = {
             10 + i: Context(
                 run_id=1,
                 node_id=10 + i,
-                node_config={"partition-id": i, "num-partitions": n, "threads": 1},
+                node_config={"partition-id": i, "num-partitions": n, "threads": threads},
                 state=RecordDict(),
                 run_config={},
             )
@@ -55,7 +55,11 @@ def serve_in_process(run_dir, *, clients, hooks=None, batch=8, sets=(), **option
     items; ``options``: the
     FedSettings fields, e.g. method, rounds, local_steps, quantize), run through the real
     ServerApp loop (`server_app.serve`) and ClientApp handler in this process; returns the
-    settings. Calling it again on the same RUN resumes."""
+    settings. Calling it again on the same RUN resumes. Each client trains on as many torch
+    threads as `fed run`'s simulation gives it (the CPUs over the clients run at once), so a
+    twin of a Ray federation is bitwise comparable on any machine."""
+    import os
+
     from decentdiff import config as C
     from decentdiff.federated.server_app import serve
     from decentdiff.federated.settings import FedSettings, build_settings, fed_base
@@ -65,9 +69,11 @@ def serve_in_process(run_dir, *, clients, hooks=None, batch=8, sets=(), **option
     cfg = C.resolve(base=fed_base(), sets=list(sets))
     cfg.data.source, cfg.model.preset, cfg.train.batch = "digits", "tiny", batch
     d = load_data(cfg.data)
-    options = FedSettings(clients=clients, **options).validate()
+    cpus = os.cpu_count() or 1
+    threads = max(1, cpus // max(1, min(cpus, clients)))  # as federated/simulation.py
+    options = FedSettings(clients=clients, client_threads=threads, **options).validate()
     s = build_settings(cfg, options, image_shape=d.shape, num_classes=d.num_classes,
                        run_dir=str(run_dir))  # fmt: skip
     record_settings(run_dir, s)
-    serve(InProcessGrid(clients), s, **(hooks or {}))
+    serve(InProcessGrid(clients, threads), s, **(hooks or {}))
     return s

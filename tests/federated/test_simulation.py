@@ -70,6 +70,7 @@ def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_
     run = tmp_path / "run"
     common = ["--data", "digits", "--preset", "tiny", "--clients", 3, "--split", "dirichlet:1"]
     common += ["--method", "udec", "--quantize", 8, "--local-steps", 2, "--batch", 16]
+    common += ["--client-state", "keep"]  # Adam carried across rounds in Flower's node state
     code, out, err = cli(capsys, "fed", "run", run, *common, "--rounds", 2, "--eval-n", 0,
                          "--log", "tensorboard")  # fmt: skip
     assert code == 0, err
@@ -158,6 +159,13 @@ def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_
     assert [c["private-from"] for c in rows[2]["clients"]] == [2, 2, 2]  # a new process: disk
     meta = json.loads((run / "federated" / "clients" / "0" / "meta.json").read_text())
     assert meta["round"] == 3 and meta["step"] == 6
+    # --client-state keep: each client's Adam ran on over all 3 rounds (2 steps each), across
+    # Ray's node state (rounds 1-2) and the resume from disk (round 3).
+    from decentdiff.federated.client import load_carry
+
+    for i in range(3):
+        c = load_carry(run / "federated" / "clients" / str(i), 3)
+        assert c.offset == 6 and int(c.optimizer["opt.0.step"]) == 6
     # A different experiment in the same RUN is refused in one line.
     code, _, err = cli(capsys, "fed", "run", run, *common[:-6], "--method", "full", "--rounds", 3)
     assert code == 2 and "different federated run" in err
@@ -169,7 +177,7 @@ def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_
     # transport changes no bit, and a third Ray start-up costs ~30 s).
     once = tmp_path / "once"
     serve_in_process(once, clients=3, method="udec", quantize=8, local_steps=2, batch=16,
-                     split="dirichlet:1", rounds=3)  # fmt: skip
+                     split="dirichlet:1", rounds=3, client_state="keep")  # fmt: skip
     a, b = _models(once), _models(run)
     assert a.keys() == b.keys() and len(a) == 4
     for name in a:
