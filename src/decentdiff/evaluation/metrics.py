@@ -19,12 +19,13 @@ entropy, ...      histogram of the feature classifier's predicted classes on the
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import numbers
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from decentdiff.errors import ConfigError
 
@@ -97,10 +98,18 @@ def _int_arg(value: Any, who: str, name: str, minimum: int) -> int:
     return int(value)
 
 
+@functools.cache
+def _threadpools() -> ThreadpoolController:
+    """The process's thread pools, found once: a fresh scan of the loaded libraries costs ~1 ms
+    alone and several ms in a process with torch loaded, more than a small FID itself (a
+    bootstrap interval computes hundreds). NumPy's BLAS is loaded before any call here."""
+    return ThreadpoolController()
+
+
 def _blas(dim: int) -> contextlib.AbstractContextManager[Any]:
     """Single-threaded BLAS for features of dimension ≤ SINGLE_THREAD_UP_TO_DIM."""
     if dim <= SINGLE_THREAD_UP_TO_DIM:
-        return threadpool_limits(limits=1, user_api="blas")
+        return _threadpools().limit(limits=1, user_api="blas")
     return contextlib.nullcontext()
 
 
