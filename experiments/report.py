@@ -684,7 +684,7 @@ READING = {
         "`local` phase (seed 0, run on another machine than the central arm it is divided by): "
         "the same 64k images in as many sequential steps as central training, 10 rounds x 100 "
         "local steps x batch 13 (no server EMA), score 10.88, 1.93x central (5.64), against "
-        "16.43 (2.92x) for the recipe's 10 x 20 x 64; half-way, 10 x 50 x 26 (server EMA "
+        "16.43 (2.91x) for the recipe's 10 x 20 x 64; half-way, 10 x 50 x 26 (server EMA "
         "0.18), 12.28 (2.18x); the bytes are the same (259 MB). So most of the gap was the "
         "sequential steps, as measured above, and averaging 5 clients' 1,000-step Adam "
         "trajectories still costs about 1.9x against one trajectory at batch 64: the 1.5x bar "
