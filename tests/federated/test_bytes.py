@@ -16,16 +16,6 @@ from tests.federated._flower_fakes import _task_identity, serve_in_process  # no
 from decentdiff.federated.store import read_rounds
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _wired():
-    from decentdiff.cli import app
-    from decentdiff.cli.fed import fed_app
-
-    if not any(g.name == "fed" for g in app.registered_groups):
-        app.add_typer(fed_app, name="fed")
-    yield
-
-
 @pytest.mark.parametrize(("method", "quantize"), [("usplit", 0), ("ulatdec", 0), ("full", 8)])
 def test_bytes_measured_equal_bytes_predicted(capsys, tmp_path, method, quantize):
     run = tmp_path / "run"

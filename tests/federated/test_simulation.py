@@ -16,18 +16,8 @@ pytest.importorskip("flwr")
 from tests._cli import cli
 from tests.federated._flower_fakes import _task_identity, serve_in_process  # noqa: F401 (autouse)
 
-from decentdiff.cli.fed import fed_app
 from decentdiff.federated.store import read_rounds
 from decentdiff.training.generative import load_generative
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _wired():
-    from decentdiff.cli import app
-
-    if not any(g.name == "fed" for g in app.registered_groups):
-        app.add_typer(fed_app, name="fed")
-    yield
 
 
 def _each_row_scores_its_own_client_against_held_out_data(run, per):
