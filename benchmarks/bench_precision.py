@@ -26,7 +26,7 @@ SAMPLE_BATCH = 256  # sample.batch's default: the batch `sample` and `eval` run 
 TARGET_SPEED, TARGET_FID = 1.3, 1.05
 
 # FID at equal steps: `small` (where bf16 is faster), trained from scratch with each precision.
-FID_PRESET, FID_STEPS, FID_SEEDS, FID_N = "small", 250, (0,), 1000
+FID_PRESET, FID_STEPS, FID_SEEDS, FID_N = "small", 250, (0, 1, 2), 1000
 FID_ROOT = "runs/bench-precision"
 
 
@@ -185,9 +185,12 @@ def _fid(root: Path, quick: bool) -> dict[str, Any]:
     fid32 = [r["fp32_train_fp32_sample"]["fid"] for r in runs]
     fid16 = [r["bf16_train_bf16_sample"]["fid"] for r in runs]
     cross = [r["fp32_train_bf16_sample"]["fid"] for r in runs]
+    per_seed = [b / a for a, b in zip(fid32, fid16, strict=True)]
     return {
         "preset": FID_PRESET,
         "steps": steps,
+        "per_seed_ratio": per_seed,
+        "ratio_interval95": _t_interval(per_seed),
         "batch": 128,
         "n": FID_N,
         "sample_steps": 50,
@@ -195,6 +198,19 @@ def _fid(root: Path, quick: bool) -> dict[str, Any]:
         "fid_ratio": (sum(fid16) / len(fid16)) / (sum(fid32) / len(fid32)),
         "fid_ratio_sampling_only": (sum(cross) / len(cross)) / (sum(fid32) / len(fid32)),
     }
+
+
+def _t_interval(xs: list[float]) -> list[float] | None:
+    """95% Student-t interval of the mean of xs (None for fewer than two values)."""
+    if len(xs) < 2:
+        return None
+    from scipy import stats
+
+    n = len(xs)
+    mean = sum(xs) / n
+    sd = (sum((x - mean) ** 2 for x in xs) / (n - 1)) ** 0.5
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / n**0.5
+    return [mean - half, mean + half]
 
 
 def bench_precision(ctx: Context) -> dict[str, Any]:
@@ -323,6 +339,19 @@ def render_precision_fid(f: dict[str, Any]) -> str:
             "",
             f"Mean FID ratio bf16 ÷ fp32: **{f['fid_ratio']:.3f}** (target ≤ {TARGET_FID}: "
             f"{verdict(ok)}); sampling alone in bf16: {f['fid_ratio_sampling_only']:.3f}."
+            + (
+                " Per seed bf16 ÷ fp32: "
+                + ", ".join(f"{x:.3f}" for x in f["per_seed_ratio"])
+                + "; 95% t-interval of their mean: "
+                + "{:.3f}–{:.3f}".format(*f["ratio_interval95"])
+                + (
+                    " (the interval crosses the target: not settled by these seeds)."
+                    if f["ratio_interval95"][0] <= TARGET_FID < f["ratio_interval95"][1]
+                    else "."
+                )
+                if f.get("ratio_interval95")
+                else ""
+            )
             + (
                 " The models and eval rows were reused from an earlier identical run in "
                 f"`{FID_ROOT}` (delete it to retrain)."
