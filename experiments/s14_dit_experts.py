@@ -8,13 +8,14 @@ forward FLOPs of the `tiny` UNet's 87k) in place of `tiny` for the experts and t
 UNet arm is study 10's recorded b500/K4 cells (same seeds, partitions and evaluation seeds;
 docs/reproduction/s10_routing_budgets.json), so only the DiT arm is trained here.
 
-    python experiments/s14_dit_experts.py [run] [--worker I/N]
+    python experiments/s14_dit_experts.py [run] [--worker I/N] [--repeat]
     python experiments/s14_dit_experts.py report
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,13 @@ def recorded() -> dict[str, dict[str, float]]:
     return json.loads(path.read_text()).get("per_seed", {}) if path.is_file() else {}
 
 
-def work(worker: tuple[int, int] | None) -> None:
+def work(worker: tuple[int, int] | None, repeat: bool = False) -> None:
+    """Train and score every seed not measured yet; a seed recorded on another machine is re-run
+    only with ``repeat`` (``run --repeat``), last."""
     done = recorded()
-    # the seeds nobody has measured first: a recorded seed is re-run last, as a repeat
     for seed in sorted(SEEDS, key=lambda s: f"seed{s}" in done):
         run = run_dir(seed)
-        if (run / "evaluated").is_file():
+        if (run / "evaluated").is_file() or (f"seed{seed}" in done and not repeat):
             continue
         if worker is not None and not claim(run.parent / f".claim-{run.name}"):
             continue
@@ -124,7 +126,9 @@ def report() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_phases(argv, work, report)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    repeat = "--repeat" in argv
+    run_phases([a for a in argv if a != "--repeat"], lambda w: work(w, repeat), report)
 
 
 if __name__ == "__main__":
