@@ -337,17 +337,20 @@ def render_precision_fid(f: dict[str, Any]) -> str:
                 frows,
             ),
             "",
-            f"Mean FID ratio bf16 ÷ fp32: **{f['fid_ratio']:.3f}** (target ≤ {TARGET_FID}: "
+            f"FID ratio bf16 ÷ fp32 (of the mean FIDs): **{f['fid_ratio']:.3f}** (target ≤ {TARGET_FID}: "
             f"{verdict(ok)}); sampling alone in bf16: {f['fid_ratio_sampling_only']:.3f}."
             + (
-                " Per seed bf16 ÷ fp32: "
+                " Per seed: "
                 + ", ".join(f"{x:.3f}" for x in f["per_seed_ratio"])
-                + "; 95% t-interval of their mean: "
+                + "; their mean "
+                + f"{sum(f['per_seed_ratio']) / len(f['per_seed_ratio']):.3f}, 95% t-interval "
                 + "{:.3f}–{:.3f}".format(*f["ratio_interval95"])
                 + (
                     " (the interval crosses the target: not settled by these seeds)."
                     if f["ratio_interval95"][0] <= TARGET_FID < f["ratio_interval95"][1]
-                    else "."
+                    else " (the whole interval is above the target)."
+                    if f["ratio_interval95"][0] > TARGET_FID
+                    else " (the whole interval is within the target)."
                 )
                 if f.get("ratio_interval95")
                 else ""

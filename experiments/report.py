@@ -522,6 +522,9 @@ def body_s14(r: dict) -> list[str]:
     out += [f"| {s} | " + " | ".join(f2(row.get(c)) for c in cols) + " |" for s, row in per.items()]
     out += ["", "| ratio | mean ± std (min–max) | 95% t-interval |", "|---|---|---|"]
     out += [f"| {k} | {ms(r['summary'][k])} | {_iv(v)} |" for k, v in r["intervals95"].items()]
+    if elsewhere := r.get("setup", {}).get("dit_seeds_recorded_elsewhere"):
+        out += ["", "DiT seed(s) " + ", ".join(map(str, elsewhere)) + " as recorded on another "
+                "machine (their RUNs are not here; `run --repeat` retrains them)."]  # fmt: skip
     out += ["", _checks(r), ""]
     return out
 
@@ -550,6 +553,11 @@ def body_s16(r: dict) -> list[str]:
     if others:
         out += ["", "| ratio, per seed | mean ± std (min–max) | 95% t-interval |", "|---|---|---|"]
         out += [f"| {k} | {ms(v)} | {_iv(v['interval95'])} |" for k, v in others.items()]
+    if best := r.get("best_fedavg"):
+        out += ["", f"Best IID FedAvg recipe measured on every seed, of {len(best['candidates'])} "
+                f"such arms: **{best['arm']}**, {best['mean']:.2f}x central "
+                f"(95% t-interval {_iv(best['interval95'])}; picked by its mean on the same "
+                "seeds that score it)."]  # fmt: skip
     out += ["", "UDEC rows: the mean over the 5 clients' personal models (each scored on its own "
             "1,000 samples).", "", _checks(r), "", "![s16](figures/repro_s16.png)"]  # fmt: skip
     plt = _plt()

@@ -10,6 +10,9 @@ docs/reproduction/s10_routing_budgets.json), so only the DiT arm is trained here
 
     python experiments/s14_dit_experts.py [run] [--worker I/N] [--repeat]
     python experiments/s14_dit_experts.py report
+
+A seed whose RUN is not on this machine but whose row is in the saved results (same scale and
+set-up) keeps that row and is not retrained; `--repeat` retrains such seeds, after the others.
 """
 
 from __future__ import annotations
@@ -19,7 +22,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, ROOT, SEEDS, claim, ddm_run, evaluate, run_phases, save, summarise
+from common import (
+    RESULTS,
+    ROOT,
+    SCALE,
+    SEEDS,
+    claim,
+    ddm_run,
+    evaluate,
+    run_phases,
+    save,
+    summarise,
+)
 from common import t_interval as interval
 from s10_routing_budgets import budget
 
@@ -35,6 +49,8 @@ B = "b500"
 BUDGET = {**budget(B), "preset": "dit-tiny"}  # router_preset stays compact (study 10's)
 ROUTINGS = ("mixture", "top1")
 K = 4
+#: what a recorded seed must share with this study to be reused
+SETUP = {**BUDGET, "K": K, "routings": list(ROUTINGS)}
 
 
 def run_dir(seed: int) -> Path:
@@ -50,7 +66,13 @@ def recorded() -> dict[str, dict[str, float]]:
     """The per-seed rows of the last saved report: a seed whose RUN is not on this machine (it
     ran on another) keeps its recorded row instead of being dropped from the report."""
     path = RESULTS / f"{STUDY}.json"
-    return json.loads(path.read_text()).get("per_seed", {}) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    before = json.loads(path.read_text())
+    setup = {k: v for k, v in before.get("setup", {}).items() if k in SETUP}
+    if before.get("scale", SCALE) != SCALE or setup != SETUP:
+        return {}  # recorded at another scale or budget: not this study's numbers
+    return before.get("per_seed", {})
 
 
 def work(worker: tuple[int, int] | None, repeat: bool = False) -> None:
@@ -112,7 +134,7 @@ def report() -> dict[str, Any]:
     verdict = "inconclusive" if not checks else next(iter(checks.values()))
     result = {
         "claim": CLAIM,
-        "setup": {**BUDGET, "K": K, "routings": list(ROUTINGS), "seeds": list(SEEDS),
+        "setup": {**SETUP, "seeds": list(SEEDS),
                   "unet_arm": f"study 10, {B}/K{K} (tiny UNet), recorded",
                   "dit_seeds_recorded_elsewhere": inherited},
         "per_seed": per,

@@ -296,7 +296,8 @@ def report() -> dict[str, Any]:
         checks[f"best FedAvg recipe on every seed ({name}) <= {BAR}x central (mean)"] = (
             "held" if full_iid[best]["mean"] <= BAR else "not held"
         )
-        result_best = {"arm": name, "mean": full_iid[best]["mean"], "interval95": [lo, hi]}
+        result_best = {"arm": name, "mean": full_iid[best]["mean"], "interval95": [lo, hi],
+                       "candidates": sorted(a.removesuffix(" / central") for a in full_iid)}  # fmt: skip
     else:
         result_best = None
     udec = ratios.get("udec fair / central")
@@ -316,7 +317,10 @@ def report() -> dict[str, Any]:
         "ratios": ratios,
         "best_fedavg": result_best,
         "checks": checks,
-        "verdict": ("held" if checks and all(v == "held" for v in checks.values())
+        # The claim's FedAvg half unmeasured (no IID FULL arm on every seed): not decided by UDEC.
+        "verdict": ("inconclusive" if not any(k.startswith(("fedavg fair", "best FedAvg"))
+                                              for k in checks)
+                    else "held" if checks and all(v == "held" for v in checks.values())
                     else "not held" if any(v == "not held" for v in checks.values())
                     else "inconclusive"),
     }  # fmt: skip

@@ -283,6 +283,12 @@ def test_s16_check_takes_the_best_iid_fedavg_arm_on_every_seed(tmp_path, monkeyp
     (tmp_path / "results" / "s16_fed_recipe.json").write_text(json.dumps({"per_seed": recorded}))
     r = s16.report()
     assert r["checks"][key] == "not held" and r["verdict"] == "not held"
+    # No IID FedAvg arm on every seed: the claim's main half is unmeasured, whatever UDEC scored.
+    for arm in ("fedavg fair", local):
+        recorded[arm] = seeds(7.0)
+    (tmp_path / "results" / "s16_fed_recipe.json").write_text(json.dumps({"per_seed": recorded}))
+    r = s16.report()
+    assert list(r["checks"].values()) == ["held"] and r["verdict"] == "inconclusive"
 
 
 def test_s14_keeps_a_seed_recorded_elsewhere_and_reruns_it_only_on_request(tmp_path, monkeypatch):
@@ -294,15 +300,20 @@ def test_s14_keeps_a_seed_recorded_elsewhere_and_reruns_it_only_on_request(tmp_p
     monkeypatch.setattr(s14, "ROOT", tmp_path / "runs")
     (tmp_path / "results").mkdir()
     row = {"dit monolith": 100.0, "dit mixture": 70.0, "dit mixture / dit monolith": 0.7}
-    (tmp_path / "results" / "s14_dit_experts.json").write_text(
-        json.dumps({"per_seed": {"seed0": row}})
-    )
+    saved = tmp_path / "results" / "s14_dit_experts.json"
+    other = {"per_seed": {"seed0": row}, "setup": {**s14.SETUP, "steps": 1}}
+    saved.write_text(json.dumps(other))  # another budget: its rows are not this study's
+    assert s14.recorded() == {}
+    saved.write_text(json.dumps({**other, "setup": s14.SETUP, "scale": common.SCALE / 10}))
+    assert s14.recorded() == {}
+    saved.write_text(json.dumps({"per_seed": {"seed0": row}, "setup": s14.SETUP}))
     (tmp_path / "results" / "s10_routing_budgets.json").write_text(json.dumps({"cells": {
         f"b500/K4/{r}": {"per_seed": []} for r in s14.ROUTINGS}}))  # fmt: skip
     r = s14.report()
     assert r["per_seed"] == {"seed0": row}
     assert r["setup"]["dit_seeds_recorded_elsewhere"] == [0]
     assert r["verdict"] == "inconclusive"  # one seed of three
+    assert "DiT seed(s) 0 as recorded on another machine" in "\n".join(report.body_s14(r))
     trained = []
 
     def ddm_run(run, **kw):
@@ -316,5 +327,5 @@ def test_s14_keeps_a_seed_recorded_elsewhere_and_reruns_it_only_on_request(tmp_p
     for s in s14.SEEDS:
         (s14.run_dir(s) / "evaluated").unlink(missing_ok=True)
     trained.clear()
-    s14.work(None, repeat=True)
+    s14.main(["run", "--repeat"])
     assert trained == [*[s for s in s14.SEEDS if s != 0], 0]  # unmeasured first, the repeat last
