@@ -40,6 +40,7 @@ QUALITY_PAIRS = ("tiny", "compact")
 QUALITY_BUDGET_S = 90.0  # idle-machine seconds of training per model
 QUALITY_BATCH = 64
 QUALITY_N = 500
+QUALITY_SAMPLE_STEPS = 50  # Euler steps per sample (sample.steps' default)
 SEEDS = (0, 1, 2)
 
 
@@ -145,7 +146,8 @@ def _monolith(run: Path, preset_args: list[str], steps: int, seed: int, root: Pa
     args = ["train", "monolith", str(run), "--data", "mnist5k", *preset_args, "--steps",
             str(steps), "--batch", str(QUALITY_BATCH), "--seed", str(seed), "-q"]  # fmt: skip
     subprocess.run(_cli(root, *args), check=True, cwd=root, capture_output=True)
-    ev = ["eval", str(run), "--model", "monolith", "--n", str(QUALITY_N), "--seed", str(seed), "-q"]
+    ev = ["eval", str(run), "--model", "monolith", "--n", str(QUALITY_N), "--seed", str(seed),
+          "--steps", str(QUALITY_SAMPLE_STEPS), "--solver", "euler", "-q"]  # fmt: skip
     subprocess.run(_cli(root, *ev), check=True, cwd=root, capture_output=True)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     row = [x for x in rows if x.get("kind") == "eval"][-1]
@@ -157,7 +159,8 @@ def bench_quality(ctx: Context) -> dict[str, Any]:
     speed = ctx.results.get("benchmarks", {}).get("dit_speed", {}).get("models")
     if not speed:
         speed = bench_speed(ctx)["models"]
-    out: dict[str, Any] = {"budget_s": QUALITY_BUDGET_S, "batch": QUALITY_BATCH, "n": QUALITY_N}
+    out: dict[str, Any] = {"budget_s": QUALITY_BUDGET_S, "batch": QUALITY_BATCH, "n": QUALITY_N,
+                           "sample_steps": QUALITY_SAMPLE_STEPS}  # fmt: skip
     cells: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="dit-quality-") as tmp:
         for size in QUALITY_PAIRS:
@@ -191,7 +194,8 @@ def render_quality(r: dict[str, Any]) -> str:
         [
             f"The same {r['budget_s']:.0f} s of training on an idle machine (steps from each "
             f"model's interleaved img/s), batch {r['batch']}, mnist5k; classifier-FID of "
-            f"{r['n']} samples (20 Euler steps) against the held-out images (floor "
+            f"{r['n']} samples ({r.get('sample_steps', 50)} Euler steps) against the held-out "
+            "images (floor "
             f"{floor:.2f}); mean ± std over 3 seeds.",
             "",
             md_table(["model", "steps", "FID", "per seed", "FID vs UNet"], rows),
