@@ -321,8 +321,8 @@ def render_precision_fid(f: dict[str, Any]) -> str:
             f"{f['sample_steps']} steps, classifier features, EMA weights). Train seed = sample "
             "seed = S. *fp32 → bf16 sampling*: the fp32-trained model sampled in bf16 (sampling's "
             "share of the difference). Training img/s is the loop's own figure over the run; "
-            "sampling seconds are `eval`'s (the 1,000 samples); both on the shared machine, "
-            "other jobs running, so the speed section above is the better speed figure.",
+            "sampling seconds are `eval`'s (the 1,000 samples); both from a machine other jobs may "
+            "share, so the interleaved speed section above is the better speed figure.",
             "",
             md_table(
                 [
