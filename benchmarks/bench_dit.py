@@ -206,7 +206,10 @@ def render_quality(r: dict[str, Any]) -> str:
                 for z in QUALITY_PAIRS
             )
             + " its UNet's FID: it takes fewer steps in the time (its img/s is lower) and learns "
-            "less per step at this scale (docs/reproduction.md, study 14).",
+            "less per step at this scale (docs/reproduction.md, study 14). Reproduce (opt-in, "
+            "about 30 min on an idle 2-core machine): `.venv/bin/python benchmarks/run.py --only "
+            "dit_quality`; it takes each model's img/s from the `dit_speed` section of "
+            "results.json.",
         ]
     )
 
