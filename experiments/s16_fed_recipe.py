@@ -13,7 +13,8 @@ steps at batch 64 = 64k images; the central run 1,000 steps at batch 64, the sam
 the server optimizers and the UDEC personal models.
 
     python experiments/s16_fed_recipe.py [run] [--phase main|extra|splits|udec|lr|local|local-seeds|
-                                                      local50|local50-seeds]
+                                                      local50|local50-seeds|server-step|
+                                                      server-step-seeds|skew]
     python experiments/s16_fed_recipe.py report
 """
 
@@ -131,6 +132,39 @@ LOCAL50: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     ),
 }
 ARMS.update(LOCAL50)
+#: Phase "server-step" (seed 0): is the 1,000-step arms' gap the averaging of small-batch Adam
+#: updates? Each client's Adam divides a batch-13 gradient by its own (noisier) second moment, so the
+#: component the 5 clients agree on is shorter than in one batch-65 step, and their average moves
+#: the model less than central training does. A server step η > 1 (FedAvgM, no momentum) scales
+#: the average back up; the central run at the clients' batch says what batch 13 alone costs.
+STEP_50 = (*RECIPE, "--server-ema", 0.8, "--rounds", 50, "--local-steps", 20, "--batch", 13)
+STEP_10 = (*RECIPE, "--rounds", 10, "--local-steps", 100, "--batch", 13)
+SERVER_STEP: dict[str, tuple[str, str, tuple[Any, ...]]] = {
+    "central 1000 steps x batch 13": ("central", "", ("--steps", 1000, "--batch", 13)),
+    **{
+        f"fedavgm eta {eta:g}, {shape}": (
+            "fed",
+            "full",
+            (*base, "--server-opt", "fedavgm", "--server-lr", eta, "--server-momentum", 0.0),
+        )
+        for eta, shape, base in (
+            (2.0, "50 rounds x 20 steps x batch 13", STEP_50),
+            (2.0, "10 rounds x 100 steps x batch 13", STEP_10),
+            (3.0, "50 rounds x 20 steps x batch 13", STEP_50),
+        )
+    },
+}
+ARMS.update(SERVER_STEP)
+#: Phase "skew" (seed 0): the splits the issue names that study 16 had not run (dirichlet α = 1,
+#: quantity skew, FedProx μ = 0.001), and label skew at 100 local steps a round, where client drift
+#: has five times as many steps to grow as in the 20-step rounds (dirichlet:0.1 there cost 5%).
+SKEW: dict[str, tuple[str, str, tuple[Any, ...]]] = {
+    "fedavg fair dirichlet:1": ("fed", "full", FAIR),
+    "fedavg fair quantity:0.5": ("fed", "full", FAIR),
+    "fedprox 0.001 fair dirichlet:0.1": ("fed", "full", (*FAIR, "--prox", 0.001)),
+    "fedavg 10 rounds x 100 steps x batch 13 dirichlet:0.1": ("fed", "full", STEP_10),
+}
+ARMS.update(SKEW)
 
 
 def split_of(arm: str) -> str:
@@ -220,6 +254,12 @@ def plan(phase: str) -> list[tuple[str, int]]:
         return [(a, s) for s in SEEDS[1:] for a in LOCAL50]
     if phase == "local-seeds":
         return [(a, s) for s in SEEDS[1:] for a in list(LOCAL)[:1]]
+    if phase == "server-step":
+        return [(a, SEEDS[0]) for a in SERVER_STEP]
+    if phase == "server-step-seeds":  # the best FedAvgM arm on seed 0, on the other seeds
+        return [(a, s) for s in SEEDS[1:] for a in [best_server_step()]]
+    if phase == "skew":
+        return [(a, SEEDS[0]) for a in SKEW]
     if phase == "udec":  # the UDEC arms' other seeds
         return [(a, s) for s in SEEDS[1:] for a in ("udec paper", "udec fair")]
     if phase == "splits":
@@ -227,7 +267,16 @@ def plan(phase: str) -> list[tuple[str, int]]:
         return [(a, SEEDS[0]) for a in SPLITS_ORDER]
     return [(a, SEEDS[0]) for a in ARMS
             if a not in MAIN and a not in SPLITS and a not in LRS and a not in LOCAL
-            and a not in LOCAL50]  # fmt: skip
+            and a not in LOCAL50 and a not in SERVER_STEP and a not in SKEW]  # fmt: skip
+
+
+def best_server_step() -> str:
+    """The FedAvgM arm of phase server-step with the lowest FID on seed 0 (all must be done)."""
+    arms = [a for a in SERVER_STEP if ARMS[a][0] == "fed"]
+    missing = [a for a in arms if not done(a, SEEDS[0])]
+    if missing:
+        raise SystemExit(f"run --phase server-step first: {', '.join(missing)} not done on seed 0")
+    return min(arms, key=lambda a: scored(a, SEEDS[0])["fid"])
 
 
 def work(phase: str) -> None:
