@@ -166,7 +166,7 @@ def test_s16_arms_plans_and_command_lines():
     # Every arm runs in exactly one phase.
     phases = [
         a
-        for p in ("main", "extra", "splits", "lr", "local", "local50")
+        for p in ("main", "extra", "splits", "lr", "local", "local50", "server-step", "skew")
         for a, _ in s16.plan(p)
         if _ == s16.SEEDS[0]
     ]
@@ -329,3 +329,12 @@ def test_s14_keeps_a_seed_recorded_elsewhere_and_reruns_it_only_on_request(tmp_p
     trained.clear()
     s14.main(["run", "--repeat"])
     assert trained == [*[s for s in s14.SEEDS if s != 0], 0]  # unmeasured first, the repeat last
+
+
+def test_s12_arms_have_distinct_run_directories_without_spaces():
+    import s12_distill_budget as s12
+
+    dirs = {s12.run_dir(a, 0) for a in s12.ARMS}
+    assert len(dirs) == len(s12.ARMS)
+    assert all(" " not in d.parent.name for d in dirs)
+    assert s12.ARMS["own-soup lr 1e-3"][2][-1] == "train.lr=0.001"
