@@ -14,7 +14,7 @@ the server optimizers and the UDEC personal models.
 
     python experiments/s16_fed_recipe.py [run] [--phase main|extra|splits|udec|lr|local|local-seeds|
                                                       local50|local50-seeds|server-step|
-                                                      server-step-seeds|skew]
+                                                      server-step-seeds|skew|udec-local]
     python experiments/s16_fed_recipe.py report
 """
 
@@ -137,22 +137,21 @@ ARMS.update(LOCAL50)
 #: component the 5 clients agree on is shorter than in one batch-65 step, and their average moves
 #: the model less than central training does. A server step η > 1 (FedAvgM, no momentum) scales
 #: the average back up; the central run at the clients' batch says what batch 13 alone costs.
+#: The 100-step rounds ran without a server EMA, but central training's EMA decay near step 1,000
+#: is 0.991 per step, 0.4 per 100 steps: "server EMA 0.4" gives those rounds central's averaging.
 STEP_50 = (*RECIPE, "--server-ema", 0.8, "--rounds", 50, "--local-steps", 20, "--batch", 13)
 STEP_10 = (*RECIPE, "--rounds", 10, "--local-steps", 100, "--batch", 13)
+STEP_10_EMA = (*RECIPE, "--server-ema", 0.4, "--rounds", 10, "--local-steps", 100, "--batch", 13)
+ETA2 = ("--server-opt", "fedavgm", "--server-lr", 2.0, "--server-momentum", 0.0)
 SERVER_STEP: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     "central 1000 steps x batch 13": ("central", "", ("--steps", 1000, "--batch", 13)),
-    **{
-        f"fedavgm eta {eta:g}, {shape}": (
-            "fed",
-            "full",
-            (*base, "--server-opt", "fedavgm", "--server-lr", eta, "--server-momentum", 0.0),
-        )
-        for eta, shape, base in (
-            (2.0, "50 rounds x 20 steps x batch 13", STEP_50),
-            (2.0, "10 rounds x 100 steps x batch 13", STEP_10),
-            (3.0, "50 rounds x 20 steps x batch 13", STEP_50),
-        )
-    },
+    "fedavgm eta 2, 50 rounds x 20 steps x batch 13": ("fed", "full", (*STEP_50, *ETA2)),
+    "fedavg fair, 10 rounds x 100 steps x batch 13, server EMA 0.4": ("fed", "full", STEP_10_EMA),
+    "fedavgm eta 2, 10 rounds x 100 steps x batch 13, server EMA 0.4": (
+        "fed",
+        "full",
+        (*STEP_10_EMA, *ETA2),
+    ),
 }
 ARMS.update(SERVER_STEP)
 #: Phase "skew" (seed 0): the splits the issue names that study 16 had not run (dirichlet α = 1,
@@ -165,6 +164,16 @@ SKEW: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     "fedavg 10 rounds x 100 steps x batch 13 dirichlet:0.1": ("fed", "full", STEP_10),
 }
 ARMS.update(SKEW)
+#: Phase "udec-local" (seed 0): UDEC's personal models at central training's 1,000 sequential steps
+#: (the 100-step rounds at batch 13), where its 20-step rounds gave each decoder 200.
+UDEC_LOCAL: dict[str, tuple[str, str, tuple[Any, ...]]] = {
+    "udec fair, 10 rounds x 100 steps x batch 13": (
+        "fed",
+        "udec",
+        (*ARMS["udec fair"][2], "--rounds", 10, "--local-steps", 100, "--batch", 13),
+    ),
+}
+ARMS.update(UDEC_LOCAL)
 
 
 def split_of(arm: str) -> str:
@@ -260,6 +269,8 @@ def plan(phase: str) -> list[tuple[str, int]]:
         return [(a, s) for s in SEEDS[1:] for a in [best_server_step()]]
     if phase == "skew":
         return [(a, SEEDS[0]) for a in SKEW]
+    if phase == "udec-local":
+        return [(a, SEEDS[0]) for a in UDEC_LOCAL]
     if phase == "udec":  # the UDEC arms' other seeds
         return [(a, s) for s in SEEDS[1:] for a in ("udec paper", "udec fair")]
     if phase == "splits":
@@ -267,7 +278,8 @@ def plan(phase: str) -> list[tuple[str, int]]:
         return [(a, SEEDS[0]) for a in SPLITS_ORDER]
     return [(a, SEEDS[0]) for a in ARMS
             if a not in MAIN and a not in SPLITS and a not in LRS and a not in LOCAL
-            and a not in LOCAL50 and a not in SERVER_STEP and a not in SKEW]  # fmt: skip
+            and a not in LOCAL50 and a not in SERVER_STEP and a not in SKEW
+            and a not in UDEC_LOCAL]  # fmt: skip
 
 
 def best_server_step() -> str:

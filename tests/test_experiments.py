@@ -166,7 +166,17 @@ def test_s16_arms_plans_and_command_lines():
     # Every arm runs in exactly one phase.
     phases = [
         a
-        for p in ("main", "extra", "splits", "lr", "local", "local50", "server-step", "skew")
+        for p in (
+            "main",
+            "extra",
+            "splits",
+            "lr",
+            "local",
+            "local50",
+            "server-step",
+            "skew",
+            "udec-local",
+        )
         for a, _ in s16.plan(p)
         if _ == s16.SEEDS[0]
     ]
