@@ -312,3 +312,50 @@ def test_fed_run_hands_every_option_to_the_federation(capsys, tmp_path, monkeypa
     # The paper's protocol is the base (Huber, Ho et al.'s steps); --objective replaces the kind.
     assert (cfg.objective.kind, cfg.objective.loss) == ("vpred", "huber")
     assert (cfg.objective.weighting, cfg.objective.step_dist) == ("uniform", "uniform")
+
+
+def _fed_run_seen(capsys, tmp_path, monkeypatch, *args):
+    """`fed run` with the federation replaced by a recorder: (exit code, stdout, what it got)."""
+    from decentdiff.federated import simulation
+
+    seen = {}
+
+    def fake(run, cfg, options, **kw):
+        seen.update(options=options, cfg=cfg, kw=kw)
+        s = options.validate()
+        return {"rounds": [], "settings": s, "sizes": [], "figure": "-", "model_dirs": ["-"]}
+
+    monkeypatch.setattr(simulation, "run_federated", fake)
+    code, out, err = cli(capsys, "fed", "run", tmp_path / "r", "--data", "digits", "--preset",
+                         "tiny", "--eval-n", 0, "--quiet", *args)  # fmt: skip
+    assert code == 0, err
+    return out, seen
+
+
+def test_recipe_central_sets_the_central_trainers_recipe_unless_an_option_is_given(
+    capsys, tmp_path, monkeypatch
+):
+    from decentdiff.config import TrainConfig
+
+    _, paper = _fed_run_seen(capsys, tmp_path, monkeypatch)
+    assert paper["options"].client_state == "reset" and not paper["kw"]["server_ema_auto"]
+    assert paper["cfg"].train.lr == 1e-4 and paper["cfg"].train.ema_decay == 0.0
+
+    out, central = _fed_run_seen(capsys, tmp_path, monkeypatch, "--recipe", "central")
+    t, want = central["cfg"].train, TrainConfig()
+    assert (t.lr, t.warmup, t.ema_decay) == (want.lr, want.warmup, want.ema_decay)
+    assert central["options"].client_state == "keep" and central["kw"]["server_ema_auto"]
+    assert "recipe central: lr 0.002, warm-up 100, client state keep" in out
+    # Given explicitly, an option or a --set wins over the recipe.
+    _, given = _fed_run_seen(capsys, tmp_path, monkeypatch, "--recipe", "central",
+                             "--client-state", "reset", "--server-ema", 0.3,
+                             "--set", "train.lr=0.001")  # fmt: skip
+    assert given["options"].client_state == "reset" and given["options"].server_ema == 0.3
+    assert not given["kw"]["server_ema_auto"] and given["cfg"].train.lr == 1e-3
+    assert given["cfg"].train.warmup == want.warmup
+
+
+def test_an_unknown_recipe_fails_in_one_line(capsys, tmp_path):
+    run = tmp_path / "run"
+    _bad(capsys, None, "fed", "run", run, "--data", "digits", "--recipe", "fast", match="--recipe")
+    assert not run.exists()

@@ -59,6 +59,7 @@ def _flwr_env() -> None:
 
 @fed_app.command("run")
 def fed_run(
+    ctx: typer.Context,
     run: Annotated[Path, typer.Argument(help="Run directory (created if missing).")],
     data: DataOpt = None,
     clients: Annotated[
@@ -159,6 +160,18 @@ def fed_run(
             "the global checkpoint's ema weights, which sample / eval / fed eval use by default.",
         ),
     ] = DEFAULTS.server_ema,
+    recipe: Annotated[
+        str,
+        typer.Option(
+            "--recipe",
+            help="paper: FedDiffuse's protocol (lr 1e-4, no warm-up, a new Adam every round, no "
+            "EMA). central: the central trainer's lr, warm-up and EMA decay (2e-3, 100, 0.999), "
+            "Adam kept between rounds (--client-state keep) and, for full / usplit, a server EMA "
+            "per round keeping central training's window (0.40 for 10 rounds x 20 steps); "
+            "options and --set given explicitly win. Measured (study 16, 5 IID clients, 10 x 20 "
+            "steps, 3 seeds): 2.75x central training's FID; the paper's protocol (at lr 1e-3) 4.2x.",
+        ),
+    ] = "paper",
     min_replies: Annotated[
         int, typer.Option("--min-replies", help="Valid updates a round needs to complete.")
     ] = DEFAULTS.min_replies,
@@ -187,10 +200,21 @@ def fed_run(
 ) -> None:
     """Train one UNet by federated averaging with Flower's simulation engine (resumable)."""
     _flwr_env()
+    from click.core import ParameterSource
+
     from .. import config as C
-    from ..federated.settings import FedSettings, fed_base
+    from ..federated.settings import FedSettings, recipe_base
     from ..federated.simulation import run_federated
     from ..run import Run
+
+    base = recipe_base(recipe)  # an unknown recipe fails here, before anything is touched
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+    central = recipe == "central"
+    if central and not given("client_state"):
+        client_state = "keep"
 
     options = FedSettings(
         method=method,
@@ -212,7 +236,6 @@ def fed_run(
         full_rounds=full_rounds,
     )  # validated by run_federated before RUN is touched
     r = Run(run)
-    base = fed_base()
     for sec, vals in r.base_config().items():
         base.setdefault(sec, {}).update(vals)
     cfg = C.resolve(
@@ -241,8 +264,23 @@ def fed_run(
             who = c.get("partition-id", f"node {c.get('node')}")
             typer.echo(f"  client {who}: {c.get('status')} ({c.get('reason', '')})", err=True)
 
-    res = run_federated(r, cfg, options, parallel=parallel, fresh=fresh, on_round=progress)
+    res = run_federated(
+        r,
+        cfg,
+        options,
+        parallel=parallel,
+        fresh=fresh,
+        on_round=progress,
+        server_ema_auto=central and not given("server_ema"),
+    )
     rows = res["rounds"]
+    if central:
+        st = res["settings"]
+        ema = f"server EMA {st.server_ema:.3f} per round" if st.server_ema else "no server EMA"
+        typer.echo(
+            f"recipe central: lr {cfg.train.lr:g}, warm-up {cfg.train.warmup}, "
+            f"client state {st.client_state}, {ema}, train.ema_decay {cfg.train.ema_decay:g}"
+        )
     up = sum(x["up"] for x in rows)
     down = sum(x["down"] for x in rows)
     m = res["settings"].method_spec

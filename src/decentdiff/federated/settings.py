@@ -274,6 +274,59 @@ DEFAULTS = FedSettings()
 DEFAULT_RUN_DIR = "runs/fed"
 
 
+#: ``fed run --recipe``: paper = FedDiffuse's protocol (FED_BASE, a new Adam every round, no EMA);
+#: central = the central trainer's recipe (study 16's "fair" arms): its learning rate, warm-up and
+#: EMA decay (TrainConfig's defaults), Adam kept between rounds, and for a global generator (FULL,
+#: USPLIT) a server EMA per round matched to central training's (:func:`central_ema_per_round`).
+RECIPES = ("paper", "central")
+
+
+def central_ema_per_round(rounds: int, local_steps: int, decay: float) -> float:
+    """The server EMA decay per round that keeps central training's window.
+
+    Central training (``training.loop.EMA``) updates its EMA at step s with decay
+    min(decay, (1 + s)/(10 + s)); over ``rounds × local_steps`` steps, the weight it leaves on the
+    model as it was before the last ``local_steps`` of them is the product of those decays: the
+    weight a per-round server EMA must keep on the round before. (At decay 0.999: 10 rounds × 20 steps
+    0.40; 10 × 100 and 50 × 20, both 1,000 steps, 0.39 and 0.83.)
+    """
+    if rounds < 1 or local_steps < 1:
+        raise ConfigError(f"rounds and local steps must be ≥ 1, got {rounds} and {local_steps}")
+    if not 0 <= decay < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {decay}")
+    total = rounds * local_steps
+    w = 1.0
+    for step in range(total - local_steps, total):
+        w *= min(decay, (1 + step) / (10 + step))
+    return w
+
+
+def with_central_ema(settings: FedSettings, sizes: list[int]) -> FedSettings:
+    """``settings`` with the server EMA of ``--recipe central``: for a global generator (FULL,
+    USPLIT) whose ``server_ema`` is 0 (off), :func:`central_ema_per_round` at the clients' mean
+    local steps (``sizes``: their shard sizes) and ``train.ema_decay``; otherwise unchanged."""
+    from .client import local_steps
+
+    if settings.method_spec.personal or settings.server_ema != 0 or not sizes:
+        return settings
+    steps = round(sum(local_steps(settings, n) for n in sizes) / len(sizes))
+    decay = float(settings.train["ema_decay"])
+    return replace(settings, server_ema=central_ema_per_round(settings.rounds, steps, decay))
+
+
+def recipe_base(recipe: str) -> dict[str, dict[str, Any]]:
+    """The config a federation starts from under ``recipe`` (user's config and --set go on top)."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown --recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    base = fed_base()
+    if recipe == "central":
+        from ..config import TrainConfig
+
+        central = TrainConfig()
+        base["train"].update(lr=central.lr, warmup=central.warmup, ema_decay=central.ema_decay)
+    return base
+
+
 def fed_base() -> dict[str, dict[str, Any]]:
     """A fresh copy of :data:`FED_BASE`, to merge a RUN's or the user's config into."""
     return json.loads(json.dumps(FED_BASE))

@@ -15,7 +15,7 @@ import numpy as np
 from ..config import Config
 from . import aggregate as A
 from . import parts as P
-from .settings import FedSettings, build_settings
+from .settings import FedSettings, build_settings, with_central_ema
 from .store import (
     client_dir,
     fed_dir,
@@ -40,6 +40,7 @@ def run_federated(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     evaluate_fn: Callable[[int, dict[str, np.ndarray]], dict[str, float] | None] | None = None,
     quiet_flower: bool = True,
+    server_ema_auto: bool = False,
 ) -> dict[str, Any]:
     """Run federated training with Flower's simulation engine; resumes unless ``fresh``.
 
@@ -57,6 +58,9 @@ def run_federated(
             (e.g. FID), given the server EMA's weights with ``--server-ema``; its result is
             stored in the round's row. Not called for UDEC/ULATDEC,
             whose server model is not a generator.
+        server_ema_auto: for a global generator (FULL, USPLIT) whose ``server_ema`` is 0, set it
+            to central training's EMA window per round (``--recipe central``), from the rounds,
+            the clients' mean local steps and ``train.ema_decay``; recorded resolved.
     Returns:
         {"settings", "sizes", "rounds" (rows), "model_dirs", "figure", "seconds"}.
     """
@@ -93,6 +97,8 @@ def run_federated(
         settings.split, labels, clients, seed=settings.seed, min_size=settings.min_client_size
     )
     sizes = [len(s) for s in shares]
+    if server_ema_auto:  # `--recipe central`
+        settings = with_central_ema(settings, sizes)
     if not run.exists():
         run.data(cfg)  # creates RUN/run.toml now that every check passed
     root = fed_dir(run.path)
