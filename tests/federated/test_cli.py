@@ -355,7 +355,19 @@ def test_recipe_central_sets_the_central_trainers_recipe_unless_an_option_is_giv
     assert given["cfg"].train.warmup == want.warmup
 
 
-def test_an_unknown_recipe_fails_in_one_line(capsys, tmp_path):
+def test_a_config_files_train_lr_wins_over_the_recipe(capsys, tmp_path, monkeypatch):
+    toml = tmp_path / "c.toml"
+    toml.write_text("[train]\nlr = 0.0005\n")
+    _, seen = _fed_run_seen(capsys, tmp_path, monkeypatch, "--recipe", "central", "--config", toml)
+    assert seen["cfg"].train.lr == 5e-4 and seen["cfg"].train.warmup == 100
+
+
+def test_an_unknown_recipe_fails_in_one_line_and_case_does_not_matter(
+    capsys, tmp_path, monkeypatch
+):
     run = tmp_path / "run"
-    _bad(capsys, None, "fed", "run", run, "--data", "digits", "--recipe", "fast", match="--recipe")
-    assert not run.exists()
+    run.mkdir()
+    (run / "keep.txt").write_text("x")  # _bad checks the RUN's files are untouched
+    _bad(capsys, run, "fed", "run", run, "--data", "digits", "--recipe", "fast", match="--recipe")
+    _, seen = _fed_run_seen(capsys, tmp_path, monkeypatch, "--recipe", " Central ")
+    assert seen["options"].client_state == "keep" and seen["kw"]["server_ema_auto"]

@@ -50,13 +50,15 @@ def _settings(**kw):
     return replace(s, train={**s.train, "batch": 64, "ema_decay": 0.999})
 
 
-def test_with_central_ema_uses_the_clients_mean_local_steps():
+def test_with_central_ema_weighs_the_clients_local_steps_by_their_images():
     # Fixed local steps: the sizes do not matter.
     s = with_central_ema(_settings(rounds=10, local_steps=20), [800, 800, 800, 800, 800])
     assert s.server_ema == pytest.approx(central_ema_per_round(10, 20, 0.999))
-    # From E = 1: ceil(n / 64) per client = 13, 13, 16, 10 -> mean 13.
-    s = with_central_ema(_settings(rounds=4, local_epochs=1.0), [800, 810, 1000, 600])
-    assert s.server_ema == pytest.approx(central_ema_per_round(4, 13, 0.999))
+    # From E = 1: ceil(n / 64) = 10, 10, 20 steps; by images (640·10 + 640·10 + 1280·20) / 2560
+    # = 15, where the plain mean would be 13.
+    s = with_central_ema(_settings(rounds=4, local_epochs=1.0), [640, 640, 1280])
+    assert s.server_ema == pytest.approx(central_ema_per_round(4, 15, 0.999))
+    assert s.server_ema != pytest.approx(central_ema_per_round(4, 13, 0.999))
 
 
 def test_with_central_ema_leaves_a_given_ema_and_personal_methods_alone():
@@ -94,3 +96,12 @@ def test_run_federated_records_the_resolved_server_ema(tmp_path, monkeypatch):
     assert 0.1 < want < 0.2  # early in training the EMA forgets fast: (1 + s)/(10 + s), s = 18..23
     assert read_settings(tmp_path / "r").server_ema == pytest.approx(want)
     assert started[0].server_ema == pytest.approx(want)
+    # More rounds on resume keep the EMA the run started with (server_ema must not change on
+    # resume; the 6-round window would be another value).
+    more = replace(opts, rounds=6)
+    assert central_ema_per_round(6, 6, cfg.train.ema_decay) != pytest.approx(want)
+    simulation.run_federated(Run(tmp_path / "r"), cfg, more, server_ema_auto=True)
+    assert started[1].server_ema == pytest.approx(want) and started[1].rounds == 6
+    # A fresh start computes it anew.
+    simulation.run_federated(Run(tmp_path / "r"), cfg, more, server_ema_auto=True, fresh=True)
+    assert started[2].server_ema == pytest.approx(central_ema_per_round(6, 6, cfg.train.ema_decay))

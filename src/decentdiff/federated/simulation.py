@@ -7,6 +7,7 @@ only this driver is simulation-specific. A run resumes from ``RUN/federated`` (s
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from .store import (
     fed_dir,
     global_dir,
     read_rounds,
+    read_settings,
     record_settings,
     resume_point,
     truncate_rounds,
@@ -97,8 +99,12 @@ def run_federated(
         settings.split, labels, clients, seed=settings.seed, min_size=settings.min_client_size
     )
     sizes = [len(s) for s in shares]
-    if server_ema_auto:  # `--recipe central`
-        settings = with_central_ema(settings, sizes)
+    if server_ema_auto:  # `--recipe central`: fixed when the run starts
+        recorded = None if fresh else read_settings(run.path)
+        if recorded is not None and recorded.server_ema > 0:  # resumed, maybe with more rounds
+            settings = replace(settings, server_ema=recorded.server_ema)
+        else:
+            settings = with_central_ema(settings, sizes)
     if not run.exists():
         run.data(cfg)  # creates RUN/run.toml now that every check passed
     root = fed_dir(run.path)
