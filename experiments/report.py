@@ -475,13 +475,19 @@ def body_s12(r: dict) -> list[str]:
         out.append(f"| {seed} | " + " | ".join(f2(row.get(k)) for k in cols) + " |")
     out += [
         "",
-        "| arm | teacher | student batch | init | student / monolith FID, mean [95% CI] | "
-        "training FLOPs / monolith's |",
+        "| arm | teacher | student batch | init, options | student / monolith FID, mean "
+        "[95% CI] | training FLOPs / monolith's |",
         "|---|---|---|---|---|---|",
     ]
+    longer = r["setup"].get("longer", {})  # continued arms -> (the arm they continue, factor)
     for a, sm in r["summary"].items():
-        teacher, batch, extra = arms[a]
+        root = a
+        while root in longer:
+            root = longer[root][0]
+        teacher, batch, extra = arms[root]
         init = extra[extra.index("--init") + 1] if "--init" in extra else "random"
+        sets = [extra[i + 1] for i, x in enumerate(extra) if x == "--set"]
+        init += "".join(f", {x}" for x in sets)
         out.append(
             f"| {a} | {teacher} | {batch} | {init} | {sm['ratio_to_monolith']['mean']:.3f} "
             f"{_iv(sm['interval95'])} | {sm['train_flops_vs_monolith']['mean']:.2f} |"

@@ -348,3 +348,41 @@ def test_s12_arms_have_distinct_run_directories_without_spaces():
     assert len(dirs) == len(s12.ARMS)
     assert all(" " not in d.parent.name for d in dirs)
     assert s12.ARMS["own-soup lr 1e-3"][2][-1] == "train.lr=0.001"
+
+
+def test_s12_longer_students_are_reported_beside_the_claim_but_not_checked(tmp_path, monkeypatch):
+    """A continued student (the FLOP curve past a third) gets its ratio and FLOPs, is not one of
+    the claim's checks, and renders with the options of the arm it continues."""
+    import s12_distill_budget as s12
+
+    monkeypatch.setattr(s12, "ROOT", tmp_path)
+    monkeypatch.setattr(s12, "previous", lambda study: None)
+    saved = {}
+    monkeypatch.setattr(s12, "save", lambda study, result: saved.update(result))
+    src = tmp_path / "src"
+    fid = {"monolith": 8.0, "ensemble": 6.0}
+    students = {"own-soup lr 1e-3": 8.8, "own-soup lr 1e-3, 2x steps": 8.0}
+
+    def ev(run, model, seed, routing=None):
+        if model != "distilled":
+            return {"fid": fid[model], "train_flops": 300.0}
+        arm = next(a for a in students if s12.run_dir(a, seed) == run)
+        return {"fid": students[arm] + seed * 0.1}
+
+    monkeypatch.setattr(s12, "ev", ev)
+    for arm, steps in (("own-soup lr 1e-3", 5000), ("own-soup lr 1e-3, 2x steps", 10000)):
+        for seed in s12.SEEDS:
+            run = s12.run_dir(arm, seed)
+            (run / "distilled").mkdir(parents=True)
+            (run / "distilled" / "meta.json").write_text(json.dumps({"train_flops": steps / 50}))
+            (run / "evaluated").write_text(str(src))
+    r = s12.report()
+    assert s12.root_arm("own-soup lr 1e-3, 3x steps") == "own-soup lr 1e-3"
+    longer = r["summary"]["own-soup lr 1e-3, 2x steps"]
+    assert longer["ratio_to_monolith"]["mean"] == pytest.approx((8.0 + 8.1 + 8.2) / 3 / 8.0)
+    assert longer["train_flops_vs_monolith"]["mean"] == pytest.approx(200 / 300)
+    assert "student (own-soup lr 1e-3) <= 1.1x monolith" in r["checks"]
+    assert not any("2x steps" in k for k in r["checks"])
+    assert r["verdict"] == "inconclusive"  # the other arms have no seeds here
+    text = "\n".join(report.body_s12(json.loads(json.dumps(r))))
+    assert "| own-soup lr 1e-3, 2x steps | own | 16 | soup, train.lr=0.001 | 1.012" in text
