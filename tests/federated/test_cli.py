@@ -285,24 +285,13 @@ def test_fed_run_hands_every_option_to_the_federation(capsys, tmp_path, monkeypa
     """`fed run`'s flags reach the federation's settings and config unchanged (their effects are
     tested on settings built directly and in the Ray / in-process federations; this is the
     wiring between, e.g. --full-rounds and --client-state, which no federation test passes)."""
-    from decentdiff.federated import simulation
     from decentdiff.federated.parts import get_method
 
-    seen = {}
-
-    def fake(run, cfg, options, **kw):
-        seen.update(options=options, cfg=cfg, kw=kw)
-        s = options.validate()
-        return {"rounds": [], "settings": s, "sizes": [], "figure": "-", "model_dirs": ["-"]}
-
-    monkeypatch.setattr(simulation, "run_federated", fake)
-    code, _, err = cli(capsys, "fed", "run", tmp_path / "r", "--data", "digits", "--preset",
-                       "tiny", "--clients", 4, "--split", "dirichlet:0.3", "--method", "ulatdec",
-                       "--rounds", 6, "--local-steps", 3, "--prox", 0.01, "--quantize", 8,
-                       "--seed", 7, "--min-replies", 3, "--client-state",
-                       "keep", "--full-rounds", 2, "--batch", 16, "--objective", "vpred",
-                       "--eval-n", 0, "--quiet")  # fmt: skip
-    assert code == 0, err
+    _, seen = _fed_run_seen(capsys, tmp_path, monkeypatch, "--clients", 4, "--split",
+                            "dirichlet:0.3", "--method", "ulatdec", "--rounds", 6, "--local-steps",
+                            3, "--prox", 0.01, "--quantize", 8, "--seed", 7, "--min-replies", 3,
+                            "--client-state", "keep", "--full-rounds", 2, "--batch", 16,
+                            "--objective", "vpred")  # fmt: skip
     o, cfg = seen["options"], seen["cfg"]
     want = dict(clients=4, split="dirichlet:0.3", method=get_method("ulatdec").name, rounds=6,
                 local_steps=3, prox=0.01, quantize=8, seed=7, min_replies=3, client_state="keep",
