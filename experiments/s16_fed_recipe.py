@@ -148,7 +148,7 @@ SERVER_STEP: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     "fedavgm eta 2, 50 rounds x 20 steps x batch 13": ("fed", "full", (*STEP_50, *ETA2)),
     "fedavg fair, 10 rounds x 100 steps x batch 13, server EMA 0.4": ("fed", "full", STEP_10_EMA),
     # Stop 32: η = 2 over the 50 rounds of 20 steps scored 21.29 against η = 1's 10.65, its loss
-    # above η = 1's in every round: the average is not too short. The opposite lever, the
+    # above η = 1's in every round: doubling the averaged step overshoots. The opposite lever, the
     # clients' lr by Adam's square-root rule for batch 13 (2e-3 x (13/64)^0.5 = 0.9e-3):
     "fedavg 10 rounds x 100 steps x batch 13, client lr 1e-3, server EMA 0.4": (
         "fed",
@@ -268,7 +268,9 @@ def plan(phase: str) -> list[tuple[str, int]]:
         return [(a, s) for s in SEEDS[1:] for a in list(LOCAL)[:1]]
     if phase == "server-step":
         return [(a, SEEDS[0]) for a in SERVER_STEP]
-    if phase == "server-step-seeds":  # the best FedAvgM arm on seed 0, on the other seeds
+    if (
+        phase == "server-step-seeds"
+    ):  # the best fed arm of server-step on seed 0, on the other seeds
         return [(a, s) for s in SEEDS[1:] for a in [best_server_step()]]
     if phase == "skew":
         return [(a, SEEDS[0]) for a in SKEW]
@@ -286,7 +288,7 @@ def plan(phase: str) -> list[tuple[str, int]]:
 
 
 def best_server_step() -> str:
-    """The FedAvgM arm of phase server-step with the lowest FID on seed 0 (all must be done)."""
+    """The federated arm of phase server-step (FedAvgM or FedAvg) with the lowest FID on seed 0 (all must be done)."""
     arms = [a for a in SERVER_STEP if ARMS[a][0] == "fed"]
     missing = [a for a in arms if not done(a, SEEDS[0])]
     if missing:

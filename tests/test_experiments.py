@@ -163,6 +163,9 @@ def test_s16_arms_plans_and_command_lines():
 
     assert s16.split_of("fedavg fair dirichlet:0.1") == "dirichlet:0.1"
     assert s16.split_of("fedavg fair, 20 rounds x 10 steps") == "iid"
+    assert [s16.split_of(a) for a in s16.SKEW] == [
+        "dirichlet:1", "quantity:0.5", "dirichlet:0.1", "dirichlet:0.1"]  # fmt: skip
+    assert {s16.split_of(a) for a in (*s16.SERVER_STEP, *s16.UDEC_LOCAL)} == {"iid"}
     # Every arm runs in exactly one phase.
     phases = [
         a
