@@ -9,6 +9,9 @@ Students (tiny UNet, 5,000 steps, flow matching on the teachers' velocities):
   own-soup  as own, but the student starts from the experts' EMA weights averaged by shard size
             (`distill --init soup`; stop 29's one-seed probe: 8.59 vs 9.04 from random weights)
   own-soup lr 1e-3  as own-soup at half the learning rate (the square-root rule for batch 16)
+The claim's check is at a third of the FLOPs; the verdict is held if any of those arms holds (the
+best of them, picked on the same seeds). Beside it, not checked, the FLOP curve: the lr-1e-3
+student continued to 2x and 3x its steps (LONGER; two thirds and all of the monolith's FLOPs).
 Every FID on 1,000 images (20 Euler steps), the student's training FLOPs (teachers' forwards
 included) reported against the monolith's; 3 seeds. Where study 10's RUNs were not trained on this
 machine, the teachers are study 13's copy made by the same commands and the monolith is trained
