@@ -301,20 +301,6 @@ def central_ema_per_round(rounds: int, local_steps: int, decay: float) -> float:
     return w
 
 
-def with_central_ema(settings: FedSettings, sizes: list[int]) -> FedSettings:
-    """``settings`` with the server EMA of ``--recipe central``: for a global generator (FULL,
-    USPLIT) whose ``server_ema`` is 0 (off), :func:`central_ema_per_round` at the clients' local
-    steps averaged by shard size (``sizes``; FedAvg's own weights, so a client with ten times
-    the images counts ten times) and ``train.ema_decay``; otherwise unchanged."""
-    from .client import local_steps
-
-    if settings.method_spec.personal or settings.server_ema != 0 or sum(sizes) <= 0:
-        return settings
-    steps = max(1, round(sum(n * local_steps(settings, n) for n in sizes) / sum(sizes)))
-    decay = float(settings.train["ema_decay"])
-    return replace(settings, server_ema=central_ema_per_round(settings.rounds, steps, decay))
-
-
 def recipe_base(recipe: str) -> dict[str, dict[str, Any]]:
     """The config a federation starts from under ``recipe`` (user's config and --set go on top)."""
     recipe = str(recipe).strip().lower()
