@@ -63,7 +63,8 @@ def run_federated(
             whose server model is not a generator.
         server_ema_auto: for a global generator (FULL, USPLIT) whose ``server_ema`` is 0, set it
             to central training's EMA window per round (``--recipe central``), from the rounds,
-            the clients' mean local steps and ``train.ema_decay``; recorded resolved.
+            the clients' local steps averaged by their images and ``train.ema_decay``; recorded
+            resolved; a resumed run keeps the value it started with.
     Returns:
         {"settings", "sizes", "rounds" (rows), "model_dirs", "figure", "seconds"}.
     """
