@@ -14,7 +14,8 @@ the server optimizers and the UDEC personal models.
 
     python experiments/s16_fed_recipe.py [run] [--phase main|extra|splits|udec|lr|local|local-seeds|
                                                       local50|local50-seeds|server-step|
-                                                      server-step-seeds|skew|skew-seeds|udec-local]
+                                                      server-step-seeds|skew|skew-seeds|udec-local|
+                                                      methods]
     python experiments/s16_fed_recipe.py report
 """
 
@@ -183,6 +184,18 @@ UDEC_LOCAL: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     ),
 }
 ARMS.update(UDEC_LOCAL)
+#: Phase "methods" (3 seeds): studies 6 and 7 on the fair recipe and study 16's evidence rules
+#: (1,000 samples per model, 3 seeds, bytes beside every FID): the partial-parameter methods
+#: (USPLIT, ULATDEC; UDEC and FULL are arms above), FULL with 8-bit updates, and FedProx under the
+#: harshest label skew measured (dirichlet:0.1) against plain FedAvg on the same split.
+METHODS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
+    "usplit fair": ("fed", "usplit", FAIR),
+    "ulatdec fair": ("fed", "ulatdec", ARMS["udec fair"][2]),
+    "fedavg fair q8": ("fed", "full", (*FAIR, "--quantize", 8)),
+}
+ARMS.update(METHODS)
+#: ... and the label-skew pair's other seeds (seed 0 ran in phase splits).
+METHODS_SKEW = ("fedavg fair dirichlet:0.1", "fedprox 0.01 fair dirichlet:0.1")
 
 
 def split_of(arm: str) -> str:
@@ -282,6 +295,10 @@ def plan(phase: str) -> list[tuple[str, int]]:
         return [(a, SEEDS[0]) for a in SKEW]
     if phase == "skew-seeds":  # the one split effect beyond seed noise, on the other seeds
         return [(a, s) for s in SEEDS[1:] for a in ("fedavg fair quantity:0.5",)]
+    if phase == "methods":
+        return [(a, s) for s in SEEDS for a in METHODS] + [
+            (a, s) for s in SEEDS[1:] for a in METHODS_SKEW
+        ]
     if phase == "udec-local":
         return [(a, SEEDS[0]) for a in UDEC_LOCAL]
     if phase == "udec":  # the UDEC arms' other seeds
@@ -292,7 +309,7 @@ def plan(phase: str) -> list[tuple[str, int]]:
     return [(a, SEEDS[0]) for a in ARMS
             if a not in MAIN and a not in SPLITS and a not in LRS and a not in LOCAL
             and a not in LOCAL50 and a not in SERVER_STEP and a not in SKEW
-            and a not in UDEC_LOCAL]  # fmt: skip
+            and a not in UDEC_LOCAL and a not in METHODS]  # fmt: skip
 
 
 def best_server_step() -> str:
