@@ -15,7 +15,7 @@ the server optimizers and the UDEC personal models.
     python experiments/s16_fed_recipe.py [run] [--phase main|extra|splits|udec|lr|local|local-seeds|
                                                       local50|local50-seeds|server-step|
                                                       server-step-seeds|skew|skew-seeds|udec-local|
-                                                      methods]
+                                                      methods|fedsgd|fedsgd-seeds]
     python experiments/s16_fed_recipe.py report
 """
 
@@ -196,6 +196,26 @@ METHODS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
 ARMS.update(METHODS)
 #: ... and the label-skew pair's other seeds (seed 0 ran in phase splits).
 METHODS_SKEW = ("fedavg fair dirichlet:0.1", "fedprox 0.01 fair dirichlet:0.1")
+#: Phase "fedsgd" (seed 0; "fedsgd-seeds": the others): the one FedAvg that is central training by
+#: construction. Each client takes ONE plain SGD step per round (train.optimizer=sgd) at batch 13,
+#: so the averaged update is lr x the gradient of the pooled batch of 65, and Flower's FedAdam on
+#: the server turns it into central Adam at batch 65 for 1,000 steps (the central run: batch 64),
+#: the same 64k images. Differences that remain: Flower's Adam has beta2 0.99 (AdamW 0.999), no
+#: warm-up, and a fixed tau = 1e-3 where AdamW has eps = 1e-8 -- the client lr of 1,000 scales the
+#: pseudo-gradient so that tau weighs like 1e-6 in gradient units; the gradient is clipped per
+#: client (batch 13), not on the pooled batch. Server EMA 0.991 per round: central training's
+#: (settings.central_ema_per_round(1000, 1, 0.999)). The price: 1,000 rounds, 20x the bytes of the
+#: 50-round arm.
+FEDSGD: dict[str, tuple[str, str, tuple[Any, ...]]] = {
+    "fedsgd + fedadam, 1000 rounds x 1 step x batch 13": (
+        "fed",
+        "full",
+        ("--rounds", 1000, "--local-steps", 1, "--batch", 13, "--set", "train.optimizer=sgd",
+         "--set", "train.lr=1000", "--set", "train.warmup=0", "--server-opt", "fedadam",
+         "--server-lr", CENTRAL_LR, "--server-momentum", 0.9, "--server-ema", 0.991),
+    ),
+}  # fmt: skip
+ARMS.update(FEDSGD)
 
 
 def split_of(arm: str) -> str:
@@ -299,6 +319,10 @@ def plan(phase: str) -> list[tuple[str, int]]:
         return [(a, s) for s in SEEDS for a in METHODS] + [
             (a, s) for s in SEEDS[1:] for a in METHODS_SKEW
         ]
+    if phase == "fedsgd":
+        return [(a, SEEDS[0]) for a in FEDSGD]
+    if phase == "fedsgd-seeds":
+        return [(a, s) for s in SEEDS[1:] for a in FEDSGD]
     if phase == "udec-local":
         return [(a, SEEDS[0]) for a in UDEC_LOCAL]
     if phase == "udec":  # the UDEC arms' other seeds
@@ -309,7 +333,7 @@ def plan(phase: str) -> list[tuple[str, int]]:
     return [(a, SEEDS[0]) for a in ARMS
             if a not in MAIN and a not in SPLITS and a not in LRS and a not in LOCAL
             and a not in LOCAL50 and a not in SERVER_STEP and a not in SKEW
-            and a not in UDEC_LOCAL and a not in METHODS]  # fmt: skip
+            and a not in UDEC_LOCAL and a not in METHODS and a not in FEDSGD]  # fmt: skip
 
 
 def best_server_step() -> str:

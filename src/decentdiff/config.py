@@ -106,11 +106,20 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     log: str = "jsonl"  # jsonl (metrics.jsonl only) | tensorboard (also TensorBoard event files)
     precision: str = "auto"  # auto | fp32 | bf16 (autocast; weights, EMA, checkpoints stay fp32)
+    # adamw (the default) | sgd: plain SGD, no momentum -- for FedSGD-style federated clients whose
+    # server optimiser (fed run --server-opt fedadam) adapts the step (see OPTIMIZERS)
+    optimizer: str = "adamw"
 
 
 #: train.precision and sample.precision: ``auto`` resolves by device and network size
 #: (:mod:`decentdiff.precision`).
 PRECISIONS = ("auto", "fp32", "bf16")
+
+#: train.optimizer: AdamW (lr, weight_decay; PyTorch's betas and eps) or plain SGD (lr,
+#: weight_decay; no momentum). SGD's update is lr x the gradient, so a federated client that takes
+#: one SGD step sends the server its (lr-scaled) gradient: FedSGD, which a server Adam
+#: (--server-opt fedadam) turns into central large-batch Adam.
+OPTIMIZERS = ("adamw", "sgd")
 
 #: --precision's help, shared by the training commands, sample and eval.
 PRECISION_HELP = (
@@ -291,6 +300,10 @@ def resolve(
         if value is not None:
             section, key = OVERRIDES[name]
             setattr(getattr(cfg, section), key, value)
+    if cfg.train.optimizer not in OPTIMIZERS:
+        raise ConfigError(
+            f"train.optimizer = {cfg.train.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"
+        )
     for section in ("train", "sample"):
         value = getattr(cfg, section).precision
         if value not in PRECISIONS:

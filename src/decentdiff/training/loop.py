@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig
+from ..config import OPTIMIZERS, TrainConfig
 from ..errors import CheckpointError, ConfigError, TrainingError
 from ..events import LOG_KINDS, EventWriter
 from ..precision import autocast, resolve_precision
@@ -91,10 +91,21 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.ckpt_every >= 1, f"train.ckpt_every must be ≥ 1, got {cfg.ckpt_every}"),
         (cfg.grad_clip >= 0, f"train.grad_clip must be ≥ 0 (0 = off), got {cfg.grad_clip}"),
         (0 <= cfg.cond_drop < 1, f"train.cond_drop must be in [0, 1), got {cfg.cond_drop}"),
+        (
+            cfg.optimizer in OPTIMIZERS,
+            f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}",
+        ),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``cfg.optimizer``'s optimiser over ``model``'s parameters (see config.OPTIMIZERS)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def measure_flops(model: nn.Module, loss_fn: LossFn) -> float:
@@ -144,6 +155,12 @@ def _resume(
         raise ConfigError(
             f"{directory} is already trained to step {start} > --steps {cfg.steps}; "
             f"pass --steps ≥ {start}, or --fresh to start over"
+        )
+    trained_with = old.get("train", {}).get("optimizer", "adamw")  # older checkpoints: AdamW
+    if trained_with != cfg.optimizer:
+        raise ConfigError(
+            f"{directory} was trained with train.optimizer={trained_with}, not {cfg.optimizer}; "
+            f"pass --set train.optimizer={trained_with} to resume it, or --fresh to start over"
         )
     model_sd = load_tensors(directory, "model", old, expected=model.state_dict())
     ema_sd = load_tensors(directory, "ema", old, expected=ema.shadow)
@@ -213,7 +230,7 @@ def train(
     validate(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     if cfg.log not in LOG_KINDS:
         raise ConfigError(f"train.log={cfg.log!r}: choose one of {', '.join(LOG_KINDS)}")
     ema = EMA(model, cfg.ema_decay)
