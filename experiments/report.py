@@ -565,7 +565,11 @@ def body_s16(r: dict) -> list[str]:
                 f"(95% t-interval {_iv(best['interval95'])}; picked by its mean on the same "
                 "seeds that score it)."]  # fmt: skip
     out += ["", "UDEC rows: the mean over the 5 clients' personal models (each scored on its own "
-            "1,000 samples).", "", _checks(r), "", "![s16](figures/repro_s16.png)"]  # fmt: skip
+            "1,000 samples).", "", _checks(r)]  # fmt: skip
+    if claims := r.get("claims_of_studies_6_and_7"):
+        out += ["", "Studies 6 and 7's claims on this recipe (not part of the verdict above): "
+                + "; ".join(f"{k}: **{v}**" for k, v in claims.items()) + "."]  # fmt: skip
+    out += ["", "![s16](figures/repro_s16.png)"]
     plt = _plt()
     arms = list(per)
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(arms) + 1.2))

@@ -179,6 +179,8 @@ def test_s16_arms_plans_and_command_lines():
             "server-step",
             "skew",
             "udec-local",
+            "methods",
+            "fedsgd",
         )
         for a, _ in s16.plan(p)
         if _ == s16.SEEDS[0]
@@ -189,6 +191,34 @@ def test_s16_arms_plans_and_command_lines():
     default = s16.fed_args("full", 0, s16.FAIR)
     assert default[default.index("--rounds") + 1] == s16.FED["rounds"]
     assert len({s16.run_dir(a, 0) for a in s16.ARMS}) == len(s16.ARMS)  # no two arms share a RUN
+
+
+def test_s16_claims_of_studies_6_and_7(monkeypatch):
+    import s16_fed_recipe as s16
+
+    monkeypatch.setattr(s16, "SEEDS", (0, 1, 2))
+    per = {a: {"seed0": {"fid": 1.0, "bytes": b}} for a, b in (
+        ("fedavg fair", 100), ("usplit fair", 75), ("ulatdec fair", 59), ("udec fair", 26))}  # fmt: skip
+
+    def r(mean, lo, hi, count=3):
+        return {"mean": mean, "count": count, "interval95": [lo, hi]}
+
+    ratios = {"fedavg fair q8 / fedavg fair": r(1.8, 1.2, 2.4),
+              "fedprox 0.01 fair dirichlet:0.1 / fedavg fair dirichlet:0.1": r(0.97, 0.9, 1.04),
+              "fedavg fair dirichlet:0.1 / fedavg fair": r(1.05, 1.01, 1.09)}  # fmt: skip
+    got = s16.methods_checks(per, ratios)
+    assert got == {
+        "bytes: udec < ulatdec < usplit < full (saved: usplit 25.0%, ulatdec 41.0%, udec 74.0%)":
+            "held",
+        "8-bit FID <= 1.75x full precision (mean)": "not held",
+        "FedProx 0.01 better than FedAvg under dirichlet:0.1": "within noise",
+        "label skew (dirichlet:0.1) hurts FedAvg": "held",
+    }  # fmt: skip
+    per["usplit fair"]["seed0"]["bytes"] = 50  # now below ULATDEC's
+    ratios["fedprox 0.01 fair dirichlet:0.1 / fedavg fair dirichlet:0.1"] = r(0.9, 0.85, 0.95)
+    ratios["fedavg fair dirichlet:0.1 / fedavg fair"] = r(1.0, 0.9, 1.1, count=2)
+    got = s16.methods_checks(per, ratios)
+    assert list(got.values()) == ["not held", "not held", "held", "not yet measured"]
 
 
 def test_s16_report_body_renders_ratios_and_a_figure(tmp_path, monkeypatch):
