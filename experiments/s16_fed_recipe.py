@@ -197,22 +197,23 @@ ARMS.update(METHODS)
 #: ... and the label-skew pair's other seeds (seed 0 ran in phase splits).
 METHODS_SKEW = ("fedavg fair dirichlet:0.1", "fedprox 0.01 fair dirichlet:0.1")
 #: Phase "fedsgd" (seed 0; "fedsgd-seeds": the others): the one FedAvg that is central training by
-#: construction. Each client takes ONE plain SGD step per round (train.optimizer=sgd) at batch 13,
-#: so the averaged update is lr x the gradient of the pooled batch of 65, and Flower's FedAdam on
-#: the server turns it into central Adam at batch 65 for 1,000 steps (the central run: batch 64),
-#: the same 64k images. Differences that remain: Flower's Adam has beta2 0.99 (AdamW 0.999), no
-#: warm-up, and a fixed tau = 1e-3 where AdamW has eps = 1e-8 -- the client lr of 1,000 scales the
-#: pseudo-gradient so that tau weighs like 1e-6 in gradient units; the gradient is clipped per
+#: construction. Each client takes ONE plain SGD step per round (train.optimizer=sgd, lr 1) at batch
+#: 13, so the average of the updates is the gradient of the pooled batch of 65, and Flower's
+#: FedAdam on the server, with AdamW's β2 = 0.999 and ε = 1e-8 as τ, turns it into central Adam at
+#: batch 65 for 1,000 steps (the central run: batch 64), the same 64k images. Differences that
+#: remain: no warm-up (Flower's η is constant; the central run warms up over 100 steps), Flower's
+#: bias correction (exponent t + 1), τ added to the uncorrected √v, and the gradient clipped per
 #: client (batch 13), not on the pooled batch. Server EMA 0.991 per round: central training's
-#: (settings.central_ema_per_round(1000, 1, 0.999)). The price: 1,000 rounds, 20x the bytes of the
-#: 50-round arm.
+#: window (settings.central_ema_per_round(1000, 1, 0.999)). The price: 1,000 rounds, 20x the
+#: bytes of the 50-round arm.
 FEDSGD: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     "fedsgd + fedadam, 1000 rounds x 1 step x batch 13": (
         "fed",
         "full",
         ("--rounds", 1000, "--local-steps", 1, "--batch", 13, "--set", "train.optimizer=sgd",
-         "--set", "train.lr=1000", "--set", "train.warmup=0", "--server-opt", "fedadam",
-         "--server-lr", CENTRAL_LR, "--server-momentum", 0.9, "--server-ema", 0.991),
+         "--set", "train.lr=1", "--set", "train.warmup=0", "--server-opt", "fedadam",
+         "--server-lr", CENTRAL_LR, "--server-momentum", 0.9, "--server-beta2", 0.999,
+         "--server-tau", 1e-8, "--server-ema", 0.991),
     ),
 }  # fmt: skip
 ARMS.update(FEDSGD)

@@ -147,18 +147,21 @@ def _check_state(strat, oracle, keys):
             np.testing.assert_allclose(got, want.get(k, 0.0), rtol=1e-4, atol=1e-6, err_msg=k)
 
 
-#: (optimiser, η, β1): not the defaults, so the settings must reach Flower's classes.
-OPTS = [("fedadam", 0.05, 0.9), ("fedyogi", 0.05, 0.8), ("fedadagrad", 0.05, 0.0),
-        ("fedavgm", 0.7, 0.9)]  # fmt: skip
+#: (optimiser, η, β1, β2, τ; 0: Flower's): not the defaults, so the settings must reach Flower's
+#: classes.
+OPTS = [("fedadam", 0.05, 0.9, 0, 0), ("fedyogi", 0.05, 0.8, 0, 0), ("fedadagrad", 0.05, 0.0, 0, 0),
+        ("fedavgm", 0.7, 0.9, 0, 0), ("fedadam", 0.05, 0.8, 0.999, 1e-6),
+        ("fedyogi", 0.05, 0.9, 0.9, 1e-2), ("fedadagrad", 0.05, 0.0, 0, 1e-4)]  # fmt: skip
 
 
-@pytest.mark.parametrize(("opt", "lr", "b1"), OPTS)
-def test_the_composed_step_is_flowers_optimiser_on_the_weighted_average(opt, lr, b1):
-    s = _settings("full", 3, server_opt=opt, server_lr=lr, server_momentum=b1)
+@pytest.mark.parametrize(("opt", "lr", "b1", "b2", "tau"), OPTS)
+def test_the_composed_step_is_flowers_optimiser_on_the_weighted_average(opt, lr, b1, b2, tau):
+    s = _settings("full", 3, server_opt=opt, server_lr=lr, server_momentum=b1, server_beta2=b2,
+                  server_tau=tau)  # fmt: skip
     strat = make_strategy(s)
     g = initial_arrays(s)
     keys = list(g)
-    oracle = Oracle(opt, lr, b1)
+    oracle = Oracle(opt, lr, b1, b2 or 0.99, tau or 1e-3)
     x = {k: v.astype(np.float64) for k, v in g.items()}
     for t in (1, 2, 3):
         new, sent = _round(strat, t, g, [1, 2, 3])
@@ -344,6 +347,15 @@ def test_defaults_resolve_per_optimizer():
     assert resolved(server_opt="fedavgm", server_momentum=0.5) == ("fedavgm", 0.5, 0.5)
     assert resolved(server_opt="fedavgm", server_lr=2.0) == ("fedavgm", 2.0, 0.9)
 
+    def adaptive(**kw):
+        s = FedSettings(**kw).validate()
+        return s.server_beta2, s.server_tau
+
+    assert adaptive() == (0.0, 0.0)  # the plain average has neither
+    assert adaptive(server_opt="fedadam") == (0.99, 1e-3)  # Flower's
+    assert adaptive(server_opt="fedyogi", server_beta2=0.999, server_tau=1e-8) == (0.999, 1e-8)
+    assert adaptive(server_opt="fedadagrad") == (0.0, 1e-3)  # Flower's FedAdagrad has no β2
+
 
 @pytest.mark.parametrize(
     ("kw", "match"),
@@ -357,6 +369,11 @@ def test_defaults_resolve_per_optimizer():
         ({"server_ema": 1.0}, "--server-ema must be in [0, 1)"),
         ({"server_ema": -0.1}, "--server-ema must be in [0, 1)"),
         ({"method": "udec", "server_ema": 0.9}, "--server-ema needs a global generator"),
+        ({"server_tau": 1e-8}, "--server-opt fedavg takes no τ"),
+        ({"server_opt": "fedavgm", "server_beta2": 0.9}, "--server-opt fedavgm takes no β2"),
+        ({"server_opt": "fedadagrad", "server_beta2": 0.9}, "fedadagrad takes no β2"),
+        ({"server_opt": "fedadam", "server_beta2": 1.0}, "--server-beta2 must be in [0, 1)"),
+        ({"server_opt": "fedadam", "server_tau": -1e-3}, "--server-tau must be > 0"),
     ],
 )
 def test_bad_server_options_fail_in_one_line(kw, match):
@@ -373,13 +390,16 @@ def test_a_resumed_run_must_keep_its_server_optimizer_and_ema(tmp_path):
         ({"server_opt": "fedyogi"}, "server_opt"),
         ({"server_opt": "fedadam", "server_lr": 0.01}, "server_lr"),
         ({"server_opt": "fedadam", "server_ema": 0.9}, "server_ema"),
+        ({"server_opt": "fedadam", "server_tau": 1e-8}, "server_tau"),
+        ({"server_opt": "fedadam", "server_beta2": 0.999}, "server_beta2"),
     ):
         with pytest.raises(ConfigError, match=f"differs in {what}"):
             record_settings(tmp_path, _settings("full", 2, **kw))
     record_settings(tmp_path, _settings("full", 2, server_opt="fedadam", rounds=9))  # more rounds
     # A fed.json written before these options existed resumes as the plain average.
     old = json.loads((fed_dir(tmp_path) / "fed.json").read_text())
-    for k in ("server_opt", "server_lr", "server_momentum", "server_ema"):
+    for k in ("server_opt", "server_lr", "server_momentum", "server_beta2", "server_tau",
+              "server_ema"):  # fmt: skip
         del old[k]
     check_resumable(FedSettings.from_json(json.dumps(old)), _settings("full", 2))
 

@@ -151,6 +151,24 @@ def fed_run(
             "default, 0.9; fedavg and fedadagrad take none).",
         ),
     ] = DEFAULTS.server_momentum,
+    server_beta2: Annotated[
+        float,
+        typer.Option(
+            "--server-beta2",
+            help="FedAdam's and FedYogi's second-moment decay β2, in [0, 1) (0 = Flower's "
+            "0.99; AdamW's is 0.999).",
+        ),
+    ] = DEFAULTS.server_beta2,
+    server_tau: Annotated[
+        float,
+        typer.Option(
+            "--server-tau",
+            help="FedAdam's, FedYogi's and FedAdagrad's τ, Adam's ε: the step is "
+            "η·m/(√v + τ) (0 = Flower's 1e-3). Keep τ well below the size of a round's update "
+            "per weight, or the step shrinks towards η·m/τ: FedSGD clients (one SGD step, "
+            "--set train.optimizer=sgd) send lr x a gradient, often 1e-4 or less per weight.",
+        ),
+    ] = DEFAULTS.server_tau,
     server_ema: Annotated[
         float,
         typer.Option(
@@ -231,6 +249,8 @@ def fed_run(
         server_opt=server_opt,
         server_lr=server_lr,
         server_momentum=server_momentum,
+        server_beta2=server_beta2,
+        server_tau=server_tau,
         server_ema=server_ema,
         seed=seed,
         min_replies=min_replies,

@@ -66,6 +66,8 @@ IDENTITY = (
     "server_opt",
     "server_lr",
     "server_momentum",
+    "server_beta2",
+    "server_tau",
     "server_ema",
     "unet",
     "objective",
@@ -85,6 +87,13 @@ SERVER_OPTS: dict[str, tuple[float, float]] = {
     "fedadam": (1e-3, 0.9),
     "fedyogi": (1e-3, 0.9),
     "fedadagrad": (1e-3, 0.0),
+}
+#: The adaptive optimisers' second-moment decay β2 and adaptivity τ (Adam's ε) by default:
+#: Flower's (None: the optimiser has no β2). Only they take ``--server-beta2`` / ``--server-tau``.
+ADAPTIVE: dict[str, tuple[float | None, float]] = {
+    "fedadam": (0.99, 1e-3),
+    "fedyogi": (0.99, 1e-3),
+    "fedadagrad": (None, 1e-3),
 }
 #: ``server_lr`` / ``server_momentum`` meaning "the optimiser's default" (resolved by validate).
 DEFAULT_LR = 0.0
@@ -107,6 +116,8 @@ class FedSettings:
     server_opt: str = "fedavg"  # fedavg | fedavgm | fedadam | fedyogi | fedadagrad (SERVER_OPTS)
     server_lr: float = DEFAULT_LR  # η; 0 = the optimiser's default
     server_momentum: float = DEFAULT_MOMENTUM  # FedAvgM momentum / FedOpt β1; -1 = default
+    server_beta2: float = 0.0  # FedAdam / FedYogi β2; 0 = Flower's 0.99 (ADAPTIVE)
+    server_tau: float = 0.0  # FedAdam / FedYogi / FedAdagrad τ (Adam's ε); 0 = Flower's 1e-3
     server_ema: float = 0.0  # decay per round of the server's EMA of the global model (0 = off)
     # ---
     seed: int = 0
@@ -165,6 +176,12 @@ class FedSettings:
                 self.server_momentum = mom
             if self.server_lr == DEFAULT_LR:
                 self.server_lr = 1.0 - self.server_momentum if opt == "fedavgm" else lr
+            if opt in ADAPTIVE:
+                beta2, tau = ADAPTIVE[opt]
+                if self.server_beta2 == 0 and beta2 is not None:
+                    self.server_beta2 = beta2
+                if self.server_tau == 0:
+                    self.server_tau = tau
         return self
 
     def validate(self) -> FedSettings:
@@ -254,6 +271,24 @@ class FedSettings:
             (
                 math.isfinite(ema) and 0 <= ema < 1,
                 f"--server-ema must be in [0, 1) (0 = off), got {ema}",
+            ),
+            (
+                ADAPTIVE.get(opt, (None,))[0] is not None or self.server_beta2 == 0,
+                f"--server-opt {opt} takes no β2, got --server-beta2 {self.server_beta2}; "
+                "use fedadam or fedyogi",
+            ),
+            (
+                math.isfinite(self.server_beta2) and 0 <= self.server_beta2 < 1,
+                f"--server-beta2 must be in [0, 1) (0 = Flower's 0.99), got {self.server_beta2}",
+            ),
+            (
+                opt in ADAPTIVE or self.server_tau == 0,
+                f"--server-opt {opt} takes no τ, got --server-tau {self.server_tau}; "
+                "use fedadam, fedyogi or fedadagrad",
+            ),
+            (
+                math.isfinite(self.server_tau) and self.server_tau >= 0,
+                f"--server-tau must be > 0 (0 = Flower's 1e-3), got {self.server_tau}",
             ),
             (
                 ema == 0 or not self.method_spec.personal,
@@ -394,6 +429,8 @@ RUN_CONFIG_KEYS = (
     "server-opt",
     "server-lr",
     "server-momentum",
+    "server-beta2",
+    "server-tau",
     "server-ema",
     "batch",
     "lr",
@@ -414,7 +451,7 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
     Keys (all optional, defaults as ``decentdiff fed run``'s): run-dir, data, preset, method,
     clients, split, rounds, local-epochs, local-steps, prox, quantize, seed, min-replies,
     round-timeout, client-state, full-rounds, server-opt, server-lr (0 = the optimiser's default),
-    server-momentum (-1 = the optimiser's default), server-ema, batch, lr, warmup, ema-decay,
+    server-momentum (-1 = the optimiser's default), server-beta2, server-tau (0 = Flower's), server-ema, batch, lr, warmup, ema-decay,
     objective, image-shape ("C,H,W": the server then never loads data), num-classes, class-cond.
     Writes nothing (the ServerApp records the settings in RUN).
     """
@@ -447,6 +484,8 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
         server_opt=str(get("server-opt")),
         server_lr=float(get("server-lr")),
         server_momentum=float(get("server-momentum")),
+        server_beta2=float(get("server-beta2")),
+        server_tau=float(get("server-tau")),
         server_ema=float(get("server-ema")),
     ).validate()
     cfg = C.resolve(base=fed_base())

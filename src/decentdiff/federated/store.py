@@ -220,6 +220,8 @@ def _meta_common(settings: FedSettings) -> dict[str, Any]:
                 "server_opt",
                 "server_lr",
                 "server_momentum",
+                "server_beta2",
+                "server_tau",
                 "server_ema",
                 "client_state",
                 "full_rounds",

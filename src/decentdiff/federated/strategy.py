@@ -372,7 +372,11 @@ class PartialFedAdam(_ServerOpt, FedAdam, PartialAverage):
 
     def __init__(self, settings: FedSettings, *, round_offset: int = 0) -> None:
         super().__init__(
-            **_fedavg_args(settings), eta=settings.server_lr, beta_1=settings.server_momentum
+            **_fedavg_args(settings),
+            eta=settings.server_lr,
+            beta_1=settings.server_momentum,
+            beta_2=settings.server_beta2,
+            tau=settings.server_tau,
         )
         self._bind(settings, round_offset)
 
@@ -384,7 +388,11 @@ class PartialFedYogi(_ServerOpt, FedYogi, PartialAverage):
 
     def __init__(self, settings: FedSettings, *, round_offset: int = 0) -> None:
         super().__init__(
-            **_fedavg_args(settings), eta=settings.server_lr, beta_1=settings.server_momentum
+            **_fedavg_args(settings),
+            eta=settings.server_lr,
+            beta_1=settings.server_momentum,
+            beta_2=settings.server_beta2,
+            tau=settings.server_tau,
         )
         self._bind(settings, round_offset)
 
@@ -396,7 +404,7 @@ class PartialFedAdagrad(_ServerOpt, FedAdagrad, PartialAverage):
     _STATE = ("m_t", "v_t")
 
     def __init__(self, settings: FedSettings, *, round_offset: int = 0) -> None:
-        super().__init__(**_fedavg_args(settings), eta=settings.server_lr)
+        super().__init__(**_fedavg_args(settings), eta=settings.server_lr, tau=settings.server_tau)
         self._bind(settings, round_offset)
 
 
