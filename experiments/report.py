@@ -576,7 +576,7 @@ def body_s16(r: dict) -> list[str]:
     for i, arm in enumerate(arms):
         m = summ[arm]
         nbytes = next(iter(per[arm].values())).get("bytes", 0)
-        colour = "gray" if not nbytes else "tab:orange" if "udec" in arm else "tab:blue"
+        colour = "gray" if not nbytes else "tab:orange" if "dec" in arm.split()[0] else "tab:blue"
         ax.barh(i, m["mean"], xerr=m["std"] if m["count"] > 1 else None, color=colour,
                 capsize=2, height=0.6)  # fmt: skip
         ax.text(m["mean"] * 1.05, i, f"{m['mean']:.1f}", va="center", fontsize=6)
@@ -588,7 +588,9 @@ def body_s16(r: dict) -> list[str]:
     ax.set_yticks(range(len(arms)), labels, fontsize=6)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("FID (1,000 samples, log scale); gray: central, blue: FedAvg, orange: UDEC")
+    ax.set_xlabel(
+        "FID (1,000 samples, log scale); gray: central, blue: FedAvg, orange: UDEC, ULATDEC"
+    )
     ax.set_title("Federated recipes vs central training (bytes sent in parentheses)", fontsize=9)
     fig.tight_layout()
     fig.savefig(FIGS / "repro_s16.png", dpi=110)
@@ -623,7 +625,7 @@ def _fig_s16_bytes(plt, per: dict, summ: dict) -> None:
             continue
         if m["mean"] > 200:
             continue  # off the chart: the untuned FedAdam arms (in the table)
-        colour = "tab:orange" if "udec" in arm else "tab:blue"
+        colour = "tab:orange" if "dec" in arm.split()[0] else "tab:blue"
         ax.errorbar(nbytes, m["mean"], yerr=m["std"] if m["count"] > 1 else None, fmt="o",
                     color=colour, ms=4, capsize=2)  # fmt: skip
         if arm in named:
@@ -633,7 +635,7 @@ def _fig_s16_bytes(plt, per: dict, summ: dict) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("bytes sent and received by all clients (log scale)")
     ax.set_ylabel("FID (1,000 samples, log scale)")
-    ax.set_title("FID against bytes on the wire (blue: FedAvg, orange: UDEC; dashed: central)",
+    ax.set_title("FID against bytes on the wire (blue: FedAvg, orange: UDEC, ULATDEC; dashed: central)",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(FIGS / "repro_s16_bytes.png", dpi=110)

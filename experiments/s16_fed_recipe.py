@@ -460,6 +460,7 @@ def report() -> dict[str, Any]:
         if " / central" in a
         and ARMS[a.removesuffix(" / central")][:2] == ("fed", "full")
         and split_of(a.removesuffix(" / central")) == "iid"
+        and a.removesuffix(" / central") not in METHODS  # 8-bit: a communication variant
         and r["count"] == len(SEEDS)
     }
     if full_iid:  # supersedes the fair recipe's own check (it is one of the candidates)

@@ -372,7 +372,7 @@ def test_defaults_resolve_per_optimizer():
         ({"server_tau": 1e-8}, "--server-opt fedavg takes no τ"),
         ({"server_opt": "fedavgm", "server_beta2": 0.9}, "--server-opt fedavgm takes no β2"),
         ({"server_opt": "fedadagrad", "server_beta2": 0.9}, "fedadagrad takes no β2"),
-        ({"server_opt": "fedadam", "server_beta2": 1.0}, "--server-beta2 must be in [0, 1)"),
+        ({"server_opt": "fedadam", "server_beta2": 1.0}, "--server-beta2 must be in (0, 1)"),
         ({"server_opt": "fedadam", "server_tau": -1e-3}, "--server-tau must be > 0"),
     ],
 )
@@ -402,6 +402,39 @@ def test_a_resumed_run_must_keep_its_server_optimizer_and_ema(tmp_path):
               "server_ema"):  # fmt: skip
         del old[k]
     check_resumable(FedSettings.from_json(json.dumps(old)), _settings("full", 2))
+    # A FedAdam run recorded before --server-beta2 / --server-tau existed ran on Flower's values,
+    # and resumes as such (and only as such).
+    old = json.loads((fed_dir(tmp_path) / "fed.json").read_text())
+    del old["server_beta2"], old["server_tau"]
+    check_resumable(
+        FedSettings.from_json(json.dumps(old)), _settings("full", 2, server_opt="fedadam")
+    )
+    with pytest.raises(ConfigError, match="differs in server_tau"):
+        check_resumable(FedSettings.from_json(json.dumps(old)),
+                        _settings("full", 2, server_opt="fedadam", server_tau=1e-8))  # fmt: skip
+    # ... and the clients' optimizer is part of the run too (not only of one client's round).
+    sgd = _settings("full", 2, server_opt="fedadam")
+    sgd.train["optimizer"] = "sgd"
+    with pytest.raises(ConfigError, match=r"differs in train\.optimizer"):
+        check_resumable(FedSettings.from_json(json.dumps(old)), sgd)
+
+
+def test_the_adaptive_defaults_are_flowers_own():
+    """`--server-beta2 0` / `--server-tau 0` promise Flower's defaults: pinned to its signatures."""
+    import inspect
+
+    from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedYogi
+
+    from decentdiff.federated.settings import ADAPTIVE
+
+    for name, cls in (("fedadam", FedAdam), ("fedyogi", FedYogi), ("fedadagrad", FedAdagrad)):
+        params = inspect.signature(cls).parameters
+        beta2, tau = ADAPTIVE[name]
+        assert params["tau"].default == tau, name
+        if beta2 is not None:
+            assert params["beta_2"].default == beta2, name
+        else:
+            assert "beta_2" not in params, name
 
 
 def test_the_cli_refuses_bad_server_options_before_touching_run(capsys, tmp_path):

@@ -27,6 +27,8 @@ RUN_OPTIONS = (
     "server_opt",
     "server_lr",
     "server_momentum",
+    "server_beta2",
+    "server_tau",
     "server_ema",
     "seed",
     "min_replies",
@@ -61,6 +63,12 @@ def test_the_flower_run_config_falls_back_to_the_same_defaults_as_pyprojects():
         k: getattr(resolved, k) for k in RUN_OPTIONS
     }
     assert (bare.server_opt, bare.server_lr, bare.server_momentum) == ("fedavg", 1.0, 0.0)
+    assert bare.train["optimizer"] == "adamw"
+    sgd = settings_from_run_config({**shape, "optimizer": "sgd", "server-opt": "fedadam",
+                                    "server-beta2": 0.999, "server-tau": 1e-8})  # fmt: skip
+    assert (sgd.train["optimizer"], sgd.server_beta2, sgd.server_tau) == ("sgd", 0.999, 1e-8)
+    with pytest.raises(ConfigError, match="run-config optimizer = 'adam': choose one of adamw"):
+        settings_from_run_config({**shape, "optimizer": "adam"})
 
 
 def test_the_method_is_resolved_once_to_its_canonical_name():

@@ -74,6 +74,22 @@ def test_resuming_with_another_optimizer_is_refused(tmp_path):
               flops_per_step=1.0)  # fmt: skip
 
 
+def test_a_checkpoint_from_before_the_option_resumes_as_adamw(tmp_path):
+    import json
+
+    train(_model(), _loss, tmp_path / "r", _cfg("adamw", steps=2), progress=False,
+          flops_per_step=1.0)  # fmt: skip
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    del meta["train"]["optimizer"]  # as written before train.optimizer existed
+    (tmp_path / "r" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"train\.optimizer=adamw"):
+        train(_model(), _loss, tmp_path / "r", _cfg("sgd", steps=4), progress=False,
+              flops_per_step=1.0)  # fmt: skip
+    out = train(_model(), _loss, tmp_path / "r", _cfg("adamw", steps=4), progress=False,
+                flops_per_step=1.0)  # fmt: skip
+    assert out["step"] == 4
+
+
 def test_unknown_optimizer_is_one_clear_error():
     with pytest.raises(
         ConfigError, match=re.escape("train.optimizer = 'lion': choose one of adamw, sgd")

@@ -155,8 +155,8 @@ def fed_run(
         float,
         typer.Option(
             "--server-beta2",
-            help="FedAdam's and FedYogi's second-moment decay β2, in [0, 1) (0 = Flower's "
-            "0.99; AdamW's is 0.999).",
+            help="FedAdam's and FedYogi's second-moment decay β2, in (0, 1) (0 = Flower's "
+            "default, 0.99; AdamW's is 0.999).",
         ),
     ] = DEFAULTS.server_beta2,
     server_tau: Annotated[

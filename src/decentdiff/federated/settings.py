@@ -279,7 +279,7 @@ class FedSettings:
             ),
             (
                 math.isfinite(self.server_beta2) and 0 <= self.server_beta2 < 1,
-                f"--server-beta2 must be in [0, 1) (0 = Flower's 0.99), got {self.server_beta2}",
+                f"--server-beta2 must be in (0, 1) (0 = Flower's 0.99), got {self.server_beta2}",
             ),
             (
                 opt in ADAPTIVE or self.server_tau == 0,
@@ -436,6 +436,7 @@ RUN_CONFIG_KEYS = (
     "lr",
     "warmup",
     "ema-decay",
+    "optimizer",
     "client-state",
     "full-rounds",
     "objective",
@@ -451,7 +452,8 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
     Keys (all optional, defaults as ``decentdiff fed run``'s): run-dir, data, preset, method,
     clients, split, rounds, local-epochs, local-steps, prox, quantize, seed, min-replies,
     round-timeout, client-state, full-rounds, server-opt, server-lr (0 = the optimiser's default),
-    server-momentum (-1 = the optimiser's default), server-beta2, server-tau (0 = Flower's), server-ema, batch, lr, warmup, ema-decay,
+    server-momentum (-1 = the optimiser's default), server-beta2, server-tau (0 = Flower's),
+    server-ema, batch, lr, warmup, ema-decay, optimizer (adamw | sgd: train.optimizer),
     objective, image-shape ("C,H,W": the server then never loads data), num-classes, class-cond.
     Writes nothing (the ServerApp records the settings in RUN).
     """
@@ -497,6 +499,12 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
     cfg.train.lr = float(rc.get("lr", cfg.train.lr))
     cfg.train.warmup = int(rc.get("warmup", cfg.train.warmup))
     cfg.train.ema_decay = float(rc.get("ema-decay", cfg.train.ema_decay))
+    cfg.train.optimizer = str(rc.get("optimizer", cfg.train.optimizer))
+    if cfg.train.optimizer not in C.OPTIMIZERS:
+        raise ConfigError(
+            f"run-config optimizer = {cfg.train.optimizer!r}: choose one of "
+            f"{', '.join(C.OPTIMIZERS)}"
+        )
     shape_s = str(rc.get("image-shape", ""))
     if shape_s:
         shape = tuple(int(x) for x in shape_s.split(","))

@@ -104,7 +104,16 @@ def _identity(s: FedSettings) -> dict[str, Any]:
 #: The training settings a resumed federation must keep: the clients' schedule, optimizer and EMA
 #: continue across rounds, so changing them mid-run would not be the same experiment (device,
 #: threads, logging and precision may change).
-TRAIN_IDENTITY = ("lr", "warmup", "ema_decay", "batch", "weight_decay", "grad_clip", "cond_drop")
+TRAIN_IDENTITY = (
+    "lr",
+    "warmup",
+    "ema_decay",
+    "batch",
+    "weight_decay",
+    "grad_clip",
+    "cond_drop",
+    "optimizer",
+)
 
 
 def _train_identity(s: FedSettings) -> dict[str, Any]:
