@@ -15,7 +15,7 @@ the server optimizers and the UDEC personal models.
     python experiments/s16_fed_recipe.py [run] [--phase main|extra|splits|udec|lr|local|local-seeds|
                                                       local50|local50-seeds|server-step|
                                                       server-step-seeds|skew|skew-seeds|udec-local|
-                                                      methods|fedsgd|fedsgd-seeds]
+                                                      methods|fedsgd|fedsgd-seeds|mse|mse-seeds]
     python experiments/s16_fed_recipe.py report
 """
 
@@ -217,6 +217,20 @@ FEDSGD: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     ),
 }  # fmt: skip
 ARMS.update(FEDSGD)
+#: Phase "mse" (seed 0; "mse-seeds": the others). Every federated arm above trains with
+#: FED_BASE's objective.loss = huber (FedDiffuse's DDPM loss, kept when --objective fm replaced
+#: the kind), the central runs with the package's mse: a difference in the objective, not only in
+#: the recipe. The two best federated arms again with the central loss.
+MSE_LOSS = ("--set", "objective.loss=mse")
+MSE: dict[str, tuple[str, str, tuple[Any, ...]]] = {
+    "fedsgd + fedadam, 1000 rounds x 1 step x batch 13, mse": (
+        "fed",
+        "full",
+        (*FEDSGD["fedsgd + fedadam, 1000 rounds x 1 step x batch 13"][2], *MSE_LOSS),
+    ),
+    "fedavg fair, 50 rounds x 20 steps x batch 13, mse": ("fed", "full", (*STEP_50, *MSE_LOSS)),
+}
+ARMS.update(MSE)
 
 
 def split_of(arm: str) -> str:
@@ -324,6 +338,10 @@ def plan(phase: str) -> list[tuple[str, int]]:
         return [(a, SEEDS[0]) for a in FEDSGD]
     if phase == "fedsgd-seeds":
         return [(a, s) for s in SEEDS[1:] for a in FEDSGD]
+    if phase == "mse":
+        return [(a, SEEDS[0]) for a in MSE]
+    if phase == "mse-seeds":
+        return [(a, s) for s in SEEDS[1:] for a in MSE]
     if phase == "udec-local":
         return [(a, SEEDS[0]) for a in UDEC_LOCAL]
     if phase == "udec":  # the UDEC arms' other seeds
@@ -334,7 +352,7 @@ def plan(phase: str) -> list[tuple[str, int]]:
     return [(a, SEEDS[0]) for a in ARMS
             if a not in MAIN and a not in SPLITS and a not in LRS and a not in LOCAL
             and a not in LOCAL50 and a not in SERVER_STEP and a not in SKEW
-            and a not in UDEC_LOCAL and a not in METHODS and a not in FEDSGD]  # fmt: skip
+            and a not in UDEC_LOCAL and a not in METHODS and a not in FEDSGD and a not in MSE]  # fmt: skip
 
 
 #: Ratios of paired arms (per seed, then mean and t-interval over the seeds both have).
@@ -348,6 +366,8 @@ PAIRS = (
     ("fedavg fair dirichlet:0.1", "fedavg fair"),
     ("fedprox 0.01 fair dirichlet:0.1", "fedavg fair dirichlet:0.1"),
     (next(iter(FEDSGD)), "fedavg fair, 50 rounds x 20 steps x batch 13"),
+    (next(iter(MSE)), next(iter(FEDSGD))),
+    (list(MSE)[1], "fedavg fair, 50 rounds x 20 steps x batch 13"),
 )
 
 

@@ -181,6 +181,7 @@ def test_s16_arms_plans_and_command_lines():
             "udec-local",
             "methods",
             "fedsgd",
+            "mse",
         )
         for a, _ in s16.plan(p)
         if _ == s16.SEEDS[0]
