@@ -334,7 +334,10 @@ def test_recipe_central_sets_the_central_trainers_recipe_unless_an_option_is_giv
     t, want = central["cfg"].train, TrainConfig()
     assert (t.lr, t.warmup, t.ema_decay) == (want.lr, want.warmup, want.ema_decay)
     assert central["options"].client_state == "keep" and central["kw"]["server_ema_auto"]
-    assert "recipe central: lr 0.002, warm-up 100, client state keep" in out
+    assert "recipe central: adamw lr 0.002, warm-up 100, client state keep, loss mse" in out
+    # the central objective, not the paper's Huber loss and integer steps
+    o = central["cfg"].objective
+    assert (o.kind, o.loss, o.weighting, o.step_dist) == ("ddpm", "mse", "auto", "auto")
     # Given explicitly, an option or a --set wins over the recipe.
     _, given = _fed_run_seen(capsys, tmp_path, monkeypatch, "--recipe", "central",
                              "--client-state", "reset", "--server-ema", 0.3,
@@ -342,6 +345,28 @@ def test_recipe_central_sets_the_central_trainers_recipe_unless_an_option_is_giv
     assert given["options"].client_state == "reset" and given["options"].server_ema == 0.3
     assert not given["kw"]["server_ema_auto"] and given["cfg"].train.lr == 1e-3
     assert given["cfg"].train.warmup == want.warmup
+
+
+def test_recipe_fedsgd_is_one_sgd_step_per_round_and_flowers_fedadam_with_adamws_settings(
+    capsys, tmp_path, monkeypatch
+):
+    from decentdiff.config import TrainConfig
+
+    out, seen = _fed_run_seen(capsys, tmp_path, monkeypatch, "--recipe", "FedSGD", "--objective",
+                              "fm")  # fmt: skip
+    o, t = seen["options"].validate(), seen["cfg"].train
+    assert (t.optimizer, t.lr, t.warmup) == ("sgd", 1.0, 0)
+    assert o.local_steps == 1 and seen["kw"]["server_ema_auto"]
+    assert (o.server_opt, o.server_lr, o.server_momentum) == ("fedadam", TrainConfig().lr, 0.9)
+    assert (o.server_beta2, o.server_tau) == (0.999, 1e-8)
+    assert seen["cfg"].objective.loss == "mse"
+    assert "recipe fedsgd: sgd lr 1, warm-up 0" in out and "server fedadam η 0.002" in out
+    # Explicit options win; another server optimiser keeps its own defaults (FedAvg takes no β2).
+    _, other = _fed_run_seen(capsys, tmp_path, monkeypatch, "--recipe", "fedsgd", "--server-opt",
+                             "fedavg", "--local-steps", 3)  # fmt: skip
+    o = other["options"].validate()
+    assert (o.server_opt, o.server_lr, o.server_beta2, o.server_tau) == ("fedavg", 1.0, 0.0, 0.0)
+    assert o.local_steps == 3 and other["cfg"].train.optimizer == "sgd"
 
 
 def test_a_config_files_train_lr_wins_over_the_recipe(capsys, tmp_path, monkeypatch):

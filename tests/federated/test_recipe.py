@@ -73,6 +73,12 @@ def test_recipe_base():
     )  # the batch is not the recipe's
     with pytest.raises(ConfigError, match="--recipe"):
         recipe_base("fast")
+    assert recipe_base("paper")["objective"]["loss"] == "huber"  # FedDiffuse's
+    assert recipe_base("central")["objective"] == {"kind": "ddpm"}  # the central defaults
+    fedsgd = recipe_base("fedsgd")
+    assert fedsgd["objective"] == {"kind": "ddpm"}
+    assert (fedsgd["train"]["optimizer"], fedsgd["train"]["lr"], fedsgd["train"]["warmup"]) == (
+        "sgd", 1.0, 0)  # fmt: skip
 
 
 def test_run_federated_records_the_resolved_server_ema(tmp_path, monkeypatch):

@@ -311,9 +311,15 @@ DEFAULT_RUN_DIR = "runs/fed"
 
 #: ``fed run --recipe``: paper = FedDiffuse's protocol (FED_BASE, a new Adam every round, no EMA);
 #: central = the central trainer's recipe (study 16's "fair" arms): its learning rate, warm-up and
-#: EMA decay (TrainConfig's defaults), Adam kept between rounds, and for a global generator (FULL,
-#: USPLIT) a server EMA per round matched to central training's (:func:`central_ema_per_round`).
-RECIPES = ("paper", "central")
+#: EMA decay (TrainConfig's defaults), its loss (mse, not FED_BASE's Huber) and noise levels, Adam
+#: kept between rounds, and for a global generator (FULL, USPLIT) a server EMA per round matched to
+#: central training's (:func:`central_ema_per_round`); fedsgd = central training by construction:
+#: each client takes one plain SGD step per round at lr 1 (its batch gradient), and Flower's
+#: FedAdam on the server applies AdamW's step (η = the central lr, β2 0.999, τ = ε 1e-8) to the
+#: average -- the central objective and server EMA as with central.
+RECIPES = ("paper", "central", "fedsgd")
+#: --recipe fedsgd's server optimiser: FedAdam with the central trainer's lr and AdamW's β2 and ε.
+FEDSGD_SERVER = {"server_opt": "fedadam", "server_beta2": 0.999, "server_tau": 1e-8}
 
 
 def central_ema_per_round(rounds: int, local_steps: int, decay: float) -> float:
@@ -342,11 +348,16 @@ def recipe_base(recipe: str) -> dict[str, dict[str, Any]]:
     if recipe not in RECIPES:
         raise ConfigError(f"unknown --recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     base = fed_base()
-    if recipe == "central":
+    if recipe in ("central", "fedsgd"):
         from ..config import TrainConfig
 
         central = TrainConfig()
+        # the central trainer's objective for the kind (mse; --objective ddpm: study 18's noise
+        # levels and weighting), not the paper's Huber loss and integer steps
+        base["objective"] = {"kind": base["objective"]["kind"]}
         base["train"].update(lr=central.lr, warmup=central.warmup, ema_decay=central.ema_decay)
+        if recipe == "fedsgd":  # the server's FedAdam takes the lr (FEDSGD_SERVER); clients: w - g
+            base["train"].update(optimizer="sgd", lr=1.0, warmup=0)
     return base
 
 
