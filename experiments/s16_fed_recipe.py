@@ -15,7 +15,8 @@ the server optimizers and the UDEC personal models.
     python experiments/s16_fed_recipe.py [run] [--phase main|extra|splits|udec|lr|local|local-seeds|
                                                       local50|local50-seeds|server-step|
                                                       server-step-seeds|skew|skew-seeds|udec-local|
-                                                      methods|fedsgd|fedsgd-seeds|mse|mse-seeds]
+                                                      methods|fedsgd|fedsgd-seeds|mse|mse-seeds|
+                                                      udec-mse]
     python experiments/s16_fed_recipe.py report
 """
 
@@ -231,6 +232,15 @@ MSE: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     "fedavg fair, 50 rounds x 20 steps x batch 13, mse": ("fed", "full", (*STEP_50, *MSE_LOSS)),
 }
 ARMS.update(MSE)
+#: Phase "udec-mse" (seed 0): UDEC's personal models at 1,000 sequential steps with the central loss.
+UDEC_MSE: dict[str, tuple[str, str, tuple[Any, ...]]] = {
+    "udec fair, 10 rounds x 100 steps x batch 13, mse": (
+        "fed",
+        "udec",
+        (*UDEC_LOCAL["udec fair, 10 rounds x 100 steps x batch 13"][2], *MSE_LOSS),
+    ),
+}
+ARMS.update(UDEC_MSE)
 
 
 def split_of(arm: str) -> str:
@@ -342,6 +352,8 @@ def plan(phase: str) -> list[tuple[str, int]]:
         return [(a, SEEDS[0]) for a in MSE]
     if phase == "mse-seeds":
         return [(a, s) for s in SEEDS[1:] for a in MSE]
+    if phase == "udec-mse":
+        return [(a, SEEDS[0]) for a in UDEC_MSE]
     if phase == "udec-local":
         return [(a, SEEDS[0]) for a in UDEC_LOCAL]
     if phase == "udec":  # the UDEC arms' other seeds
@@ -352,7 +364,7 @@ def plan(phase: str) -> list[tuple[str, int]]:
     return [(a, SEEDS[0]) for a in ARMS
             if a not in MAIN and a not in SPLITS and a not in LRS and a not in LOCAL
             and a not in LOCAL50 and a not in SERVER_STEP and a not in SKEW
-            and a not in UDEC_LOCAL and a not in METHODS and a not in FEDSGD and a not in MSE]  # fmt: skip
+            and a not in UDEC_LOCAL and a not in METHODS and a not in FEDSGD and a not in MSE and a not in UDEC_MSE]  # fmt: skip
 
 
 #: Ratios of paired arms (per seed, then mean and t-interval over the seeds both have).
@@ -368,6 +380,7 @@ PAIRS = (
     (next(iter(FEDSGD)), "fedavg fair, 50 rounds x 20 steps x batch 13"),
     (next(iter(MSE)), next(iter(FEDSGD))),
     (list(MSE)[1], "fedavg fair, 50 rounds x 20 steps x batch 13"),
+    (next(iter(UDEC_MSE)), "udec fair, 10 rounds x 100 steps x batch 13"),
 )
 
 

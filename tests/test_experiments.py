@@ -182,6 +182,7 @@ def test_s16_arms_plans_and_command_lines():
             "methods",
             "fedsgd",
             "mse",
+            "udec-mse",
         )
         for a, _ in s16.plan(p)
         if _ == s16.SEEDS[0]
