@@ -367,6 +367,24 @@ def test_recipe_fedsgd_is_one_sgd_step_per_round_and_flowers_fedadam_with_adamws
     o = other["options"].validate()
     assert (o.server_opt, o.server_lr, o.server_beta2, o.server_tau) == ("fedavg", 1.0, 0.0, 0.0)
     assert o.local_steps == 3 and other["cfg"].train.optimizer == "sgd"
+    _, mine = _fed_run_seen(capsys, tmp_path, monkeypatch, "--recipe", "fedsgd", "--server-lr",
+                            0.01, "--server-beta2", 0.99, "--server-tau", 1e-6, "-E", 2)  # fmt: skip
+    o = mine["options"].validate()
+    assert (o.server_lr, o.server_beta2, o.server_tau) == (0.01, 0.99, 1e-6)
+    assert (o.local_steps, o.local_epochs) == (0, 2.0)  # --local-epochs given: not 1 step
+    _, ada = _fed_run_seen(capsys, tmp_path, monkeypatch, "--recipe", "fedsgd", "--server-opt",
+                           "fedadagrad")  # fmt: skip
+    o = ada["options"].validate()
+    assert (o.server_lr, o.server_beta2, o.server_tau) == (TrainConfig().lr, 0.0, 1e-8)
+
+
+def test_recipe_fedsgd_refuses_personal_methods_and_a_client_lr(capsys, tmp_path):
+    run = tmp_path / "r"
+    base = ["fed", "run", run, "--data", "digits", "--preset", "tiny", "--recipe", "fedsgd"]
+    _bad(capsys, None, *base, "--method", "udec", match="--recipe fedsgd needs a global model")
+    _bad(capsys, None, *base, "--set", "train.lr=0.001", match="the learning rate is --server-lr")
+    _bad(capsys, None, *base, "--set", "train.warmup=10", match="no warm-up")
+    assert not run.exists()
 
 
 def test_a_config_files_train_lr_wins_over_the_recipe(capsys, tmp_path, monkeypatch):

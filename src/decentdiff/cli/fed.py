@@ -94,7 +94,8 @@ def fed_run(
             "ε-network; --set objective.eps_param=direct for the paper's plain one; the central "
             "default's flow-matching noise levels and weighting, not measured federated: --set "
             "objective.step_dist=logit_normal --set objective.weighting=velocity:100), fm or vpred. "
-            "[default: ddpm]",
+            "Under --recipe central / fedsgd each kind takes the central trainer's objective "
+            "instead (mse; ddpm with those noise levels and weighting). [default: ddpm]",
         ),
     ] = None,
     batch: Annotated[
@@ -190,14 +191,16 @@ def fed_run(
             "Flower deployment takes the options themselves). Study 16 (5 IID clients, fm, "
             "compact, 10 x 20 steps at batch 64, 3 seeds) measured this recipe with a hand-set "
             "server EMA of 0.5 at 2.75x central training's FID, the paper's protocol (at lr 1e-3) "
-            "at 4.2x; with the central loss (mse, which `central` now sets; the paper's is Huber) "
-            "see README. fedsgd: central training by construction -- one plain SGD step per "
-            "client per round (--local-steps 1, train.optimizer=sgd, lr 1) and Flower's FedAdam "
-            "on the server with the central lr and AdamW's β2 0.999 and ε 1e-8 (--server-opt "
-            "fedadam --server-lr 0.002 --server-beta2 0.999 --server-tau 1e-8), the central "
-            "objective and server EMA; as many rounds as central training has steps, so "
-            "--rounds 1000 for a 1,000-step run (bytes grow with rounds). Study 16: 1,000 rounds "
-            "at batch 13 x 5 clients, FID 1.33x central on seed 0 (README).",
+            "at 4.2x, both on the paper's Huber loss (central now takes the central trainer's "
+            "loss, mse; README). fedsgd (full, usplit): central Adam on the clients' pooled "
+            "batch (clients x --batch) -- one plain SGD step per client per round (--local-steps "
+            "1, train.optimizer=sgd, lr 1: each sends its gradient) and Flower's FedAdam on the "
+            "server with the central lr and AdamW's β2 and ε (--server-opt fedadam --server-lr "
+            "0.002 --server-beta2 0.999 --server-tau 1e-8; --server-lr is the learning rate), the "
+            "central objective and server EMA. Unlike central training: no warm-up, gradients "
+            "clipped per client, Flower's bias correction. One round per central step, so bytes "
+            "grow with rounds (1,000 rounds: 25.9 GB for the compact UNet, 5 clients). Study 16 "
+            "(fm, mse, 5 IID clients x batch 13, 1,000 rounds): README has the FIDs.",
         ),
     ] = "paper",
     min_replies: Annotated[
@@ -246,9 +249,15 @@ def fed_run(
         client_state = "keep"
     if which == "fedsgd":
         from ..config import TrainConfig
+        from ..federated.parts import get_method
         from ..federated.settings import ADAPTIVE, FEDSGD_SERVER
 
-        if not given("local_steps"):
+        if get_method(method).personal:
+            raise ConfigError(
+                f"--recipe fedsgd needs a global model (full, usplit); {method}'s private parts "
+                "would train by the clients' SGD step alone -- use --recipe central"
+            )
+        if not given("local_steps") and not given("local_epochs"):
             local_steps = 1
         if not given("server_opt"):
             server_opt = FEDSGD_SERVER["server_opt"]
@@ -294,6 +303,12 @@ def fed_run(
         batch=batch,
         log=log,
     )
+    if which == "fedsgd" and (cfg.train.lr != 1.0 or cfg.train.warmup != 0):
+        raise ConfigError(
+            f"--recipe fedsgd: the clients send their gradient (train.lr 1, no warm-up; got lr "
+            f"{cfg.train.lr:g}, warm-up {cfg.train.warmup}); the learning rate is --server-lr, "
+            "FedAdam's η -- drop the train.lr / train.warmup setting"
+        )
 
     def progress(row: dict) -> None:
         if quiet:
