@@ -602,7 +602,7 @@ def body_s16(r: dict) -> list[str]:
 
 def _fig_s16_bytes(plt, per: dict, summ: dict) -> None:
     """FID against bytes sent: every federated arm below 200 FID a point, central runs as lines."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     # Many arms send the same bytes: name the best and the worst of each such group and the 3-seed
     # arms; the rest are unnamed points (the table has them all).
     groups: dict[int, list[str]] = {}
@@ -635,10 +635,10 @@ def _fig_s16_bytes(plt, per: dict, summ: dict) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("bytes sent and received by all clients (log scale)")
     ax.set_ylabel("FID (1,000 samples, log scale)")
-    ax.set_title("FID against bytes on the wire (blue: FedAvg, orange: UDEC, ULATDEC; dashed: central)",
+    ax.set_title("FID against bytes (blue: FedAvg, orange: UDEC, ULATDEC; dashed: central)",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
-    fig.savefig(FIGS / "repro_s16_bytes.png", dpi=110)
+    fig.savefig(FIGS / "repro_s16_bytes.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
