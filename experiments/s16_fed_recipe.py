@@ -16,7 +16,7 @@ the server optimizers and the UDEC personal models.
                                                       local50|local50-seeds|server-step|
                                                       server-step-seeds|skew|skew-seeds|udec-local|
                                                       methods|fedsgd|fedsgd-seeds|mse|mse-seeds|
-                                                      udec-mse]
+                                                      udec-mse|udec-mse-seeds]
     python experiments/s16_fed_recipe.py report
 """
 
@@ -354,6 +354,8 @@ def plan(phase: str) -> list[tuple[str, int]]:
         return [(a, s) for s in SEEDS[1:] for a in MSE]
     if phase == "udec-mse":
         return [(a, SEEDS[0]) for a in UDEC_MSE]
+    if phase == "udec-mse-seeds":
+        return [(a, s) for s in SEEDS[1:] for a in UDEC_MSE]
     if phase == "udec-local":
         return [(a, SEEDS[0]) for a in UDEC_LOCAL]
     if phase == "udec":  # the UDEC arms' other seeds
