@@ -510,11 +510,27 @@ def report() -> dict[str, Any]:
                        "candidates": sorted(a.removesuffix(" / central") for a in full_iid)}  # fmt: skip
     else:
         result_best = None
-    udec = ratios.get("udec fair / central")
-    if udec:
-        checks[f"udec fair personal models <= 2x central ({udec['count']} seeds, mean)"] = (
-            "held" if udec["mean"] <= 2 else "not held"
+    # UDEC likewise: the best IID UDEC arm measured on every seed (the fair recipe's until
+    # another has all seeds; picked on the seeds that score it).
+    udec_iid = {
+        a.removesuffix(" / central"): r
+        for a, r in ratios.items()
+        if " / central" in a
+        and ARMS[a.removesuffix(" / central")][:2] == ("fed", "udec")
+        and split_of(a.removesuffix(" / central")) == "iid"
+        and r["count"] == len(SEEDS)
+    }
+    if udec_iid:
+        name = min(udec_iid, key=lambda a: udec_iid[a]["mean"])
+        checks[f"best UDEC recipe on every seed ({name}) personal models <= 2x central (mean)"] = (
+            "held" if udec_iid[name]["mean"] <= 2 else "not held"
         )
+    else:
+        udec = ratios.get("udec fair / central")
+        if udec:
+            checks[f"udec fair personal models <= 2x central ({udec['count']} seeds, mean)"] = (
+                "held" if udec["mean"] <= 2 else "not held"
+            )
     result = {
         "claim": CLAIM,
         "claims_of_studies_6_and_7": methods_checks(per, ratios),
