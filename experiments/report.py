@@ -1220,7 +1220,7 @@ def main() -> int:
             "",
             f"**Paper's claim.** {r['claim']}",
             "",
-            f"**Set-up here.** `{json.dumps(r['setup']).replace(str(REPO) + '/', '')}`",
+            *_setup_lines(r["setup"]),
             "",
             "**Result.**",
             "",
@@ -1242,6 +1242,31 @@ def main() -> int:
     DOC.write_text("\n".join(lines) + "\n")
     print(f"-> {DOC}")
     return 0
+
+
+def _setup_lines(setup: dict) -> list[str]:
+    """The set-up as one JSON line; a long table of arms goes into a folded list, one arm a line."""
+    arms = setup.get("arms")
+    text = json.dumps(setup).replace(str(REPO) + "/", "")
+    if not isinstance(arms, dict) or len(text) <= 1000:
+        return [f"**Set-up here.** `{text}`"]
+    rest = json.dumps({k: v for k, v in setup.items() if k != "arms"})
+    lines = [
+        f"**Set-up here.** `{rest}`",
+        "",
+        f"<details><summary>The {len(arms)} arms and their options</summary>",
+        "",
+    ]
+    if all(isinstance(d, list) and len(d) == 3 and isinstance(d[2], list) for d in arms.values()):
+        lines += ["| arm | kind | method | options |", "|---|---|---|---|"]
+        lines += [
+            f"| {name} | {kind} | {method or '–'} | `{' '.join(map(str, opts)) or '–'}` |"
+            for name, (kind, method, opts) in arms.items()
+        ]
+    else:
+        lines += ["| arm | definition |", "|---|---|"]
+        lines += [f"| {name} | `{json.dumps(d)}` |" for name, d in arms.items()]
+    return [*lines, "", "</details>"]
 
 
 def _anchor(title: str) -> str:

@@ -183,6 +183,7 @@ def test_s16_arms_plans_and_command_lines():
             "fedsgd",
             "mse",
             "udec-mse",
+            "udec-mse50",
         )
         for a, _ in s16.plan(p)
         if _ == s16.SEEDS[0]
