@@ -571,29 +571,40 @@ def body_s16(r: dict) -> list[str]:
                 + "; ".join(f"{k}: **{v}**" for k, v in claims.items()) + "."]  # fmt: skip
     out += ["", "![s16](figures/repro_s16.png)"]
     plt = _plt()
-    arms = list(per)
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(arms) + 1.2))
+    # The arms measured on every seed first, then the one-seed arms; each group best first.
+    many = sorted((a for a in per if summ[a]["count"] > 1), key=lambda a: summ[a]["mean"])
+    one = sorted((a for a in per if summ[a]["count"] == 1), key=lambda a: summ[a]["mean"])
+    arms = many + one
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(arms) + 1.6))
     for i, arm in enumerate(arms):
         m = summ[arm]
         nbytes = next(iter(per[arm].values())).get("bytes", 0)
         colour = "gray" if not nbytes else "tab:orange" if "dec" in arm.split()[0] else "tab:blue"
         ax.barh(i, m["mean"], xerr=m["std"] if m["count"] > 1 else None, color=colour,
-                capsize=2, height=0.6)  # fmt: skip
+                capsize=2, height=0.6, alpha=1.0 if m["count"] > 1 else 0.55)  # fmt: skip
         ax.text(m["mean"] * 1.05, i, f"{m['mean']:.1f}", va="center", fontsize=6)
     labels = []
     for arm in arms:
         nbytes = next(iter(per[arm].values())).get("bytes", 0)
-        seeds = f", {summ[arm]['count']} seeds" if summ[arm]["count"] > 1 else ""
-        labels.append(f"{arm} ({nbytes / 1e6:.0f} MB{seeds})" if nbytes else f"{arm}{seeds}")
+        labels.append(f"{arm} ({nbytes / 1e6:,.0f} MB)" if nbytes else arm)
     ax.set_yticks(range(len(arms)), labels, fontsize=6)
+    if many and one:
+        ax.axhline(len(many) - 0.5, color="black", lw=0.6)
+        for y, text in ((-0.9, f"{max(summ[a]['count'] for a in many)} seeds, mean ± std"),
+                        (len(many) - 0.3, "seed 0 only")):  # fmt: skip
+            ax.text(0.99, y, text, fontsize=7, ha="right", va="top",
+                    transform=ax.get_yaxis_transform())  # fmt: skip
+    if "central" in summ:
+        ax.axvline(summ["central"]["mean"], color="gray", lw=0.8, ls="--")
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel(
-        "FID (1,000 samples, log scale); gray: central, blue: FedAvg, orange: UDEC, ULATDEC"
+        "FID (1,000 samples, log scale; dashed: central training)\n"
+        "gray: central, blue: FedAvg, orange: UDEC, ULATDEC; bytes sent and received in parentheses"
     )
-    ax.set_title("Federated recipes vs central training (bytes sent in parentheses)", fontsize=9)
+    ax.set_title("Federated recipes against central training on the same 64k images", fontsize=9)
     fig.tight_layout()
-    fig.savefig(FIGS / "repro_s16.png", dpi=110)
+    fig.savefig(FIGS / "repro_s16.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     out += ["", "![s16 bytes](figures/repro_s16_bytes.png)"]
     _fig_s16_bytes(plt, per, summ)
@@ -603,19 +614,37 @@ def body_s16(r: dict) -> list[str]:
 def _fig_s16_bytes(plt, per: dict, summ: dict) -> None:
     """FID against bytes sent: every federated arm below 200 FID a point, central runs as lines."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    # Many arms send the same bytes: name the best and the worst of each such group and the 3-seed
-    # arms; the rest are unnamed points (the table has them all).
+    # Many arms send the same bytes; the table has them all.
     groups: dict[int, list[str]] = {}
     for arm, rows in per.items():
         nbytes = next(iter(rows.values())).get("bytes", 0)
         if nbytes and summ[arm]["mean"] <= 200:
             groups.setdefault(nbytes, []).append(arm)
-    named = {
-        a
-        for g in groups.values()
-        for a in (min(g, key=lambda a: summ[a]["mean"]), max(g, key=lambda a: summ[a]["mean"]))
-    }
-    named |= {a for g in groups.values() for a in g if summ[a]["count"] > 1}
+
+    def colour_of(arm: str) -> str:
+        return "tab:orange" if "dec" in arm.split()[0] else "tab:blue"
+
+    def nbytes_of(arm: str) -> int:
+        return next(iter(per[arm].values())).get("bytes", 0)
+
+    # Named: each family's best trade (the arms measured on every seed that no such arm of the
+    # same colour beats on both FID and bytes, joined by a line) and the papers' protocols.
+    multi = [a for g in groups.values() for a in g if summ[a]["count"] > 1]
+    named = {a for a in ("fedavg paper", "udec paper") if a in multi}
+    for colour in ("tab:blue", "tab:orange"):
+        family = sorted(
+            (a for a in multi if colour_of(a) == colour),
+            key=lambda a: (nbytes_of(a), summ[a]["mean"]),
+        )
+        front, best = [], float("inf")
+        for a in family:
+            if summ[a]["mean"] < best:
+                front.append(a)
+                best = summ[a]["mean"]
+        named |= set(front)
+        if len(front) > 1:
+            ax.plot([nbytes_of(a) for a in front], [summ[a]["mean"] for a in front],
+                    color=colour, lw=0.8, alpha=0.6)  # fmt: skip
     for arm, rows in per.items():
         m, nbytes = summ[arm], next(iter(rows.values())).get("bytes", 0)
         if not nbytes:
@@ -625,9 +654,10 @@ def _fig_s16_bytes(plt, per: dict, summ: dict) -> None:
             continue
         if m["mean"] > 200:
             continue  # off the chart: the untuned FedAdam arms (in the table)
-        colour = "tab:orange" if "dec" in arm.split()[0] else "tab:blue"
+        colour = colour_of(arm)
         ax.errorbar(nbytes, m["mean"], yerr=m["std"] if m["count"] > 1 else None, fmt="o",
-                    color=colour, ms=4, capsize=2)  # fmt: skip
+                    color=colour, ms=4, capsize=2,
+                    mfc=colour if m["count"] > 1 else "none")  # fmt: skip
         if arm in named:
             ax.annotate(arm, (nbytes, m["mean"]), fontsize=5.5, xytext=(5, -2),
                         textcoords="offset points")  # fmt: skip
@@ -635,8 +665,8 @@ def _fig_s16_bytes(plt, per: dict, summ: dict) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("bytes sent and received by all clients (log scale)")
     ax.set_ylabel("FID (1,000 samples, log scale)")
-    ax.set_title("FID against bytes (blue: FedAvg, orange: UDEC, ULATDEC; dashed: central)",
-                 fontsize=9)  # fmt: skip
+    ax.set_title("FID against bytes (blue: FedAvg, orange: UDEC, ULATDEC; dashed: central; "
+                 "hollow: one seed;\nlines: the best trade of each family on every seed)", fontsize=9)  # fmt: skip
     fig.tight_layout()
     fig.savefig(FIGS / "repro_s16_bytes.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -663,155 +693,61 @@ BODIES = {
     "s16_fed_recipe": body_s16,
 }
 
+#: Study 16's reading, in Markdown: a summary table, then what was found, grouped by question.
+S16_READING = """Held. FedAvg on 3 seeds; UDEC since stop 34, by its mean (every seed under the bar; its 95% interval reaches 2.22).
+
+*Where it stands.* All arms at central training's 64k images, 5 IID clients, 3 seeds, FID on 1,000 samples; central training scores 5.70 ± 0.11.
+
+| arm | FID / central (95% t-interval) | bytes |
+|---|---|---|
+| FedSGD + FedAdam, MSE (`fed run --recipe fedsgd`), 1,000 rounds × 1 step × batch 13 | **1.22x** (0.94-1.50) | 25.9 GB |
+| FedAvg, 50 rounds × 20 Adam steps × batch 13, MSE | 1.49x (1.37-1.60) | 1.29 GB |
+| UDEC personal models, 50 rounds × 20 steps × batch 13, MSE | **1.87x** (1.51-2.22) | 500 MB |
+| UDEC personal models, 10 × 100 × 13, MSE | 2.04x (1.66-2.41) | 106 MB |
+| FedAvg, the fair recipe, 10 × 20 × 64, Huber | 2.75x (2.35-3.16) | 259 MB |
+| FedAvg, FedDiffuse's protocol, 10 × 20 × 64, Huber | 4.20x (3.31-5.10) | 259 MB |
+
+The best FedAvg arm is the best by its mean of the 6 FedAvg arms measured on every seed, picked on the same seeds that score it; the best UDEC arm likewise, of 4.
+
+*What closed the gap*, in the order it was found (seed 0 unless the seeds are named):
+
+1. **Adam kept between rounds** (`--client-state keep`). It is almost all of the fair recipe's gain over the paper's protocol (fair / paper 0.66 per seed, 0.60-0.73): 24.80 without, 16.56 with. The central lr and warm-up alone changed nothing (24.80 against 22.55). A server EMA of 0.5 per round helped a little (16.43 against 16.56); 0.8 hurt (22.48: it keeps too much of the early rounds).
+2. **Sequential steps.** At 10 rounds × 20 steps the federation takes 200 sequential steps. Central training with 200 steps scores 13.34 at batch 64 and 9.81 at batch 320 (1.74x central, the best averaging could do at 200 steps), and FedAvg (15.7) does worse than one client alone (13.3). The same images in central training's 1,000 sequential steps, 10 × 100 × batch 13: 1.93 / 3.07 / 1.88x central (mean 2.29x, 0.61-3.97; seed 1 far off the others, unexplained). Half-way, 10 × 50 × 26: 12.28 (2.18x).
+3. **Shorter rounds**, at the same images and steps: 50 × 20 × 13 (5x the bytes) scores 10.65 / 10.52 / 9.15 against the 100-step rounds' 10.88 / 17.30 / 10.94, 1.89 / 1.87 / 1.57x central (mean 1.78x, 1.33-2.22). At 200 steps too: 20 × 10 16.33 and 50 × 4 14.00, against 16.43.
+4. **The loss.** Until stop 33 every federated arm trained with FED_BASE's Huber loss (FedDiffuse's, kept when `--objective fm` replaced the kind); central training uses MSE. With MSE the 50 × 20 × 13 arm scores 8.68 / 8.29 / 8.43, 0.84x its Huber FID (0.67-1.02) and 1.49x central. The Huber ratios in this section overstate the federated gap by about a fifth; their comparisons with each other stand.
+5. **FedSGD with FedAdam.** Each client takes one plain SGD step per round at lr 1 (`train.optimizer=sgd`), so the average of the updates is the pooled batch's gradient. Flower's FedAdam then takes central Adam's step with the central lr 2e-3 and AdamW's β2 0.999 and ε 1e-8 (`--server-beta2`, `--server-tau`; Flower's default τ of 1e-3 would swamp a gradient step). Huber: 9.34 (1.66x); MSE: 7.50 / 6.94 / 6.44, **1.22x**. What still differs from central training: no warm-up, gradients clipped per client at batch 13, Flower's bias correction. It costs 20x the bytes of the 50-round arm, and about 750 s of rounds against 270 s.
+
+*What did not help* (seed 0, Huber):
+
+- A server step above 1 on the 50 × 20 × 13 rounds (FedAvgM without momentum): 2.0 scores 21.29, its training loss above the plain average's in every round (last 10 rounds 0.093 against 0.080); 1.5 scores 11.01, against 10.65 at 1.
+- Flower's server optimizers over clients' Adam: FedAvgM (η 1, β 0.5) 18.64; FedAdam at its default η = 1e-3 barely moves the model (loss 0.32 after 10 rounds against FedAvg's 0.10; FID 1279), at η = 1e-2 it still trails (loss 0.16, FID 111).
+- The client learning rate on the fair recipe: 1e-3 19.43, 2e-3 16.43, 4e-3 15.77. On the 100-step rounds, Adam's square-root rule for batch 13 (1e-3) 11.10 against 11.37, and a server EMA of 0.4 (central training's window) 11.37 against 10.88 without.
+
+*The yardstick* for the 1,000-step arms: one central trajectory (MSE) at the clients' batch 13 scores 12.28 (2.18x). Measured as the share of what the 5x larger batch gains, (12.28 - FID) / (12.28 - 5.64): with Huber, FedAvg of 5 such trajectories (10.65-11.37 in every such arm but the server step of 2) recovers 14-25%; with MSE, the loss the yardstick was trained with, the 50 × 20 × 13 arm recovers 54% (8.68) and FedSGD, whose client updates add up linearly, 72% (7.50).
+
+*UDEC's personal models* (the mean FID of the 5 clients' models):
+
+- The fair recipe (a per-client EMA of 0.999 over all rounds, Adam kept), 10 × 20 × 64, Huber: 17.06 ± 1.36 against 26.85 ± 0.63 by the paper's protocol (fair / paper 0.64 per seed, 0.53-0.74), 3.0x central (2.26-3.73).
+- 5 FULL rounds before UDEC (`--full-rounds 5`): 17.02 against 17.68, so an encoder that is never averaged is not the main cause.
+- Central training's 1,000 sequential steps, 10 × 100 × 13: with Huber 14.38 ± 0.60 over the 5 clients (2.55x, seed 0); with MSE 11.73 / 12.15 / 10.89, 2.08 / 2.16 / 1.87x, mean 2.04x (1.66-2.41).
+- **Shorter rounds, as for FedAvg** (stop 34, phase `udec-mse50`, defined before it ran and run on all 3 seeds): 50 × 20 × 13 with MSE scores 10.80 / 11.13 / 9.95, 1.91 / 1.98 / 1.71x central, **mean 1.87x** (1.51-2.22), every seed under 2x. Against the 10 × 100 rounds it is 0.92x on every seed (0.91-0.93): averaging the shared encoder 5x as often helps the personal models as it helps FedAvg. The price: 4.7x the bytes (500 MB against 106 MB), still 0.39x those of FedAvg at this shape.
+- What is left: one central trajectory at batch 13 on all 4,000 images scores 2.18x (12.28, seed 0), and a personal decoder sees only its client's 800 images. UDEC's personal models now beat that trajectory on every seed (9.95-11.13); a reading, not tested: their shared encoder is averaged over all 5 clients' images.
+
+*Non-IID splits.* Neither the penalty nor the remedy the papers report shows here:
+
+- 3 seeds: label skew at dirichlet:0.1 scores 0.99x IID (0.81-1.18), and FedProx μ = 0.01 under it 1.11x plain FedAvg (0.80-1.43). Quantity skew (quantity:0.5) 1.15 / 0.98 / 1.04x IID, mean 1.05x; its effect does not follow the effective number of clients (1 / the sum of squared weights: 3.2, 3.8 and 2.1 of 5 on seeds 0, 1, 2, sizes 3-1,873, 4-1,293, 91-2,566): the seed with the fewest lost 4%, the one with 3.2 lost 15%.
+- Seed 0: dirichlet:1 (sizes 649-970) 17.48 against 16.43 IID (+6%); classes:2 17.25 (+5%); dirichlet:0.1 at 100 local steps, where client drift should grow, 11.32 against 10.88 (+4%). FedProx under dirichlet:0.1: μ = 0.001 16.08, 0.01 16.75, 0.1 24.36, against 17.22 without.
+- The one effect beyond the noise is FedProx at μ = 0.1 (+41%): it holds every client near the global model, so a round moves less.
+- A reading, not a tested mechanism: every client takes part in every round and the weighted average sees every class, so an unconditional model loses little when each client holds a skewed share.
+
+*Communication savings* (studies 6 and 7 on the fair recipe, 3 seeds, Huber, 10 × 20 × 64): USPLIT 1.02x FedAvg's FID for 24% fewer bytes; ULATDEC's personal models 0.97x UDEC's at 32% fewer bytes than FULL (UDEC: 59% fewer); 8-bit updates 0.99x full precision at 0.63x the bytes. None costs FID that 3 seeds can detect.
+
+*Caveats.* Every arm the table lists with one seed has only seed 0. FID uses 1,000 samples against the 1,000 held-out images (classifier features). Stop 30's `local` phase (seed 0) ran on another machine than the central arm it is divided by. A federation of 5 clients' 1,000-step trajectories varies much more between seeds than central training (10.88-17.30 against 5.63-5.83)."""
+
+
 #: What the numbers say, written after reading them (kept apart from the generated figures).
 READING = {
-    "s16_fed_recipe": (
-        "Held for FedAvg, not for UDEC. Where it stands (stop 33): FedSGD with Flower's FedAdam "
-        "and the central loss (MSE) scores 1.22x central on 3 seeds (95% t-interval 0.94-1.50; "
-        "1,000 rounds, 25.9 GB), FedAvg of 50 rounds x 20 Adam steps x batch 13 with MSE 1.49x "
-        "(1.37-1.60; 1.29 GB); UDEC's personal models 3.0x on 3 seeds at 10 x 20 x 64 (Huber), "
-        "2.04x at 1,000 sequential steps with MSE (3 seeds). Until stop 32 every federated arm "
-        "trained with the paper's Huber loss (see the end). The history follows. With the "
-        "central recipe FedAvg's global model scores FID 15.68 ± 0.69 against "
-        "5.70 ± 0.11 for central training on the same 64k images (2.75x, 95% t-interval "
-        "2.35-3.16, 3 seeds), where the paper's protocol scores 23.95 ± 1.82 (4.20x): the recipe "
-        "takes a third off (fair / paper 0.66, 0.60-0.73 per seed). Almost all of that is Adam "
-        "kept between rounds (`--client-state keep`; seed 0: 24.80 without, 16.56 with); the "
-        "central lr and warm-up alone changed nothing (24.80 vs 22.55), the server EMA at 0.5 "
-        "per round a little (16.43 vs 16.56) and at 0.8 it hurt (22.48: it keeps too much of "
-        "the early rounds). The measured reason it stays far from 1.5x: at the same images the "
-        "federation takes 200 sequential steps, and even central training with those 200 steps "
-        "scores 13.34 at batch 64 and 9.81 at batch 320 (the same images, the best averaging "
-        "could do: 1.74x central), so 1.5x is out of reach for any 200-step method here; and "
-        "FedAvg (15.7) does worse than one client training alone for 200 steps (13.3), so the "
-        "average of 5 clients' Adam steps loses ground against a single trajectory. Much "
-        "shorter rounds recover part of it at a cost in bytes (seed 0, the same images and "
-        "sequential steps): 20 rounds x 10 steps 16.33 (2x the bytes), 50 rounds x 4 steps "
-        "14.00 (5x the bytes), about one client alone (13.34): part of the gap is the clients "
-        "drifting apart over 20 local steps, and even with little drift the average gives none "
-        "of the large-batch run's gain (9.81). Flower's server optimizers did not help "
-        "at the settings tried: FedAvgM (η 1, β 0.5) 18.64; FedAdam at its default η = 1e-3 "
-        "barely moves the model (loss 0.32 after 10 rounds vs FedAvg's 0.10; FID 1279) and at "
-        "η = 1e-2 still trails (loss 0.16, FID 111): an adaptive server step needs η near a "
-        "client's own movement per round (lr x local steps = 0.04 here), not tried. The client "
-        "learning rate (seed 0, the recipe otherwise): 1e-3 19.43, 2e-3 16.43, 4e-3 15.77. "
-        "UDEC's personal models gain as much from the recipe (per-client EMA 0.999 over all "
-        "rounds, Adam kept): 17.06 ± 1.36 (mean over the 5 clients, 3 seeds) against 26.85 ± "
-        "0.63 by the paper's protocol (fair / paper 0.64 per seed, 0.53-0.74), 3.0x central "
-        "(2.26-3.73) where the issue asks 2x; 5 FULL rounds before UDEC (`--full-rounds 5`, "
-        "seed 0) moved it little (17.02 vs 17.68 at that seed), so an encoder that is never "
-        "averaged is not the main cause. Label skew under the recipe (seed 0) costs little: dirichlet:0.1 (client "
-        "sizes 31 to 1,535) 17.22 and classes:2 17.25 against 16.43 IID (+5%), because the "
-        "weighted average still sees every class; FedProx helps nothing there (μ = 0.01: "
-        "16.75) and μ = 0.1 hurts (24.36: it holds every client near the global model, so the "
-        "round moves less). One seed for every arm but the three main ones, the two UDEC ones "
-        "and (since stops 31 and 32) the 10 x 100 and 50 x 20 arms, which have 3. FID on "
-        "1,000 samples against the 1,000 held-out images (classifier features). Stop 30, the "
-        "`local` phase (seed 0, run on another machine than the central arm it is divided by): "
-        "the same 64k images in as many sequential steps as central training, 10 rounds x 100 "
-        "local steps x batch 13 (no server EMA), score 10.88, 1.93x central (5.64), against "
-        "16.43 (2.91x) for the recipe's 10 x 20 x 64; half-way, 10 x 50 x 26 (server EMA "
-        "0.18), 12.28 (2.18x); the bytes are the same (259 MB). So most of the gap was the "
-        "sequential steps, as measured above, and averaging 5 clients' 1,000-step Adam "
-        "trajectories still costs about 1.9x against one trajectory at batch 64: the 1.5x bar "
-        "is not met at these settings. One seed. Stop 31, on this machine: the 100-step arm on "
-        "seeds 1 and 2 scores 17.30 and 10.94, so over 3 seeds 1.93 / 3.07 / 1.88x central (mean "
-        "2.29x, 95% t-interval 0.61-3.97: seed 1 is far off the other two, unexplained; a "
-        "federation of 5 clients' 1,000-step trajectories varies much more between seeds than "
-        "central training, 5.63-5.83). It is the best IID FedAvg recipe measured on every seed, "
-        "and it misses 1.5x. Five times more communication at the same images and sequential "
-        "steps (50 rounds x 20 local steps x batch 13, server EMA 0.8, 1.29 GB) scores 10.65 on "
-        "seed 0, 1.89x against the 100-step rounds' 1.93x: client drift between averagings is "
-        "not what is left. A hypothesis, not tested: each client's Adam normalises a batch-13 "
-        "gradient, so the average of 5 clients' updates is shorter than one step on their "
-        "pooled batch of 65 wherever the 5 disagree; a server step larger than 1 (FedAvgM, "
-        "FedAdam with eta near lr x local steps) or clients at the central batch would test it. "
-        "Stop 32, that hypothesis tested (seed 0, phase `server-step`): a server step of 2 "
-        "(FedAvgM, no momentum) over the 50 rounds of 20 steps scores 21.29 against 10.65 at a "
-        "step of 1, its training loss above the plain average's in every round (last 10 rounds "
-        "0.093 vs 0.080); so doubling the averaged step overshoots, and a step of 1.5 scores "
-        "11.01, no better than 1. The opposite lever, the clients' lr by Adam's square-root rule for "
-        "batch 13 (1e-3 instead of 2e-3, 100-step rounds, server EMA 0.4), 11.10 against 11.37; "
-        "a server EMA keeping central training's window on the 100-step rounds (0.4 per round, "
-        "as `--recipe central` now computes it), 11.37 against 10.88 without: no effect "
-        "detectable on one seed (this arm's seeds span 10.88-17.30). The yardstick: one "
-        "trajectory of central training at the clients' batch 13 for 1,000 steps scores 12.28 "
-        "(2.18x). FedAvg of 5 such trajectories, 10.65-11.37 on seed 0 in every 1,000-step arm "
-        "but the server step of 2, sits between one of them (12.28) and central training at "
-        "batch 64 (5.64): averaging recovers 14-25% of what the 5x larger batch gains "
-        "((12.28 - FID) / (12.28 - 5.64)), and none of the levers tried improves on that. "
-        "Exact equivalence with the pooled batch needs clients whose updates add up linearly "
-        "(one SGD step per round with the adaptive step on the server, i.e. FedSGD with "
-        "FedAdam); not tried: the clients here train with AdamW only, and 1,000 Flower rounds "
-        "would take over an hour per run here (the 50-round arm took 419 s of rounds, 8.4 s a "
-        "round). The 50 x 20 arm on seeds 1 and 2 (phase `local50-seeds`): 10.52 and 9.15, so "
-        "over 3 seeds 1.89 / 1.87 / 1.57x central, mean 1.78x (95% t-interval 1.33-2.22, which "
-        "holds 1.5: the check fails by its mean, not beyond doubt; and this arm is the best of "
-        "4 candidates, picked on the same seeds). It beats the 100-step rounds on every seed "
-        "(10.65 / 10.52 / 9.15 against 10.88 / 17.30 / 10.94), so stop 31's one-seed reading "
-        "that client drift is not what is left does not stand: shorter rounds (5x the bytes, "
-        "1.29 GB) help, mostly on seeds 1 and 2, and still miss 1.5x. UDEC at central "
-        "training's 1,000 sequential steps (phase `udec-local`, 10 rounds x 100 steps x batch "
-        "13, seed 0): personal models 14.38 ± 0.60 (13.26-15.05 over the 5 clients), 2.55x "
-        "central, against 17.68 (3.1x) for the 20-step rounds at that seed: the sequential "
-        "steps were part of UDEC's gap too. What is left is likely what one trajectory at a "
-        "client's batch can reach: central training at batch 13 scores 12.28 (2.18x) on all "
-        "4,000 images, and a personal decoder sees only its own client's 800, so 2x looks out "
-        "of reach at this batch and these images (an inference from one seed, not a "
-        "measurement of UDEC). The splits the study had not run (phase `skew`, seed 0, the "
-        "recipe's 10 x 20 x 64 unless named): dirichlet:1 (client sizes 649-970) 17.48 against "
-        "16.43 IID (+6%); quantity:0.5 (sizes 3, 566, 730, 828, 1,873) 18.85 (+15%); FedProx "
-        "under dirichlet:0.1: μ = 0.001 16.08, 0.01 16.75, 0.1 24.36, against 17.22 without; "
-        "label skew at five times the local steps, where client drift should grow "
-        "(dirichlet:0.1, sizes 31-1,535, 10 rounds x 100 steps x batch 13): 11.32 against "
-        "10.88 IID (+4%). All one seed, and the recipe's IID arm varies 15.08-16.43 over seeds "
-        "(the 100-step arm 10.88-17.30). Quantity skew, the largest effect on seed 0, was re-run "
-        "on seeds 1 and 2 (phase `skew-seeds`): 15.19 and 15.67 against IID's 15.53 and 15.08, "
-        "so 1.15 / 0.98 / 1.04x IID per seed (mean 1.05x; the table's interval) - no reliable "
-        "effect. Nor does the size of the effect follow the sizes: FedAvg weighs clients by "
-        "their images, and 1 / the sum of squared weights gives 3.2, 3.8 and 2.1 effective "
-        "clients of 5 on seeds 0, 1, 2 (sizes 3-1,873, 4-1,293, 91-2,566), so the seed with "
-        "the fewest effective clients lost 4%, the one with 3.2 lost 15%. The one effect that "
-        "stands out of the noise is FedProx at μ = 0.1 (+41%: it holds every client near the "
-        "global model, so a round moves less); label skew (dirichlet α = 0.1 or 1, classes:2, "
-        "at 20 or 100 local steps), quantity skew and FedProx at small μ stay within it. On "
-        "this data and model, then, the papers' non-IID penalty does not appear: an "
-        "unconditional model averaged over clients that together hold every class and every "
-        "image loses little when each holds a skewed share (a reading of the numbers, not a "
-        "tested mechanism). "
-        "Stop 33 found a difference the fair recipe had kept: every federated arm above trains "
-        "with FED_BASE's loss, Huber (FedDiffuse's, kept when `--objective fm` replaced the "
-        "kind), the central arms with MSE. Phase `mse`, the two best federated arms with "
-        "`objective.loss=mse`: the 50 x 20 x 13 FedAvg 8.68 / 8.29 / 8.43 against 10.65 / 10.52 "
-        "/ 9.15 with Huber (0.84x, the table's interval), 1.49x central (95% t-interval "
-        "1.37-1.60). And the federation tried for the first time, FedSGD (phase `fedsgd`): each "
-        "client one plain SGD step per round at lr 1 (`train.optimizer=sgd`, new), so the "
-        "average of the updates is the pooled batch's gradient, and Flower's FedAdam on the "
-        "server with the central lr 2e-3 and AdamW's β2 0.999 and ε 1e-8 (`--server-beta2`, "
-        "`--server-tau`, new; Flower's τ default of 1e-3 would have swamped a gradient step): "
-        "9.34 with Huber on seed 0 (1.66x), and with MSE 7.50 / 6.94 / 6.44, **1.22x central** "
-        "(1.33 / 1.23 / 1.10 per seed; 95% t-interval 0.94-1.50), the best of the 6 FedAvg arms "
-        "measured on every seed (picked on those seeds), which meets the issue's 1.5x for "
-        "FedAvg. What separates it from central training: no warm-up, clipping per client at "
-        "batch 13, Flower's bias correction; and it costs 1,000 rounds, 25.9 GB, 20x the "
-        "50-round arm's bytes, about 750 s of rounds here against about 270 s. `fed run "
-        "--recipe fedsgd` now sets it up and `--recipe central` takes the central objective. "
-        "The earlier FedAvg ratios in this section (Huber) overstate the federated gap by "
-        "about a fifth; their comparisons with each other stand (all Huber). Studies 6 and 7 "
-        "re-run on this recipe and 3 seeds (phase `methods`, Huber, 10 x 20 x 64): USPLIT "
-        "1.02x FedAvg's FID for 24% fewer bytes, ULATDEC's personal models 0.97x UDEC's at 32% "
-        "fewer bytes than FULL (UDEC 59% fewer), 8-bit updates 0.99x full precision at 0.63x "
-        "the bytes: the communication savings cost nothing measurable here. Label skew "
-        "(dirichlet:0.1) on 3 seeds: 0.99x IID (95% t-interval 0.81-1.18), and FedProx at "
-        "μ = 0.01 under it 1.11x plain FedAvg (0.80-1.43): neither the penalty nor the remedy "
-        "the papers report shows at this budget, on 3 seeds now too. UDEC at 1,000 sequential "
-        "steps (10 x 100 x 13) with MSE (phase `udec-mse`, seed 0): personal models 11.73 ± "
-        "0.27 against 14.38 with Huber, 2.08x central: the loss was most of what separated "
-        "UDEC from the 2x target at that budget, and it still misses it by a little on the one "
-        "seed run. On seeds 1 and 2 (phase `udec-mse-seeds`): 12.15 and 10.89, so 2.08 / 2.16 / "
-        "1.87x central, mean 2.04x (95% t-interval 1.66-2.41): the best UDEC arm on every seed, "
-        "and the check misses 2x by its mean, not beyond doubt."
-    ),
+    "s16_fed_recipe": S16_READING,
     "s18_eps_flow_loss": (
         "Held, narrowly, and the ε-model is much better: the skip ε-network trained on flow "
         "matching's noise levels (`objective.step_dist=logit_normal`) with the velocity "
