@@ -192,7 +192,7 @@ def fed_run(
             "compact, 10 x 20 steps at batch 64, 3 seeds) measured this recipe with a hand-set "
             "server EMA of 0.5 at 2.75x central training's FID, the paper's protocol (at lr 1e-3) "
             "at 4.2x, both on the paper's Huber loss (central now takes the central trainer's "
-            "loss, mse; README). With it, 50 rounds x 20 steps x batch 13 (central training's "
+            "loss, mse; README). With --recipe central (mse), 50 rounds x 20 steps x batch 13 (central training's "
             "images and steps): UDEC's personal models 1.87x; FedAvg 1.49x with a hand-set "
             "server EMA of 0.8 (the recipe's: 0.83) (3 seeds). "
             "fedsgd (full, usplit): central Adam on the clients' pooled "
