@@ -424,3 +424,40 @@ def test_s12_longer_students_are_reported_beside_the_claim_but_not_checked(tmp_p
     assert r["verdict"] == "inconclusive"  # the other arms have no seeds here
     text = "\n".join(report.body_s12(json.loads(json.dumps(r))))
     assert "| own-soup lr 1e-3, 2x steps | own | 16 | soup, train.lr=0.001 | 1.012" in text
+
+
+def test_s12_work_resolves_the_largest_expert_and_the_step_factor(tmp_path, monkeypatch):
+    """Stop 34's arms: the expert start names the largest cluster of the seed's own partition, and
+    the batch-8 arm runs twice the steps, so both students cost the FLOPs of batch 16 x STEPS."""
+    import numpy as np
+    import s12_distill_budget as s12
+
+    monkeypatch.setattr(s12, "ROOT", tmp_path)
+    monkeypatch.setattr(s12, "SEEDS", (0,))
+    new = ("own-soup lr 1e-3, batch 8 x 2 steps", "own-expert lr 1e-3")
+    monkeypatch.setattr(s12, "recorded", lambda arm, seed: None if arm in new else {"x": 1})
+    monkeypatch.setattr(s12, "source", lambda seed, train=True: tmp_path / "src")
+
+    def prepare(arm, seed):
+        run = s12.run_dir(arm, seed)
+        run.mkdir(parents=True)
+        parts = {f"part_{k}": np.arange(n) for k, n in enumerate((3, 7, 5))}
+        np.savez(run / "partition.npz", num_parts=3, **parts)
+        return run
+
+    calls = []
+    monkeypatch.setattr(s12, "prepare", prepare)
+    monkeypatch.setattr(s12, "cli", lambda *a, study: calls.append([str(x) for x in a]))
+    monkeypatch.setattr(s12, "ev", lambda *a, **k: {"fid": 1.0})
+    s12.work(None)
+    distill = {c[1]: c for c in calls if c[0] == "distill"}
+    assert len(distill) == 2  # the recorded arms are not re-run
+
+    def opt(call, name):
+        return call[call.index(name) + 1]
+
+    expert = distill[str(s12.run_dir("own-expert lr 1e-3", 0))]
+    assert opt(expert, "--init") == "expert:1" and opt(expert, "--batch") == "16"
+    small = distill[str(s12.run_dir("own-soup lr 1e-3, batch 8 x 2 steps", 0))]
+    assert opt(small, "--batch") == "8" and opt(small, "--init") == "soup"
+    assert int(opt(small, "--steps")) * 8 == int(opt(expert, "--steps")) * 16 == s12.STEPS * 16
