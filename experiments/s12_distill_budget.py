@@ -171,8 +171,11 @@ def longer(arm: str, base: str, factor: int, seed: int) -> None:
     copy_run(start, run)  # partition, experts, router, real features (no eval rows)
     if not (run / "distilled").is_dir():
         shutil.copytree(start / "distilled", run / "distilled")
-    teacher, batch, extra = ARMS[root_arm(arm)]
-    cli("distill", run, "--teacher", teacher, *extra, "--steps", STEPS * factor, "--batch", batch,
+    root = root_arm(arm)
+    teacher, batch, extra = ARMS[root]
+    extra = [largest_expert(run) if x == LARGEST else x for x in extra]
+    steps = STEPS * STEP_FACTOR.get(root, 1) * factor
+    cli("distill", run, "--teacher", teacher, *extra, "--steps", steps, "--batch", batch,
         "--seed", seed, "--quiet", study=STUDY)  # fmt: skip
     ev(run, "distilled", seed)
     (run / "evaluated").write_text((start / "evaluated").read_text())
