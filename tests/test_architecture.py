@@ -88,7 +88,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 LAYERS = (
     ("foundations", ("errors", "config", "events", "viz", "figures", "training.checkpoint",
                      "evaluation.metrics", "evaluation.flops", "precision")),
-    ("data, networks, diffusion", ("data", "models", "diffusion", "latent")),
+    ("data, networks, diffusion", ("data", "models", "diffusion", "latent",
+                                   "evaluation.inception", "evaluation.images")),
     ("the run directory", ("run",)),
     ("training", ("training",)),
     ("DDM and federated", ("ddm", "federated", "training.distributed")),

@@ -81,7 +81,7 @@ class RunHandle:
         *,
         data: str | None = None,
         by: str = "kmeans",
-        features: str = "pca",
+        features: str = "auto",
         seed: int = 0,
         fine: int | None = None,
         force: bool = False,

@@ -23,6 +23,9 @@ from .errors import ConfigError
 class DataConfig:
     source: str = "mnist5k"  # a data source spec (see `decentdiff data list`)
     heldout: float = 0.2  # share of each class kept out of training, for evaluation
+    # A second source to evaluate against instead (e.g. tinyimagenet-val:DIR, the official
+    # validation split); then the whole of `source` trains and `heldout` is not used.
+    heldout_source: str = ""
     split_seed: int = 0
     # Image files (folder:DIR, hf:NAME) and any other source: resize the short side to `size` with
     # PIL's bicubic filter, then centre-crop size x size; 0 = keep the images' own size (they must

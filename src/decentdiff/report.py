@@ -150,7 +150,12 @@ def write_report(run: Run, cfg: Config) -> Path:
         "",
         f"Source `{toml.get('data', {}).get('source')}`: {len(data.images)} images of shape "
         f"{tuple(data.shape)}, {len(data.train_idx)} for training, {len(data.heldout_idx)} held out "
-        f"(never trained on; evaluation compares with them). Fingerprint `{data.fingerprint[:16]}…`.",
+        + (
+            f"from `{toml['data']['heldout_source']}` "
+            if toml.get("data", {}).get("heldout_source")
+            else ""
+        )
+        + f"(never trained on; evaluation compares with them). Fingerprint `{data.fingerprint[:16]}…`.",
         "",
     ]
     part = None
@@ -172,6 +177,8 @@ def write_report(run: Run, cfg: Config) -> Path:
             "![partition](figures/partition.png)",
             "",
         ]
+        if data.labels is not None:
+            md += _cluster_lines(part, data)
         from .ddm.membership import membership_lines
 
         changes = membership_lines(run)
@@ -247,8 +254,10 @@ def write_report(run: Run, cfg: Config) -> Path:
         if with_hist and data.labels is not None:
             from .figures import class_histogram_figure
 
+            held_labels = data.heldout()[2]
             real = np.bincount(
-                data.labels[data.heldout_idx], minlength=len(with_hist[0]["class_hist"])
+                held_labels if held_labels is not None else np.zeros(0, np.int64),
+                minlength=len(with_hist[0]["class_hist"]),
             )
             class_histogram_figure(with_hist, real, rp / "figures" / "class_histogram.png")
             md += [
@@ -343,6 +352,26 @@ def write_report(run: Run, cfg: Config) -> Path:
     out = rp / "report.md"
     atomic_write_text(out, "\n".join(md) + "\n")
     return out
+
+
+def _cluster_lines(part: Any, data: Any) -> list[str]:
+    """The classes each cluster (so each expert) holds, by name, and how far the clusters follow
+    the labels."""
+    from .ddm.cluster import cluster_contents
+
+    labels = data.labels[data.train_idx]
+    nmi, tops = cluster_contents(part.assignments, labels, part.num_parts, data.class_names)
+    lines = [
+        f"Clusters against the {data.num_classes} labelled classes: normalised mutual "
+        f"information {nmi:.3f} (0: unrelated; 1: the clusters are the classes).",
+        "",
+        "| cluster | images | most frequent classes (share of the cluster) |",
+        "|---:|---:|---|",
+    ]
+    for k, (size, top) in enumerate(zip(part.sizes(), tops, strict=True)):
+        names = ", ".join(f"{name.replace('|', '/')} {share:.0%}" for name, share in top)
+        lines.append(f"| {k} | {int(size)} | {names} |")
+    return [*lines, ""]
 
 
 def _summary(run: Run, rows: list[dict]) -> list[str]:

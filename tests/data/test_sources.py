@@ -443,6 +443,8 @@ def test_available_sources():
         "npz:FILE",
         "folder:DIR",
         "hf:NAME",
+        "tinyimagenet:DIR",
+        "tinyimagenet-val:DIR",
     ]
     assert all(d and "\n" not in d for _, d in listed)
 

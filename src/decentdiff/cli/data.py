@@ -14,8 +14,10 @@ def data_list() -> None:
     """List the data source kinds and the embedded data sets."""
     from ..data.sources import available_sources
 
-    for spec, desc in available_sources():
-        typer.echo(f"{spec:<16} {desc}")
+    rows = available_sources()
+    width = max(len(spec) for spec, _ in rows)
+    for spec, desc in rows:
+        typer.echo(f"{spec:<{width}}  {desc}")
 
 
 def data_show(
@@ -43,7 +45,8 @@ def data_show(
     d = load_data(cfg.data)
     typer.echo(f"source       {source}")
     typer.echo(f"images       {len(d.images)}  shape (C, H, W) = {d.shape}  dtype uint8")
-    typer.echo(f"split        train {len(d.train_idx)}  held-out {len(d.heldout_idx)}")
+    held_from = f" from {cfg.data.heldout_source}" if cfg.data.heldout_source else ""
+    typer.echo(f"split        train {len(d.train_idx)}  held-out {len(d.heldout_idx)}{held_from}")
     typer.echo(f"fingerprint  {d.fingerprint[:16]}…")
     if d.labels is not None:
         counts = np.bincount(d.labels, minlength=d.num_classes)

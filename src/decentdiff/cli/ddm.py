@@ -37,8 +37,14 @@ def partition(
         str, typer.Option("--by", help="kmeans (paper), random or label (controls).")
     ] = "kmeans",
     features: Annotated[
-        str, typer.Option("--features", help="Features for kmeans: pca or classifier.")
-    ] = "pca",
+        str,
+        typer.Option(
+            "--features",
+            help="Features k-means clusters: auto (pca for labelled grey images, inception for "
+            "colour or unlabeled data), pca (pixels), inception (the FID network's pool3: "
+            "content; cached per data), classifier (trained on the labels).",
+        ),
+    ] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Partition seed.")] = 0,
     fine: Annotated[
         int | None, typer.Option("--fine", help="Fine k-means centroids. (default: min(1024, N/4))")

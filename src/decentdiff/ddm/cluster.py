@@ -1,13 +1,14 @@
 """Step 1 of DDM: cluster a RUN's training images into K disjoint parts and record them.
 
-:func:`partition_run` is what ``decentdiff partition`` (and the demo) does: features (PCA or the
-classifier's), k-means / random / label partition, the record with the clustering itself (fine
+:func:`partition_run` is what ``decentdiff partition`` (and the demo) does: features (pixel PCA,
+Inception or the classifier's; ``auto`` picks by the data), k-means / random / label partition, the record with the clustering itself (fine
 centroids, fine → coarse map) and the cluster prior the default routing draws from, and a figure.
 A failed partition of a new RUN leaves no half-made RUN behind.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +35,57 @@ class Partitioned:
         return f"partition ({how}) of {self.images} images into {rec.num_parts}: sizes {sizes}"
 
 
+def partition_features(features: str, channels: int, labelled: bool) -> str:
+    """``auto``: pixel PCA for labelled grey images (digits cluster by shape in pixel space), the
+    FID Inception network's pool3 features for colour or unlabeled data, which pixel PCA would
+    cluster by brightness and colour rather than by content (docs/data.md). Other names are
+    returned as they are."""
+    if str(features).strip().lower() != "auto":
+        return features
+    return "pca" if channels == 1 and labelled else "inception"
+
+
+def cluster_contents(
+    assignments: np.ndarray,
+    labels: np.ndarray,
+    num_parts: int,
+    class_names: Sequence[str] | None = None,
+    top: int = 3,
+) -> tuple[float, list[list[tuple[str, float]]]]:
+    """What each cluster holds: (normalised mutual information of clusters and classes, and per
+    cluster its ``top`` most frequent classes as (name, share of the cluster)).
+
+    NMI is sklearn's (arithmetic mean normalisation): 0 for clusters unrelated to the classes,
+    1 when they are the classes.
+    """
+    from sklearn.metrics import normalized_mutual_info_score
+
+    a = np.asarray(assignments, dtype=np.int64)
+    y = np.asarray(labels, dtype=np.int64)
+    nmi = float(normalized_mutual_info_score(y, a)) if len(a) else float("nan")
+    width = max(int(y.max()) + 1 if y.size else 0, len(class_names or ()))
+    out = []
+    for k in range(num_parts):
+        counts = np.bincount(y[a == k], minlength=width)
+        total = max(int(counts.sum()), 1)
+        best = np.argsort(-counts, kind="stable")[:top]
+        out.append(
+            [
+                (class_names[c] if class_names else str(c), counts[c] / total)
+                for c in best
+                if counts[c] > 0
+            ]
+        )
+    return nmi, out
+
+
 def partition_run(
     run: Run,
     cfg: Config,
     parts: int,
     *,
     by: str = "kmeans",
-    features: str = "pca",
+    features: str = "auto",
     seed: int = 0,
     fine: int | None = None,
     force: bool = False,
@@ -49,7 +94,8 @@ def partition_run(
 
     Args:
         by: ``kmeans`` (the paper), ``random`` or ``label`` (controls).
-        features: ``pca`` or ``classifier`` (k-means only).
+        features: a featuriser (k-means only): ``auto`` (:func:`partition_features`), ``pca``,
+            ``inception``, ``classifier`` or one registered with ``register_featurizer``.
         fine: fine k-means centroids (default min(1024, N/4)).
         force: replace a partition that experts were already trained on.
     """
@@ -90,6 +136,7 @@ def partition_run(
     method = PARTITIONERS.get(by)  # None: make_partition reports the unknown method
     featurised = method is not None and method.needs_features
     try:
+        features = partition_features(features, d.shape[0], labels is not None)
         feats = featurize(images, features, labels=labels, seed=seed) if featurised else None
         p = make_partition(
             by, k=parts, features=feats, labels=labels, n=len(images), seed=seed, n_fine=fine

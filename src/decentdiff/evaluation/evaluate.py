@@ -61,31 +61,46 @@ def feature_net(run: Run, data: RunData, features: str, *, progress: bool = True
         return InceptionFeatures(), {"features": "inception"}
     from ..data.cache import rows_of
 
-    tr, ho = data.train_idx, data.heldout_idx
+    tr = data.train_idx
     labels = data.labels
+    held_array, ho, held_labels = data.heldout()
     net, meta = get_feature_net(
         rows_of(data.images, tr),  # a memmap's rows are read per batch, never all at once
         None if labels is None else labels[tr],
         data.fingerprint,
-        heldout_images=rows_of(data.images, ho) if len(ho) else None,
-        heldout_labels=None if labels is None or not len(ho) else labels[ho],
+        heldout_images=rows_of(held_array, ho) if len(ho) else None,
+        heldout_labels=None if held_labels is None or not len(ho) else held_labels,
         progress=progress,
         num_classes=data.num_classes or None,
     )
     return net, meta
 
 
+def _extract_real(net, images) -> dict[str, Any]:
+    """Features of real images; Inception's are cached on disk by image content, so every RUN of
+    the same data (the seeds of a study) embeds its reference images once."""
+    from .features import extract
+    from .inception import InceptionFeatures
+
+    if isinstance(net, InceptionFeatures):
+        from ..data.features import inception_features
+
+        feats = inception_features(images, side=299, progress=False)
+        return {"features": feats.astype(np.float64), "probs": None}
+    return extract(net, images)
+
+
 def _real(run: Run, data: RunData, net, features: str) -> dict[str, Any]:
     """Features of the held-out part (the reference) and of an equal-size slice of the training
     part (for the floor), cached in RUN/eval/ as .npz."""
-    from .features import extract
 
     cache = run.path / "eval" / f"real-{features}.npz"
+    stamp = data.fingerprint + data.heldout_fingerprint  # the training data and the reference
     net_id = _net_id(net)
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
-                if str(z["fingerprint"]) == data.fingerprint and str(z["net"]) == net_id:
+                if str(z["fingerprint"]) == stamp and str(z["net"]) == net_id:
                     return {k: z[k] for k in z.files}
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache, or one made by another feature network, is recomputed
@@ -96,18 +111,19 @@ def _real(run: Run, data: RunData, net, features: str) -> dict[str, Any]:
         )
     from ..data.cache import rows_of
 
-    held = extract(net, rows_of(data.images, data.heldout_idx))  # in batches, from disk
+    held_array, ho, held_labels = data.heldout()
+    held = _extract_real(net, rows_of(held_array, ho))  # in batches, from disk
     rng = np.random.default_rng(0)
-    tr = rng.permutation(data.train_idx)[: len(data.heldout_idx)]
-    train = extract(net, rows_of(data.images, tr))
+    tr = rng.permutation(data.train_idx)[: len(ho)]
+    train = _extract_real(net, rows_of(data.images, tr))
     out = {
         "held_features": held["features"],
         "train_features": train["features"],
-        "fingerprint": np.str_(data.fingerprint),
+        "fingerprint": np.str_(stamp),
         "net": np.str_(net_id),
     }
-    if data.labels is not None:
-        out["held_labels"] = data.labels[data.heldout_idx]
+    if held_labels is not None:
+        out["held_labels"] = held_labels
     if "probs" in train and train["probs"] is not None:
         out["train_probs"] = train["probs"]
     from ..training.checkpoint import atomic_write_bytes
