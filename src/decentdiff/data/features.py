@@ -459,7 +459,7 @@ def _read_chunk(path: Path, rows: int) -> np.ndarray | None:
         part = np.load(path, allow_pickle=False)
     except (OSError, ValueError):
         return None  # absent or damaged: recomputed
-    ok = part.shape == (rows, 2048) and np.isfinite(part).all()
+    ok = part.shape == (rows, 2048) and part.dtype == np.float32 and np.isfinite(part).all()
     return part if ok else None
 
 
