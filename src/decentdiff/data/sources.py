@@ -1437,6 +1437,3 @@ register_source(
     arg="name",
     fits=True,
 )
-
-# Sources in modules of their own register themselves on import (after the helpers above exist).
-from decentdiff.data import imagenet as _imagenet  # noqa: E402, F401
