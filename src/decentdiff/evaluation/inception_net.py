@@ -8,7 +8,9 @@ norm without a scale (only beta, eps 1e-3), the 3×3 average pools of the towers
 
 :meth:`FIDInceptionV3.fold` folds each batch norm into its convolution's weight and bias, which
 saves a pass over every activation but changes the fp32 rounding; without it the forward pass runs
-the TorchScript's ops in the same order and gives bitwise-equal features.
+the TorchScript's ops in the same order and gives bitwise-equal features. Folded, fp32 inference on
+the CPU runs each convolution and its ReLU as one oneDNN op (the one ``torch.compile`` emits);
+elsewhere (other devices, autograd, builds without it) ``conv2d`` then an in-place ReLU.
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ def _fused_available() -> bool:
 
 
 def _fused_ok(x: Tensor) -> bool:
-    # fp32 CPU inference only: the fused op has no autograd formula and no other device.
+    # fp32 CPU inference only: the fused op has no autograd formula and no other device. Under
+    # torch.compile the plain ops keep the graph whole (inductor fuses them itself).
     return (
-        x.device.type == "cpu"
+        not torch.compiler.is_compiling()
+        and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not (x.requires_grad and torch.is_grad_enabled())
         and torch.backends.mkldnn.is_available()
@@ -85,7 +89,8 @@ class Conv(nn.Module):
             w = self.weight.double() * s.view(-1, 1, 1, 1)
             b = self.beta.double() - self.mean.double() * s
             self.weight.copy_(w.to(self.weight.dtype))
-            self.bias = nn.Parameter(b.to(self.beta.dtype), requires_grad=False)
+            grad = self.weight.requires_grad
+            self.bias = nn.Parameter(b.to(self.beta.dtype), requires_grad=grad)
         self.folded = True
 
     def forward(self, x: Tensor) -> Tensor:
