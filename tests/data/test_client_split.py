@@ -317,9 +317,11 @@ def test_flower_forms_that_cannot_fit_the_data(spec, clients, err, why):
 
 
 def test_the_specs_the_docs_quote_parse():
-    """Every split spec README and docs/federated-splits.md quote is valid (optional parts too)."""
+    """Every split spec README.md, docs/federated.md and docs/federated-splits.md quote is valid
+    (optional parts too)."""
     root = Path(__file__).resolve().parents[2]
-    text = (root / "README.md").read_text() + (root / "docs" / "federated-splits.md").read_text()
+    pages = ("README.md", "docs/federated.md", "docs/federated-splits.md")
+    text = "".join((root / page).read_text() for page in pages)
     quoted = re.findall(r"`((?:dirichlet|pathological|shard|quantity|classes):[^`\s]*)`", text)
     keyed = [q for q in quoted if "=" in q]
     assert len(keyed) >= 6, quoted

@@ -54,18 +54,19 @@ def test_fed_bytes_json_is_the_prediction_keyed_by_method(capsys):
     assert code == 0 and "udec" in out and "× full" in out
 
 
-def test_readme_byte_ratios_are_what_fed_bytes_predicts(capsys):
-    """README's "UDEC sends 0.40×, ULATDEC 0.67× and USPLIT 0.76× of FULL" (small, 5 clients, 15
-    rounds) is read from README.md itself and checked against `fed bytes`, so neither can drift."""
+def test_documented_byte_ratios_are_what_fed_bytes_predicts(capsys):
+    """docs/federated.md's "UDEC sends 0.40×, ULATDEC 0.67× and USPLIT 0.76× of FULL" (small, 5
+    clients, 15 rounds) is read from the page itself and checked against `fed bytes`, so neither
+    can drift."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    page = (Path(__file__).resolve().parents[2] / "docs" / "federated.md").read_text()
     m = re.search(
         r"UDEC sends (\d\.\d+)×, ULATDEC (\d\.\d+)× and USPLIT (\d\.\d+)× of FULL \(5 clients, 15",
-        " ".join(readme.split()),
+        " ".join(page.split()),
     )
-    assert m, "README no longer states the byte ratios this test checks"
+    assert m, "docs/federated.md no longer states the byte ratios this test checks"
     claimed = dict(zip(("udec", "ulatdec", "usplit"), map(float, m.groups()), strict=True))
     code, out, err = cli(capsys, "fed", "bytes", "--preset", "small", "--clients", 5,
                          "--rounds", 15, "--json")  # fmt: skip
