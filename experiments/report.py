@@ -28,6 +28,8 @@ ORDER = (
     ("s16_fed_recipe", "16. (ours) Federated averaging with the central recipe"),
     ("s17_eps_skip", "17. (ours) An epsilon-network with a skip connection"),
     ("s18_eps_flow_loss", "18. (ours) An epsilon-network on the flow-matching loss"),
+    ("s19_content_clusters", "19. (ours) Clusters by content on natural images"),
+    ("s20_tiny_imagenet", "20. DDM on Tiny ImageNet against the FLOP-matched monolith"),
 )
 
 
@@ -696,7 +698,69 @@ BODIES = {
     "s17_eps_skip": body_s15,  # the same table: quantities with intervals
     "s18_eps_flow_loss": body_s15,
     "s16_fed_recipe": body_s16,
+    "s19_content_clusters": lambda r: body_s19(r),
+    "s20_tiny_imagenet": lambda r: body_s20(r),
 }
+
+
+def body_s19(r: dict) -> list[str]:
+    """Per labelled subset: cluster-label agreement of each featuriser at each K, mean of the
+    partition seeds, as NMI (AMI: adjusted for chance)."""
+    out = []
+    for name, t in r["table"].items():
+        rows = t["agreement"]
+        ks = list(next(iter(rows.values())))
+        out += [
+            f"**{name}** ({t['images']} images, {t['classes']} classes): NMI (AMI), mean of "
+            f"{len(r['setup']['seeds'])} partition seeds.",
+            "",
+            "| features | " + " | ".join(ks) + " |",
+            "|---" * (len(ks) + 1) + "|",
+        ]
+        for arm, per_k in rows.items():
+            cells = [
+                f"{sum(v['nmi']) / len(v['nmi']):.3f} ({sum(v['ami']) / len(v['ami']):.3f})"
+                for v in per_k.values()
+            ]
+            out.append(f"| {arm} | " + " | ".join(cells) + " |")
+        if "default_over_pca_nmi" in t:
+            ratio = ", ".join(f"{k} {v:.1f}x" for k, v in t["default_over_pca_nmi"].items())
+            out += ["", f"The default's NMI over pixel PCA's: {ratio}."]
+        out.append("")
+    secs = r.get("embedding_seconds", {})
+    if secs:
+        out += [
+            "Embedding wall time (shared machine): "
+            + "; ".join(f"{k} {v:.0f} s" for k, v in secs.items())
+            + ".",
+            "",
+        ]
+    out += [_checks(r), ""]
+    return out
+
+
+def body_s20(r: dict) -> list[str]:
+    """Each finished RUN: the ensemble's FID per routing against its FLOP-matched monolith."""
+    out = [
+        "| RUN | steps | routing | ensemble FID | monolith FID | ratio | floor |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for run, res in r["results"].items():
+        for routing, row in res["rows"].items():
+            out.append(
+                f"| {run} | {res['steps']} | {routing} | {f2(row['fid'])} | "
+                f"{f2(row['monolith_fid'])} | {row['ratio']:.3f} | {f2(row.get('floor'))} |"
+            )
+    for steps, h in r.get("headline", {}).items():
+        out += [
+            "",
+            f"Headline (K=4, class-conditional, top1) at {steps} steps: ratios "
+            + ", ".join(f"{x:.3f}" for x in h["top1_ratios"])
+            + f"; mean {h['mean']:.3f}, 95% t-interval {_iv(h['interval'])}.",
+        ]
+    out += ["", _checks(r), ""]
+    return out
+
 
 #: Study 16's reading, in Markdown: a summary table, then what was found, grouped by question.
 S16_READING = """Held, by the means: FedAvg (FedSGD + FedAdam, 1.22x central; its 95% interval reaches 1.50) and, since stop 34, UDEC's personal models (1.87x; every seed under 2x, the interval reaches 2.22). Each is the best of its candidates measured on every seed (6 and 4), picked on the seeds that score it.

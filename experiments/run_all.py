@@ -29,6 +29,8 @@ STUDIES = (
     "s16_fed_recipe",
     "s17_eps_skip",
     "s18_eps_flow_loss",
+    "s19_content_clusters",
+    "s20_tiny_imagenet",
 )
 
 

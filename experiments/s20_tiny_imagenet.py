@@ -199,7 +199,8 @@ def report() -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
+    argv = list(argv or [])
     phase = argv[argv.index("--phase") + 1] if "--phase" in argv else None
     what = argv[0] if argv and not argv[0].startswith("-") else "all"
     if what in ("run", "all"):

@@ -461,3 +461,66 @@ def test_s12_work_resolves_the_largest_expert_and_the_step_factor(tmp_path, monk
     small = distill[str(s12.run_dir("own-soup lr 1e-3, batch 8 x 2 steps", 0))]
     assert opt(small, "--batch") == "8" and opt(small, "--init") == "soup"
     assert int(opt(small, "--steps")) * 8 == int(opt(expert, "--steps")) * 16 == s12.STEPS * 16
+
+
+def test_s20_arms_have_distinct_runs_and_the_headline_check_needs_three_seeds(
+    tmp_path, monkeypatch
+):
+    import s20_tiny_imagenet as s20
+
+    runs = [
+        s20.run_dir(a, steps) for p in s20.PHASES for a in s20.arms(p) for steps in a["budgets"]
+    ]
+    assert len(runs) == len(set(runs)) and all(" " not in r.name for r in runs)
+    monkeypatch.setattr(s20, "BASE", tmp_path)
+    monkeypatch.setattr(s20, "save", lambda study, out: None)
+    n = s20.BUDGET["n"]
+    fids = {0: (6.0, 5.0), 1: (8.0, 7.0), 2: (10.0, 9.5)}  # (monolith, top1) per seed
+    steps = s20.BUDGET["steps"][0]
+    for arm in s20.arms("head") + s20.arms("seeds"):
+        mono, top1 = fids[arm["seed"]]
+        run = s20.run_dir(arm, steps)
+        run.mkdir(parents=True)
+        rows = [
+            {"kind": "eval", "model": "monolith", "n": n, "fid": mono},
+            {"kind": "eval", "model": "ensemble", "routing": "top1", "n": n, "fid": top1},
+        ]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = s20.report()
+    ratios = out["headline"][str(steps)]["top1_ratios"]
+    assert sorted(ratios) == sorted(top / mono for mono, top in fids.values())
+    (check,) = out["checks"].values()
+    # mean 0.886 <= 0.9 and every seed below 1: held
+    assert check == "held" and abs(sum(ratios) / 3 - (5 / 6 + 7 / 8 + 9.5 / 10) / 3) < 1e-12
+
+
+def test_s19_and_s20_bodies_render(tmp_path, monkeypatch):
+    r19 = {
+        "setup": {"seeds": [0, 1]},
+        "table": {
+            "10 classes": {
+                "images": 500,
+                "classes": 10,
+                "agreement": {
+                    "pixel PCA 64": {"K=4": {"nmi": [0.05, 0.07], "ami": [0.01, 0.03]}},
+                    "inception 128": {"K=4": {"nmi": [0.3, 0.4], "ami": [0.2, 0.3]}},
+                },
+                "default_over_pca_nmi": {"K=4": 5.833},
+            }
+        },
+        "checks": {"c": "held"},
+    }
+    text = "\n".join(report.BODIES["s19_content_clusters"](r19))
+    assert "| inception 128 | 0.350 (0.250) |" in text and "K=4 5.8x" in text
+    r20 = {
+        "results": {
+            "run-a": {
+                "steps": 10,
+                "rows": {"top1": {"fid": 5.0, "monolith_fid": 6.0, "ratio": 5 / 6, "floor": 1.0}},
+            }
+        },
+        "headline": {},
+        "checks": {},
+    }
+    text = "\n".join(report.BODIES["s20_tiny_imagenet"](r20))
+    assert "| run-a | 10 | top1 | 5.00 | 6.00 | 0.833 | 1.00 |" in text
