@@ -54,7 +54,9 @@ def whiten(f: np.ndarray, dim: int = 64) -> np.ndarray:
     return PCA(n_components=dim, whiten=True, random_state=0).fit_transform(f)
 
 
-def nmi_table(feats: np.ndarray, labels: np.ndarray, ks: tuple[int, ...]) -> dict[str, list[float]]:
+def nmi_table(
+    feats: np.ndarray | None, labels: np.ndarray, ks: tuple[int, ...]
+) -> dict[str, list[float]]:
     from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
     from decentdiff.data.partition import make_partition
@@ -63,9 +65,13 @@ def nmi_table(feats: np.ndarray, labels: np.ndarray, ks: tuple[int, ...]) -> dic
     for k in ks:
         nmi, ami = [], []
         for s in SEEDS:
-            p = make_partition("kmeans", k=k, features=feats, labels=labels, n=len(feats), seed=s)
-            nmi.append(float(normalized_mutual_info_score(labels, p.assignments)))
-            ami.append(float(adjusted_mutual_info_score(labels, p.assignments)))
+            if feats is None:  # the chance level: a random split into k parts
+                assign = np.random.default_rng(s).integers(0, k, len(labels))
+            else:
+                n = len(feats)
+                assign = make_partition("kmeans", k=k, features=feats, n=n, seed=s).assignments
+            nmi.append(float(normalized_mutual_info_score(labels, assign)))
+            ami.append(float(adjusted_mutual_info_score(labels, assign)))
         out[f"K={k}"] = {"nmi": nmi, "ami": ami}
     return out
 
@@ -79,6 +85,7 @@ def main() -> None:
         ks = (4, 8, 16) if "all" in name else (4, 8, 10)
         rows = {}
         t = time.time()
+        rows["random split (chance)"] = nmi_table(None, y, ks)
         rows[PCA] = nmi_table(featurize(x, "pca", seed=0), y, ks)
         for side in SIDES:
             t = time.time()

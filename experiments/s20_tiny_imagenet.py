@@ -13,7 +13,8 @@ in a copy of the RUN (training resumes exactly: constant learning rate after the
     python experiments/s20_tiny_imagenet.py run [--phase NAME]   # resumable; phases below
     python experiments/s20_tiny_imagenet.py report               # the JSON, from what is done
 
-Phases, in the order they run: ``head`` (K=4, class-conditional, budgets 1 and 2, seed 0),
+Phases, in the order they run: ``pilot10`` (the first 10 classes only, K=4 class-conditional,
+seed 0, budget 1: a session-sized first measurement), ``head`` (K=4, class-conditional, budgets 1 and 2, seed 0),
 ``seeds`` (the same on seeds 1 and 2), ``k8`` (K=8, seed 0), ``uncond`` (K=4 unconditional,
 seed 0), ``s64`` (64×64, K=4 class-conditional, seed 0, budget 1).
 """
@@ -54,13 +55,51 @@ BUDGET = {
 }
 #: Routings that run one expert per step, then the full mixture (every expert every step).
 ONE_EXPERT = ("top1", "mixture", "sample:1")
-PHASES = ("head", "seeds", "k8", "uncond", "s64")
+PHASES = ("pilot10", "head", "seeds", "k8", "uncond", "s64")
+#: The pilot's classes: the first ten WordNet ids in sorted order (a session-sized subset).
+PILOT_CLASSES = 10
+
+
+def pilot_folder() -> Path:
+    """A class-folder tree of the pilot's classes (symlinks into DIR): train/<wnid>/ and
+    val/<wnid>/, read as folder:... sources with the same sorted class names."""
+    out = BASE / "data" / f"tiny{PILOT_CLASSES}"
+    if (out / "done").is_file():
+        return out
+    wnids = sorted(w.strip() for w in open(Path(DIR) / "wnids.txt") if w.strip())[:PILOT_CLASSES]
+    for w in wnids:
+        (out / "train").mkdir(parents=True, exist_ok=True)
+        link = out / "train" / w
+        if not link.exists():
+            link.symlink_to(Path(DIR) / "train" / w / "images")
+        (out / "val" / w).mkdir(parents=True, exist_ok=True)
+    for line in open(Path(DIR) / "val" / "val_annotations.txt"):
+        name, wnid = line.split("\t")[:2]
+        if wnid in wnids:
+            link = out / "val" / wnid / name
+            if not link.exists():
+                link.symlink_to(Path(DIR) / "val" / "images" / name)
+    (out / "done").write_text("\n".join(wnids) + "\n")
+    return out
+
+
+def sources(arm: dict[str, Any]) -> tuple[str, str]:
+    """(training source, held-out source) of an arm."""
+    if arm.get("pilot"):
+        root = pilot_folder()
+        return f"folder:{root / 'train'}", f"folder:{root / 'val'}"
+    return f"tinyimagenet:{DIR}", f"tinyimagenet-val:{DIR}"
 
 
 def arms(phase: str) -> list[dict[str, Any]]:
     """The arms of a phase: (K, class_cond, size, seed, budgets, routings)."""
     both = BUDGET["steps"]
     head = {"K": 4, "cond": True, "size": 32, "budgets": both}
+    if phase == "pilot10":
+        # Sized to finish inside one shared 2-core session: half the first budget's steps and a
+        # shorter router.
+        return [{**head, "pilot": True, "seed": 0, "budgets": (scaled(750, 2),),
+                 "router_steps": scaled(300, 2), "routings": ("top1", "mixture")}]  # fmt: skip
     if phase == "head":
         return [{**head, "seed": 0, "routings": (*ONE_EXPERT, "full")}]
     if phase == "seeds":
@@ -76,7 +115,8 @@ def arms(phase: str) -> list[dict[str, Any]]:
 
 def run_dir(arm: dict[str, Any], steps: int) -> Path:
     kind = "cond" if arm["cond"] else "uncond"
-    return BASE / f"{arm['size']}px-{kind}-K{arm['K']}-s{arm['seed']}-{steps}"
+    data = f"tiny{PILOT_CLASSES}-" if arm.get("pilot") else ""
+    return BASE / f"{data}{arm['size']}px-{kind}-K{arm['K']}-s{arm['seed']}-{steps}"
 
 
 def _carry(src: Path, dst: Path) -> None:
@@ -102,20 +142,22 @@ def train(arm: dict[str, Any], steps: int, previous: Path | None) -> Path:
     if previous is not None:
         _carry(previous, run)
     if not (run / "partition.npz").is_file():
+        train_src, held_src = sources(arm)
         sets = [
             f"data.size={arm['size']}",
-            f"data.heldout_source=tinyimagenet-val:{DIR}",
+            f"data.heldout_source={held_src}",
             f"model.preset={b['preset']}",
             f"model.class_cond={'true' if arm['cond'] else 'false'}",
         ]
         cli(
-            "partition", run, "-K", k, "--data", f"tinyimagenet:{DIR}", "--seed", seed,
+            "partition", run, "-K", k, "--data", train_src, "--seed", seed,
             *[a for s in sets for a in ("--set", s)],
             study=STUDY,
         )  # fmt: skip
     common = ["--preset", b["preset"], "--seed", seed, "--quiet"]
     cli("train", "experts", run, "--steps", steps, "--batch", b["batch"] // k, *common, study=STUDY)
-    cli("train", "router", run, "--steps", b["router_steps"], "--batch", b["router_batch"],
+    router_steps = arm.get("router_steps", b["router_steps"])
+    cli("train", "router", run, "--steps", router_steps, "--batch", b["router_batch"],
         *common, study=STUDY)  # fmt: skip
     cli("train", "monolith", run, "--flop-match", *common, study=STUDY)
     return run
@@ -167,6 +209,7 @@ def report() -> dict[str, Any]:
             r["rows"]["top1"]["ratio"]
             for r in results.values()
             if r["K"] == 4 and r["cond"] and r["size"] == 32 and r["steps"] == steps
+            and not r.get("pilot")
             and "top1" in r["rows"]
         ]  # fmt: skip
         if ratios:
