@@ -378,3 +378,43 @@ def test_parse_model_validates_once_with_the_choices():
     ]:
         with pytest.raises(ConfigError, match=why):
             parse_model(bad)
+
+
+def test_eval_against_a_heldout_source(tmp_path, capsys):
+    """A RUN whose held-out part is a second source: every image of the first trains, and eval's
+    reference (n_real, FID, floor) is the second source's images, recomputed here."""
+    from decentdiff.config import resolve
+    from decentdiff.evaluation import features as FE
+    from decentdiff.evaluation.evaluate import feature_net
+
+    rng = np.random.default_rng(3)
+
+    def blobs(n):
+        y = np.repeat(np.arange(2), n // 2)
+        x = np.zeros((n, 1, 8, 8), np.uint8)
+        for i, c in enumerate(y):
+            x[i, 0, 4 * c : 4 * c + 4] = 200
+        return np.clip(x + rng.integers(0, 40, x.shape), 0, 255).astype(np.uint8), y
+
+    (xt, yt), (xv, yv) = blobs(60), blobs(24)
+    np.savez(tmp_path / "train.npz", x=xt, y=yt)
+    np.savez(tmp_path / "val.npz", x=xv, y=yv)
+    run = tmp_path / "run"
+    held = f"--set=data.heldout_source=npz:{tmp_path / 'val.npz'}"
+    main(["partition", str(run), "--data", f"npz:{tmp_path / 'train.npz'}", "--parts", "2",
+          "--by", "label", held])  # fmt: skip
+    main(["train", "monolith", str(run), "--steps", "3", "--batch", "8", *TINY])
+    code, _, err = cli(capsys, "eval", run, "--model", "monolith", "--n", "20", "--steps", "2",
+                       "--features", "classifier", "-q")  # fmt: skip
+    assert code == 0, err
+    row = rows(run)[-1]
+    r = Run(run)
+    data = r.data(resolve(base=r.base_config()), create=False)
+    assert len(data.train_idx) == 60 and row["n_real"] == 24
+    net, _ = feature_net(r, data, "classifier", progress=False)
+    ref = FE.extract(net, xv)["features"]
+    with np.load(run / row["fake_features"]) as z:
+        assert row["fid"] == pytest.approx(fid_scipy(ref, z["features"]), rel=1e-4)
+    floor_rows = np.random.default_rng(0).permutation(np.arange(60))[:24]
+    floor = fid_scipy(ref, FE.extract(net, xt[floor_rows])["features"])
+    assert row["floor"]["fid"] == pytest.approx(floor, rel=1e-4)
