@@ -727,14 +727,6 @@ def body_s19(r: dict) -> list[str]:
             ratio = ", ".join(f"{k} {v:.1f}x" for k, v in t["default_over_pca_nmi"].items())
             out += ["", f"The default's NMI over pixel PCA's: {ratio}."]
         out.append("")
-    secs = r.get("embedding_seconds", {})
-    if secs:
-        out += [
-            "Embedding wall time (shared machine): "
-            + "; ".join(f"{k} {v:.0f} s" for k, v in secs.items())
-            + ".",
-            "",
-        ]
     out += [_checks(r), ""]
     return out
 

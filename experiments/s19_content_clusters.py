@@ -80,7 +80,6 @@ def main() -> None:
     from decentdiff.data.features import featurize, inception_features
 
     table: dict[str, dict] = {}
-    seconds: dict[str, float] = {}
     for name, (x, y) in subsets().items():
         ks = (4, 8, 16) if "all" in name else (4, 8, 10)
         rows = {}
@@ -90,7 +89,6 @@ def main() -> None:
         for side in SIDES:
             t = time.time()
             f = inception_features(x, side=side)
-            seconds[f"{name}, inception {side}"] = time.time() - t
             rows[f"inception {side}"] = nmi_table(f, y, ks)
             if side == 299:
                 rows["inception 299, PCA-whitened 64"] = nmi_table(whiten(f), y, ks)
@@ -132,7 +130,6 @@ def main() -> None:
                 "default": default,
             },
             "table": table,
-            "embedding_seconds": seconds,
             "checks": checks,
             "verdict": overall(checks) if checks else "inconclusive",
         },
