@@ -1,12 +1,12 @@
 """Inception at machine speed (issue 37, item 2): the FID Inception's images/s through the TorchScript
 file (the way ``InceptionFeatures`` ran before) and through the rebuilt module (batch norms folded,
-channels-last, oneDNN's fused conv + ReLU), interleaved in one run, best-of; the GFLOP/s they reach
-against oneDNN convolutions of Inception's own layer shapes timed in the same rounds; the FID and
-feature differences of the two paths on real images; the peak memory of one batch in a fresh
-process each. Speeds are measured twice: on one thread as CPU time (the work per pass, robust to
+channels-last), interleaved in one run, best-of; the GFLOP/s they reach against oneDNN convolutions
+of Inception's own layer shapes timed in the same rounds; the FID and feature differences of the
+two paths on real images; the peak memory of one batch in a fresh process each. Speeds are measured twice: on one thread as CPU time (the work per pass, robust to
 the load of a shared machine) and on the default threads as wall time. The full run adds the
-measurements that were not adopted: the module without its fused op and without channels-last, bf16
-weights and activations, one thread instead of the default, and ``torch.compile``.
+measurements that show what each step brings or that were not adopted: the module on contiguous
+(NCHW) activations, unfolded too, bf16 weights and activations, one thread instead of the default,
+and ``torch.compile``.
 
     .venv/bin/python benchmarks/run.py --only inception [--quick]
 """
@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import torch
@@ -42,6 +41,9 @@ NOT_REMEASURED = [
     "module (batch 10, interleaved).",
     "bf16 weights and activations on 80 + 80 Tiny ImageNet training images: FID 0.29 % from fp32's, "
     "features 2 % apart (median relative L2 per image).",
+    "oneDNN's fused convolution + ReLU (`torch.ops.mkldnn._convolution_pointwise`, what "
+    "`torch.compile` emits) instead of `conv2d` and an in-place ReLU: 0.98–1.05× at batch 25 on one "
+    "thread, within noise; a private op not worth its fallback code.",
     "The TF1 resize as two interpolation matrices (`Wh @ x @ Wwᵀ`) instead of `grid_sample`: 2.5–4× "
     "faster for 28–64 px inputs, ~1 % of a pass saved; not worth a second resampling code path.",
 ]
@@ -123,14 +125,13 @@ def _one_thread_cpu(items: dict[str, Any], rounds: int) -> dict[str, float]:
 
 
 def bench_inception(ctx: Context) -> dict[str, Any]:
-    from decentdiff.evaluation import inception_net
     from decentdiff.evaluation.inception import (
         BATCH,
         InceptionFeatures,
         _tf_bilinear,
         _TorchScriptInception,
     )
-    from decentdiff.evaluation.inception_net import inception_macs
+    from decentdiff.evaluation.inception_net import FIDInceptionV3, inception_macs
     from decentdiff.evaluation.metrics import frechet_distance
 
     quick = ctx.quick
@@ -139,10 +140,6 @@ def bench_inception(ctx: Context) -> dict[str, Any]:
     threads = torch.get_num_threads()
     x = torch.from_numpy(_real_images(BATCH, 0)).float() / 127.5 - 1  # 28×28, resized in the pass
     cl = torch.channels_last
-
-    def plain(fn, *args):  # the module with conv2d + relu instead of the fused op
-        with mock.patch.object(inception_net, "_fused_ok", lambda t: False):
-            return fn(*args)
 
     def one_thread():
         torch.set_num_threads(1)
@@ -162,9 +159,10 @@ def bench_inception(ctx: Context) -> dict[str, Any]:
     convs, conv_macs = {}, {}
     for shape in CONV_SHAPES:
         convs[shape[0]], conv_macs[shape[0]] = _conv_case(shape, BATCH)
+    unfolded = FIDInceptionV3.from_torchscript(old.model)  # the TorchScript's ops, eager
     ablations = {
-        "module, NCHW, conv2d + relu": lambda: plain(new.net, new._inputs(x, 299)),
-        "module, channels-last, conv2d + relu": lambda: plain(new.features, x),
+        "module, NCHW": lambda: new.net(new._inputs(x, 299)),
+        "module, NCHW, unfolded": lambda: unfolded(new._inputs(x, 299)),
         "module, bf16": lambda: bf16_features(x),
     }
 
@@ -307,7 +305,7 @@ def render_inception(r: dict[str, Any]) -> str:
         f"Batch {r['batch']} of 28×28 cmnist5k images resized to 299×299 inside the pass. "
         f"Inception-v3 at 299: {r['macs_per_image'] / 1e9:.2f} G multiply-adds an image "
         "(counted from the layer shapes), 2 FLOPs each. `module` is what `InceptionFeatures` runs "
-        "now (batch norms folded, channels-last, fused conv + ReLU); `torchscript` is the shipped "
+        "now (batch norms folded, channels-last); `torchscript` is the shipped "
         "TorchScript file run as before. This section's CPU: SIMD "
         f"{', '.join(r['simd']) or '?'}, AMX {'yes' if r['amx'] else 'no'}.",
         "",
