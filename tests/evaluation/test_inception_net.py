@@ -135,3 +135,12 @@ def test_macs_count_the_convolutions():
     """5.71 G multiply-adds at 299, torchvision's figure for Inception-v3 (its "5.71 GFLOPS")."""
     assert inception_macs(299) == pytest.approx(5.711e9, rel=1e-3)
     assert inception_macs(75) < inception_macs(150) < inception_macs(299) / 3
+
+
+def test_weights_of_another_network_are_a_config_error(tmp_path):
+    other = tmp_path / "other.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 8, 3)), str(other))
+    with pytest.raises(ConfigError, match="do not fit the FID Inception-v3"):
+        InceptionFeatures(weights=other)
+    with pytest.raises(ConfigError, match="cannot load"):
+        InceptionFeatures(weights=tmp_path / "missing.pt")
