@@ -8,14 +8,10 @@ norm without a scale (only beta, eps 1e-3), the 3×3 average pools of the towers
 
 :meth:`FIDInceptionV3.fold` folds each batch norm into its convolution's weight and bias, which
 saves a pass over every activation but changes the fp32 rounding; without it the forward pass runs
-the TorchScript's ops in the same order and gives bitwise-equal features. Folded, fp32 inference on
-the CPU runs each convolution and its ReLU as one oneDNN op (the one ``torch.compile`` emits);
-elsewhere (other devices, autograd, builds without it) ``conv2d`` then an in-place ReLU.
+the TorchScript's ops in the same order and gives bitwise-equal features.
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -24,38 +20,6 @@ from torch import Tensor, nn
 __all__ = ["FIDInceptionV3", "inception_macs"]
 
 _BN_EPS = 1e-3  # the TF graph's batch-norm epsilon
-
-
-def _conv_relu(*args):  # the op inductor emits for conv + ReLU on the CPU (mkldnn builds only)
-    return torch.ops.mkldnn._convolution_pointwise(*args)
-
-
-@functools.cache
-def _fused_available() -> bool:
-    """Whether oneDNN's fused convolution + ReLU runs here and agrees with conv2d + relu."""
-    try:
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(2, 8, 9, 9, generator=g).contiguous(memory_format=torch.channels_last)
-        w, b = torch.randn(16, 8, 3, 3, generator=g), torch.randn(16, generator=g)
-        got = _conv_relu(x, w, b, [1, 1], [2, 2], [1, 1], 1, "relu", [None], "")
-        want = F.relu(F.conv2d(x, w, b, 2, 1))
-        return got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-5)
-    except Exception:  # op missing from this build or failing: conv2d + relu instead
-        return False
-
-
-def _fused_ok(x: Tensor) -> bool:
-    # fp32 CPU inference only: the fused op has no autograd formula and no other device. Under
-    # torch.compile the plain ops keep the graph whole (inductor fuses them itself).
-    return (
-        not torch.compiler.is_compiling()
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not (x.requires_grad and torch.is_grad_enabled())
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-        and _fused_available()
-    )
 
 
 class Conv(nn.Module):
@@ -71,7 +35,6 @@ class Conv(nn.Module):
         kh, kw = (k, k) if isinstance(k, int) else k
         self.stride = stride
         self.padding = padding
-        self._pad2 = [padding, padding] if isinstance(padding, int) else list(padding)
         self.weight = nn.Parameter(torch.empty(cout, cin, kh, kw))
         self.beta = nn.Parameter(torch.zeros(cout))
         self.register_buffer("mean", torch.zeros(cout), persistent=False)
@@ -97,11 +60,6 @@ class Conv(nn.Module):
         w = self.weight.to(x.dtype)
         if self.folded:
             b = self.bias.to(x.dtype)
-            if _fused_ok(x):
-                # oneDNN applies the ReLU as it writes the output: one pass over it saved.
-                return _conv_relu(
-                    x, w, b, self._pad2, [self.stride] * 2, [1, 1], 1, "relu", [None], ""
-                )
             return F.relu(F.conv2d(x, w, b, self.stride, self.padding), inplace=True)
         x = F.conv2d(x, w, None, self.stride, self.padding)
         x = F.batch_norm(x, self.mean, self.var, None, self.beta, False, 0.1, _BN_EPS)
