@@ -117,6 +117,7 @@ def train_expert(
 ) -> None:
     """Train one expert on its own cluster only (one compute island; writes only RUN/experts/<k>).
     Under `torchrun --nproc_per_node=W`, the island trains with DDP (batch split over W ranks)."""
+    from ..ddm.experts import loss_text
     from ..ddm.experts import train_expert as train
     from ..run import Run
     from ..training.distributed import dist_env, train_expert_ddp
@@ -145,7 +146,7 @@ def train_expert(
             return
     typer.echo(
         f"expert {expert}: step {meta['step']}, batch {meta['train']['batch']}, "
-        f"{meta['shard_size']} images, loss {meta.get('loss')}"
+        f"{meta['shard_size']} images, loss {loss_text(meta.get('loss'))}"
     )
 
 
@@ -315,6 +316,7 @@ def distill(
     """Distil the experts into one dense student into RUN/distilled; then
     `sample/eval/compare --model distilled`."""
     from ..ddm.distill import distill as run_distill
+    from ..ddm.experts import loss_text
     from ..run import Run
 
     r = Run(run)
@@ -332,7 +334,8 @@ def distill(
         init=init,
     )
     typer.echo(
-        f"distilled: step {meta['step']}, batch {meta['train']['batch']}, loss {meta.get('loss')}, "
+        f"distilled: step {meta['step']}, batch {meta['train']['batch']}, "
+        f"loss {loss_text(meta.get('loss'))}, "
         f"{meta['train_flops'] / 1e12:.3f} TFLOPs (teachers' forwards included) "
         f"-> {r.model_dir('distilled')}"
     )
