@@ -143,7 +143,7 @@ def resolve_solver(run: Run, model: str | ModelSpec, solver: str, drop: Sequence
         get_solver(solver)  # unknown names fail here, with the choices
         return solver
     kinds = objective_kinds(run, model, drop)
-    # The most fragile objective decides: an ε-expert needs the ancestral sampler (study 11).
+    # The most fragile objective decides: an ε-expert needs the ancestral sampler (docs/models.md).
     for kind in ("ddpm", "vpred"):
         if kind in kinds:
             return AUTO_SOLVER[kind]

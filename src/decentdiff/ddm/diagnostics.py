@@ -1,4 +1,4 @@
-"""Why a routing helps or hurts (issue 14): the router's accuracy, entropy and calibration per
+"""Why a routing helps or hurts (docs/routing.md): the router's accuracy, entropy and calibration per
 noise level, and which expert a router-driven routing picks at each sampling step.
 
 ``decentdiff diagnose RUN`` writes RUN/diagnostics.json and RUN/figures/routing_diagnostics.png;
