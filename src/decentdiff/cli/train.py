@@ -10,10 +10,13 @@ import typer
 from .options import (
     ArchOpt,
     BatchOpt,
+    ClassCondOpt,
     ConfigOpt,
     DataOpt,
     DdmRunArg,
+    ExpertBatchOpt,
     FreshOpt,
+    IslandThreadsOpt,
     LogOpt,
     ObjectiveOpt,
     PartitionedRunArg,
@@ -24,17 +27,12 @@ from .options import (
     SeedOpt,
     SetOpt,
     StepsOpt,
+    StudentBatchOpt,
+    StudentPresetOpt,
     TrainDeviceOpt,
     VaeOpt,
     resolve_config,
 )
-
-ExpertBatchOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--batch", help="Expert batch. (default: train.batch / K, FLOP-matched to the monolith)"
-    ),
-]
 
 
 def train_monolith(
@@ -48,9 +46,7 @@ def train_monolith(
     steps: StepsOpt = None,
     batch: BatchOpt = None,
     seed: SeedOpt = None,
-    class_cond: Annotated[
-        bool | None, typer.Option("--class-cond/--no-class-cond", help="Condition on labels.")
-    ] = None,
+    class_cond: ClassCondOpt = None,
     flop_match: Annotated[
         bool,
         typer.Option(
@@ -172,12 +168,7 @@ def train_experts(
     retries: Annotated[
         int, typer.Option("--retries", help="Ray: retries of a failed island. (default: 2)")
     ] = 2,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            "--threads", help="process/ray: torch threads per island. (default: cores / jobs)"
-        ),
-    ] = None,
+    threads: IslandThreadsOpt = None,
     preset: PresetOpt = None,
     arch: ArchOpt = None,
     vae: VaeOpt = None,
@@ -270,22 +261,11 @@ def train_router(
 
 def distill(
     run: DdmRunArg,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            "--preset",
-            help="The student's model size: tiny, compact, small, base, dit-tiny, dit-compact, "
-            "dit-small, dit-base. "
-            "(default: the experts')",
-        ),
-    ] = None,
+    preset: StudentPresetOpt = None,
     arch: ArchOpt = None,
     device: TrainDeviceOpt = None,
     steps: StepsOpt = None,
-    batch: Annotated[
-        int | None,
-        typer.Option("--batch", help="Student batch. (default: train.batch / 4, as the paper)"),
-    ] = None,
+    batch: StudentBatchOpt = None,
     seed: SeedOpt = None,
     teacher: Annotated[
         str,
