@@ -22,6 +22,43 @@ WIDTH = 100  # the help's line width: fixed, whatever the terminal says
 REGENERATE = ".venv/bin/python docs/gen_cli.py"
 
 
+#: The header's table: one name per concept, the same on every command. Old spellings still parse,
+#: hidden from --help, and print one line naming the new one (src/decentdiff/cli/options.py).
+VOCABULARY = [
+    "## One vocabulary",
+    "",
+    "Each concept has one name, and a name means one thing, on every command:",
+    "",
+    "| concept | option | commands | old spelling (still accepted, with a note) |",
+    "|---|---|---|---|",
+    "| training steps | `--steps` | `train *`, `distill`, `experts add`/`remove`, `demo` | |",
+    "| solver steps of sampling | `--sample-steps` | every command that samples | `--steps` on "
+    "`sample`, `eval`, `compare`, `diagnose`, `fed eval` |",
+    "| number of images | `--n` | every command that samples | `--eval-n` (`fed run`) |",
+    "| number of federated clients | `--clients` | `fed run`, `fed bytes` | `-n` |",
+    "| number of DDM parts (clusters, one expert each) | `--parts`, `-K` | `partition`, `demo` | |",
+    "| ensemble routing: one, or several comma-separated where a command compares them | "
+    "`--routing` | `sample`, `eval`, `compare`, `diagnose` | `--routings` (`compare`, "
+    "`diagnose`) |",
+    "| what k-means clusters on | `--features` | `partition` | |",
+    "| what FID, KID, precision and recall are computed on | `--eval-features` | `eval`, "
+    "`compare`, `fed eval` | `--features` (`eval`, `compare`, `fed eval`) |",
+    "| start over (a checkpoint, a partition, reused rows, an output folder) | `--fresh` | "
+    "`train *`, `distill`, `partition`, `compare`, `export`, `fed run` | `--force` "
+    "(`partition`, `export`), `--recompute` (`compare`) |",
+    "| the seed of what the command does | `--seed` | training, sampling, the partition, a "
+    "federation; `demo`: every stage | |",
+    "",
+    "Every command that samples (`sample`, `eval`, `compare`, `diagnose`, `demo`, `fed eval`, "
+    "`fed run`) takes `--device`, `--precision`, `--solver`, `--seed` and `--sample-steps`, and "
+    "`--guidance` where a class-conditional model can be sampled. How the data is divided keeps "
+    "two names, because the two are different choices with different values: `partition --by` "
+    "picks a clustering method (`kmeans` on `--features`, or the `random` and `label` controls) "
+    "whose parts should differ in content, `fed run --split` a model of how silos differ "
+    "(`iid`, `dirichlet:ALPHA`, `quantity:ALPHA`, Flower's partitioners).",
+]
+
+
 def _context(cmd: click.Command, name: str, parent: click.Context | None) -> click.Context:
     return click.Context(
         cmd, info_name=name, parent=parent, terminal_width=WIDTH, max_content_width=WIDTH
@@ -67,6 +104,8 @@ def render() -> str:
         "accepts `--debug` (tracebacks instead of one-line errors). What the commands are for, in",
         "order: [getting started](getting-started.md), [DDM](ddm.md), [federated](federated.md),",
         "[evaluation](evaluation.md).",
+        "",
+        *VOCABULARY,
         "",
         "| command | what it does |",
         "|---|---|",

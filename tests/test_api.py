@@ -36,7 +36,7 @@ def test_sample_is_bitwise_the_command_line_sample(trained, tmp_path, capsys):
     run = decentdiff.load(trained)
     for model in ("monolith", "expert:1"):
         out = tmp_path / f"{model.replace(':', '')}.npz"
-        code, _, err = cli(capsys, "sample", trained, "--model", model, "--n", 6, "--steps", 3,
+        code, _, err = cli(capsys, "sample", trained, "--model", model, "--n", 6, "--sample-steps", 3,
                            "--seed", 4, "--device", "cpu", "--out", out)  # fmt: skip
         assert code == 0, err
         mine = run.sample(6, model=model, steps=3, seed=4, device="cpu")
@@ -45,7 +45,7 @@ def test_sample_is_bitwise_the_command_line_sample(trained, tmp_path, capsys):
 
 
 def test_evaluate_gives_the_eval_rows_numbers_for_the_same_images(trained, capsys):
-    code, _, err = cli(capsys, "eval", trained, "--model", "monolith", "--n", 12, "--steps", 3,
+    code, _, err = cli(capsys, "eval", trained, "--model", "monolith", "--n", 12, "--sample-steps", 3,
                        "--device", "cpu", "-q")  # fmt: skip
     assert code == 0, err
     lines = (trained / "metrics.jsonl").read_text().splitlines()

@@ -63,7 +63,7 @@ def test_training_router_and_eval_write_what_tensorboard_reads(tmp_path, capsys)
     assert [s for s, _ in got["router/accuracy_vs_t"]] == [round(1000 * t) for t in acc["t"]]
     code, _, err = cli(capsys, "train", "monolith", run, "--flop-match", *tiny)
     assert code == 0, err
-    code, _, err = cli(capsys, "eval", run, "--model", "monolith", "--n", 8, "--steps", 3, "-q",
+    code, _, err = cli(capsys, "eval", run, "--model", "monolith", "--n", 8, "--sample-steps", 3, "-q",
                        "--log", "tensorboard")  # fmt: skip
     assert code == 0, err
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])

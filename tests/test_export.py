@@ -25,7 +25,7 @@ def trained(tmp_path_factory):
 def test_export_samples_bitwise_like_its_run_and_holds_only_what_sampling_needs(
     trained, tmp_path, capsys
 ):
-    code, _, err = cli(capsys, "eval", trained, "--model", "monolith", "--n", 8, "--steps", 2,
+    code, _, err = cli(capsys, "eval", trained, "--model", "monolith", "--n", 8, "--sample-steps", 2,
                        "--device", "cpu", "-q")  # fmt: skip
     assert code == 0, err
     out = tmp_path / "shared"
@@ -43,7 +43,7 @@ def test_export_samples_bitwise_like_its_run_and_holds_only_what_sampling_needs(
         for where in (trained, out):
             f = tmp_path / f"{where.name}-{model.replace(':', '')}.npz"
             code, _, err = cli(capsys, "sample", where, "--model", model, *extra, "--n", 5,
-                               "--steps", 2, "--device", "cpu", "--out", f)  # fmt: skip
+                               "--sample-steps", 2, "--device", "cpu", "--out", f)  # fmt: skip
             assert code == 0, err
             got.append(np.load(f)["images"])
         assert np.array_equal(got[0], got[1]), model
@@ -71,9 +71,11 @@ def test_export_refuses_to_overwrite_or_to_write_into_the_run(trained, tmp_path,
     assert cli(capsys, "export", trained, out)[0] == 0
     before = sorted(p.name for p in out.iterdir())
     code, _, err = cli(capsys, "export", trained, out)
-    assert code == 2 and "not empty" in err and err.count("\n") == 1
+    assert code == 2 and "not empty" in err and "--fresh" in err and err.count("\n") == 1
     assert sorted(p.name for p in out.iterdir()) == before
-    assert cli(capsys, "export", trained, out, "--force")[0] == 0
+    assert cli(capsys, "export", trained, out, "--fresh")[0] == 0
+    code, _, err = cli(capsys, "export", trained, out, "--force")  # the old spelling
+    assert code == 0 and err == "decentdiff: note: --force is now --fresh\n", err
     code, _, err = cli(capsys, "export", trained, trained / "inside")
     assert code == 2 and "inside the RUN" in err
     assert not (trained / "inside").exists()

@@ -152,7 +152,7 @@ def test_every_network_trained_on_the_cached_latents(latent_run, vae_dir, monkey
 def test_samples_are_decoded_to_pixels(latent_run, capsys):
     for model, extra in (("monolith", []), ("ensemble", ["--routing", "top1"])):
         out = latent_run / f"{model}.npz"
-        code, _, err = cli(capsys, "sample", latent_run, "--model", model, "--n", 5, "--steps", 2,
+        code, _, err = cli(capsys, "sample", latent_run, "--model", model, "--n", 5, "--sample-steps", 2,
                            "--out", out, *extra)  # fmt: skip
         assert code == 0, err
         with np.load(out) as z:
@@ -192,14 +192,14 @@ def test_spaces_that_do_not_match_are_refused(latent_run, vae_dir, capsys, tmp_p
                        "--batch", 8, "--fresh", "--vae", "", "-q")  # fmt: skip
     assert code == 0, err
     code, _, err = cli(capsys, "sample", run, "--model", "ensemble", "--routing", "top1", "--n",
-                       2, "--steps", 2, "--out", run / "s.npz")  # fmt: skip
+                       2, "--sample-steps", 2, "--out", run / "s.npz")  # fmt: skip
     assert code == 2 and "different spaces" in err and len(err.strip().splitlines()) == 1
     # Resuming the latent monolith in pixel space is refused, not silently mixed.
     code, _, err = cli(capsys, "train", "monolith", run, "--preset", "tiny", "--steps", 5,
                        "--vae", "", "-q")  # fmt: skip
     assert code == 2 and "latent space" in err
     # Another --vae on an existing RUN, or a --vae that is not a VAE: one line, nothing written.
-    code, _, err = cli(capsys, "partition", run, "-K", 2, "--by", "label", "--force",
+    code, _, err = cli(capsys, "partition", run, "-K", 2, "--by", "label", "--fresh",
                        "--vae", tmp_path)  # fmt: skip
     assert code == 2 and "latent space of a RUN is fixed" in err
     code, _, err = cli(capsys, "partition", tmp_path / "new", "-K", 2, "--data", "digits",
@@ -240,7 +240,7 @@ def test_an_export_carries_its_vae(latent_run, vae_dir, capsys, tmp_path):
     hidden = vae_dir.with_name("vae-hidden")
     vae_dir.rename(hidden)  # the original VAE is not needed any more
     try:
-        code, _, err = cli(capsys, "sample", moved, "--model", "monolith", "--n", 2, "--steps", 2,
+        code, _, err = cli(capsys, "sample", moved, "--model", "monolith", "--n", 2, "--sample-steps", 2,
                            "--out", tmp_path / "s.npz")  # fmt: skip
     finally:
         hidden.rename(vae_dir)
@@ -282,7 +282,7 @@ def test_resume_reuses_the_cache_and_a_changed_vae_is_refused(latent_run, vae_di
     assert json.loads((latent_run / "monolith" / "meta.json").read_text())["step"] == 4
     assert sorted(p.name for p in (latent_run / "latents").glob("*.npy")) == before
     make_vae(vae_dir, seed=1)  # other weights in the same place (this module's last test)
-    code, _, err = cli(capsys, "sample", latent_run, "--model", "monolith", "--n", 2, "--steps", 2,
+    code, _, err = cli(capsys, "sample", latent_run, "--model", "monolith", "--n", 2, "--sample-steps", 2,
                        "--out", latent_run / "x.npz")  # fmt: skip
     assert code == 2 and "changed since the model was trained" in err
     assert len(err.strip().splitlines()) == 1

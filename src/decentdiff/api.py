@@ -224,8 +224,10 @@ class RunHandle:
         sets: Sequence[str] | None = None,
     ) -> Samples:
         """``decentdiff sample``: ``n`` images of a model (default: sample.model, else the
-        monolith), bitwise the ones the command line draws with the same arguments."""
+        ensemble of a DDM RUN or the monolith, :func:`~decentdiff.loading.default_model`),
+        bitwise the ones the command line draws with the same arguments."""
         from .generate import generate
+        from .loading import default_model
         from .training.loop import resolve_device
 
         cfg = self.config(
@@ -241,7 +243,7 @@ class RunHandle:
         )
         gen = generate(
             self.run,
-            cfg.sample.model or "monolith",
+            cfg.sample.model or default_model(self.run),
             cfg.sample,
             routing=cfg.sample.routing,
             drop=tuple(drop),

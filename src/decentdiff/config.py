@@ -52,15 +52,15 @@ class ObjectiveConfig:
     schedule: str = "linear"  # ddpm: linear | cosine
     loss: str = "mse"  # mse | huber
     timesteps: int = 1000  # ddpm: T
-    # ddpm: velocity:G (the ε-loss weighted as the flow-matching loss, capped at G; study 18) |
+    # ddpm: velocity:G (the ε-loss weighted as the flow-matching loss, capped at G; docs/models.md) |
     # uniform (Ho et al.'s simple loss); vpred, fm: uniform. auto = the kind's default (AUTO).
     weighting: str = "auto"
     eps_param: str = (
-        "skip"  # ddpm: skip (ε̂ = √(1−ᾱ)·z + √ᾱ·network, study 17) | direct (network = ε̂)
+        "skip"  # ddpm: skip (ε̂ = √(1−ᾱ)·z + √ᾱ·network, docs/models.md) | direct (network = ε̂)
     )
     # ddpm, vpred: logit_normal (flow matching's noise levels, at the DDPM step of the same SNR) |
     # uniform (integer steps, Ho et al.). auto = the kind's default (AUTO): ddpm logit_normal
-    # (study 18), vpred uniform (study 15).
+    # and vpred uniform, as measured (docs/models.md, "How well ε- and v-models sample").
     step_dist: str = "auto"
 
     #: What a model recorded before a field existed was trained with (its meta.json lacks it).
@@ -140,10 +140,11 @@ PRECISION_HELP = (
 #: --solver's help, shared by sample, eval, compare and fed eval.
 SOLVER_HELP = (
     "auto (the default): ancestral ddpm for a model with any DDPM ε-network (its best sampler; "
-    "Euler scored 1.28x its FID with the default ε-recipe, 1.16x with study 17's, 5.7-8.6x with "
-    "a plain ε-network), euler for flow matching and v-prediction (deterministic; ancestral was "
-    "better unconditionally, not in the guided class-conditional demo) -- docs/reproduction.md, "
-    "studies 11, 17 and 18. Or euler, heun (2 evaluations per step), ddim, ddpm."
+    "Euler scored 1.28x its FID with the default ε-recipe, 1.16x with Ho et al.'s steps and "
+    "loss, 5.7-8.6x with a plain ε-network), euler for flow matching and v-prediction "
+    "(deterministic; ancestral was better unconditionally, not in the guided class-conditional "
+    "demo) -- docs/models.md, how well ε- and v-models sample. Or euler, heun (2 evaluations per "
+    "step), ddim, ddpm."
 )
 
 

@@ -30,6 +30,9 @@ def run_demo(
     guidance: float = 2.0,
     n: int = 250,
     sample_steps: int = 20,
+    solver: str | None = None,
+    seed: int | None = None,
+    precision: str | None = None,
     config: Path | None = None,
     sets: list[str] | None = None,
     device: str = "auto",
@@ -42,6 +45,9 @@ def run_demo(
         steps: training steps of each expert (and of the FLOP-matched monolith).
         batch: the monolith's batch B; each expert trains at B/K.
         n: images sampled per evaluated model; ``sample_steps`` solver steps each.
+        solver: sample.solver (None: the config's, auto).
+        seed: the partition's, train.seed and sample.seed (None: the config's, 0).
+        precision: train.precision and sample.precision (None: the config's, auto).
         sets: ``section.key=value`` overrides on top of the demo's own.
         device: auto, cpu, cuda or mps (sampling for compare and diagnose).
     Returns:
@@ -73,6 +79,13 @@ def run_demo(
         f"sample.steps={sample_steps}",
         *(sets or []),
     ]
+    # The options given beat --set (the config precedence of every command).
+    if solver is not None:
+        sets.append(f"sample.solver={solver}")
+    if seed is not None:
+        sets += [f"train.seed={seed}", f"sample.seed={seed}"]
+    if precision is not None:
+        sets += [f"train.precision={precision}", f"sample.precision={precision}"]
     stages: dict[str, float] = {}
 
     def cfg(**overrides: Any):
@@ -85,7 +98,7 @@ def run_demo(
         stages[name] = stages.get(name, 0.0) + time.perf_counter() - t
 
     def do_partition() -> None:
-        p = partition_run(run, cfg(data=data), parts)
+        p = partition_run(run, cfg(data=data), parts, seed=0 if seed is None else seed)
         echo(p.summary())
         echo(f"-> {p.path}, {p.figure}")
 

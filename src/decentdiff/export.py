@@ -75,7 +75,7 @@ def export_run(run: Run, out: Path, *, license: str = "other", force: bool = Fal
     if out.resolve() == run.path.resolve() or run.path.resolve() in out.resolve().parents:
         raise ConfigError(f"--out {out} is inside the RUN; export to a folder outside {run.path}")
     if out.exists() and any(out.iterdir()) and not force:
-        raise ConfigError(f"{out} exists and is not empty; choose a new folder or pass --force")
+        raise ConfigError(f"{out} exists and is not empty; choose a new folder or pass --fresh")
     tmp = out.with_name(f".{out.name}.export-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -79,21 +79,36 @@ def training_curves_figure(curves: dict[str, list[tuple[int, float]]], path: Pat
     return _save(fig, path)
 
 
+def _annotate_apart(ax, points: list[tuple[float, float, str]], fontsize: float) -> None:
+    """Label each (x, y, text) point to its upper right; a label that would overlap one already
+    placed (two routings of the same cost and about the same FID) moves down a line until it
+    does not. Label sizes are estimated from the font size, in points."""
+    fig = ax.figure
+    to_pt = 72.0 / fig.dpi
+    line = fontsize * 1.25
+    placed: list[tuple[float, float, float, float]] = []  # x0, x1, y0, y1 in points
+    for x, y, text in sorted(points, key=lambda p: -p[1]):  # the highest first
+        px, py = (v * to_pt for v in ax.transData.transform((x, y)))
+        x0, x1 = px + 4, px + 4 + 0.6 * fontsize * len(text)
+        dy = 3.0
+        while any(
+            x0 < b[1] and b[0] < x1 and py + dy < b[3] and b[2] < py + dy + line for b in placed
+        ):
+            dy -= line
+        placed.append((x0, x1, py + dy, py + dy + line))
+        ax.annotate(text, (x, y), fontsize=fontsize, xytext=(4, dy), textcoords="offset points")
+
+
 def fid_vs_flops_figure(rows: list[dict[str, Any]], path: Path) -> Path:
     """FID against sampling GFLOPs per image, one point per model/routing (the paper's Table 1 view)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    points = []
     for r in rows:
         name = r["model"] if r.get("routing") is None else f"{r['model']} {r['routing']}"
         marker = "s" if r["model"] == "monolith" else ("^" if r["model"] == "distilled" else "o")
         ax.scatter(r["sample_gflops_per_image"], r["fid"], marker=marker, s=40)
-        ax.annotate(
-            name,
-            (r["sample_gflops_per_image"], r["fid"]),
-            fontsize=7,
-            xytext=(4, 3),
-            textcoords="offset points",
-        )
+        points.append((r["sample_gflops_per_image"], r["fid"], name))
     floor = rows[0].get("floor", {}).get("fid") if rows else None
     if floor is not None:
         ax.axhline(
@@ -105,6 +120,8 @@ def fid_vs_flops_figure(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("FID (classifier features)")
     ax.grid(alpha=0.3)
     ax.set_title("Quality vs sampling cost")
+    ax.autoscale_view()  # the final limits, so that labels are placed apart where they will be
+    _annotate_apart(ax, points, fontsize=7)
     return _save(fig, path)
 
 

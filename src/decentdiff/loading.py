@@ -67,6 +67,17 @@ def parse_model(spec: str | ModelSpec) -> ModelSpec:
     )
 
 
+def default_model(run: Run) -> str:
+    """The model ``sample`` draws from without ``--model`` (or sample.model): the ensemble of a
+    DDM RUN (one with a partition) unless it has a monolith and no experts, else the monolith."""
+    from .ddm.store import partition_path
+
+    monolith_only = (run.model_dir("monolith") / "meta.json").is_file() and not (
+        run.path / "experts"
+    ).is_dir()
+    return "ensemble" if partition_path(run).is_file() and not monolith_only else "monolith"
+
+
 def sample_name(model: str, routing: str | None) -> str:
     """File stem of a model's samples and cached features: ``monolith``, ``ensemble-topk2``,
     ``ensemble-schedule0.5-top1`` (``routing``: an ensemble's canonical routing, else None)."""
@@ -143,7 +154,7 @@ def resolve_solver(run: Run, model: str | ModelSpec, solver: str, drop: Sequence
         get_solver(solver)  # unknown names fail here, with the choices
         return solver
     kinds = objective_kinds(run, model, drop)
-    # The most fragile objective decides: an ε-expert needs the ancestral sampler (study 11).
+    # The most fragile objective decides: an ε-expert needs the ancestral sampler (docs/models.md).
     for kind in ("ddpm", "vpred"):
         if kind in kinds:
             return AUTO_SOLVER[kind]

@@ -56,21 +56,33 @@ def test_exact_resume_bitwise(tmp_path, capsys):
 
 def test_sample_writes_npz_and_png(trained_run, capsys, tmp_path):
     out = tmp_path / "s.npz"
-    code, _, err = cli(capsys, "sample", trained_run, "--n", "5", "--steps", "3", "--out", out)
+    code, _, err = cli(
+        capsys, "sample", trained_run, "--n", "5", "--sample-steps", "3", "--out", out
+    )
     assert code == 0, err
     imgs = np.load(out)["images"]
     assert imgs.shape == (5, 1, 8, 8) and imgs.dtype == np.float32
     assert imgs.min() >= -1 and imgs.max() <= 1
     assert out.with_suffix(".png").stat().st_size > 0
     # Same seed -> same images; other seed -> different.
-    cli(capsys, "sample", trained_run, "--n", "5", "--steps", "3", "--out", tmp_path / "t.npz")
     cli(
         capsys,
         "sample",
         trained_run,
         "--n",
         "5",
-        "--steps",
+        "--sample-steps",
+        "3",
+        "--out",
+        tmp_path / "t.npz",
+    )
+    cli(
+        capsys,
+        "sample",
+        trained_run,
+        "--n",
+        "5",
+        "--sample-steps",
         "3",
         "--seed",
         "1",
@@ -89,7 +101,7 @@ def test_sample_solvers(trained_run, capsys, tmp_path, solver):
         trained_run,
         "--n",
         "2",
-        "--steps",
+        "--sample-steps",
         "3",
         "--solver",
         solver,
@@ -123,7 +135,7 @@ def test_ddpm_objective_and_class_conditional_guidance(tmp_path, capsys, npz_sou
             run,
             "--n",
             "4",
-            "--steps",
+            "--sample-steps",
             "4",
             "--solver",
             solver,
@@ -166,7 +178,7 @@ def test_end_to_end_subprocess(tmp_path, npz_source):
     )
     assert r.returncode == 0, r.stderr
     r = subprocess.run(
-        [*exe, "sample", str(run), "--n", "2", "--steps", "2", "--out", str(run / "s.npz")],
+        [*exe, "sample", str(run), "--n", "2", "--sample-steps", "2", "--out", str(run / "s.npz")],
         capture_output=True,
         text=True,
     )

@@ -110,8 +110,8 @@ def test_flat_folder_partition_and_train(tmp_path, capsys, monkeypatch):
         raise AssertionError("sampled before the features were checked")
 
     monkeypatch.setattr(decentdiff.generate, "generate", no_sampling)
-    _bad(capsys, run, "eval", run, "--model", "expert:0", "--n", "4", "--features", "classifier",
-         match="--features inception")  # fmt: skip
+    _bad(capsys, run, "eval", run, "--model", "expert:0", "--n", "4", "--eval-features", "classifier",
+         match="--eval-features inception")  # fmt: skip
 
 
 def test_cmnist5k_partition_and_train(tmp_path, capsys):

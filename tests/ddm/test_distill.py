@@ -139,7 +139,17 @@ def test_distilled_model_samples_through_cli(run_dir, capsys, tmp_path):
         distill(Run(run_dir), _cfg(run_dir), steps=2, progress=False)
     out = tmp_path / "d.npz"
     code, _, err = cli(
-        capsys, "sample", run_dir, "--model", "distilled", "--n", "4", "--steps", "3", "--out", out
+        capsys,
+        "sample",
+        run_dir,
+        "--model",
+        "distilled",
+        "--n",
+        "4",
+        "--sample-steps",
+        "3",
+        "--out",
+        out,
     )
     assert code == 0, err
     with np.load(out) as z:
@@ -173,7 +183,7 @@ def test_drop_expert_renormalises_over_the_rest(tmp_path, run_dir, capsys):
         "1",
         "--n",
         "2",
-        "--steps",
+        "--sample-steps",
         "2",
         "--out",
         tmp_path / "x.npz",

@@ -45,7 +45,7 @@ def test_eval_row_and_measured_flops(run, capsys):
     steps = 4
     for routing in ("top1", "full"):
         code, out, err = cli(
-            capsys, "eval", run, "--routing", routing, "--n", "20", "--steps", steps, "-q"
+            capsys, "eval", run, "--routing", routing, "--n", "20", "--sample-steps", steps, "-q"
         )
         assert code == 0, err
     r_top1, r_full = rows(run)[-2:]
@@ -84,7 +84,7 @@ def test_eval_row_and_measured_flops(run, capsys):
     # the router only at the steps with t < 0.5 (Euler on 4 steps evaluates t = 1, .75, .5, .25).
     for routing in ("mixture", "schedule:0.5,top1"):
         code, _, err = cli(
-            capsys, "eval", run, "--routing", routing, "--n", "20", "--steps", steps, "-q"
+            capsys, "eval", run, "--routing", routing, "--n", "20", "--sample-steps", steps, "-q"
         )
         assert code == 0, err
     r_mix, r_sched = rows(run)[-2:]
@@ -99,7 +99,7 @@ def test_eval_row_and_measured_flops(run, capsys):
 
 
 def test_compare_reuses_rows_and_writes_table(run, capsys):
-    args = ["compare", run, "--n", "20", "--steps", "4", "--routings", "top1,full", "-q"]
+    args = ["compare", run, "--n", "20", "--sample-steps", "4", "--routing", "top1,full", "-q"]
     code, out, err = cli(capsys, *args)
     assert code == 0, err
     n_rows = len(rows(run))
@@ -126,7 +126,7 @@ def test_compare_reuses_rows_and_writes_table(run, capsys):
 
 
 def test_report_references_existing_files(run, capsys):
-    cli(capsys, "eval", run, "--routing", "top1", "--n", "20", "--steps", "4", "-q")
+    cli(capsys, "eval", run, "--routing", "top1", "--n", "20", "--sample-steps", "4", "-q")
     code, _, err = cli(capsys, "report", run)
     assert code == 0, err
     md = (run / "report.md").read_text()
@@ -219,7 +219,7 @@ def test_solver_auto_follows_the_objectives(run, tmp_path, capsys):
     assert resolve_solver(Run(mixed), "expert:0", "auto") == "ddpm"
     assert resolve_solver(Run(mixed), "expert:1", "auto") == "euler"
     assert resolve_solver(Run(mixed), "ensemble", "heun") == "heun"  # explicit wins
-    base = ["eval", mixed, "--routing", "top1", "--n", "20", "--steps", "4", "-q"]
+    base = ["eval", mixed, "--routing", "top1", "--n", "20", "--sample-steps", "4", "-q"]
     assert cli(capsys, *base)[0] == 0
     assert cli(capsys, *base, "--solver", "ddpm")[0] == 0
     assert cli(capsys, *base, "--solver", "euler")[0] == 0
@@ -233,8 +233,8 @@ def test_solver_auto_follows_the_objectives(run, tmp_path, capsys):
 
     n_rows = len(ensemble_rows())
     for solver in ("euler", "auto"):
-        code, _, err = cli(capsys, "compare", mixed, "--routings", "top1", "--n", "20",
-                           "--steps", "4", "--solver", solver, "-q")  # fmt: skip
+        code, _, err = cli(capsys, "compare", mixed, "--routing", "top1", "--n", "20",
+                           "--sample-steps", "4", "--solver", solver, "-q")  # fmt: skip
         assert code == 0, err
     assert len(ensemble_rows()) == n_rows
     cfg = resolve(base=Run(mixed).base_config())
@@ -249,7 +249,7 @@ def test_flops_of_heun_and_guidance_and_guidance_changes_samples(run, tmp_path, 
     And guidance changes a class-conditional monolith's samples (same seed)."""
     steps = 4
     code, _, err = cli(capsys, "eval", run, "--model", "monolith", "--solver", "heun",
-                       "--n", "20", "--steps", steps, "-q")  # fmt: skip
+                       "--n", "20", "--sample-steps", steps, "-q")  # fmt: skip
     assert code == 0, err
     heun = rows(run)[-1]
     mono = load_generative_unet(run / "monolith")
@@ -265,14 +265,14 @@ def test_flops_of_heun_and_guidance_and_guidance_changes_samples(run, tmp_path, 
     outs = {}
     for w in (1.0, 3.0):
         out = tmp_path / f"g{w}.npz"
-        code, _, err = cli(capsys, "sample", cc, "--model", "monolith", "--n", "8", "--steps",
+        code, _, err = cli(capsys, "sample", cc, "--model", "monolith", "--n", "8", "--sample-steps",
                            steps, "--guidance", w, "--out", out)  # fmt: skip
         assert code == 0, err
         with np.load(out) as z:
             outs[w] = z["images"]
     assert not np.allclose(outs[1.0], outs[3.0])
     for w in (1.0, 3.0):
-        code, _, err = cli(capsys, "eval", cc, "--model", "monolith", "--n", "20", "--steps",
+        code, _, err = cli(capsys, "eval", cc, "--model", "monolith", "--n", "20", "--sample-steps",
                            steps, "--set", f"sample.guidance={w}", "-q")  # fmt: skip
         assert code == 0, err
     plain, guided = rows(cc)[-2:]
@@ -315,7 +315,7 @@ def test_eval_compares_with_the_held_out_part(run, capsys, monkeypatch):
     assert len(held_images) >= 20 and not any(im.tobytes() in train_set for im in held_images)
     assert len(seen["train"]) == len(data.train_idx)
 
-    code, _, err = cli(capsys, "eval", run, "--model", "monolith", "--n", "30", "--steps", "3",
+    code, _, err = cli(capsys, "eval", run, "--model", "monolith", "--n", "30", "--sample-steps", "3",
                        "-q")  # fmt: skip
     assert code == 0, err
     row = rows(run)[-1]
@@ -339,7 +339,7 @@ def test_model_and_routing_come_from_the_config_too(run, tmp_path, capsys):
     model as --model / --routing, sampled bitwise alike; an explicit option wins over --set; the
     routing is recorded under its canonical name."""
     a, b, c = (tmp_path / f"{x}.npz" for x in "abc")
-    common = ["--n", "4", "--steps", "2"]
+    common = ["--n", "4", "--sample-steps", "2"]
     assert cli(capsys, "sample", run, "--model", "expert:1", *common, "--out", a)[0] == 0
     cfg = tmp_path / "s.toml"
     cfg.write_text('[sample]\nmodel = "expert:1"\n')
@@ -353,7 +353,7 @@ def test_model_and_routing_come_from_the_config_too(run, tmp_path, capsys):
     assert np.array_equal(ia, ib) and np.array_equal(ia, ic)
     assert not np.array_equal(ia, id0)  # the two experts differ: the choice was really made
     code, _, err = cli(capsys, "eval", run, "--set", "sample.model=ensemble", "--set",
-                       "sample.routing= TopK:2", "--n", "8", "--steps", "2", "-q")  # fmt: skip
+                       "sample.routing= TopK:2", "--n", "8", "--sample-steps", "2", "-q")  # fmt: skip
     assert code == 0, err
     row = rows(run)[-1]
     assert (row["model"], row["routing"]) == ("ensemble", "topk:2")

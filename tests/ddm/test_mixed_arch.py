@@ -71,7 +71,7 @@ def test_mixed_ensemble_samples_and_reports(mixed_run, capsys):
     out = mixed_run / "s.npz"
     code, _, err = cli(
         capsys, "sample", mixed_run, "--model", "ensemble", "--routing", "top1", "--n", "6",
-        "--steps", "3", "--out", out,
+        "--sample-steps", "3", "--out", out,
     )  # fmt: skip
     assert code == 0, err
     with np.load(out) as z:

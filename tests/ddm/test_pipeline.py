@@ -87,7 +87,7 @@ def test_sample_ensemble_every_routing(ddm_run, capsys, tmp_path, routing):
         routing,
         "--n",
         "6",
-        "--steps",
+        "--sample-steps",
         "3",
         "--out",
         out,
@@ -110,13 +110,13 @@ def test_sample_defaults_to_mixture_without_a_router(ddm_run, capsys, tmp_path):
     shutil.copytree(ddm_run, run)
     shutil.rmtree(run / "router")
     out = tmp_path / "m.npz"
-    code, _, err = cli(capsys, "sample", run, "--model", "ensemble", "--n", "8", "--steps", "2",
+    code, _, err = cli(capsys, "sample", run, "--model", "ensemble", "--n", "8", "--sample-steps", "2",
                        "--out", out)  # fmt: skip
     assert code == 0, err
     w = np.load(out)["routing"]
     assert set(np.unique(w)) <= {0.0, 1.0} and np.allclose(w.sum(1), 1)
     code, _, err = cli(capsys, "sample", run, "--model", "ensemble", "--routing", "top1",
-                       "--n", "2", "--steps", "2", "--out", out)  # fmt: skip
+                       "--n", "2", "--sample-steps", "2", "--out", out)  # fmt: skip
     assert code != 0 and "router" in err
 
 
@@ -147,7 +147,7 @@ def test_drop_expert_and_single_expert(ddm_run, capsys, tmp_path):
         "1",
         "--n",
         "4",
-        "--steps",
+        "--sample-steps",
         "2",
         "--out",
         tmp_path / "d.npz",
@@ -162,7 +162,7 @@ def test_drop_expert_and_single_expert(ddm_run, capsys, tmp_path):
         "expert:1",
         "--n",
         "2",
-        "--steps",
+        "--sample-steps",
         "2",
         "--out",
         tmp_path / "e.npz",
@@ -283,7 +283,7 @@ def test_ddm_bad_inputs(ddm_run, tmp_path, capsys, source):
     # Experts trained on another partition.
     other = tmp_path / "other"
     shutil.copytree(ddm_run, other)
-    cli(capsys, "partition", other, "--parts", "2", "--by", "random", "--force", "--seed", "3")
+    cli(capsys, "partition", other, "--parts", "2", "--by", "random", "--fresh", "--seed", "3")
     _bad(
         capsys,
         other,
@@ -321,7 +321,7 @@ def test_class_conditional_ddm(tmp_path, source, capsys):
         "2.0",
         "--n",
         "3",
-        "--steps",
+        "--sample-steps",
         "2",
         "--out",
         out,

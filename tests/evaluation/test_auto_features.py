@@ -74,7 +74,9 @@ def test_eval_of_colour_data_uses_inception_by_default(tmp_path, capsys):
     run = tmp_path / "run"
     assert cli(capsys, "train", "monolith", run, "--data", f"npz:{tmp_path / 'c.npz'}",
                "--preset", "tiny", "--steps", 2, "--batch", 8, "-q")[0] == 0  # fmt: skip
-    code, _, err = cli(capsys, "eval", run, "--model", "monolith", "--n", 4, "--steps", 2, "-q")
+    code, _, err = cli(
+        capsys, "eval", run, "--model", "monolith", "--n", 4, "--sample-steps", 2, "-q"
+    )
     assert code == 0, err
     row = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert row["kind"] == "eval" and row["features"] == "inception"

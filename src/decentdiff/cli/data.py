@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .options import ConfigOpt, SetOpt, default_of, resolve_config
+from .options import ConfigOpt, GridOutOpt, SetOpt, default_of, resolve_config
 
 
 def data_list() -> None:
@@ -24,12 +23,13 @@ def data_show(
     source: Annotated[
         str, typer.Argument(help="Data source spec, e.g. mnist5k, digits, npz:FILE.")
     ],
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Write a grid of examples to this PNG.")
-    ] = None,
+    out: GridOutOpt = None,
     heldout: Annotated[
         float | None,
-        typer.Option(help=f"Held-out share for the split summary. {default_of('data', 'heldout')}"),
+        typer.Option(
+            "--heldout",
+            help=f"Held-out share for the split summary. {default_of('data', 'heldout')}",
+        ),
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,

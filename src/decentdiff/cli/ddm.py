@@ -14,14 +14,32 @@ from .options import (
     DataOpt,
     DdmRunArg,
     DeviceOpt,
+    DiagnoseNOpt,
+    ExpertBatchOpt,
+    GuidanceOpt,
+    LogOpt,
+    NewDataOpt,
+    ObjectiveOpt,
+    OldForceOpt,
+    OldRoutingsOpt,
+    OldSampleStepsOpt,
+    PartitionFeaturesOpt,
+    PartitionFreshOpt,
+    PartitionSeedOpt,
+    PartsOpt,
+    PrecisionOpt,
     PresetOpt,
     QuietOpt,
+    RouterStepsOpt,
+    RoutingsOpt,
     RunArg,
     SampleSeedOpt,
     SampleStepsOpt,
     SeedOpt,
     SetOpt,
+    SolverOpt,
     StepsOpt,
+    TrainDeviceOpt,
     VaeOpt,
     resolve_config,
 )
@@ -29,32 +47,21 @@ from .options import (
 
 def partition(
     run: RunArg,
-    parts: Annotated[
-        int, typer.Option("--parts", "-K", help="Number of clusters K (one expert each).")
-    ],
+    parts: PartsOpt,
     data: DataOpt = None,
     by: Annotated[
         str, typer.Option("--by", help="kmeans (paper), random or label (controls).")
     ] = "kmeans",
-    features: Annotated[
-        str,
-        typer.Option(
-            "--features",
-            help="Features k-means clusters: auto (pca for labelled grey images, inception for "
-            "colour or unlabeled data), pca (pixels), inception (the FID network's pool3: "
-            "content; cached per data), classifier (trained on the labels).",
-        ),
-    ] = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Partition seed.")] = 0,
+    features: PartitionFeaturesOpt = "auto",
+    seed: PartitionSeedOpt = 0,
     fine: Annotated[
         int | None, typer.Option("--fine", help="Fine k-means centroids. (default: min(1024, N/4))")
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace a partition that experts were trained on.")
-    ] = False,
+    fresh: PartitionFreshOpt = False,
     vae: VaeOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    old_force: OldForceOpt = False,
 ) -> None:
     """Split the training part of the data into K disjoint clusters (RUN/partition.npz + a figure)."""
     from ..ddm.cluster import partition_run
@@ -62,7 +69,7 @@ def partition(
 
     r = Run(run)
     cfg = resolve_config(r, config, set_, data=data, vae=vae)
-    p = partition_run(r, cfg, parts, by=by, features=features, seed=seed, fine=fine, force=force)
+    p = partition_run(r, cfg, parts, by=by, features=features, seed=seed, fine=fine, force=fresh)
     typer.echo(p.summary())
     typer.echo(f"-> {p.path}, {p.figure}")
 
@@ -79,10 +86,12 @@ def experts_remove(
     expert: Annotated[int, typer.Argument(help="The expert (cluster) whose data owner withdrew.")],
     preset: PresetOpt = None,
     arch: ArchOpt = None,
-    steps: Annotated[
-        int | None, typer.Option("--steps", help="Router training steps. (default: train.steps)")
-    ] = None,
+    device: TrainDeviceOpt = None,
+    steps: RouterStepsOpt = None,
+    seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    log: LogOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -92,7 +101,18 @@ def experts_remove(
     from ..run import Run
 
     r = Run(run)
-    cfg = resolve_config(r, config, set_, preset=preset, arch=arch, steps=steps)
+    cfg = resolve_config(
+        r,
+        config,
+        set_,
+        preset=preset,
+        arch=arch,
+        device=device,
+        steps=steps,
+        seed=seed,
+        log=log,
+        precision=precision,
+    )
     ev = remove_expert(r, expert, cfg, progress=not quiet)
     typer.echo(
         f"expert {expert} withdrawn ({ev['withdrawn_images']} images); renumbered "
@@ -103,15 +123,18 @@ def experts_remove(
 @experts_app.command("add")
 def experts_add(
     run: DdmRunArg,
-    data: Annotated[str, typer.Option("--data", help="The new data source (same image shape).")],
+    data: NewDataOpt,
     preset: PresetOpt = None,
     arch: ArchOpt = None,
+    vae: VaeOpt = None,
+    device: TrainDeviceOpt = None,
+    objective: ObjectiveOpt = None,
     steps: StepsOpt = None,
-    batch: Annotated[
-        int | None, typer.Option("--batch", help="New expert's batch. (default: train.batch / K)")
-    ] = None,
+    batch: ExpertBatchOpt = None,
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
+    log: LogOpt = None,
+    precision: PrecisionOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -121,26 +144,38 @@ def experts_add(
     from ..run import Run
 
     r = Run(run)
-    cfg = resolve_config(r, config, set_, preset=preset, arch=arch, steps=steps, seed=seed)
+    cfg = resolve_config(
+        r,
+        config,
+        set_,
+        preset=preset,
+        arch=arch,
+        vae=vae,
+        device=device,
+        objective=objective,
+        steps=steps,
+        seed=seed,
+        log=log,
+        precision=precision,
+    )
     ev = add_expert(r, data, cfg, batch=batch, progress=not quiet)
     typer.echo(f"expert {ev['expert']} added: {ev['images']} images of {data}; router retrained")
 
 
 def diagnose(
     run: DdmRunArg,
-    routings: Annotated[
-        str,
-        typer.Option(
-            "--routings",
-            help="Router-driven routings whose expert usage per step is traced (comma-separated).",
-        ),
-    ] = "top1",
-    n: Annotated[int, typer.Option("--n", help="Images sampled per traced routing.")] = 256,
-    steps: SampleStepsOpt = None,
+    routing: RoutingsOpt = "top1",
+    n: DiagnoseNOpt = 256,
+    sample_steps: SampleStepsOpt = None,
+    solver: SolverOpt = None,
+    guidance: GuidanceOpt = None,
     seed: SampleSeedOpt = None,
+    precision: PrecisionOpt = None,
     device: DeviceOpt = "auto",
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    old_routings: OldRoutingsOpt = None,
+    old_steps: OldSampleStepsOpt = None,
 ) -> None:
     """Why a routing helps or hurts: the router's accuracy, entropy and calibration (ECE) per
     noise level, and which expert each traced routing picks at every sampling step (usage, and
@@ -152,9 +187,18 @@ def diagnose(
     from ..run import Run
     from ..training.loop import resolve_device
 
-    names = tuple(split_routings(routings))
+    names = tuple(split_routings(routing))
     r = Run(run)
-    cfg = resolve_config(r, config, set_, sample_steps=steps, sample_seed=seed)
+    cfg = resolve_config(
+        r,
+        config,
+        set_,
+        sample_steps=sample_steps,
+        solver=solver,
+        guidance=guidance,
+        sample_seed=seed,
+        sample_precision=precision,
+    )
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     out = run_diagnose(r, cfg, routings=names, n=n, device=resolve_device(device))

@@ -7,45 +7,44 @@ from typing import Annotated
 
 import typer
 
-from .options import ConfigOpt, QuietOpt, SetOpt
+from .options import (
+    ConfigOpt,
+    DemoBatchOpt,
+    DemoClassCondOpt,
+    DemoDataOpt,
+    DemoGuidanceOpt,
+    DemoNOpt,
+    DemoPresetOpt,
+    DemoSampleStepsOpt,
+    DemoSeedOpt,
+    DemoStepsOpt,
+    DeviceOpt,
+    PartsOpt,
+    PrecisionOpt,
+    QuietOpt,
+    SetOpt,
+    SolverOpt,
+)
 
 
 def demo(
     run: Annotated[Path, typer.Argument(help="Run directory.")] = Path("runs/demo"),
-    parts: Annotated[int, typer.Option("--parts", "-K", help="Number of experts.")] = 4,
-    data: Annotated[
-        str, typer.Option("--data", help="Data source (default: the embedded MNIST subset).")
-    ] = "mnist5k",
-    steps: Annotated[
-        int,
-        typer.Option(
-            "--steps", help="Training steps of each expert (and of the FLOP-matched monolith)."
-        ),
-    ] = 350,
-    batch: Annotated[
-        int, typer.Option("--batch", help="Monolith batch B; each expert uses B/K.")
-    ] = 128,
+    parts: PartsOpt = 4,
+    data: DemoDataOpt = "mnist5k",
+    steps: DemoStepsOpt = 350,
+    batch: DemoBatchOpt = 128,
     router_steps: Annotated[
         int, typer.Option("--router-steps", help="Router training steps.")
     ] = 400,
-    preset: Annotated[
-        str, typer.Option("--preset", help="Model size of experts, router and monolith.")
-    ] = "compact",
-    class_cond: Annotated[
-        bool,
-        typer.Option(
-            "--class-cond/--no-class-cond",
-            help="Class-conditional experts, router and monolith (as the paper's ImageNet "
-            "experts), sampled with classifier-free guidance inside each expert.",
-        ),
-    ] = True,
-    guidance: Annotated[
-        float, typer.Option("--guidance", help="Classifier-free guidance scale (1 = none).")
-    ] = 2.0,
-    n: Annotated[int, typer.Option("--n", help="Images per evaluated model.")] = 250,
-    sample_steps: Annotated[
-        int, typer.Option("--sample-steps", help="Euler steps per sample.")
-    ] = 20,
+    preset: DemoPresetOpt = "compact",
+    class_cond: DemoClassCondOpt = True,
+    guidance: DemoGuidanceOpt = 2.0,
+    n: DemoNOpt = 250,
+    sample_steps: DemoSampleStepsOpt = 20,
+    solver: SolverOpt = None,
+    seed: DemoSeedOpt = None,
+    precision: PrecisionOpt = None,
+    device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -71,8 +70,13 @@ def demo(
         guidance=guidance,
         n=n,
         sample_steps=sample_steps,
+        solver=solver,
+        seed=seed,
+        precision=precision,
         config=config,
-        sets=set_,
+        # --device: where the demo trains as well as where it samples (options beat --set)
+        sets=[*(set_ or []), *([f"train.device={device}"] if device != "auto" else [])],
+        device=device,
         progress=not quiet,
         echo=typer.echo,
     )

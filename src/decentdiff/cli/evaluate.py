@@ -12,43 +12,42 @@ import typer
 from ..ddm.defaults import DEFAULT_ROUTINGS
 from ..errors import ConfigError
 from .options import (
+    CompareFreshOpt,
     ConfigOpt,
     DeviceOpt,
+    EvalFeaturesOpt,
+    EvalModelOpt,
     EvalNOpt,
     ExistingRunArg,
-    FeaturesOpt,
+    ExportFreshOpt,
+    GuidanceOpt,
     LogOpt,
+    OldEvalFeaturesOpt,
+    OldForceOpt,
+    OldRecomputeOpt,
+    OldRoutingsOpt,
+    OldSampleStepsOpt,
     PrecisionOpt,
     QuietOpt,
     RoutingOpt,
+    RoutingsOpt,
+    SampleModelOpt,
+    SampleNOpt,
     SampleSeedOpt,
+    SamplesOutOpt,
     SampleStepsOpt,
     SetOpt,
     SolverOpt,
-    default_of,
     eval_config,
     existing_run,
     resolve_config,
 )
 
-MODEL_HELP = (
-    "ensemble (experts + router), monolith, distilled, expert:K, or of a federated run "
-    "federated / client:I. Also settable as sample.model."
-)
-
 
 def sample(
     run: ExistingRunArg,
-    out: Annotated[
-        Path,
-        typer.Option(
-            "--out",
-            help="Output .npz (key `images`, float32 in [−1, 1]); a .png grid is written beside it.",
-        ),
-    ],
-    model: Annotated[
-        str | None, typer.Option("--model", help=MODEL_HELP + " (default: monolith)")
-    ] = None,
+    out: SamplesOutOpt,
+    model: SampleModelOpt = None,
     routing: RoutingOpt = None,
     drop_expert: Annotated[
         list[int] | None,
@@ -57,18 +56,10 @@ def sample(
             help="Leave expert K out of the ensemble, renormalising the router (repeatable).",
         ),
     ] = None,
-    n: Annotated[
-        int | None, typer.Option("--n", help=f"Number of images. {default_of('sample', 'n')}")
-    ] = None,
-    steps: SampleStepsOpt = None,
+    n: SampleNOpt = None,
+    sample_steps: SampleStepsOpt = None,
     solver: SolverOpt = None,
-    guidance: Annotated[
-        float | None,
-        typer.Option(
-            "--guidance",
-            help=f"Classifier-free guidance scale. {default_of('sample', 'guidance')}",
-        ),
-    ] = None,
+    guidance: GuidanceOpt = None,
     label: Annotated[
         int | None,
         typer.Option(
@@ -81,9 +72,11 @@ def sample(
     device: DeviceOpt = "auto",
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    old_steps: OldSampleStepsOpt = None,
 ) -> None:
     """Generate images with a trained model of RUN."""
     from ..generate import generate, save_samples
+    from ..loading import default_model
     from ..training.loop import resolve_device
 
     r = existing_run(run, fix="train a model into it first")
@@ -96,7 +89,7 @@ def sample(
         config,
         set_,
         n=n,
-        sample_steps=steps,
+        sample_steps=sample_steps,
         solver=solver,
         guidance=guidance,
         sample_seed=seed,
@@ -110,7 +103,7 @@ def sample(
         )
     gen = generate(
         r,
-        cfg.sample.model or "monolith",
+        cfg.sample.model or default_model(r),
         cfg.sample,
         routing=cfg.sample.routing,
         drop=tuple(drop_expert or ()),
@@ -126,14 +119,13 @@ def sample(
 
 def evaluate(
     run: ExistingRunArg,
-    model: Annotated[
-        str | None, typer.Option("--model", help=MODEL_HELP + " (default: ensemble)")
-    ] = None,
+    model: EvalModelOpt = None,
     routing: RoutingOpt = None,
     n: EvalNOpt = None,
-    features: FeaturesOpt = "auto",
-    steps: SampleStepsOpt = None,
+    eval_features: EvalFeaturesOpt = "auto",
+    sample_steps: SampleStepsOpt = None,
     solver: SolverOpt = None,
+    guidance: GuidanceOpt = None,
     seed: SampleSeedOpt = None,
     precision: PrecisionOpt = None,
     device: DeviceOpt = "auto",
@@ -141,6 +133,8 @@ def evaluate(
     log: LogOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    old_steps: OldSampleStepsOpt = None,
+    old_features: OldEvalFeaturesOpt = None,
 ) -> None:
     """Sample a model and score it against the held-out images; appends a row to RUN/metrics.jsonl."""
     from ..ddm.load import resolve_routing
@@ -158,9 +152,10 @@ def evaluate(
         config,
         set_,
         n,
-        sample_steps=steps,
+        sample_steps=sample_steps,
         sample_seed=seed,
         solver=solver,
+        guidance=guidance,
         model_spec=model,
         routing=routing,
         log=log,
@@ -174,7 +169,7 @@ def evaluate(
         cfg,
         model,
         routing=routing or cfg.sample.routing,
-        features=features,
+        features=eval_features,
         device=resolve_device(device),
         progress=not quiet,
         save_samples_to=samples_path(r, model, routing),
@@ -187,29 +182,25 @@ def evaluate(
 
 
 def compare(
-    run: Annotated[
-        Path, typer.Argument(help="Run directory with experts + router and/or a monolith.")
-    ],
-    routings: Annotated[
-        str,
-        typer.Option(
-            "--routings",
-            help="Comma-separated routings for the ensemble (forms as --routing of `eval`).",
-        ),
-    ] = ",".join(DEFAULT_ROUTINGS),
+    run: ExistingRunArg,
+    routing: RoutingsOpt = ",".join(DEFAULT_ROUTINGS),
     n: EvalNOpt = None,
-    features: FeaturesOpt = "auto",
-    steps: SampleStepsOpt = None,
-    seed: SampleSeedOpt = None,
+    eval_features: EvalFeaturesOpt = "auto",
+    sample_steps: SampleStepsOpt = None,
     solver: SolverOpt = None,
-    recompute: Annotated[
-        bool, typer.Option("--recompute", help="Ignore matching rows already in metrics.jsonl.")
-    ] = False,
+    guidance: GuidanceOpt = None,
+    seed: SampleSeedOpt = None,
+    precision: PrecisionOpt = None,
+    fresh: CompareFreshOpt = False,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     log: LogOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    old_routings: OldRoutingsOpt = None,
+    old_steps: OldSampleStepsOpt = None,
+    old_features: OldEvalFeaturesOpt = None,
+    old_recompute: OldRecomputeOpt = False,
 ) -> None:
     """The ensemble under each routing vs the monolith (and distilled): a table like the paper's Table 1."""
     from ..ddm.load import resolve_routing
@@ -220,16 +211,25 @@ def compare(
 
     # Every routing is checked before anything is computed or written.
     r = existing_run(run)
-    names = tuple(dict.fromkeys(resolve_routing(r, x) for x in split_routings(routings)))
+    names = tuple(dict.fromkeys(resolve_routing(r, x) for x in split_routings(routing)))
     cfg = eval_config(
-        r, config, set_, n, sample_steps=steps, sample_seed=seed, solver=solver, log=log
+        r,
+        config,
+        set_,
+        n,
+        sample_steps=sample_steps,
+        sample_seed=seed,
+        solver=solver,
+        guidance=guidance,
+        log=log,
+        sample_precision=precision,
     )
     rows = run_compare(
         r,
         cfg,
         routings=names,
-        features=features,
-        recompute=recompute,
+        features=eval_features,
+        recompute=fresh,
         device=resolve_device(device),
         progress=not quiet,
     )
@@ -238,7 +238,7 @@ def compare(
 
 
 def report(
-    run: Annotated[Path, typer.Argument(help="Run directory.")],
+    run: ExistingRunArg,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -259,13 +259,14 @@ def export(
             "--license", help="License of the models for the model card (an SPDX id, or other)."
         ),
     ] = "other",
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing folder.")] = False,
+    fresh: ExportFreshOpt = False,
+    old_force: OldForceOpt = False,
 ) -> None:
     """Write RUN's trained models to OUT to share: weights (safetensors), config.json and a
     README.md model card; `decentdiff sample OUT` and `decentdiff.load(OUT)` work on it."""
     from ..export import export_run
 
     r = existing_run(run)
-    path = export_run(r, out, license=license, force=force)
+    path = export_run(r, out, license=license, force=fresh)
     n = len(json.loads((path / "config.json").read_text())["models"])
     typer.echo(f"{n} models -> {path} (model card {path / 'README.md'})")

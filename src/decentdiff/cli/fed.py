@@ -16,15 +16,44 @@ import typer
 from ..errors import ConfigError
 from ..federated.settings import DEFAULTS
 from .options import (
+    EVAL_N,
+    ClientsOpt,
     ConfigOpt,
     DataOpt,
-    FeaturesOpt,
+    DeviceOpt,
+    DryRunOpt,
+    EvalFeaturesOpt,
+    EvalNOpt,
+    FedBatchOpt,
+    FedFreshOpt,
+    FedObjectiveOpt,
+    FedRunArg,
+    FedRunNOpt,
+    FedSeedOpt,
+    FullRoundsOpt,
+    GuidanceOpt,
+    InsecureOpt,
     LogOpt,
+    NodeThreadsOpt,
+    OldClientsOpt,
+    OldEvalFeaturesOpt,
+    OldEvalNOpt,
+    OldSampleStepsOpt,
+    PrecisionOpt,
+    PresetOpt,
+    QuantizeOpt,
     QuietOpt,
+    RoundsOpt,
+    RunArg,
     SampleSeedOpt,
     SampleStepsOpt,
     SetOpt,
+    SiloDataOpt,
     SolverOpt,
+    SuperlinkPortOpt,
+    SupernodeOutOpt,
+    SupernodePortOpt,
+    TrainDeviceOpt,
     resolve_config,
 )
 
@@ -60,16 +89,14 @@ def _flwr_env() -> None:
 @fed_app.command("run")
 def fed_run(
     ctx: typer.Context,
-    run: Annotated[Path, typer.Argument(help="Run directory (created if missing).")],
+    run: RunArg,
     data: DataOpt = None,
-    clients: Annotated[
-        int, typer.Option("--clients", "-n", help="Number of clients.")
-    ] = DEFAULTS.clients,
+    clients: ClientsOpt = DEFAULTS.clients,
     split: Annotated[
         str, typer.Option("--split", help=f"Client split: {SPLIT_HELP}")
     ] = DEFAULTS.split,
     method: Annotated[str, typer.Option("--method", help=METHOD_HELP)] = DEFAULTS.method,
-    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = DEFAULTS.rounds,
+    rounds: RoundsOpt = DEFAULTS.rounds,
     local_epochs: Annotated[
         float,
         typer.Option(
@@ -79,37 +106,14 @@ def fed_run(
     local_steps: Annotated[
         int, typer.Option("--local-steps", help="Fixed local steps per round (0: from E).")
     ] = DEFAULTS.local_steps,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            "--preset",
-            help="Model size: tiny, compact, small, base; dit-tiny, dit-compact, dit-small, dit-base. [default: small]",
-        ),
-    ] = None,
-    objective: Annotated[
-        str | None,
-        typer.Option(
-            "--objective",
-            help="ddpm (ε, Huber, integer steps, as the paper, but with a skip-connected "
-            "ε-network; --set objective.eps_param=direct for the paper's plain one; the central "
-            "default's flow-matching noise levels and weighting, not measured federated: --set "
-            "objective.step_dist=logit_normal --set objective.weighting=velocity:100), fm or vpred. "
-            "Under --recipe central / fedsgd each kind takes the central trainer's objective "
-            "instead (mse; ddpm with those noise levels and weighting). [default: ddpm]",
-        ),
-    ] = None,
-    batch: Annotated[
-        int | None, typer.Option("--batch", help="Local batch size. [default: 128]")
-    ] = None,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of split, init and training.")
-    ] = DEFAULTS.seed,
+    preset: PresetOpt = None,
+    objective: FedObjectiveOpt = None,
+    batch: FedBatchOpt = None,
+    seed: FedSeedOpt = DEFAULTS.seed,
     prox: Annotated[
         float, typer.Option("--prox", help="FedProx μ: adds (μ/2)·||θ − θ_global||² (0 = off).")
     ] = DEFAULTS.prox,
-    quantize: Annotated[
-        int, typer.Option("--quantize", help="8: send 8-bit updates (0 = full precision).")
-    ] = DEFAULTS.quantize,
+    quantize: QuantizeOpt = DEFAULTS.quantize,
     client_state: Annotated[
         str,
         typer.Option(
@@ -120,16 +124,7 @@ def fed_run(
             "(--set train.warmup=N) always runs on the client's steps across rounds.",
         ),
     ] = DEFAULTS.client_state,
-    full_rounds: Annotated[
-        int,
-        typer.Option(
-            "--full-rounds",
-            help="UDEC / ULATDEC: the first N rounds are FULL rounds (the whole model both "
-            "ways) and round N+1 still receives the whole averaged model; then the method's "
-            "own. The private parts start from a model averaged over every client (0 = none, "
-            "the paper).",
-        ),
-    ] = DEFAULTS.full_rounds,
+    full_rounds: FullRoundsOpt = DEFAULTS.full_rounds,
     server_opt: Annotated[str, typer.Option("--server-opt", help=SERVER_OPT_HELP)] = (
         DEFAULTS.server_opt
     ),
@@ -139,7 +134,7 @@ def fed_run(
             "--server-lr",
             help="Server learning rate η of --server-opt (0 = its default: fedavg 1 (the only "
             "value it takes), fedavgm 1 − momentum, fedadam / fedyogi / fedadagrad 1e-3). "
-            "Measured (docs/reproduction.md, study 16): FedAdam at 1e-3 and 1e-2 barely moved "
+            "Measured (docs/federated.md, server optimisers): FedAdam at 1e-3 and 1e-2 barely moved "
             "a model whose clients take 20 Adam steps at lr 2e-3; an adaptive step needs η "
             "near the clients' own movement per round, about lr × local steps.",
         ),
@@ -188,7 +183,8 @@ def fed_run(
             "Adam kept between rounds (--client-state keep) and, for full / usplit, a server EMA "
             "per round keeping central training's window (0.40 for 10 rounds x 20 steps; fixed "
             "when the run starts); options and --set given explicitly win. `fed run` only (a "
-            "Flower deployment takes the options themselves). Study 16 (5 IID clients, fm, "
+            "Flower deployment takes the options themselves). Measured (docs/federated.md, how "
+            "close federated gets to central training; 5 IID clients, fm, "
             "compact, 10 x 20 steps at batch 64, 3 seeds) measured this recipe with a hand-set "
             "server EMA of 0.5 at 2.75x central training's FID, the paper's protocol (at lr 1e-3) "
             "at 4.2x, both on the paper's Huber loss (central now takes the central trainer's "
@@ -202,8 +198,9 @@ def fed_run(
             "0.002 --server-beta2 0.999 --server-tau 1e-8; --server-lr is the learning rate), the "
             "central objective and server EMA. Unlike central training: no warm-up, gradients "
             "clipped per client, Flower's bias correction. One round per central step, so bytes "
-            "grow with rounds (1,000 rounds: 25.9 GB for the compact UNet, 5 clients). Study 16 "
-            "(fm, mse, 5 IID clients x batch 13, 1,000 rounds, 3 seeds): 1.22x central's FID (README).",
+            "grow with rounds (1,000 rounds: 25.9 GB for the compact UNet, 5 clients). Measured "
+            "(fm, mse, 5 IID clients x batch 13, 1,000 rounds, 3 seeds): 1.22x central's FID "
+            "(docs/federated.md).",
         ),
     ] = "paper",
     min_replies: Annotated[
@@ -216,21 +213,19 @@ def fed_run(
     parallel: Annotated[
         int, typer.Option("--parallel", help="Clients trained at once (0 = one per CPU core).")
     ] = 0,
-    fresh: Annotated[
-        bool, typer.Option("--fresh", help="Delete RUN/federated and start over (default: resume).")
-    ] = False,
-    eval_n: Annotated[
-        int,
-        typer.Option(
-            "--eval-n",
-            help="Afterwards, FID of the global model (FULL, USPLIT) or of every client's model "
-            "(UDEC, ULATDEC: mean ± std) from this many samples each; 0 skips (`fed eval` later).",
-        ),
-    ] = 500,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-round lines.")] = False,
+    fresh: FedFreshOpt = False,
+    n: FedRunNOpt = 500,
+    sample_steps: SampleStepsOpt = None,
+    solver: SolverOpt = None,
+    guidance: GuidanceOpt = None,
+    precision: PrecisionOpt = None,
+    device: TrainDeviceOpt = None,
+    quiet: QuietOpt = False,
     log: LogOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    old_clients: OldClientsOpt = None,
+    old_eval_n: OldEvalNOpt = None,
 ) -> None:
     """Train one UNet by federated averaging with Flower's simulation engine (resumable)."""
     _flwr_env()
@@ -305,6 +300,12 @@ def fed_run(
         objective=objective,
         batch=batch,
         log=log,
+        device=device,
+        precision=precision,
+        sample_precision=precision,
+        sample_steps=sample_steps,
+        solver=solver,
+        guidance=guidance,
     )
     if which == "fedsgd" and (cfg.train.lr != 1.0 or cfg.train.warmup != 0):
         raise ConfigError(
@@ -362,32 +363,40 @@ def fed_run(
         )
     else:
         typer.echo(f"global model -> {res['model_dirs'][0]}")
-    if eval_n > 0:
-        _evaluate(r, cfg, eval_n, features="auto", quiet=quiet)
+    if n > 0:
+        _evaluate(r, cfg, n, features="auto", device=cfg.train.device, quiet=quiet)
 
 
-def _evaluate(r, cfg, n: int, *, features: str, quiet: bool) -> dict:
+def _evaluate(r, cfg, n: int, *, features: str, device: str, quiet: bool) -> dict:
     from ..federated.evaluate import evaluate_federated, summary_line
+    from ..training.loop import resolve_device
 
     if n < 1:
         raise ConfigError(f"--n must be ≥ 1, got {n}")
     cfg.sample.n = n
-    summary = evaluate_federated(r, cfg, features=features, progress=not quiet)
+    summary = evaluate_federated(
+        r, cfg, features=features, device=resolve_device(device), progress=not quiet
+    )
     typer.echo(summary_line(summary) + f" -> {r.metrics_path}")
     return summary
 
 
 @fed_app.command("eval")
 def fed_eval(
-    run: Annotated[Path, typer.Argument(help="Run directory of a `decentdiff fed run`.")],
-    n: Annotated[int, typer.Option("--n", help="Generated images per model.")] = 1000,
-    steps: SampleStepsOpt = None,
+    run: FedRunArg,
+    n: EvalNOpt = None,
+    eval_features: EvalFeaturesOpt = "auto",
+    sample_steps: SampleStepsOpt = None,
     solver: SolverOpt = None,
+    guidance: GuidanceOpt = None,
     seed: SampleSeedOpt = None,
-    features: FeaturesOpt = "auto",
+    precision: PrecisionOpt = None,
+    device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    old_steps: OldSampleStepsOpt = None,
+    old_features: OldEvalFeaturesOpt = None,
 ) -> None:
     """FID of a federated run: its global model (FULL, USPLIT) or each client's personal model
     (UDEC, ULATDEC), with mean ± std, min and max over clients; rows go to RUN/metrics.jsonl."""
@@ -396,45 +405,38 @@ def fed_eval(
     r = Run(run)
     if not (run / "federated").is_dir():
         raise ConfigError(f"{run} has no federated run; run `decentdiff fed run {run} ...` first")
-    cfg = resolve_config(r, config, set_, sample_steps=steps, solver=solver, sample_seed=seed)
-    _evaluate(r, cfg, n, features=features, quiet=quiet)
+    cfg = resolve_config(
+        r,
+        config,
+        set_,
+        sample_steps=sample_steps,
+        solver=solver,
+        guidance=guidance,
+        sample_seed=seed,
+        sample_precision=precision,
+    )
+    n = EVAL_N if n is None else n
+    _evaluate(r, cfg, n, features=eval_features, device=device, quiet=quiet)
 
 
 @fed_app.command("bytes")
 def fed_bytes(
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            "--preset",
-            help="Model size: tiny, compact, small, base; dit-tiny, dit-compact, dit-small, dit-base. [default: model.preset]",
-        ),
-    ] = None,
-    clients: Annotated[
-        int, typer.Option("--clients", "-n", help="Number of clients.")
-    ] = DEFAULTS.clients,
-    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = DEFAULTS.rounds,
-    quantize: Annotated[
-        int, typer.Option("--quantize", help="8: 8-bit updates (0 = full precision).")
-    ] = DEFAULTS.quantize,
+    preset: PresetOpt = None,
+    clients: ClientsOpt = DEFAULTS.clients,
+    rounds: RoundsOpt = DEFAULTS.rounds,
+    quantize: QuantizeOpt = DEFAULTS.quantize,
     in_channels: Annotated[int, typer.Option("--in-channels", help="Image channels.")] = 1,
     num_classes: Annotated[
         int, typer.Option("--num-classes", help="Classes of a class-conditional UNet (0 = none).")
     ] = 0,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Run seed (USPLIT's pairings).")
-    ] = DEFAULTS.seed,
-    full_rounds: Annotated[
-        int,
-        typer.Option("--full-rounds", help="UDEC / ULATDEC: FULL rounds first (as fed run's)."),
-    ] = DEFAULTS.full_rounds,
+    seed: FedSeedOpt = DEFAULTS.seed,
+    full_rounds: FullRoundsOpt = DEFAULTS.full_rounds,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object keyed by method.")
     ] = False,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", help="TOML file; its [model] preset is used without --preset."),
-    ] = None,
+    config: ConfigOpt = None,
     set_: SetOpt = None,
+    old_clients: OldClientsOpt = None,
 ) -> None:
     """Bytes each method sends (every client, every round, initial broadcast included), no training."""
     from .. import config as C
@@ -501,12 +503,8 @@ def _tls_args(
 @fed_app.command("superlink")
 def fed_superlink(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "0.0.0.0",
-    port: Annotated[
-        int, typer.Option("--port", help="HTTP port of Fleet/Control/Runtime APIs.")
-    ] = 8000,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="No TLS (trusted networks only).")
-    ] = False,
+    port: SuperlinkPortOpt = 8000,
+    insecure: InsecureOpt = False,
     ssl_certfile: Annotated[
         Path | None, typer.Option("--ssl-certfile", help="Server certificate (PEM).")
     ] = None,
@@ -530,9 +528,7 @@ def fed_superlink(
         bool,
         typer.Option("--node-auth", help="Only admit SuperNodes registered with `flwr supernode`."),
     ] = False,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the command instead of running it.")
-    ] = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Start Flower's SuperLink (the server side of a real deployment); replaces this process."""
     _flwr_env()
@@ -564,7 +560,7 @@ def _parse_partition(spec: str) -> tuple[int, int]:
 @fed_app.command("supernode")
 def fed_supernode(
     superlink: Annotated[str, typer.Option("--superlink", help="SuperLink address HOST:PORT.")],
-    data: Annotated[str, typer.Option("--data", help="This silo's data source spec (stays here).")],
+    data: SiloDataOpt,
     partition: Annotated[
         str,
         typer.Option(
@@ -573,21 +569,10 @@ def fed_supernode(
             "(by the run's --split), with 0/1 all of --data.",
         ),
     ] = "0/1",
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out", help="Where this silo's personal model goes. [default: ./fed-client-<i>]"
-        ),
-    ] = None,
-    port: Annotated[
-        int, typer.Option("--port", help="Local port of the SuperNode's Runtime API.")
-    ] = 9094,
-    threads: Annotated[
-        int, typer.Option("--threads", help="Torch threads (0 = torch's default).")
-    ] = 0,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="No TLS (trusted networks only).")
-    ] = False,
+    out: SupernodeOutOpt = None,
+    port: SupernodePortOpt = 9094,
+    threads: NodeThreadsOpt = 0,
+    insecure: InsecureOpt = False,
     root_certificates: Annotated[
         Path | None,
         typer.Option("--root-certificates", help="CA certificate that signed the SuperLink's."),
@@ -596,9 +581,7 @@ def fed_supernode(
         Path | None,
         typer.Option("--auth-key", help="This SuperNode's private key (node authentication)."),
     ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the command instead of running it.")
-    ] = False,
+    dry_run: DryRunOpt = False,
 ) -> None:
     """Start a Flower SuperNode for one data silo (reads only its own data); replaces this process."""
     _flwr_env()

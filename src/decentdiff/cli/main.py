@@ -2,7 +2,8 @@
 become one line and exit status 2 (``--debug`` shows tracebacks).
 
 Each command group lives in its own module of this package and takes its shared options from
-:mod:`.options`; no command module imports this one. Heavy imports (torch, ...) happen inside commands, so ``decentdiff --help`` stays fast.
+:mod:`.options`; no command module imports this one. Heavy imports (torch, ...) happen inside
+commands, so ``decentdiff --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -23,8 +24,39 @@ from .fed import fed_app
 # prints "\[default: …]"; rich is present only as a dependency of flwr.
 typer.core.HAS_RICH = False
 
+#: ``decentdiff --help`` lists the commands in the order of the workflow: the whole pipeline in one
+#: command, the data, a DDM run step by step (partition, training, changing members, distilling),
+#: using the models (sampling, scoring, comparing, diagnosing, reporting, sharing), then the
+#: federated family.
+WORKFLOW = (
+    "demo",
+    "data",
+    "partition",
+    "train",
+    "experts",
+    "distill",
+    "sample",
+    "eval",
+    "compare",
+    "diagnose",
+    "report",
+    "export",
+    "fed",
+)
+
+
+class WorkflowGroup(typer.core.TyperGroup):
+    """The top-level group: commands listed in :data:`WORKFLOW` order (typer lists commands
+    before groups, each in the order they were added)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW))
+
+
 app = typer.Typer(
     name="decentdiff",
+    cls=WorkflowGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

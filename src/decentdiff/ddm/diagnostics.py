@@ -1,4 +1,4 @@
-"""Why a routing helps or hurts (issue 14): the router's accuracy, entropy and calibration per
+"""Why a routing helps or hurts (docs/routing.md): the router's accuracy, entropy and calibration per
 noise level, and which expert a router-driven routing picks at each sampling step.
 
 ``decentdiff diagnose RUN`` writes RUN/diagnostics.json and RUN/figures/routing_diagnostics.png;
@@ -48,6 +48,7 @@ def usage(
     from ..config import ObjectiveConfig
     from ..diffusion.solvers import sample, sampling_grid
     from ..loading import resolve_solver
+    from ..precision import autocast_velocity, fast_bf16, resolve_precision
     from ..training.generative import objective_from
     from .load import load_ensemble
 
@@ -61,11 +62,23 @@ def usage(
     shape = tuple(metas[0]["image_shape"])
     ncls = unet.num_classes
     cond = (torch.arange(n) % ncls).to(device) if ncls > 0 else None
+    # The network calls in sample.precision, as `sample` and `eval` make them (auto: bf16 only on
+    # a device with fast bf16 and for a large enough network, decentdiff.precision).
+    flops = 0.0
+    if s.precision == "auto" and fast_bf16(device):
+        from ..evaluation.flops import SampleCounter
+
+        counter = SampleCounter(networks)
+        try:
+            flops = max(counter.per_sample_flops(shape, device).values(), default=0.0)
+        finally:
+            counter.close()
+    precision = resolve_precision(s.precision, device, flops)
     with torch.no_grad():
         grid = sampling_grid([objective_from(ObjectiveConfig.from_meta(m["objective"])) for m in metas],
                              solver, s.steps)  # the grid `eval` samples on  # fmt: skip
-        sample(ens, (n, *shape), steps=s.steps, solver=solver, generator=g, cond=cond,
-               device=device, grid=grid)  # fmt: skip
+        sample(autocast_velocity(ens, precision, device), (n, *shape), steps=s.steps,
+               solver=solver, generator=g, cond=cond, device=device, grid=grid)  # fmt: skip
     # One entry per velocity call; a multi-evaluation solver (heun) calls twice per step.
     ts = [float(t[0]) for t, _ in ens.history]
     picks = np.stack([w.argmax(1).numpy() for _, w in ens.history])  # (calls, n)
@@ -92,6 +105,7 @@ def usage(
         "tv_first": float(0.5 * np.abs(share[0] - prior).sum()),
         "routing": routing,
         "n": n,
+        "precision": precision,
         "t": ts,
         "share": share.tolist(),
         "switch_rate": changed.tolist(),

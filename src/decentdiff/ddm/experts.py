@@ -119,6 +119,14 @@ def expert_metas(run: Run, num_parts: int, partition_id: str | None = None) -> l
     return metas
 
 
+def loss_text(loss: float | None) -> str:
+    """A training loss for a summary line: 4 decimals (``n/a`` before the first step)."""
+    return "n/a" if loss is None else f"{loss:.4f}"
+
+
 def expert_summary(k: int, meta: dict[str, Any]) -> str:
     """One line per trained expert: step, shard size, loss."""
-    return f"expert {k}: step {meta['step']}, {meta['shard_size']} images, loss {meta.get('loss')}"
+    return (
+        f"expert {k}: step {meta['step']}, {meta['shard_size']} images, "
+        f"loss {loss_text(meta.get('loss'))}"
+    )

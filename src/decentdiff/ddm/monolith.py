@@ -47,7 +47,9 @@ def train_monolith(
 
 def summary(run: Run, cfg: Config, meta: dict[str, Any]) -> str:
     """One line: step, loss, size, where."""
+    from .experts import loss_text
+
     return (
-        f"monolith: step {meta['step']}/{cfg.train.steps}, loss {meta.get('loss')}, "
+        f"monolith: step {meta['step']}/{cfg.train.steps}, loss {loss_text(meta.get('loss'))}, "
         f"{meta['params']:,} params -> {run.model_dir('monolith')}"
     )

@@ -3,7 +3,7 @@
 A routing says how :class:`~decentdiff.ddm.ensemble.EnsembleVelocity` mixes its experts (the
 table in that module's docstring). :func:`parse_routing` turns a spec such as ``topk:2`` or
 ``schedule:0.5,top1`` into a validated :class:`Routing` whose ``str`` is the canonical spec;
-:func:`split_routings` splits a comma-separated list of them (``--routings``).
+:func:`split_routings` splits a comma-separated list of them (``compare --routing``).
 """
 
 from __future__ import annotations

@@ -256,7 +256,8 @@ class DDPM:
         a skip connection (the c_skip/c_out preconditioning of Karras et al. 2022) that carries z
         to the output as the true ε is carried near t = 1. The loss is the same ε-MSE; x̂0 =
         (z − √(1−ᾱ)·ε̂)/√ᾱ = √ᾱ·z − √(1−ᾱ)·F no longer divides the network's error by √ᾱ
-        (study 17: the cause of study 11's deterministic-sampling gap).
+        (the cause of the plain ε-network's deterministic-sampling gap: docs/models.md, "How well
+        ε- and v-models sample").
         """
         out = model(z, tau, cond)
         if self.eps_param == "direct":
@@ -325,7 +326,7 @@ class VPrediction(DDPM):
     v = √ᾱ·ε − √(1−ᾱ)·x0 of the variance-preserving state z = √ᾱ·x0 + √(1−ᾱ)·ε.
 
     x̂0 = √ᾱ·z − √(1−ᾱ)·v̂ comes out without dividing by √ᾱ, so a network error δ is an x̂0 error
-    √(1−ᾱ)·δ, never amplified near t = 1 as an ε-model's t·δ/(1 − t) is (study 11). The model sees
+    √(1−ᾱ)·δ, never amplified near t = 1 as an ε-model's t·δ/(1 − t) is (docs/models.md). The model sees
     the DDPM step as a DDPM ε-model does; sampled through :class:`VVelocity`.
     """
 

@@ -156,8 +156,8 @@ def sampling_grid(objectives, solver: str, steps: int) -> Tensor | None:
     return None
 
 
-#: ``--solver auto``: the solver per objective kind, chosen by measurement (docs/reproduction.md,
-#: study 11).
+#: ``--solver auto``: the solver per objective kind, chosen by measurement (docs/models.md, "How
+#: well ε- and v-models sample").
 AUTO_SOLVER = {"fm": "euler", "ddpm": "ddpm", "vpred": "euler"}
 
 

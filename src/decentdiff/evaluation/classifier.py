@@ -155,7 +155,7 @@ def check_labels(labels: Any, n: int, who: str, min_count: int = 2) -> np.ndarra
     if labels is None:
         raise ConfigError(
             f"{who}: the classifier features need a labelled data source (this one has no "
-            "labels); use a labelled source or --features inception"
+            "labels); use a labelled source or --eval-features inception"
         )
     y = np.asarray(labels)
     if y.shape != (n,) or y.dtype.kind not in "iu" or (n and y.min() < 0):

