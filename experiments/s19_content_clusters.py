@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import os
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 from common import overall, save
 
 STUDY = "s19_content_clusters"
-DIR = os.environ.get("DECENTDIFF_TINY_IMAGENET", "/work/data/tiny-imagenet-200")
+#: The unpacked tiny-imagenet-200 folder: $DECENTDIFF_TINY_IMAGENET, else ~/data/tiny-imagenet-200.
+DIR = os.environ.get("DECENTDIFF_TINY_IMAGENET", str(Path.home() / "data" / "tiny-imagenet-200"))
 SIDES = tuple(int(s) for s in os.environ.get("S19_SIDES", "299,160,128").split(","))
 SEEDS = (0, 1, 2)
 PCA = "pixel PCA 64"
@@ -83,11 +84,9 @@ def main() -> None:
     for name, (x, y) in subsets().items():
         ks = (4, 8, 16) if "all" in name else (4, 8, 10)
         rows = {}
-        t = time.time()
         rows["random split (chance)"] = nmi_table(None, y, ks)
         rows[PCA] = nmi_table(featurize(x, "pca", seed=0), y, ks)
         for side in SIDES:
-            t = time.time()
             f = inception_features(x, side=side)
             rows[f"inception {side}"] = nmi_table(f, y, ks)
             if side == 299:

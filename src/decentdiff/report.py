@@ -178,7 +178,7 @@ def write_report(run: Run, cfg: Config) -> Path:
             "",
         ]
         if data.labels is not None:
-            md += _cluster_lines(part, data)
+            md += _cluster_lines(part, data, added)
         from .ddm.membership import membership_lines
 
         changes = membership_lines(run)
@@ -255,10 +255,9 @@ def write_report(run: Run, cfg: Config) -> Path:
             from .figures import class_histogram_figure
 
             held_labels = data.heldout()[2]
-            real = np.bincount(
-                held_labels if held_labels is not None else np.zeros(0, np.int64),
-                minlength=len(with_hist[0]["class_hist"]),
-            )
+            if held_labels is None:  # an unlabelled held-out source: no real histogram
+                held_labels = np.zeros(0, np.int64)
+            real = np.bincount(held_labels, minlength=len(with_hist[0]["class_hist"]))
             class_histogram_figure(with_hist, real, rp / "figures" / "class_histogram.png")
             md += [
                 "Which classes each model makes (the evaluation classifier's prediction for each "
@@ -354,7 +353,7 @@ def write_report(run: Run, cfg: Config) -> Path:
     return out
 
 
-def _cluster_lines(part: Any, data: Any) -> list[str]:
+def _cluster_lines(part: Any, data: Any, added: dict) -> list[str]:
     """The classes each cluster (so each expert) holds, by name, and how far the clusters follow
     the labels."""
     from .ddm.cluster import cluster_contents
@@ -369,6 +368,9 @@ def _cluster_lines(part: Any, data: Any) -> list[str]:
         "|---:|---:|---|",
     ]
     for k, (size, top) in enumerate(zip(part.sizes(), tops, strict=True)):
+        if k in added:
+            lines.append(f"| {k} | – | added from `{added[k][0]}` |")
+            continue
         names = ", ".join(f"{name.replace('|', '/')} {share:.0%}" for name, share in top)
         lines.append(f"| {k} | {int(size)} | {names} |")
     return [*lines, ""]

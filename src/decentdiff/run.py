@@ -6,7 +6,7 @@ reads RUN checks that the data it loads is the data RUN was made from.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +80,25 @@ def load_data(cfg: DataConfig) -> RunData:
     )
 
 
+def training_only(cfg: DataConfig) -> DataConfig:
+    """The data settings without the held-out source, for what only trains (an island, a
+    federated client, an added source): the same training images, every one of the source."""
+    if not cfg.heldout_source.strip():
+        return cfg
+    return replace(cfg, heldout_source="", heldout=0.0)
+
+
 def _with_heldout_source(cfg: DataConfig, ds: Any) -> RunData:
     """RunData whose held-out part is the source ``cfg.heldout_source``, checked against ``ds``."""
     from .data.sources import load_source
 
-    spec = cfg.heldout_source.strip()
+    spec = cfg.heldout_source.strip()  # recorded as given; compared stripped
     held = load_source(spec, size=cfg.size, channels=cfg.channels, skip_bad=cfg.skip_bad)
+    if held.fingerprint == ds.fingerprint:
+        raise DataError(
+            f"held-out source {spec} holds the same images as the training data {cfg.source}; "
+            "give a separate split (e.g. its validation set), or drop data.heldout_source"
+        )
     if held.shape != ds.shape:
         c, h, w = held.shape
         fix = (
@@ -204,11 +217,25 @@ class Run:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.toml_path, dump_toml(content))
 
-    def data(self, cfg: Config, *, create: bool = True) -> RunData:
-        """Load the data RUN was made from (or ``cfg.data`` for a new RUN) and check its fingerprint."""
+    def data(self, cfg: Config, *, create: bool = True, heldout: bool = True) -> RunData:
+        """Load the data RUN was made from (or ``cfg.data`` for a new RUN) and check its fingerprint.
+
+        ``heldout=False`` (training commands of an existing RUN) reads only the training data: an
+        island that trains an expert needs no copy of a held-out source.
+        """
         recorded = self.read_toml().get("data", {})
         if not recorded and not create:
             raise RunError(f"{self.path} is not a decentdiff run (no run.toml); create it first")
+        if recorded and not heldout:
+            data = load_data(training_only(cfg.data))
+            want = recorded.get("fingerprint")
+            if want and want != data.fingerprint:
+                raise RunError(
+                    f"{self.path} was made from data {recorded.get('source')!r} (fingerprint "
+                    f"{want[:12]}…) but {cfg.data.source!r} has fingerprint "
+                    f"{data.fingerprint[:12]}…; use the original data or a new RUN directory"
+                )
+            return data
         data = load_data(cfg.data)
         want = recorded.get("fingerprint")
         if want and want != data.fingerprint:

@@ -124,3 +124,15 @@ def test_cluster_contents_names_the_classes_each_cluster_holds():
     # Clusters that are the classes: NMI 1; clusters independent of them: near 0.
     assert np.isclose(cluster_contents(labels, labels, 5)[0], 1.0)
     assert cluster_contents(rng.integers(0, 3, 300), labels, 3)[0] < 0.05
+
+
+def test_cluster_contents_leaves_out_withdrawn_rows():
+    from decentdiff.ddm.cluster import cluster_contents
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 200)
+    assignments = labels % 2
+    withdrawn = assignments.copy()
+    withdrawn[:50] = -1
+    nmi, _ = cluster_contents(withdrawn, labels, 2)
+    assert np.isclose(nmi, _nmi_numpy(assignments[50:], labels[50:]))

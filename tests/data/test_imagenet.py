@@ -202,3 +202,39 @@ def test_heldout_source_of_another_shape_or_classes_is_refused(tmp_path):
         _jpeg(str(tmp_path / "f" / name / "x.jpg"), 3)
     with pytest.raises(DataError, match="names its classes differently"):
         load_data(_cfg(root, held=f"folder:{tmp_path / 'f'}").data)
+
+
+def test_a_heldout_source_identical_to_the_training_data_is_refused(tmp_path):
+    root = str(tmp_path / "t")
+    make_tiny(root)
+    with pytest.raises(DataError, match="holds the same images as the training data"):
+        load_data(_cfg(root, held=f"folder:{root}/train").data)
+
+
+def test_training_reads_no_heldout_source(tmp_path):
+    """An island (or a federated client) trains without a copy of the held-out source: the same
+    training rows and fingerprint, and the held-out folder may be absent."""
+    import shutil
+
+    from decentdiff.run import training_only
+
+    root = str(tmp_path / "t")
+    make_tiny(root)
+    cfg = _cfg(root)
+    run = Run(tmp_path / "run")
+    full = run.data(cfg)
+    val = tmp_path / "val-copy"
+    shutil.copytree(os.path.join(root, "val"), val)
+    shutil.rmtree(os.path.join(root, "val"))  # this island has no validation images
+    only = run.data(cfg, create=False, heldout=False)
+    assert only.fingerprint == full.fingerprint
+    assert np.array_equal(only.train_idx, full.train_idx) and only.heldout_images is None
+    plain = load_data(training_only(cfg.data))
+    assert np.array_equal(plain.train_idx, full.train_idx) and len(plain.heldout_idx) == 0
+    with pytest.raises(DataError):
+        run.data(cfg, create=False)  # evaluation does need it
+    shutil.copytree(val, os.path.join(root, "val"))
+    # Other training data is still refused without the held-out source.
+    _jpeg(os.path.join(root, "train", WNIDS[0], "images", "extra.JPEG"), 77)
+    with pytest.raises(RunError, match="was made from data"):
+        run.data(cfg, create=False, heldout=False)

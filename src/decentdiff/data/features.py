@@ -358,8 +358,8 @@ def _train_and_embed(
 # inception
 # --------------------------------------------------------------------------------------------------
 
-#: Input side of the Inception network for clustering. Measured (docs/data.md, "Clusters by
-#: content"): lower sides cost ~(side/299)^2 of the FID standard's time and cluster as well.
+#: Input side of the Inception network for clustering: the FID standard's. Lower sides cost
+#: ~(side/299)^2 of the time but cluster worse (docs/reproduction.md, clusters by content).
 INCEPTION_SIDE = 299
 #: Images per chunk of the feature cache: an interrupted embedding resumes from the last chunk.
 INCEPTION_CHUNK_ROWS = 2048

@@ -53,7 +53,8 @@ def cluster_contents(
     top: int = 3,
 ) -> tuple[float, list[list[tuple[str, float]]]]:
     """What each cluster holds: (normalised mutual information of clusters and classes, and per
-    cluster its ``top`` most frequent classes as (name, share of the cluster)).
+    cluster its ``top`` most frequent classes as (name, share of the cluster)). Rows assigned -1
+    (a withdrawn expert's) are left out.
 
     NMI is sklearn's (arithmetic mean normalisation): 0 for clusters unrelated to the classes,
     1 when they are the classes.
@@ -62,6 +63,8 @@ def cluster_contents(
 
     a = np.asarray(assignments, dtype=np.int64)
     y = np.asarray(labels, dtype=np.int64)
+    kept = a >= 0  # rows of a withdrawn expert are -1: not a cluster
+    a, y = a[kept], y[kept]
     nmi = float(normalized_mutual_info_score(y, a)) if len(a) else float("nan")
     width = max(int(y.max()) + 1 if y.size else 0, len(class_names or ()))
     out = []

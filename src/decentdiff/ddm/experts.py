@@ -80,7 +80,7 @@ class ExpertJob:
 
 def expert_job(run: Run, k: int, cfg: Config, *, batch: int | None = None) -> ExpertJob:
     """Expert k's share of RUN: only cluster k's rows are selected (nothing else is read later)."""
-    data = run.data(cfg, create=False)
+    data = run.data(cfg, create=False, heldout=False)
     rec = load_partition(run, data)
     check_expert_index(rec, k)
     shard = rec.parts()[k]

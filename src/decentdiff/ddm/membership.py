@@ -29,7 +29,7 @@ import numpy as np
 
 from ..config import Config
 from ..errors import ConfigError, DataError, RunError
-from ..run import Run, RunData, load_data
+from ..run import Run, RunData, load_data, training_only
 from ..training.checkpoint import atomic_write_text
 from .store import (
     PartitionRecord,
@@ -77,7 +77,7 @@ def _write_partition(
 
 
 def _added_data(spec: str, cfg: Config, shape: tuple[int, ...], fingerprint: str | None) -> RunData:
-    data = load_data(replace(cfg.data, source=spec))
+    data = load_data(training_only(replace(cfg.data, source=spec)))
     if data.shape != tuple(shape):
         raise DataError(
             f"{spec} has images of shape {tuple(data.shape)} but this RUN's are {tuple(shape)}; "

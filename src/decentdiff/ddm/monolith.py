@@ -29,7 +29,7 @@ def train_monolith(
     from ..data.cache import rows_of
     from ..training.generative import train_generative
 
-    d = run.data(cfg)
+    d = run.data(cfg, heldout=False)  # a new RUN still reads (and records) its held-out source
     out = run.model_dir("monolith")
     return train_generative(
         out,

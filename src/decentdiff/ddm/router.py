@@ -36,7 +36,7 @@ def train_router(
     run: Run, cfg: Config, *, fresh: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Train the router of RUN's partition into ``RUN/router`` and measure its accuracy vs t."""
-    data = run.data(cfg, create=False)
+    data = run.data(cfg, create=False, heldout=False)
     rec = load_partition(run, data)
     return fit_router(
         run,

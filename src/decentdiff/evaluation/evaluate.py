@@ -70,7 +70,8 @@ def feature_net(run: Run, data: RunData, features: str, *, progress: bool = True
         rows_of(data.images, tr),  # a memmap's rows are read per batch, never all at once
         None if labels is None else labels[tr],
         data.fingerprint,
-        heldout_images=rows_of(held_array, ho) if len(ho) else None,
+        # held-out accuracy needs labels: an unlabelled held-out source gives none
+        heldout_images=rows_of(held_array, ho) if len(ho) and held_labels is not None else None,
         heldout_labels=None if held_labels is None or not len(ho) else held_labels,
         progress=progress,
         num_classes=data.num_classes or None,
@@ -109,7 +110,8 @@ def _real(run: Run, data: RunData, net, features: str) -> dict[str, Any]:
     if len(data.heldout_idx) < 2:
         raise ConfigError(
             "evaluation needs a held-out part of at least 2 images; set data.heldout > 0 "
-            "(e.g. --set data.heldout=0.2) in a new RUN"
+            "(e.g. --set data.heldout=0.2), or a data.heldout_source of 2 or more images, "
+            "in a new RUN"
         )
     from ..data.cache import rows_of
 

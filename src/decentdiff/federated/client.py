@@ -48,9 +48,9 @@ class ClientData:
 @lru_cache(maxsize=4)
 def _load(source: str, data: tuple[tuple[str, Any], ...]):
     from ..config import DataConfig
-    from ..run import load_data
+    from ..run import load_data, training_only
 
-    return load_data(DataConfig(**{**dict(data), "source": source}))
+    return load_data(training_only(DataConfig(**{**dict(data), "source": source})))
 
 
 def client_data(
