@@ -250,7 +250,7 @@ def test_ddm_bad_inputs(ddm_run, tmp_path, capsys, source):
         tmp_path / "x.npz",
         match="every expert",
     )
-    _bad(capsys, ddm_run, "partition", ddm_run, "--parts", "3", match="--force")
+    _bad(capsys, ddm_run, "partition", ddm_run, "--parts", "3", match="or --fresh")
     # K larger than the data, and K = 0.
     _bad(capsys, None, "partition", tmp_path / "k0", "--data", source, "--parts", "0", match=">= 1")
     _bad(
