@@ -437,12 +437,7 @@ def _network_key(side: int) -> str:
 
 
 def _embed(net: Any, x: np.ndarray, side: int) -> np.ndarray:
-    try:
-        return net.extract(x, size=side)["features"]
-    except TypeError:  # an extractor without a size option: the FID standard 299
-        if side != 299:
-            raise
-        return net.extract(x)["features"]
+    return net.extract(x, size=side)["features"]
 
 
 def _content_digest(images: Any) -> str:
@@ -478,19 +473,9 @@ def _write_chunk(path: Path, part: np.ndarray) -> None:
 
 
 def _bar(total: int, what: str, on: bool) -> Any:
-    if not on:
-        return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=what, unit="img", leave=False)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    return tqdm(total=total, desc=what, unit="img", leave=False, disable=not on)
 
 
 register_featurizer("pca", pca_features)
