@@ -16,7 +16,11 @@ in a copy of the RUN (training resumes exactly: constant learning rate after the
 Phases, in the order they run: ``pilot10`` (the first 10 classes only, K=4 class-conditional,
 seed 0, budget 1: a session-sized first measurement), ``head`` (K=4, class-conditional, budgets 1 and 2, seed 0),
 ``seeds`` (the same on seeds 1 and 2), ``k8`` (K=8, seed 0), ``uncond`` (K=4 unconditional,
-seed 0), ``s64`` (64×64, K=4 class-conditional, seed 0, budget 1).
+seed 0), ``s64`` (64×64, K=4 class-conditional, seed 0, budget 1), ``classes`` (K=4
+class-conditional on 3 seeds, partitioned ``--by classes``: whole classes grouped by k-means over
+their mean Inception features from 16 images each, so ~3,200 embeddings instead of 101,000; one
+partition (seed 0) for every seed, so the seeds vary training and sampling; ``mixture`` routing,
+which then sends each class to the one expert trained on it without a router).
 """
 
 from __future__ import annotations
@@ -56,7 +60,10 @@ BUDGET = {
 }
 #: Routings that run one expert per step, then the full mixture (every expert every step).
 ONE_EXPERT = ("top1", "mixture", "sample:1")
-PHASES = ("pilot10", "head", "seeds", "k8", "uncond", "s64")
+PHASES = ("pilot10", "classes", "head", "seeds", "k8", "uncond", "s64")
+#: The ``classes`` phase's budget: one third of an epoch of 101,000 images per model, sized so
+#: that three seeds finish inside one 2-core session.
+CLASSES_STEPS = scaled(1000, 2)
 #: The pilot's classes: the first ten WordNet ids in sorted order (a session-sized subset).
 PILOT_CLASSES = 10
 
@@ -101,6 +108,11 @@ def arms(phase: str) -> list[dict[str, Any]]:
         # shorter router.
         return [{**head, "pilot": True, "seed": 0, "budgets": (scaled(750, 2),),
                  "router_steps": scaled(300, 2), "routings": ("top1", "mixture")}]  # fmt: skip
+    if phase == "classes":
+        return [{**head, "by": "classes", "partition_seed": 0, "seed": s, "budgets": (CLASSES_STEPS,),
+                 "router_steps": scaled(300, 2) if s == 0 else 0,
+                 "routings": ("mixture", "top1") if s == 0 else ("mixture",)}
+                for s in (0, 1, 2)]  # fmt: skip
     if phase == "head":
         return [{**head, "seed": 0, "routings": (*ONE_EXPERT, "full")}]
     if phase == "seeds":
@@ -117,7 +129,8 @@ def arms(phase: str) -> list[dict[str, Any]]:
 def run_dir(arm: dict[str, Any], steps: int) -> Path:
     kind = "cond" if arm["cond"] else "uncond"
     data = f"tiny{PILOT_CLASSES}-" if arm.get("pilot") else ""
-    return BASE / f"{data}{arm['size']}px-{kind}-K{arm['K']}-s{arm['seed']}-{steps}"
+    by = "classes-" if arm.get("by") == "classes" else ""
+    return BASE / f"{data}{by}{arm['size']}px-{kind}-K{arm['K']}-s{arm['seed']}-{steps}"
 
 
 def _carry(src: Path, dst: Path) -> None:
@@ -151,15 +164,17 @@ def train(arm: dict[str, Any], steps: int, previous: Path | None) -> Path:
             f"model.class_cond={'true' if arm['cond'] else 'false'}",
         ]
         cli(
-            "partition", run, "-K", k, "--data", train_src, "--seed", seed,
+            "partition", run, "-K", k, "--data", train_src, "--by", arm.get("by", "kmeans"),
+            "--seed", arm.get("partition_seed", seed),
             *[a for s in sets for a in ("--set", s)],
             study=STUDY,
         )  # fmt: skip
     common = ["--preset", b["preset"], "--seed", seed, "--quiet"]
     cli("train", "experts", run, "--steps", steps, "--batch", b["batch"] // k, *common, study=STUDY)
     router_steps = arm.get("router_steps", b["router_steps"])
-    cli("train", "router", run, "--steps", router_steps, "--batch", b["router_batch"],
-        *common, study=STUDY)  # fmt: skip
+    if router_steps:  # mixture on a class partition needs no router
+        cli("train", "router", run, "--steps", router_steps, "--batch", b["router_batch"],
+            *common, study=STUDY)  # fmt: skip
     cli("train", "monolith", run, "--flop-match", *common, study=STUDY)
     return run
 
@@ -175,9 +190,11 @@ def score(arm: dict[str, Any], run: Path) -> dict[str, Any]:
     return table
 
 
-def work(phase: str | None) -> None:
+def work(phase: str | None, seed: int | None = None) -> None:
     for name in PHASES if phase is None else (phase,):
         for arm in arms(name):
+            if seed is not None and arm["seed"] != seed:
+                continue
             previous = None
             for steps in arm["budgets"]:
                 previous = train(arm, steps, previous)
@@ -246,9 +263,10 @@ def report() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     argv = list(argv or [])
     phase = argv[argv.index("--phase") + 1] if "--phase" in argv else None
+    seed = int(argv[argv.index("--seed") + 1]) if "--seed" in argv else None
     what = argv[0] if argv and not argv[0].startswith("-") else "all"
     if what in ("run", "all"):
-        work(phase)
+        work(phase, seed)
     if what in ("report", "all"):
         print(report()["checks"])
 

@@ -260,3 +260,74 @@ def test_make_partition_dispatch():
     assert one_line(e) == "n_fine applies only to --by kmeans, not --by random; drop it"
     with pytest.raises(DataError):
         make_partition("random", k=2, features=x, n=3)
+
+
+# --------------------------------------------------------------------------------------------------
+# classes: k-means over whole classes' mean features
+# --------------------------------------------------------------------------------------------------
+
+
+def class_groups(seed: int = 0, groups: int = 3, per_group: int = 5, items: int = 12, dim: int = 8):
+    """Classes whose items scatter around one of ``groups`` orthogonal directions: (features of
+    every item, labels, the group of each class). The groups are the right answer by construction."""
+    rng = np.random.default_rng(seed)
+    n_cls = groups * per_group
+    group_of = rng.permutation(np.repeat(np.arange(groups), per_group))
+    labels = rng.permutation(np.repeat(np.arange(n_cls), items))
+    x = 4.0 * np.eye(dim)[group_of[labels]] + 0.8 * rng.standard_normal((labels.size, dim))
+    return x.astype(np.float32), labels, group_of
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_classes_partition_groups_whole_classes_by_content(seed):
+    from decentdiff.data.partition import class_kmeans_partition, class_means
+
+    x, y, group_of = class_groups(seed)
+    p = class_kmeans_partition(class_means(x, y, group_of.size), y, 3, seed=seed)
+    check_cover(p.parts(), y.size)
+    # every class lies in one part, and the parts are the planted groups up to their numbering
+    table = contingency(p.assignments, y)
+    assert ((table > 0).sum(0) == 1).all()
+    part_of_class = table.argmax(0)
+    groups = contingency(part_of_class, group_of)
+    assert ((groups > 0).sum(0) == 1).all() and ((groups > 0).sum(1) == 1).all()
+    # the recorded members are the classes of each part
+    for k, members in enumerate(p.params["classes"]):
+        assert sorted(members) == sorted(np.flatnonzero(part_of_class == k).tolist())
+
+
+def test_class_means_and_sample_against_direct_computation():
+    from decentdiff.data.partition import class_means, class_sample
+
+    x, y, _ = class_groups(2)
+    means = class_means(x, y, y.max() + 2)  # one id more than present: a NaN row
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for c in range(y.max() + 1):
+        np.testing.assert_allclose(means[c], unit[y == c].mean(0), rtol=1e-5, atol=1e-6)
+    assert np.isnan(means[-1]).all()
+    pick = class_sample(y, 5, seed=3)
+    assert (np.bincount(y[pick]) == 5).all() and np.unique(pick).size == pick.size
+    assert np.array_equal(pick, class_sample(y, 5, seed=3))
+    assert not np.array_equal(pick, class_sample(y, 5, seed=4))
+    small = class_sample(y, 50)  # more than a class has: all of it
+    assert np.array_equal(small, np.arange(y.size))
+
+
+def test_classes_partition_errors():
+    from decentdiff.data.partition import class_kmeans_partition, class_means
+
+    x, y, group_of = class_groups(0)
+    means = class_means(x, y, group_of.size)
+    with pytest.raises(ConfigError) as e:
+        class_kmeans_partition(means, y, group_of.size + 1)
+    assert "--parts" in one_line(e)
+    holes = means.copy()
+    holes[3] = np.nan
+    with pytest.raises(DataError) as e:
+        class_kmeans_partition(holes, y, 2)
+    assert "finite" in one_line(e)
+    with pytest.raises(ConfigError):
+        make_partition("classes", k=2, labels=y)
+    # per-class features need not have one row per item
+    p = make_partition("classes", k=3, features=means, labels=y, seed=0)
+    assert p.method == "classes" and p.n == y.size

@@ -10,6 +10,11 @@ state is read or written). The training set is cut into K disjoint parts, one ex
            coarse cluster of its fine centroid (McAllister et al., CVPR 2025, arXiv 2501.05450)
 ``random`` a uniformly random partition into K parts whose sizes differ by at most one
 ``label``  whole classes to parts, balanced by item count (greedy, largest class first)
+``classes`` whole classes grouped by content: k-means over each class's mean feature (computed
+           from a sample of every class, :data:`CLASS_SAMPLE` images each); an item joins its
+           class's cluster. For many-class data where embedding every image costs too much, and
+           for class-conditional ensembles, whose ``mixture`` routing then knows each class's
+           expert exactly
 =========  =======================================================================================
 
 The client splits of federated learning are :mod:`decentdiff.data.client_split`.
@@ -37,6 +42,7 @@ __all__ = [
     "Partition",
     "PartitionMethod",
     "kmeans_partition",
+    "class_kmeans_partition",
     "label_partition",
     "make_partition",
     "random_partition",
@@ -52,6 +58,11 @@ SINGLE_THREAD_UP_TO = 20_000
 #: and took 90 s against 37 s for 80,000 items by MiniBatchKMeans (BENCHMARKS.md). Partitions of
 #: 20,001-50,000 items made before that change are not reproduced by re-partitioning.
 MINIBATCH_ABOVE = SINGLE_THREAD_UP_TO
+
+#: Images per class ``--by classes`` embeds to find each class's mean feature (fewer when a class
+#: has fewer). 16 Inception embeddings per class cost ~3,200 images for Tiny ImageNet's 200 classes
+#: instead of 100,000.
+CLASS_SAMPLE = 16
 
 #: Default number of fine centroids is min(FINE_MAX, N // FINE_DIVISOR), at least K (paper: 1024).
 FINE_MAX = 1024
@@ -73,7 +84,7 @@ class Partition:
             only, else None).
         fine_centroids: float32 (F, D), fine centroids in the same space (kmeans only).
         fine_assignments: int64 (N,), the fine cluster 0..F-1 of each item (kmeans only).
-        method: "kmeans", "random" or "label".
+        method: "kmeans", "random", "label" or "classes".
         params: JSON-able settings that produced it; always holds ``k`` and ``seed``.
         fine_to_coarse: int64 (F,), the coarse cluster of each fine centroid (kmeans only), so
             that ``assignments == fine_to_coarse[fine_assignments]``.
@@ -406,6 +417,100 @@ def label_partition(labels: np.ndarray, k: int, *, seed: int = 0) -> Partition:
     )
 
 
+def class_sample(labels: np.ndarray, per_class: int = CLASS_SAMPLE, *, seed: int = 0) -> np.ndarray:
+    """Sorted indices of up to ``per_class`` items of every class, drawn without replacement with
+    ``np.random.default_rng(seed)``: the items ``--by classes`` embeds."""
+    y = check_labels(labels, "class sample", "use --by kmeans or --by random")
+    per_class = int_arg(per_class, "images per class", 1, "use 1 or more")
+    order = np.random.default_rng(seed).permutation(y.size)
+    by_class = order[np.argsort(y[order], kind="stable")]  # shuffled within each class
+    first = np.searchsorted(y[by_class], y[by_class], side="left")
+    rank = np.arange(y.size) - first
+    return np.sort(by_class[rank < per_class])
+
+
+def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """float32 (C, D): the mean of each class's L2-normalised features; NaN rows for classes with
+    no item."""
+    x = _normalise(_check_features(features, "class means"))
+    y = np.asarray(labels, dtype=np.int64)
+    sums = np.zeros((num_classes, x.shape[1]), dtype=np.float64)
+    np.add.at(sums, y, x)
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (sums / counts).astype(np.float32)
+
+
+def class_kmeans_partition(
+    class_features: np.ndarray, labels: np.ndarray, k: int, *, seed: int = 0
+) -> Partition:
+    """Whole classes grouped by content: k-means into K clusters over the L2-normalised mean
+    features of the classes (:func:`class_means`), then every item joins its class's cluster.
+
+    Cheap where embedding every image is not (one sample per class suffices), and, for a
+    class-conditional ensemble, makes p(expert | class) one-hot: the ``mixture`` routing then
+    sends each class to the one expert that was trained on it. Parts are numbered by their
+    smallest item index.
+
+    Args:
+        class_features: (C, D) one row per class id 0..C-1 (NaN rows for classes without items
+            are allowed when no item has that label).
+        labels: integer (N,) class ids of the items.
+        k: number of parts, 1 <= K <= number of classes present.
+        seed: seeds k-means.
+
+    Returns:
+        A Partition with centroids (K, D); ``params["classes"]`` lists the classes of each part.
+
+    Raises:
+        ConfigError: K < 1 or K > the number of classes.
+        DataError: bad labels, a class without a finite feature row, or an empty cluster.
+    """
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    y = check_labels(labels, "classes partition", "use --by kmeans or --by random")
+    k = int_arg(k, "the number of parts K", 1, "use --parts 1 or more")
+    feats = np.asarray(class_features, dtype=np.float64)
+    present = np.unique(y)
+    if feats.ndim != 2 or present.min() < 0 or present.max() >= feats.shape[0]:
+        raise DataError(
+            f"classes partition: class features of shape {feats.shape} do not cover class ids "
+            f"{int(present.min())}..{int(present.max())}; give one row per class id"
+        )
+    if k > present.size:
+        raise ConfigError(
+            f"classes partition: K={k} parts but only {present.size} classes; use --parts "
+            f"{present.size} or fewer, or --by kmeans"
+        )
+    x = feats[present]
+    if not np.isfinite(x).all():
+        raise DataError("classes partition: a class present in the data has no finite feature row")
+    x = _normalise(x.astype(np.float32))
+    with threadpool_limits(limits=1):
+        km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
+    class_part = np.full(feats.shape[0], -1, dtype=np.int64)
+    class_part[present] = km.labels_
+    assign = class_part[y]
+    sizes = np.bincount(assign, minlength=k)
+    if (sizes == 0).any():
+        raise DataError(
+            f"classes partition: cluster {int(np.flatnonzero(sizes == 0)[0])} of K={k} is empty "
+            "(identical class features); use a smaller --parts or --by label"
+        )
+    perm = _relabel_by_first_item(assign, k)
+    inverse = np.argsort(perm)
+    members = [sorted(present[perm[km.labels_] == p].tolist()) for p in range(k)]
+    return Partition(
+        assignments=perm[assign],
+        centroids=km.cluster_centers_[inverse].astype(np.float32),
+        fine_centroids=None,
+        fine_assignments=None,
+        method="classes",
+        params={"k": k, "seed": int(seed), "classes": members},
+    )
+
+
 def _make_kmeans(
     k: int, features: Any, labels: Any, n: Any, seed: int, n_fine: int | None
 ) -> Partition:
@@ -433,6 +538,14 @@ def _make_label(
     return label_partition(labels, k, seed=seed)
 
 
+def _make_classes(
+    k: int, features: Any, labels: Any, n: Any, seed: int, n_fine: int | None
+) -> Partition:
+    if features is None or labels is None:
+        raise ConfigError("--by classes needs labelled data and features; pass --features inception")
+    return class_kmeans_partition(features, labels, k, seed=seed)
+
+
 @dataclass(frozen=True)
 class PartitionMethod:
     """One ``--by`` method: the entry of :data:`PARTITIONERS` under its name.
@@ -442,11 +555,14 @@ class PartitionMethod:
         needs_features: the method clusters features, so the images are featurised first
             (``decentdiff partition --features``); the others never see features.
         takes_n_fine: the method accepts ``n_fine`` (fine centroids); the others refuse it.
+        per_class: the features are one row per class (the mean of a sample of each class,
+            :func:`class_sample`), not one per item.
     """
 
     make: Callable[..., Partition]
     needs_features: bool = False
     takes_n_fine: bool = False
+    per_class: bool = False
 
 
 #: Registry of partition methods: name -> PartitionMethod.
@@ -454,6 +570,7 @@ PARTITIONERS: dict[str, PartitionMethod] = {
     "kmeans": PartitionMethod(_make_kmeans, needs_features=True, takes_n_fine=True),
     "random": PartitionMethod(_make_random),
     "label": PartitionMethod(_make_label),
+    "classes": PartitionMethod(_make_classes, needs_features=True, per_class=True),
 }
 
 
@@ -494,7 +611,8 @@ def make_partition(
     if n_fine is not None and not entry.takes_n_fine:
         takers = ", ".join(f"--by {m}" for m, e in PARTITIONERS.items() if e.takes_n_fine)
         raise ConfigError(f"n_fine applies only to {takers}, not --by {name}; drop it")
-    sizes = {len(a) for a in (features, labels) if a is not None}
+    per_item = () if entry.per_class else (features,)  # per-class features: one row per class
+    sizes = {len(a) for a in (*per_item, labels) if a is not None}
     if n is not None:
         sizes.add(n)
     if len(sizes) > 1:

@@ -82,6 +82,19 @@ def cluster_contents(
     return nmi, out
 
 
+def _class_features(images, labels, features: str, seed: int, num_classes: int) -> np.ndarray:
+    """(C, D) mean features of each class, from a seeded sample of every class (``--by classes``)."""
+    from ..data.cache import rows_of
+    from ..data.features import featurize
+    from ..data.partition import class_means, class_sample
+
+    if labels is None:
+        raise ConfigError("--by classes needs labelled data; use --by kmeans for unlabelled images")
+    pick = class_sample(labels, seed=seed)
+    feats = featurize(rows_of(images, pick), features, labels=labels[pick], seed=seed)
+    return class_means(feats, labels[pick], max(int(num_classes or 0), int(labels.max()) + 1))
+
+
 def partition_run(
     run: Run,
     cfg: Config,
@@ -96,7 +109,8 @@ def partition_run(
     """Split RUN's training part into ``parts`` clusters into RUN/partition.npz.
 
     Args:
-        by: ``kmeans`` (the paper), ``random`` or ``label`` (controls).
+        by: ``kmeans`` (the paper), ``classes`` (k-means over whole classes' mean features, for
+            many-class labelled data), ``random`` or ``label`` (controls).
         features: a featuriser (k-means only): ``auto`` (:func:`partition_features`), ``pca``,
             ``inception``, ``classifier`` or one registered with ``register_featurizer``.
         fine: fine k-means centroids (default min(1024, N/4)).
@@ -140,7 +154,10 @@ def partition_run(
     featurised = method is not None and method.needs_features
     try:
         features = partition_features(features, d.shape[0], labels is not None)
-        feats = featurize(images, features, labels=labels, seed=seed) if featurised else None
+        if featurised and method.per_class:
+            feats = _class_features(images, labels, features, seed, d.num_classes)
+        else:
+            feats = featurize(images, features, labels=labels, seed=seed) if featurised else None
         p = make_partition(
             by, k=parts, features=feats, labels=labels, n=len(images), seed=seed, n_fine=fine
         )
