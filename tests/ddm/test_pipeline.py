@@ -131,6 +131,15 @@ def test_auto_routing_follows_the_kind_of_model(ddm_run, tmp_path):
     toml = (cc / "run.toml").read_text()
     assert "class_cond = false" in toml
     (cc / "run.toml").write_text(toml.replace("class_cond = false", "class_cond = true"))
+    # this RUN's partition (--by label) keeps every class in one cluster: mixture is exact for a
+    # class-conditional model, so auto takes it; a k-means partition splits classes: top1
+    with np.load(cc / "partition.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert str(arrays["method"]) == "label"
+    assert resolve_routing(Run(cc), "AUTO") == "mixture"
+    np.savez(cc / "partition.npz", **{**arrays, "method": np.str_("classes")})
+    assert resolve_routing(Run(cc), "auto") == "mixture"
+    np.savez(cc / "partition.npz", **{**arrays, "method": np.str_("kmeans")})
     assert resolve_routing(Run(cc), "AUTO") == AUTO_ROUTING[True] == "top1"
 
 

@@ -50,7 +50,11 @@ def partition(
     parts: PartsOpt,
     data: DataOpt = None,
     by: Annotated[
-        str, typer.Option("--by", help="kmeans (paper), classes (k-means over whole classes: many-class data), random or label (controls).")
+        str,
+        typer.Option(
+            "--by",
+            help="kmeans (paper), classes (k-means over whole classes: many-class data), random or label (controls).",
+        ),
     ] = "kmeans",
     features: PartitionFeaturesOpt = "auto",
     seed: PartitionSeedOpt = 0,

@@ -9,7 +9,8 @@ DEFAULT_ROUTING = "auto"
 
 #: ``auto``: unconditional models make each image with ONE expert drawn from the cluster sizes
 #: (``mixture``, no router call); class-conditional ones follow the router's top-1 expert, which
-#: knows the class from the first step.
+#: knows the class from the first step (``mixture`` when every class lies in one cluster:
+#: :data:`WHOLE_CLASS_PARTITIONS`).
 AUTO_ROUTING = {False: "mixture", True: "top1"}
 
 #: The numbers behind AUTO_ROUTING, quoted by --help and the demo's summary: ensemble FID / the
@@ -24,6 +25,16 @@ EVIDENCE = (
 DEFAULT_ROUTINGS = ("mixture", "top1", "topk:2")
 
 
-def auto_routing(class_cond: bool) -> str:
-    """The routing ``auto`` stands for, for an unconditional or a class-conditional model."""
+#: Partitions that put every class in one cluster (``--by classes``, ``--by label``). For a
+#: class-conditional model the cluster prior p(expert | class) is then one-hot, so ``mixture``
+#: sends each class to the one expert trained on it, exactly, with no router call; top1 can only
+#: match it, and sends a class to an expert that never saw it whenever the router errs.
+WHOLE_CLASS_PARTITIONS = ("classes", "label")
+
+
+def auto_routing(class_cond: bool, partition: str | None = None) -> str:
+    """The routing ``auto`` stands for, for an unconditional or a class-conditional model
+    (``partition``: the RUN's partition method, when known)."""
+    if class_cond and partition in WHOLE_CLASS_PARTITIONS:
+        return "mixture"
     return AUTO_ROUTING[bool(class_cond)]

@@ -18,16 +18,32 @@ from .routing import parse_routing
 from .store import PartitionRecord, expert_dir, load_partition
 
 
+def _method(run: Run) -> str | None:
+    """RUN's partition method (``kmeans``, ``classes``, ...), or None without a readable one."""
+    import zipfile
+
+    import numpy as np
+
+    from .store import partition_path
+
+    try:
+        with np.load(partition_path(run), allow_pickle=False) as z:
+            return str(z["method"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
 def resolve_routing(run: Run, routing: str) -> str:
     """The canonical name of a routing spec (``TOP-1 `` is not a spec; `` Top1`` -> ``top1``,
     ``nucleus:0.90`` -> ``nucleus:0.9``), which metric rows and file names use; ``auto`` -> the
     routing :data:`~decentdiff.ddm.defaults.AUTO_ROUTING` gives this RUN's kind of model
-    (run.toml's ``model.class_cond``). ConfigError for a spec that does not parse."""
+    (run.toml's ``model.class_cond``; ``mixture`` for a class-conditional model whose partition
+    keeps every class in one cluster). ConfigError for a spec that does not parse."""
     from ..config import resolve
     from .defaults import auto_routing
 
     if routing.strip().lower() == "auto":
-        routing = auto_routing(resolve(base=run.base_config()).model.class_cond)
+        routing = auto_routing(resolve(base=run.base_config()).model.class_cond, _method(run))
     return str(parse_routing(routing))
 
 
