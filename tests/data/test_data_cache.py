@@ -23,6 +23,8 @@ from PIL import Image
 from decentdiff.data import cache, features, sources
 from decentdiff.data.cache import ImageRows, rows_of
 from decentdiff.data.sources import clear_cache, load_source
+from decentdiff.data.sources import images as source_images
+from decentdiff.errors import DataError
 
 
 @pytest.fixture(autouse=True)
@@ -66,13 +68,13 @@ def entries() -> list[Path]:
 
 def count_decodes(monkeypatch) -> list[int]:
     calls = [0]
-    real = sources._decode
+    real = source_images._decode
 
     def counting(*a, **k):
         calls[0] += 1
         return real(*a, **k)
 
-    monkeypatch.setattr(sources, "_decode", counting)
+    monkeypatch.setattr(source_images, "_decode", counting)
     return calls
 
 
@@ -206,7 +208,7 @@ def test_skip_bad_warning_and_skipped_files_survive_the_cache(tmp_path, capsys):
 def test_a_failed_decode_leaves_no_entry(tmp_path):
     folder = make_folder(tmp_path / "imgs")
     (folder / "dog" / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(sources.DataError, match=r"broken\.png"):
+    with pytest.raises(DataError, match=r"broken\.png"):
         load_source(f"folder:{folder}", size=16)
     root = cache.data_cache_dir()
     assert not root.exists() or list(root.iterdir()) == []

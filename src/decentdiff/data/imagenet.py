@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from decentdiff.data import sources as _sources
+from decentdiff.data.sources import register_source
+from decentdiff.data.sources.folder import _images_under, _is_image_name
+from decentdiff.data.sources.images import _decode_files, _sink
 from decentdiff.errors import DataError
 
 __all__ = ["tiny_imagenet_classes"]
@@ -94,7 +96,7 @@ def _load_train(key: str, root: str, options: Any, spill: str | None = None) -> 
     files, labels = [], []
     for k, wnid in enumerate(wnids):
         folder = os.path.join(train, wnid, "images")
-        found = _sources._images_under(folder) if os.path.isdir(folder) else []
+        found = _images_under(folder) if os.path.isdir(folder) else []
         if not found:
             raise DataError(
                 f"{key}: class {wnid} of wnids.txt has no images in train/{wnid}/images; "
@@ -102,7 +104,7 @@ def _load_train(key: str, root: str, options: Any, spill: str | None = None) -> 
             )
         files += [(os.path.relpath(p, root), p) for p in found]
         labels += [k] * len(found)
-    images, kept, skipped = _sources._decode_files(files, key, options, _sources._sink(spill))
+    images, kept, skipped = _decode_files(files, key, options, _sink(spill))
     return images, np.asarray(labels, dtype=np.int64)[kept], tuple(names), skipped
 
 
@@ -144,9 +146,7 @@ def _load_val(key: str, root: str, options: Any, spill: str | None = None) -> An
         annotated[name] = label_of[wnid]
     if not annotated:
         raise DataError(f"{key}: val_annotations.txt labels no image; restore it from the download")
-    loose = sorted(
-        e for e in os.listdir(folder) if _sources._is_image_name(e) and e not in annotated
-    )
+    loose = sorted(e for e in os.listdir(folder) if _is_image_name(e) and e not in annotated)
     if loose:
         raise DataError(
             f"{key}: val/images/{loose[0]} has no line in val_annotations.txt ({len(loose)} such "
@@ -154,12 +154,12 @@ def _load_val(key: str, root: str, options: Any, spill: str | None = None) -> An
         )
     order = sorted(annotated)
     files = [(f"val/images/{f}", os.path.join(folder, f)) for f in order]
-    images, kept, skipped = _sources._decode_files(files, key, options, _sources._sink(spill))
+    images, kept, skipped = _decode_files(files, key, options, _sink(spill))
     labels = np.asarray([annotated[f] for f in order], dtype=np.int64)[kept]
     return images, labels, tuple(names), skipped
 
 
-_sources.register_source(
+register_source(
     "tinyimagenet",
     _load_train,
     "tinyimagenet:DIR",
@@ -168,7 +168,7 @@ _sources.register_source(
     fits=True,
     spills=True,
 )
-_sources.register_source(
+register_source(
     "tinyimagenet-val",
     _load_val,
     "tinyimagenet-val:DIR",
