@@ -269,3 +269,56 @@ def test_eval_refuses_a_bad_copy_threshold_before_sampling(tiny_run, capsys):
         (tiny_run / "metrics.jsonl").read_text() if (tiny_run / "metrics.jsonl").exists() else ""
     )
     assert after == before
+
+
+def test_in_a_federated_run_each_client_checks_its_own_images(tiny_run, capsys, monkeypatch):
+    """A run that records a federated split: eval --memorisation repeats the check within each
+    client's images (the rows client_data gives that client); a copy of one client's image is a
+    copy for that client only."""
+    import torch
+
+    import decentdiff.generate as G
+    from decentdiff.config import resolve
+    from decentdiff.federated.client import client_data
+    from decentdiff.federated.settings import FedSettings, build_settings
+    from decentdiff.federated.store import record_settings
+    from decentdiff.run import Run
+
+    r = Run(tiny_run)
+    cfg = resolve(base=r.base_config())
+    data = r.data(cfg, create=False)
+    options = FedSettings(method="full", clients=2, split="iid", rounds=1).validate()
+    s = build_settings(cfg, options, image_shape=data.shape, num_classes=data.num_classes)
+    record_settings(tiny_run, s)
+    mine = [np.asarray(client_data(s, i, 2).images) for i in range(2)]
+    planted = mine[1][3]  # client 1's image
+    real_generate = G.generate
+
+    def planting(*args, **kwargs):
+        out = real_generate(*args, **kwargs)
+        out.images[0] = torch.from_numpy(as_generated(planted[None]))[0]
+        return out
+
+    monkeypatch.setattr(G, "generate", planting)
+    code, out, err = cli(capsys, "eval", tiny_run, "--model", "monolith", "--n", 5, "--sample-steps",
+                         2, "--device", "cpu", "-q", "--copy-threshold", 0.2)  # fmt: skip
+    assert code == 0, err
+    assert "per client at most" in out
+    m = json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[-1])["memorisation"]
+    assert m["threshold"] == 0.2 and set(m["groups"]) == {"client 0", "client 1"}
+    assert [m["groups"][f"client {i}"]["n_train"] for i in range(2)] == [len(x) for x in mine]
+    assert m["groups"]["client 1"]["pixels"]["copies"] >= 1 / 5
+    assert m["closest"][0]["sample"] == 0 and m["closest"][0]["client"] == 1
+    gen = M.to_unit(np.load(tiny_run / "samples" / "monolith.npz")["images"])
+    with np.load(tiny_run / m["file"]) as z:
+        ratios = []
+        for i in range(2):  # each client's neighbours: a brute-force search over its own images
+            d, _ = brute(gen, mine[i] / 255.0)
+            np.testing.assert_allclose(z[f"client{i}_pixel_distance"], d, rtol=1e-9, atol=1e-9)
+            ratios.append(d[:, 0] / d[:, 1])
+            want = ratios[i] < 0.2
+            assert m["groups"][f"client {i}"]["pixels"]["copies"] == pytest.approx(want.mean())
+    assert ratios[1][0] < 1e-6 and ratios[0][0] > 0.2  # client 0 does not hold the planted image
+    code, _, err = cli(capsys, "report", tiny_run)
+    assert code == 0, err
+    assert "| monolith | client 1 |" in (tiny_run / "report.md").read_text()
