@@ -231,3 +231,39 @@ def class_histogram_figure(
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
+
+
+def memorisation_figure(
+    panels: list[tuple[str, list[tuple[np.ndarray, np.ndarray, str]]]], path: Path
+) -> Path:
+    """Generated images beside their nearest training images, one row of pairs per panel.
+
+    Args:
+        panels: (row label, pairs); each pair is (generated uint8 (C, H, W), nearest training
+            image uint8 (C, H, W), caption).
+    """
+    plt = _plt()
+    per_row = max([len(p) for _, p in panels] + [1])
+    fig, axes = plt.subplots(
+        len(panels), per_row, figsize=(1.5 * per_row + 1.2, 1.25 * len(panels) + 0.4), squeeze=False
+    )
+    for r, (label, pairs) in enumerate(panels):
+        for q in range(per_row):
+            ax = axes[r, q]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if q >= len(pairs):
+                ax.axis("off")
+                continue
+            gen, train, caption = pairs[q]
+            c, h, w = gen.shape
+            gap = np.full((c, h, max(1, w // 8)), 255, np.uint8)
+            tile = np.concatenate([gen, gap, train], axis=2).transpose(1, 2, 0)
+            ax.imshow(tile[..., 0] if c == 1 else tile, cmap="gray" if c == 1 else None,
+                      vmin=0, vmax=255)  # fmt: skip
+            ax.set_xlabel(caption, fontsize=6)
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    fig.suptitle(
+        "Most copy-like pairs: generated | nearest training image (* = a copy)", fontsize=8
+    )
+    return _save(fig, path)

@@ -267,6 +267,7 @@ def write_report(run: Run, cfg: Config) -> Path:
                 "![class histogram](figures/class_histogram.png)",
                 "",
             ]
+    md += memorisation_lines(run, rows)
     if (rp / "diagnostics.json").is_file():
         from .ddm.diagnostics import summary_lines
 
@@ -351,6 +352,72 @@ def write_report(run: Run, cfg: Config) -> Path:
     out = rp / "report.md"
     atomic_write_text(out, "\n".join(md) + "\n")
     return out
+
+
+def memorisation_lines(run: Run, rows: list[dict[str, Any]]) -> list[str]:
+    """The report's memorisation section: for each model, the newest eval row with a check."""
+    latest: dict[tuple, dict] = {}
+    for r in rows:
+        if isinstance(r.get("memorisation"), dict):
+            latest[(r["model"], r.get("routing"))] = r
+    if not latest:
+        return []
+
+    def pct(part: dict | None) -> str:
+        return "–" if not part else f"{part['copies']:.1%}"
+
+    first = next(iter(latest.values()))["memorisation"]
+    md = [
+        "## Memorisation",
+        "",
+        "Each generated image against its nearest training images (L2 in pixels in [0, 1], and "
+        f"in the evaluation features). A copy: d(NN1) / d(NN2) < {first['threshold']:.3g} in pixels "
+        "(Yoon et al. 2023; Gu et al. 2023), far nearer one training image than any other. The "
+        "held-out column is the same test on held-out images, never trained on: the data's own "
+        "near-duplicates.",
+        "",
+        "| model | routing | images | training images | copies (pixels) | copies (features) "
+        "| held-out flagged | median nearest distance (pixels) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (model, routing), r in latest.items():
+        m = r["memorisation"]
+        md.append(
+            f"| {model} | {routing or '–'} | {m['n']} | {m['n_train']} | {pct(m['pixels'])} | "
+            f"{pct(m.get('features'))} | {pct(m.get('heldout_pixels'))} | "
+            f"{m['pixels']['nn_median']:.3g} |"
+        )
+    md.append("")
+    per_client = [
+        (k, r["memorisation"]) for k, r in latest.items() if r["memorisation"].get("groups")
+    ]
+    if per_client:
+        md += [
+            "Per client: the same test within each client's own training images alone, as the "
+            "silo could run it.",
+            "",
+            "| model | client | its images | copies (pixels) | copies (features) | median nearest "
+            "distance (pixels) |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for (model, _), m in per_client:
+            for g, v in m["groups"].items():
+                md.append(
+                    f"| {model} | {g} | {v['n_train']} | {pct(v['pixels'])} | "
+                    f"{pct(v.get('features'))} | {v['pixels']['nn_median']:.3g} |"
+                )
+        md.append("")
+    for (model, routing), r in latest.items():
+        fig = r["memorisation"].get("figure")
+        if fig and (run.path / fig).is_file():
+            name = model if routing is None else f"{model} {routing}"
+            md += [
+                f"**{name}**: the most copy-like pairs",
+                "",
+                f"![memorisation {name}]({fig})",
+                "",
+            ]
+    return md
 
 
 def _cluster_lines(part: Any, data: Any, added: dict) -> list[str]:

@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from .options import (
     CompareFreshOpt,
     ConfigOpt,
+    CopyThresholdOpt,
     DeviceOpt,
     EvalFeaturesOpt,
     EvalModelOpt,
@@ -22,6 +23,7 @@ from .options import (
     ExportFreshOpt,
     GuidanceOpt,
     LogOpt,
+    MemorisationOpt,
     OldEvalFeaturesOpt,
     OldForceOpt,
     OldRecomputeOpt,
@@ -38,6 +40,7 @@ from .options import (
     SampleStepsOpt,
     SetOpt,
     SolverOpt,
+    copy_threshold,
     eval_config,
     existing_run,
     resolve_config,
@@ -128,6 +131,8 @@ def evaluate(
     guidance: GuidanceOpt = None,
     seed: SampleSeedOpt = None,
     precision: PrecisionOpt = None,
+    memorisation: MemorisationOpt = False,
+    copy_threshold_: CopyThresholdOpt = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     log: LogOpt = None,
@@ -136,7 +141,9 @@ def evaluate(
     old_steps: OldSampleStepsOpt = None,
     old_features: OldEvalFeaturesOpt = None,
 ) -> None:
-    """Sample a model and score it against the held-out images; appends a row to RUN/metrics.jsonl."""
+    """Sample a model and score it against the held-out images; appends a row to RUN/metrics.jsonl.
+    With --memorisation, also the generated images' nearest training images and how many are
+    copies."""
     from ..ddm.load import resolve_routing
     from ..evaluation.evaluate import evaluate as run_eval
     from ..loading import sample_name, samples_path
@@ -173,12 +180,17 @@ def evaluate(
         device=resolve_device(device),
         progress=not quiet,
         save_samples_to=samples_path(r, model, routing),
+        memorisation=copy_threshold(memorisation, copy_threshold_),
     )
     typer.echo(
         f"{name}: FID {row['fid']:.2f} (floor {row['floor']['fid']:.2f}), KID {row['kid_mean']:.4f}, "
         f"precision {row['precision']:.3f}, recall {row['recall']:.3f}, "
         f"{row['sample_gflops_per_image']:.2f} GFLOPs/image -> {r.metrics_path}"
     )
+    if "memorisation" in row:
+        from ..evaluation.memorisation import summary_line
+
+        typer.echo(f"{name}: " + summary_line(row["memorisation"]))
 
 
 def compare(

@@ -19,6 +19,7 @@ from .options import (
     EVAL_N,
     ClientsOpt,
     ConfigOpt,
+    CopyThresholdOpt,
     DataOpt,
     DeviceOpt,
     DryRunOpt,
@@ -34,6 +35,7 @@ from .options import (
     GuidanceOpt,
     InsecureOpt,
     LogOpt,
+    MemorisationOpt,
     NodeThreadsOpt,
     OldClientsOpt,
     OldEvalFeaturesOpt,
@@ -54,6 +56,7 @@ from .options import (
     SupernodeOutOpt,
     SupernodePortOpt,
     TrainDeviceOpt,
+    copy_threshold,
     resolve_config,
 )
 
@@ -367,7 +370,9 @@ def fed_run(
         _evaluate(r, cfg, n, features="auto", device=cfg.train.device, quiet=quiet)
 
 
-def _evaluate(r, cfg, n: int, *, features: str, device: str, quiet: bool) -> dict:
+def _evaluate(
+    r, cfg, n: int, *, features: str, device: str, quiet: bool, memorisation: float | None = None
+) -> dict:
     from ..federated.evaluate import evaluate_federated, summary_line
     from ..training.loop import resolve_device
 
@@ -375,9 +380,19 @@ def _evaluate(r, cfg, n: int, *, features: str, device: str, quiet: bool) -> dic
         raise ConfigError(f"--n must be ≥ 1, got {n}")
     cfg.sample.n = n
     summary = evaluate_federated(
-        r, cfg, features=features, device=resolve_device(device), progress=not quiet
+        r,
+        cfg,
+        features=features,
+        device=resolve_device(device),
+        progress=not quiet,
+        memorisation=memorisation,
     )
     typer.echo(summary_line(summary) + f" -> {r.metrics_path}")
+    if summary.get("memorisation"):
+        from ..evaluation.memorisation import summary_line as memorisation_line
+
+        for model, m in summary["memorisation"].items():
+            typer.echo(f"{model}: " + memorisation_line(m))
     return summary
 
 
@@ -391,6 +406,8 @@ def fed_eval(
     guidance: GuidanceOpt = None,
     seed: SampleSeedOpt = None,
     precision: PrecisionOpt = None,
+    memorisation: MemorisationOpt = False,
+    copy_threshold_: CopyThresholdOpt = None,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
     config: ConfigOpt = None,
@@ -399,7 +416,8 @@ def fed_eval(
     old_features: OldEvalFeaturesOpt = None,
 ) -> None:
     """FID of a federated run: its global model (FULL, USPLIT) or each client's personal model
-    (UDEC, ULATDEC), with mean ± std, min and max over clients; rows go to RUN/metrics.jsonl."""
+    (UDEC, ULATDEC), with mean ± std, min and max over clients; rows go to RUN/metrics.jsonl.
+    With --memorisation, also whether each model's images copy any client's training images."""
     from ..run import Run
 
     r = Run(run)
@@ -416,7 +434,15 @@ def fed_eval(
         sample_precision=precision,
     )
     n = EVAL_N if n is None else n
-    _evaluate(r, cfg, n, features=eval_features, device=device, quiet=quiet)
+    _evaluate(
+        r,
+        cfg,
+        n,
+        features=eval_features,
+        device=device,
+        quiet=quiet,
+        memorisation=copy_threshold(memorisation, copy_threshold_),
+    )
 
 
 @fed_app.command("bytes")

@@ -448,6 +448,38 @@ EvalFeaturesOpt = Annotated[
         callback=takes_old_spelling,
     ),
 ]
+MemorisationOpt = Annotated[
+    bool,
+    typer.Option(
+        "--memorisation",
+        help="Also check the generated images for copies of training images: each one's nearest "
+        "training images in pixels and in the evaluation features, per client in a federated "
+        "run; a copy when d(NN1) / d(NN2) < --copy-threshold. Goes to the eval row, "
+        "RUN/eval/memorisation/ and a figure of the closest pairs (docs/evaluation.md).",
+    ),
+]
+CopyThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--copy-threshold",
+        help="A generated image is a copy when its distance to the nearest training image is "
+        "below this fraction of its distance to the second nearest (pixels); implies "
+        "--memorisation. (default: 1/3, as Yoon et al. 2023 and Gu et al. 2023)",
+    ),
+]
+
+
+def copy_threshold(memorisation: bool, threshold: float | None) -> float | None:
+    """The copy threshold of --memorisation / --copy-threshold, or None: no check."""
+    if threshold is not None:
+        return threshold
+    if memorisation:
+        from ..evaluation.memorisation import THRESHOLD
+
+        return THRESHOLD
+    return None
+
+
 PartitionFeaturesOpt = Annotated[
     str,
     typer.Option(

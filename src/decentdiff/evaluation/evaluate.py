@@ -164,10 +164,13 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: bool = True,
     save_samples_to: Path | None = None,
+    memorisation: float | None = None,
 ) -> dict[str, Any]:
     """Sample ``cfg.sample.n`` images from ``model`` and compute every metric against held-out data.
 
-    An ensemble's ``routing`` defaults to ``cfg.sample.routing``. Returns the row appended to
+    An ensemble's ``routing`` defaults to ``cfg.sample.routing``. With ``memorisation`` (a copy
+    threshold, e.g. 1/3) the images are also checked for copies of training images
+    (:func:`memorisation_check`), the row's ``memorisation``. Returns the row appended to
     RUN/metrics.jsonl.
     """
     from ..generate import generate, save_samples
@@ -188,6 +191,10 @@ def evaluate(
     data = run.data(cfg, create=False)
     features = resolve_features(data, features)  # the row records the features used
     check_features(data, features)
+    if memorisation is not None:
+        from .memorisation import check_threshold
+
+        check_threshold(memorisation)  # a bad threshold fails before sampling
     t0 = time.perf_counter()
     # Sample first: a missing model or a bad routing fails before anything is cached in RUN/eval.
     gen = generate(run, model, cfg.sample, routing=routing, device=device, progress=progress)
@@ -199,6 +206,23 @@ def evaluate(
     # histograms after the fact; small (N x feature width).
     fake_path = _fake_path(run, model, routing, cfg, features, gen.precision)
     _save_fake(fake_path, fake, metrics["fid"])
+    mem = None
+    if memorisation is not None:
+        from ..loading import sample_name
+
+        name = sample_name(model, routing if model == "ensemble" else None)
+        mem = memorisation_check(
+            run,
+            data,
+            gen.images,
+            fake["features"],
+            features,
+            threshold=memorisation,
+            name=name,
+            stem=fake_path.stem,
+            device=device,
+            progress=progress,
+        )
     hist = None
     if fake.get("probs") is not None:
         hist = np.bincount(np.asarray(fake["probs"]).argmax(1), minlength=fake["probs"].shape[1])
@@ -228,6 +252,8 @@ def evaluate(
         "class_hist": None if hist is None else [int(c) for c in hist],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if mem is not None:
+        row["memorisation"] = mem
     append_jsonl(run.metrics_path, row)
     if cfg.train.log == "tensorboard":
         from ..events import EventWriter
@@ -295,6 +321,152 @@ def score_images(
         "floor": floor,
         "classifier_accuracy": net_meta.get("heldout_accuracy"),
     }
+
+
+def train_features(run: Run, data: RunData, net, features: str) -> np.ndarray:
+    """Features (float64 (M, F)) of every training image, rows in ``data.train_idx`` order;
+    cached in RUN/eval/train-FEATURES.npz (and Inception's per image content, as the reference's).
+    """
+    cache = run.path / "eval" / f"train-{features}.npz"
+    net_id = _net_id(net)
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                if str(z["fingerprint"]) == data.fingerprint and str(z["net"]) == net_id:
+                    if len(z["features"]) == len(data.train_idx):
+                        return z["features"]
+        except (OSError, ValueError, KeyError):
+            pass  # damaged, or made by another network: recomputed
+    from ..data.cache import rows_of
+    from ..training.checkpoint import atomic_write_bytes
+
+    feats = _extract_real(net, rows_of(data.images, data.train_idx))["features"]
+    out = {"features": feats, "fingerprint": np.str_(data.fingerprint), "net": np.str_(net_id)}
+    atomic_write_bytes(cache, lambda f: np.savez(f, **out))
+    return feats
+
+
+def training_groups(run: Run, data: RunData) -> dict[str, np.ndarray] | None:
+    """A federated run's clients' training images, as positions in ``data.train_idx``
+    (``{"client 0": ..., ...}``, by the run's recorded split); None for any other run."""
+    from ..federated.store import read_settings
+
+    settings = read_settings(run.path)
+    if settings is None or settings.clients < 2:
+        return None
+    from ..federated.client import client_shares
+
+    shares = client_shares(settings, data.labels, data.train_idx)
+    return {f"client {i}": np.asarray(s, np.int64) for i, s in enumerate(shares)}
+
+
+def memorisation_check(
+    run: Run,
+    data: RunData,
+    images: torch.Tensor,
+    features_of_images: np.ndarray,
+    features: str,
+    *,
+    threshold: float,
+    name: str,
+    stem: str,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Checks generated ``images`` for copies of RUN's training images (in pixels, and in the
+    evaluation ``features`` whose values for ``images`` are given), per client in a federated
+    run; the held-out images' own ratios give the rate of near-duplicates in the data itself.
+
+    Writes RUN/eval/memorisation/STEM.npz (per image: distances, and rows of the source, of the
+    two nearest training images) and RUN/figures/memorisation-NAME.png (the most copy-like pairs,
+    generated | nearest training image). Returns the summary kept in the eval row.
+    """
+    from ..data.cache import rows_of
+    from ..training.checkpoint import atomic_write_bytes
+    from . import memorisation as M
+
+    net, _ = feature_net(run, data, features, progress=progress)
+    tf = train_features(run, data, net, features)
+    groups = training_groups(run, data)
+    train = rows_of(data.images, data.train_idx)
+    res = M.check(
+        images,
+        train,
+        threshold=threshold,
+        generated_features=np.asarray(features_of_images),
+        train_features=tf,
+        groups=groups,
+        device=device,
+    )
+    summary = res["summary"]
+    held_array, ho, _ = data.heldout()
+    ho = np.random.default_rng(0).permutation(ho)[: len(images)]
+    if len(ho):
+        held = rows_of(held_array, np.sort(ho))
+        held_unit = np.asarray(held[: len(held)], dtype=np.float64) / 255.0
+        summary["heldout_pixels"] = M.summarise(
+            M.nearest(held_unit, train, device=device), threshold
+        )
+        summary["n_heldout"] = len(ho)
+    tr = data.train_idx
+    arrays: dict[str, np.ndarray] = {
+        "pixel_distance": res["pixels"].distance,
+        "pixel_index": tr[res["pixels"].index],  # rows of the data source
+        "pixel_ratio": res["pixels"].ratio(),
+        "feature_distance": res["features"].distance,
+        "feature_index": tr[res["features"].index],
+        "threshold": np.float64(threshold),
+    }
+    owner = None
+    if groups:
+        owner = np.full(len(tr), -1, np.int64)
+        for i, (g, rows) in enumerate(groups.items()):
+            owner[rows] = i
+            nb = res["groups"][g]
+            key = g.replace(" ", "")
+            arrays[f"{key}_pixel_distance"] = nb["pixels"].distance
+            arrays[f"{key}_pixel_index"] = tr[nb["pixels"].index]
+            arrays[f"{key}_feature_distance"] = nb["features"].distance
+            arrays[f"{key}_feature_index"] = tr[nb["features"].index]
+    path = run.path / "eval" / "memorisation" / f"{stem}.npz"
+    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+    summary["closest"] = [
+        {
+            "sample": i,
+            "train_row": int(tr[j]),
+            "distance": d,
+            "ratio": r,
+            **({"client": int(owner[j])} if owner is not None else {}),
+        }
+        for i, j, d, r in M.closest_pairs(res["pixels"])
+    ]
+    summary["file"] = str(path.relative_to(run.path))
+    summary["figure"] = str(
+        _memorisation_figure(run, data, images, res, name, threshold).relative_to(run.path)
+    )
+    return summary
+
+
+def _memorisation_figure(run: Run, data: RunData, images, res, name: str, threshold: float):
+    """The most copy-like pairs, overall and (a federated run) within each client's images."""
+    from ..figures import memorisation_figure
+    from ..training.generative import to_uint8
+    from .memorisation import closest_pairs
+
+    gen = to_uint8(torch.as_tensor(images).detach().cpu())
+    rows = [("all training images", res["pixels"])]
+    rows += [(g, nb["pixels"]) for g, nb in res["groups"].items()][:10]
+    panels = []
+    for label, nb in rows:
+        pairs = []
+        for i, j, d, r in closest_pairs(nb, count=6):
+            train = np.asarray(data.images[int(data.train_idx[j])])
+            pairs.append(
+                (gen[i], train, f"d {d:.2f}, ratio {r:.2f}" + (" *" if r < threshold else ""))
+            )
+        panels.append((label, pairs))
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return memorisation_figure(panels, run.path / "figures" / f"memorisation-{safe}.png")
 
 
 def _fake_path(

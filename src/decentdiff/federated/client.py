@@ -53,6 +53,27 @@ def _load(source: str, data: tuple[tuple[str, Any], ...]):
     return load_data(training_only(DataConfig(**{**dict(data), "source": source})))
 
 
+def client_shares(
+    settings: FedSettings,
+    labels: np.ndarray | None,
+    train_idx: np.ndarray,
+    num_partitions: int | None = None,
+) -> list[np.ndarray]:
+    """Each client's rows of ``train_idx`` (positions, int64), by ``settings.split``: the images
+    client i trains on are ``images[train_idx[shares[i]]]``.
+
+    Args:
+        labels: labels of the whole source (None: unlabelled, every image one class).
+        train_idx: the source's training rows.
+        num_partitions: clients to split among (default: ``settings.clients``).
+    """
+    from ..data.client_split import client_split
+
+    n = settings.clients if num_partitions is None else num_partitions
+    y = labels[train_idx] if labels is not None else np.zeros(len(train_idx), int)
+    return client_split(settings.split, y, n, seed=settings.seed, min_size=settings.min_client_size)
+
+
 def client_data(
     settings: FedSettings, partition: int, num_partitions: int, source: str | None = None
 ) -> ClientData:
@@ -63,7 +84,6 @@ def client_data(
         num_partitions: number of clients the source is split among (1: the whole source).
         source: the silo's own data source spec (default: the run's).
     """
-    from ..data.client_split import client_split
     from ..errors import ConfigError
 
     if not 0 <= partition < num_partitions:
@@ -72,15 +92,9 @@ def client_data(
     d = _load(source or dc["source"], tuple(sorted(dc.items())))
     train_idx = d.train_idx
     if num_partitions > 1:
-        labels = d.labels[train_idx] if d.labels is not None else np.zeros(len(train_idx), int)
-        shares = client_split(
-            settings.split,
-            labels,
-            num_partitions,
-            seed=settings.seed,
-            min_size=settings.min_client_size,
-        )
-        train_idx = train_idx[shares[partition]]
+        train_idx = train_idx[
+            client_shares(settings, d.labels, train_idx, num_partitions)[partition]
+        ]
     from ..data.cache import rows_of
 
     return ClientData(

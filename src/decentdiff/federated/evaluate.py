@@ -48,12 +48,15 @@ def evaluate_federated(
     features: str = "auto",
     device: str = "cpu",
     progress: bool = True,
+    memorisation: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate every generator of a federated RUN (``cfg.sample.n`` images each).
 
     Appends one ``eval`` row per model (as ``decentdiff eval`` does) and one ``fed_eval`` summary
     row to RUN/metrics.jsonl, and returns the summary: method, models, per-model FID / precision /
-    recall, and for each metric its mean, std, min and max over the models.
+    recall, and for each metric its mean, std, min and max over the models. With
+    ``memorisation`` (a copy threshold) every model's images are checked for copies of each
+    client's training images; their summaries are the summary's ``memorisation``.
     """
     from ..evaluation.evaluate import evaluate
     from ..training.loop import append_jsonl
@@ -62,7 +65,16 @@ def evaluate_federated(
     models = federated_models(run)
     t0 = time.perf_counter()
     rows = [
-        evaluate(run, cfg, m, features=features, device=device, progress=progress) for m in models
+        evaluate(
+            run,
+            cfg,
+            m,
+            features=features,
+            device=device,
+            progress=progress,
+            memorisation=memorisation,
+        )
+        for m in models
     ]
     metrics = ("fid", "kid_mean", "precision", "recall", "confident_share")
     summary: dict[str, Any] = {
@@ -81,6 +93,8 @@ def evaluate_federated(
         "wall_s": time.perf_counter() - t0,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if memorisation is not None:
+        summary["memorisation"] = {m: r["memorisation"] for m, r in zip(models, rows, strict=True)}
     for k in metrics:
         vals = [r[k] for r in rows if r.get(k) is not None]
         if vals:
