@@ -1,4 +1,4 @@
-"""Run every study in order (each resumes where it stopped), then write docs/reproduction.md.
+"""Run every study of studies.py by number (each resumes where it stopped), then write the doc.
 
 python experiments/run_all.py            # all of them
 python experiments/run_all.py s1 s4      # some, by prefix
@@ -10,33 +10,18 @@ import importlib
 import sys
 import time
 
-STUDIES = (
-    "s1_ddm_vs_monolith",
-    "s2_routing_table",
-    "s3_k_and_partition",
-    "s4_distillation",
-    "s5_heterogeneous",
-    "s6_feddiffuse",
-    "s7_feddm",
-    "s8_ddm_vs_federated",
-    "s9_router_budget",
-    "s10_routing_budgets",
-    "s11_eps_sampling",
-    "s12_distill_budget",
-    "s13_heterogeneous_budget",
-    "s14_dit_experts",
-    "s15_vpred",
-    "s16_fed_recipe",
-    "s17_eps_skip",
-    "s18_eps_flow_loss",
-    "s19_content_clusters",
-    "s20_tiny_imagenet",
-)
+from studies import by_number
+
+
+def chosen(argv: list[str]) -> list[str]:
+    """The studies' modules to run, by number (later studies reuse earlier ones' RUNs): all, or
+    those whose module name starts with one of ``argv``."""
+    names = [s.module for s in by_number()]
+    return [s for s in names if not argv or any(s.startswith(a) for a in argv)]
 
 
 def main(argv: list[str]) -> int:
-    chosen = [s for s in STUDIES if not argv or any(s.startswith(a) for a in argv)]
-    for name in chosen:
+    for name in chosen(argv):
         t = time.perf_counter()
         print(f"=== {name}", flush=True)
         importlib.import_module(name).main()

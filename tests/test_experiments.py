@@ -1,6 +1,7 @@
 """The reproduction study's plumbing: verdict rules and the generated document (not the results)."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,7 +12,83 @@ sys.path.insert(0, str(EXP))
 
 import common  # noqa: E402
 import report  # noqa: E402
+import run_all  # noqa: E402
 import s1_ddm_vs_monolith as s1  # noqa: E402
+import studies  # noqa: E402
+
+REPO = EXP.parent
+
+
+# --- the list of studies: experiments/studies.py is the only one ---------------------------------
+
+
+def test_the_registry_lists_every_study_script_and_only_those():
+    scripts = {p.stem for p in EXP.glob("s*.py") if re.fullmatch(r"s\d+_\w+", p.stem)}
+    assert scripts == set(studies.BY_MODULE), "experiments/studies.py and the s<N>_*.py scripts"
+    results = {p.stem for p in (REPO / "docs" / "reproduction").glob("*.json")}
+    assert results <= set(studies.BY_MODULE), results - set(studies.BY_MODULE)
+    numbers = sorted(s.number for s in studies.STUDIES)
+    assert numbers == list(range(1, len(numbers) + 1))  # ids: unique, none skipped
+    areas = [a for a, _, _ in studies.AREAS]
+    assert [s.area for s in studies.STUDIES] == sorted(
+        (s.area for s in studies.STUDIES), key=areas.index
+    ), "STUDIES is grouped by area, in AREAS' order"
+    for s in studies.STUDIES:
+        assert s.module.startswith(f"s{s.number}_"), s
+        assert s.question.endswith("?") and "? " not in s.question, s.question  # one question
+        assert s.justifies.strip() and s.title.strip(), s
+        assert s.module in report.BODIES, f"report.py has no body_s{s.number}"
+
+
+def test_every_study_has_a_reading_file_and_every_reading_a_study():
+    files = {p.stem for p in studies.READINGS.glob("*.md")}
+    assert files == set(studies.BY_MODULE), files ^ set(studies.BY_MODULE)
+    for s in studies.STUDIES:
+        assert report.reading(s), f"{s.reading} is empty"
+
+
+def test_what_a_study_justifies_points_to_code_that_exists():
+    """`path.py NAME` in a study's 'justifies' line: the file under src/decentdiff/ exists and
+    defines or mentions NAME (a default that moves must move its pointer too)."""
+    src = REPO / "src" / "decentdiff"
+    seen = 0
+    for s in studies.STUDIES:
+        for path, names in re.findall(r"`([\w/]+\.(?:py|md))([^`]*)`", s.justifies):
+            f = REPO / path if path.startswith("docs/") else src / path
+            assert f.is_file(), f"study {s.number}: no {f.relative_to(REPO)}"
+            for name in re.findall(r"[A-Za-z_]\w*", names):
+                assert name in f.read_text(), f"study {s.number}: no {name} in {path}"
+            seen += 1
+    assert seen >= 10
+
+
+def test_run_all_runs_every_registered_study_by_number():
+    assert run_all.chosen([]) == [s.module for s in studies.by_number()]
+    assert run_all.chosen(["s2_", "s19"]) == ["s2_routing_table", "s19_content_clusters"]
+
+
+def test_docs_reproduction_md_is_what_report_writes(tmp_path, monkeypatch):
+    """docs/reproduction.md is current: regenerating it from the committed results and readings
+    gives the committed file (the figures go to a temporary folder)."""
+    monkeypatch.setattr(report, "RESULTS", REPO / "docs" / "reproduction")
+    monkeypatch.setattr(report, "DOC", tmp_path / "reproduction.md")
+    monkeypatch.setattr(report, "FIGS", tmp_path / "figures")
+    assert report.main() == 0
+    committed = (REPO / "docs" / "reproduction.md").read_text()
+    assert (tmp_path / "reproduction.md").read_text() == committed, (
+        "docs/reproduction.md is stale: run `python experiments/report.py`"
+    )
+
+
+def test_the_doc_groups_sections_by_area_and_keeps_each_studys_anchor():
+    doc = (REPO / "docs" / "reproduction.md").read_text()
+    heads = re.findall(r"^(#{2,3}) (.*)$", doc, re.M)
+    areas = [h for lv, h in heads if lv == "##" and h != "Summary"]
+    assert areas == [h for _, h, _ in studies.AREAS]
+    sections = [h for lv, h in heads if lv == "###"]
+    assert sections == [s.heading for s in studies.STUDIES]
+    for s in studies.STUDIES:  # the summary row links to the section
+        assert f"[{s.number}](#{report._anchor(s.heading)})" in doc
 
 
 def test_s1_verdict_rule():
