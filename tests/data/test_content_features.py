@@ -79,6 +79,63 @@ def test_features_are_cached_by_content_and_resume_chunk_by_chunk(tmp_path, monk
 
 
 @needs_weights
+def test_a_chunk_another_live_process_claims_is_waited_for_and_a_dead_ones_is_taken_over(
+    tmp_path, monkeypatch
+):
+    """Concurrent RUNs of one data set share the embedding: a chunk with a live claim is read
+    when its owner writes it (not embedded twice); a claim whose process died is taken over."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    from decentdiff.evaluation import inception
+
+    monkeypatch.setattr(inception, "InceptionFeatures", _Stub)
+    monkeypatch.setattr(F, "INCEPTION_CHUNK_ROWS", 4)
+    monkeypatch.setattr(F, "CLAIM_POLL_S", 0.05)
+    x = np.zeros((8, 3, 5, 5), np.uint8)
+    x[:, 0, 0, 0] = np.arange(8)
+    want = F.inception_features(x, side=128, cache_dir=tmp_path / "truth", progress=False)
+    calls = []
+    plain = _Stub.extract
+
+    def counted(self, x, size=299):
+        calls.append(len(x))
+        return plain(self, x, size)
+
+    monkeypatch.setattr(_Stub, "extract", counted)
+    # Another live process (our parent) holds rows 4-8: we embed rows 0-4 only, then wait.
+    truth = next((tmp_path / "truth").rglob("rows-000000004-000000008.npy")).parent
+    chunk = tmp_path / "run" / truth.relative_to(tmp_path / "truth")
+    chunk.mkdir(parents=True)
+    claim = chunk / "rows-000000004-000000008.npy.claim"
+    claim.write_text(f"{socket.gethostname()} {os.getppid()}")
+    owner_rows = np.full((4, 2048), 7.0, np.float32)  # what the "owner" writes: not recomputed
+
+    def owner():
+        while not (chunk / "rows-000000000-000000004.npy").is_file():
+            threading.Event().wait(0.02)
+        np.save(chunk / "rows-000000004-000000008.npy", owner_rows)
+        claim.unlink()
+
+    t = threading.Thread(target=owner)
+    t.start()
+    got = F.inception_features(x, side=128, cache_dir=tmp_path / "run", progress=False)
+    t.join()
+    assert calls == [4] and np.array_equal(got[:4], want[:4]) and (got[4:] == 7.0).all()
+    # A dead process's claim (a pid that has exited) is taken over at once.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (chunk / "rows-000000004-000000008.npy").unlink()
+    claim.write_text(f"{socket.gethostname()} {dead.pid}")
+    calls.clear()
+    got = F.inception_features(x, side=128, cache_dir=tmp_path / "run", progress=False)
+    assert calls == [4] and np.array_equal(got, want) and not claim.exists()
+
+
+@needs_weights
 def test_inception_featuriser_equals_the_fid_extractor(tmp_path):
     """The featuriser at side 299 returns exactly the FID extractor's pool3 features."""
     from decentdiff.evaluation.inception import InceptionFeatures

@@ -34,6 +34,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -404,26 +405,95 @@ def inception_features(
     folder = root / "features" / _network_key(side) / _content_digest(images)[:32]
     folder.mkdir(parents=True, exist_ok=True)
     net = None
-    chunks = []
-    starts = range(0, n, INCEPTION_CHUNK_ROWS)
+    chunks: dict[int, np.ndarray] = {}
+    pending = list(range(0, n, INCEPTION_CHUNK_ROWS))
     bar = _bar(n, "inception features", progress)
-    for start in starts:
-        stop = min(n, start + INCEPTION_CHUNK_ROWS)
-        path = folder / f"rows-{start:09d}-{stop:09d}.npy"
-        part = _read_chunk(path, stop - start)
-        if part is None:
-            net = net or InceptionFeatures()
-            part = np.empty((stop - start, 2048), dtype=np.float32)
-            for i in range(start, stop, 100):  # small steps: the bar moves
-                j = min(stop, i + 100)
-                part[i - start : j - start] = _embed(net, np.asarray(images[i:j]), side)
-                bar.update(j - i)
-            _write_chunk(path, part)
-        else:
-            bar.update(stop - start)
-        chunks.append(part)
+    # Chunks another process is embedding right now (its claim is live) are left to it and
+    # read when written, so concurrent RUNs of one data set (a study's seeds) share the work.
+    while pending:
+        waiting = []
+        for start in pending:
+            stop = min(n, start + INCEPTION_CHUNK_ROWS)
+            path = folder / f"rows-{start:09d}-{stop:09d}.npy"
+            part = _read_chunk(path, stop - start)
+            if part is None:
+                claim = _claim(path)
+                if claim is None:
+                    waiting.append(start)
+                    continue
+                try:
+                    part = _read_chunk(path, stop - start)  # written while we claimed it
+                    if part is None:
+                        net = net or InceptionFeatures()
+                        part = np.empty((stop - start, 2048), dtype=np.float32)
+                        for i in range(start, stop, 100):  # small steps: the bar moves
+                            j = min(stop, i + 100)
+                            part[i - start : j - start] = _embed(net, np.asarray(images[i:j]), side)
+                            bar.update(j - i)
+                            claim.touch()  # the claim's heartbeat
+                        _write_chunk(path, part)
+                    else:
+                        bar.update(stop - start)
+                finally:
+                    claim.unlink(missing_ok=True)
+            else:
+                bar.update(stop - start)
+            chunks[start] = part
+        if waiting and len(waiting) == len(pending):
+            time.sleep(CLAIM_POLL_S)  # every missing chunk is another process's: wait for them
+        pending = waiting
     bar.close()
-    return np.concatenate(chunks).astype(np.float32)
+    return np.concatenate([chunks[s] for s in sorted(chunks)]).astype(np.float32)
+
+
+#: A claim on a chunk whose file has not been touched for this long is abandoned (its process
+#: died on another machine sharing the cache); on this machine a dead process's claim is taken
+#: over at once.
+CLAIM_STALE_S = 600.0
+#: How often a process waiting for other processes' chunks looks again.
+CLAIM_POLL_S = 5.0
+
+
+def _claim(path: Path) -> Path | None:
+    """Claim the chunk ``path`` for this process: the claim file ``<path>.claim`` (host and pid),
+    or None while another live process holds it. A stale claim is taken over."""
+    import os
+    import socket
+
+    claim = path.with_name(path.name + ".claim")
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if not _stale(claim):
+                return None
+            claim.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return claim
+    return None
+
+
+def _stale(claim: Path) -> bool:
+    """Whether a claim's process is gone: dead on this host, or silent for CLAIM_STALE_S."""
+    import os
+    import socket
+
+    try:
+        host, pid = claim.read_text().split()
+        age = time.time() - claim.stat().st_mtime
+    except (OSError, ValueError):
+        return True  # unreadable or half-written: nobody can be relying on it
+    if host == socket.gethostname():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError):
+            pass
+    return age > CLAIM_STALE_S
 
 
 def _network_key(side: int) -> str:
