@@ -136,16 +136,17 @@ class Rule:
             return 1 <= k and 2 * k < n
         return n >= self.min_n()
 
-    def require(self, n: int, who: str) -> None:
+    def require(self, n: int, who: str, clients_per_reporter: int = 1) -> None:
         """Raise ConfigError (one line naming the rule, n, F and the fix) unless it tolerates n.
 
         Args:
             n: the updates the rule will combine per group.
             who: what reports them, for the message (e.g. "5 clients report each group").
+            clients_per_reporter: clients a run needs per reporter of a group (USPLIT: 2).
         """
         if self.tolerates(n):
             return
-        fix = f"use at least {self.min_n()} reporting clients"
+        fix = f"use at least {self.min_n() * clients_per_reporter} clients"
         if self.kind in ("krum", "multikrum", "bulyan") and self.f > 1:
             fix += f", or assume fewer attackers (F < {self.f})"
         elif self.kind == "trimmed-mean" and n >= 3:

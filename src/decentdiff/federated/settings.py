@@ -265,7 +265,7 @@ class FedSettings:
         who = f"{self.clients} clients report each group"
         if self.method_spec.split:
             who = f"usplit's {self.clients} clients report each group {n} at a time"
-        rule.require(n, who)
+        rule.require(n, who, 2 if self.method_spec.split else 1)
         attack = parse_attack(self.attack)
         self.attack = str(attack) if attack else ""
         if attack and max(attack.clients) >= self.clients:
