@@ -105,6 +105,10 @@ def test_fed_bytes_cli_prints_the_accounting_table(capsys):
         (["--split", "pathological:num_classes_per_partition=11"], "only 10 classes"),
         (["--split", "shard:shard_size=100000"], "cannot go to 5 clients"),
         (["--data", "digits", "--split", "quantity:0.01", "--clients", "40"], "no draw"),
+        (["--aggregate", "krum:2"], "--aggregate krum:2 needs n > 2F + 2 = 6"),
+        (["--aggregate", "bulyan:1", "--method", "udec"], "n ≥ 4F + 3 = 7 updates per group"),
+        (["--aggregate", "geomed"], "unknown rule 'geomed'"),
+        (["--attack", "scale:100@5"], "names client 5, but the clients are 0..4"),
     ],
 )
 def test_bad_arguments_fail_in_one_line_before_anything_is_written(capsys, tmp_path, args, match):
@@ -292,11 +296,12 @@ def test_fed_run_hands_every_option_to_the_federation(capsys, tmp_path, monkeypa
                             "dirichlet:0.3", "--method", "ulatdec", "--rounds", 6, "--local-steps",
                             3, "--prox", 0.01, "--quantize", 8, "--seed", 7, "--min-replies", 3,
                             "--client-state", "keep", "--full-rounds", 2, "--batch", 16,
-                            "--objective", "vpred")  # fmt: skip
+                            "--objective", "vpred", "--aggregate", "median", "--attack",
+                            "noise:0.5@2")  # fmt: skip
     o, cfg = seen["options"], seen["cfg"]
     want = dict(clients=4, split="dirichlet:0.3", method=get_method("ulatdec").name, rounds=6,
                 local_steps=3, prox=0.01, quantize=8, seed=7, min_replies=3, client_state="keep",
-                full_rounds=2)  # fmt: skip
+                full_rounds=2, aggregate="median", attack="noise:0.5@2")  # fmt: skip
     assert {k: getattr(o, k) for k in want} == want
     assert (cfg.data.source, cfg.model.preset, cfg.train.batch) == ("digits", "tiny", 16)
     # The paper's protocol is the base (Huber, Ho et al.'s steps); --objective replaces the kind.

@@ -1,7 +1,7 @@
 """The federated package is built in layers: a module imports only modules of lower layers.
 
 settings -> store -> client / strategy / evaluate -> the Flower apps -> simulation, above the pure
-parts and aggregate (the `fed` commands, in decentdiff.cli.fed, sit above them all). Imports inside functions count too: a lazy import that goes up a
+parts, aggregate and robust (the `fed` commands, in decentdiff.cli.fed, sit above them all). Imports inside functions count too: a lazy import that goes up a
 layer is still a cycle. The layers below the Flower apps never import Flower, so the federated
 logic can be imported and tested without it.
 """
@@ -19,6 +19,7 @@ PACKAGE_DIR = Path(decentdiff.federated.__file__).parent
 LAYERS = (
     ("parts",),
     ("aggregate",),
+    ("robust",),
     ("settings",),
     ("store",),
     ("client", "strategy", "evaluate"),
@@ -26,7 +27,7 @@ LAYERS = (
     ("simulation",),
 )
 #: No `flwr` import anywhere in these (function-level imports included).
-FLOWER_FREE = ("parts", "aggregate", "settings", "store", "client", "evaluate")
+FLOWER_FREE = ("parts", "aggregate", "robust", "settings", "store", "client", "evaluate")
 #: `decentdiff --help` imports these (the CLI's option defaults): no heavy module-level import.
 LIGHT = ("settings",)
 HEAVY = ("torch", "numpy", "flwr", "ray", "matplotlib", "scipy")
@@ -92,7 +93,7 @@ def test_the_check_sees_an_upward_import_even_inside_a_function(tmp_path):
     store.write_text(
         store.read_text() + "\n\ndef _up():\n    from .simulation import run_federated\n"
     )
-    assert layer_violations(pkg) == ["store (layer 3) imports simulation (layer 6)"]
+    assert layer_violations(pkg) == ["store (layer 4) imports simulation (layer 7)"]
     (pkg / "store.py").write_text((PACKAGE_DIR / "store.py").read_text())
     (pkg / "newcomer.py").write_text("from . import parts\n")
     assert layer_violations(pkg) == ["newcomer has no layer: add it to LAYERS"]

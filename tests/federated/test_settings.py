@@ -35,6 +35,8 @@ RUN_OPTIONS = (
     "round_timeout",
     "client_state",
     "full_rounds",
+    "aggregate",
+    "attack",
 )
 
 
@@ -69,6 +71,10 @@ def test_the_flower_run_config_falls_back_to_the_same_defaults_as_pyprojects():
     assert (sgd.train["optimizer"], sgd.server_beta2, sgd.server_tau) == ("sgd", 0.999, 1e-8)
     with pytest.raises(ConfigError, match="run-config optimizer = 'adam': choose one of adamw"):
         settings_from_run_config({**shape, "optimizer": "adam"})
+    # A robust rule from the run config, refused there too when it cannot tolerate its F.
+    assert settings_from_run_config({**shape, "aggregate": "Krum:1"}).aggregate == "krum:1"
+    with pytest.raises(ConfigError, match="--aggregate krum:2 needs n > 2F"):
+        settings_from_run_config({**shape, "aggregate": "krum:2"})
 
 
 def test_the_method_is_resolved_once_to_its_canonical_name():

@@ -17,6 +17,8 @@ from ..errors import ConfigError
 from ..federated.settings import DEFAULTS
 from .options import (
     EVAL_N,
+    AggregateOpt,
+    AttackOpt,
     ClientsOpt,
     ConfigOpt,
     CopyThresholdOpt,
@@ -177,6 +179,8 @@ def fed_run(
             "the global checkpoint's ema weights, which sample / eval / fed eval use by default.",
         ),
     ] = DEFAULTS.server_ema,
+    aggregate: AggregateOpt = DEFAULTS.aggregate,
+    attack: AttackOpt = DEFAULTS.attack,
     recipe: Annotated[
         str,
         typer.Option(
@@ -285,6 +289,8 @@ def fed_run(
         server_beta2=server_beta2,
         server_tau=server_tau,
         server_ema=server_ema,
+        aggregate=aggregate,
+        attack=attack,
         seed=seed,
         min_replies=min_replies,
         round_timeout=round_timeout,

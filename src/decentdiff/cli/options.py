@@ -508,6 +508,32 @@ FullRoundsOpt = Annotated[
         "the paper).",
     ),
 ]
+AggregateOpt = Annotated[
+    str,
+    typer.Option(
+        "--aggregate",
+        help="How the server combines the validated updates, per group (encoder, bottleneck, "
+        "decoder): fedavg (the average weighted by examples); or a Byzantine-robust rule that "
+        "weighs every client alike: median (coordinate-wise; n ≥ 3), trimmed-mean:B (drops "
+        "⌊B·n⌋ per side of each coordinate; needs ⌊B·n⌋ ≥ 1), krum:F (the update nearest its "
+        "n − F − 2 neighbours; n > 2F + 2), multikrum:F,M (the mean of the M best by Krum's "
+        "score), bulyan:F (Krum picks, then a trimmed mean around the median; n ≥ 4F + 3). n "
+        "counts the clients reporting a group (usplit: half of them); a rule that cannot "
+        "tolerate F there is refused before any round. Under any --server-opt and --quantize "
+        "(updates are decoded first). Costs and measurements: docs/federated.md, robust "
+        "aggregation.",
+    ),
+]
+AttackOpt = Annotated[
+    str,
+    typer.Option(
+        "--attack",
+        help="Fault injection to measure --aggregate: the named clients (partition ids) send a "
+        "corrupted update every round instead of their own: scale:K@C (K·Δ), signflip[:K]@C "
+        "(−K·Δ), noise:SIGMA@C (Gaussian noise in place of Δ); e.g. scale:100@3 or "
+        "signflip@1,3. Their own models are unchanged. Empty: none.",
+    ),
+]
 InsecureOpt = Annotated[bool, typer.Option("--insecure", help="No TLS (trusted networks only).")]
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Print the command instead of running it.")

@@ -64,6 +64,13 @@ def _content_key(u: Update) -> tuple[bytes, float]:
     return h.digest(), float(u.weight)
 
 
+def canonical_order(updates: Iterable[Update]) -> list[Update]:
+    """The updates by content, not by arrival: float sums (and a robust rule's ties) depend on
+    their order, and replies arrive in whatever order the clients finish, so without this a
+    re-run could differ bitwise."""
+    return sorted(updates, key=_content_key)
+
+
 def aggregate(global_: Arrays, updates: Sequence[Update]) -> dict[str, np.ndarray]:
     """Per-key average weighted by client data size, over the clients that reported the key.
 
@@ -75,9 +82,7 @@ def aggregate(global_: Arrays, updates: Sequence[Update]) -> dict[str, np.ndarra
         objects as in ``global_`` (bitwise unchanged).
     """
     out = dict(global_)
-    # A canonical order (by content, not by arrival): float sums depend on their order, and replies
-    # arrive in whatever order the clients finish, so without this a re-run could differ bitwise.
-    updates = sorted(updates, key=_content_key)
+    updates = canonical_order(updates)
     for key, ref in global_.items():
         got = [(u.weight, u.arrays[key]) for u in updates if key in u.arrays]
         if not got:

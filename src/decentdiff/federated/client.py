@@ -219,7 +219,8 @@ def client_round(
     _FLOPS[fkey] = float(meta["flops_per_step"])
     local = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
     keys = P.keys_for(report, list(ref))
-    update = A.encode_update(local, received, keys, settings.bits)
+    sent = _sent(settings, data, round_, local, received, keys)
+    update = A.encode_update(sent, received, keys, settings.bits)
     metrics = {
         "num-examples": len(data.images),
         "loss": float(meta["loss"]) if meta.get("loss") is not None else float("nan"),
@@ -228,6 +229,25 @@ def client_round(
         "partition-id": data.partition,
     }
     return update, local, metrics
+
+
+def _sent(
+    settings: FedSettings,
+    data: ClientData,
+    round_: int,
+    local: Arrays,
+    received: Arrays,
+    keys: list[str],
+) -> Arrays:
+    """What the client reports for ``keys``: its model, or under ``--attack`` (studies of robust
+    aggregation) a corrupted update; its own model is never changed."""
+    from .robust import parse_attack
+
+    attack = parse_attack(settings.attack)
+    if attack is None or data.partition not in attack.clients:
+        return local
+    rng = np.random.default_rng([settings.seed, data.partition, round_, 0xA77AC])
+    return {**local, **attack.corrupt(local, received, keys, rng)}
 
 
 def client_turn(

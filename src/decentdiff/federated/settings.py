@@ -69,6 +69,8 @@ IDENTITY = (
     "server_beta2",
     "server_tau",
     "server_ema",
+    "aggregate",
+    "attack",
     "unet",
     "objective",
     "data",
@@ -119,6 +121,12 @@ class FedSettings:
     server_beta2: float = 0.0  # FedAdam / FedYogi β2; 0 = Flower's 0.99 (ADAPTIVE)
     server_tau: float = 0.0  # FedAdam / FedYogi / FedAdagrad τ (Adam's ε); 0 = Flower's 1e-3
     server_ema: float = 0.0  # decay per round of the server's EMA of the global model (0 = off)
+    # --- robust aggregation (robust.py): the rule in place of the weighted average, and a fault
+    # injection for studies (clients that send a corrupted update)
+    aggregate: str = (
+        "fedavg"  # fedavg | median | trimmed-mean:B | krum:F | multikrum:F,M | bulyan:F
+    )
+    attack: str = ""  # "" = none; scale:K@C | signflip[:K]@C | noise:SIGMA@C
     # ---
     seed: int = 0
     min_replies: int = 1  # a round completes when at least this many valid updates arrived
@@ -238,7 +246,33 @@ class FedSettings:
             if not ok:
                 raise ConfigError(msg)
         self._validate_server_opt()
+        self._validate_aggregate()
         return self
+
+    def reporters_per_group(self) -> int:
+        """The fewest clients that report a group in a round when all reply: every client,
+        except under USPLIT, whose pairs split the groups (⌊clients/2⌋; parts.assignments)."""
+        return self.clients // 2 if self.method_spec.split else self.clients
+
+    def _validate_aggregate(self) -> None:
+        """Canonical ``aggregate`` / ``attack`` specs; a robust rule that cannot tolerate its
+        attackers with this many reporters per group is refused here, before any round."""
+        from .robust import parse_attack, parse_rule
+
+        rule = parse_rule(self.aggregate)
+        self.aggregate = str(rule)
+        n = self.reporters_per_group()
+        who = f"{self.clients} clients report each group"
+        if self.method_spec.split:
+            who = f"usplit's {self.clients} clients report each group {n} at a time"
+        rule.require(n, who, 2 if self.method_spec.split else 1)
+        attack = parse_attack(self.attack)
+        self.attack = str(attack) if attack else ""
+        if attack and max(attack.clients) >= self.clients:
+            raise ConfigError(
+                f"--attack {self.attack} names client {max(attack.clients)}, but the clients "
+                f"are 0..{self.clients - 1}; name one of them"
+            )
 
     def _validate_server_opt(self) -> None:
         given_lr, given_mom = self.server_lr, self.server_momentum
@@ -443,6 +477,7 @@ RUN_CONFIG_KEYS = (
     "server-beta2",
     "server-tau",
     "server-ema",
+    "aggregate",
     "batch",
     "lr",
     "warmup",
@@ -464,8 +499,8 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
     clients, split, rounds, local-epochs, local-steps, prox, quantize, seed, min-replies,
     round-timeout, client-state, full-rounds, server-opt, server-lr (0 = the optimiser's default),
     server-momentum (-1 = the optimiser's default), server-beta2, server-tau (0 = Flower's),
-    server-ema, batch, lr, warmup, ema-decay, optimizer (adamw | sgd: train.optimizer),
-    objective, image-shape ("C,H,W": the server then never loads data), num-classes, class-cond.
+    server-ema, aggregate (fedavg or a robust rule, :mod:`.robust`), batch, lr, warmup,
+    ema-decay, optimizer (adamw | sgd: train.optimizer), objective, image-shape ("C,H,W": the server then never loads data), num-classes, class-cond.
     Writes nothing (the ServerApp records the settings in RUN).
     """
     from .. import config as C
@@ -500,6 +535,7 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
         server_beta2=float(get("server-beta2")),
         server_tau=float(get("server-tau")),
         server_ema=float(get("server-ema")),
+        aggregate=str(get("aggregate")),
     ).validate()
     cfg = C.resolve(base=fed_base())
     cfg.data.source = str(rc.get("data", cfg.data.source))

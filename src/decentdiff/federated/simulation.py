@@ -52,8 +52,8 @@ def run_federated(
         cfg: the resolved project config (data, model, objective, train).
         options: the run options (method, clients, split, rounds, local_epochs, local_steps,
             prox, quantize, server_opt, server_lr, server_momentum, server_beta2, server_tau,
-            server_ema, seed,
-            min_replies, round_timeout), validated here before RUN is touched; see
+            server_ema, aggregate, attack, seed, min_replies, round_timeout), validated here
+            before RUN is touched (a robust rule that cannot tolerate its F too); see
             :class:`~.settings.FedSettings`.
         parallel: clients trained at once (0: one per CPU core); each gets cores/parallel threads.
         fresh: delete RUN/federated first.

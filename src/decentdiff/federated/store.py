@@ -163,6 +163,8 @@ def round_row(info: dict[str, Any], settings: FedSettings, seconds: float) -> di
     loss = sum(c["loss"] * c["num_examples"] for c in ok) / n if n else None
     up = sum(c.get("up", 0) for c in clients)
     down = sum(c.get("down", 0) for c in clients)
+    # A robust rule's round (--aggregate): per group, n updates, applied, Krum's / Bulyan's picks.
+    robust = {"aggregate": info["aggregate"]} if "aggregate" in info else {}
     return {
         "round": info["round"],
         "method": settings.method,
@@ -176,6 +178,7 @@ def round_row(info: dict[str, Any], settings: FedSettings, seconds: float) -> di
         "down_wire": sum(c.get("down_wire", 0) for c in clients),
         "loss": loss,
         "seconds": round(seconds, 3),
+        **robust,
         "clients": clients,
     }
 

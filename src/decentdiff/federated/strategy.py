@@ -9,8 +9,9 @@ overrides only
   report (``parts.assignments``), and record the bytes sent;
 - ``aggregate_train``: validate each reply (``aggregate.decode_update``; a bad update is rejected
   and logged, never averaged) and average per key over the clients that reported it
-  (``aggregate.aggregate``). FedAvg's own aggregation cannot be used: it demands the same keys from
-  every client, which USPLIT's clients do not send.
+  (``aggregate.aggregate``), or with ``--aggregate`` combine each group by a robust rule
+  (``robust.aggregate_updates``). FedAvg's own aggregation cannot be used: it demands the same
+  keys from every client, which USPLIT's clients do not send.
 
 Server optimisers are composed, not re-implemented (:func:`make_strategy`). Python's MRO puts
 Flower's optimiser between our front mixin and the partial average::
@@ -59,6 +60,7 @@ from flwr.supercore import log
 
 from . import aggregate as A
 from . import parts as P
+from . import robust as R
 from .settings import FedSettings
 from .store import OPT_STATE_PREFIX as STATE_PREFIX
 
@@ -89,6 +91,7 @@ class PartialAverage(FedAvg):
     def _bind(self, settings: FedSettings, round_offset: int) -> None:
         self.settings = settings
         self.method = settings.method_spec
+        self.rule = R.parse_rule(settings.aggregate)
         self.round_offset = round_offset
         self.rounds: dict[int, dict[str, Any]] = {}
         self._global: dict[str, np.ndarray] = {}
@@ -187,10 +190,31 @@ class PartialAverage(FedAvg):
             return None, None
         info["complete"] = True
         self._reported = {k for u in updates for k in u.arrays}
-        new = A.aggregate(self._global, updates)
+        new, groups = R.aggregate_updates(self.rule, self._global, updates)
+        if self.rule.robust:
+            self._record_rule(rnd, info, groups)
         arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})
         metrics = self.train_metrics_aggr_fn(accepted, self.weighted_by_key)
         return arrays, metrics
+
+    def _record_rule(self, rnd: int, info: dict[str, Any], groups: dict[str, Any]) -> None:
+        """The rule's round in ``info`` (picks by partition id); a group it could not combine
+        (too few valid updates) kept its value and counts as not reported."""
+        rows = info["clients"]
+        for row in groups.values():
+            if "picked" in row:
+                row["picked"] = [rows.get(c, {}).get("partition-id", c) for c in row["picked"]]
+        info["aggregate"] = {"rule": str(self.rule), "groups": groups}
+        kept = [g for g, row in groups.items() if not row["applied"]]
+        if kept:
+            self._reported -= set(P.keys_for(kept, list(self._global)))
+            log(
+                WARNING,
+                "round %s: %s cannot combine %s (too few valid updates); kept unchanged",
+                rnd,
+                self.rule,
+                ", ".join(f"{g} ({groups[g]['n']})" for g in kept),
+            )
 
     def _decode(
         self, node: int, content: RecordDict, keys: list[str], row: dict[str, Any]
