@@ -714,6 +714,17 @@ def body_s20(r: dict) -> list[str]:
 body_s3 = body_s9 = body_table_checks
 body_s17 = body_s18 = body_s15  # quantities with intervals
 
+
+def body_s21(r: dict) -> list[str]:
+    out = ["| clients | rule | " + " | ".join(f"FID, {a}" for a in r["setup"]["attacks"]) + " |",
+           "|---|---|" + "---|" * len(r["setup"]["attacks"])]  # fmt: skip
+    for clients, key in ((r["setup"]["clients"], "five_clients"),
+                         (r["setup"]["bulyan_clients"], "seven_clients")):  # fmt: skip
+        for rule, arms in r[key].items():
+            cells = [ms(arms[a]["fid"]) for a in r["setup"]["attacks"]]
+            out.append(f"| {clients} | {rule} | " + " | ".join(cells) + " |")
+    return [*out, "", _checks(r)]
+
 #: Each study's result body, by module (every registered study has one: tests/test_experiments.py).
 BODIES = {s.module: globals()[f"body_s{s.number}"] for s in STUDIES}
 

@@ -184,6 +184,16 @@ STUDIES = (
         "(`federated/settings.py RECIPES`, `FEDSGD_SERVER`); README's federated rows.",
     ),
     Study(
+        21,
+        "s21_robust_aggregation",
+        "(ours) Robust aggregation against one malicious client",
+        "federated",
+        "When one client of five sends a scaled, sign-flipped or noise update, which server rule "
+        "keeps the global model's FID, and what does each cost when every client is honest?",
+        "No default yet: `fed run --aggregate` stays `fedavg` until this study has run "
+        "(`federated/robust.py`).",
+    ),
+    Study(
         8,
         "s8_ddm_vs_federated",
         "DDM vs federated on the same data and FLOPs",
