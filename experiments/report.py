@@ -725,6 +725,7 @@ def body_s21(r: dict) -> list[str]:
             out.append(f"| {clients} | {rule} | " + " | ".join(cells) + " |")
     return [*out, "", _checks(r)]
 
+
 #: Each study's result body, by module (every registered study has one: tests/test_experiments.py).
 BODIES = {s.module: globals()[f"body_s{s.number}"] for s in STUDIES}
 
