@@ -706,6 +706,21 @@ def body_s20(r: dict) -> list[str]:
             + ", ".join(f"{x:.3f}" for x in h["top1_ratios"])
             + f"; mean {h['mean']:.3f}, 95% t-interval {_iv(h['interval'])}.",
         ]
+    for routing, c in r.get("classes", {}).items():
+        iv = f", 95% t-interval {_iv(c['interval'])}" if c.get("interval") else ""
+        out += [
+            "",
+            f"Whole-class clusters (`--by classes`), K=4, class-conditional, {routing}, seeds "
+            + ", ".join(str(s) for s in c["seeds"])
+            + ": ensemble / monolith FID "
+            + ", ".join(
+                f"{e:.1f} / {m:.1f}"
+                for e, m in zip(c["ensemble_fid"], c["monolith_fid"], strict=True)
+            )
+            + "; ratios "
+            + ", ".join(f"{x:.3f}" for x in c["ratios"])
+            + f"; mean {c['mean']:.3f}{iv}.",
+        ]
     out += ["", _checks(r), ""]
     return out
 

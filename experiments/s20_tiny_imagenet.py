@@ -242,6 +242,31 @@ def report() -> dict[str, Any]:
             checks[
                 f"class-cond K=4 top1 <= 0.9x monolith (mean), every seed < 1, {steps} steps"
             ] = "held" if ok else "not held"
+    # The classes phase: whole classes per expert, mixture routing (the product's auto there).
+    classes: dict[str, Any] = {}
+    for routing in ("mixture", "top1"):
+        found = {
+            r["seed"]: r["rows"][routing]
+            for r in results.values()
+            if r.get("by") == "classes" and routing in r["rows"]
+        }
+        if found:
+            ratios = [found[s]["ratio"] for s in sorted(found)]
+            classes[routing] = {
+                "seeds": sorted(found),
+                "ratios": ratios,
+                "ensemble_fid": [found[s]["fid"] for s in sorted(found)],
+                "monolith_fid": [found[s]["monolith_fid"] for s in sorted(found)],
+                **summarise(ratios),
+                "interval": t_interval(ratios) if len(ratios) > 1 else None,
+            }
+    if len(classes.get("mixture", {}).get("ratios", ())) >= 3:
+        m = classes["mixture"]
+        ok = m["mean"] <= 0.9 and max(m["ratios"]) < 1
+        checks[
+            f"class-cond K=4, whole-class clusters, mixture <= 0.9x monolith (mean), every seed "
+            f"< 1, {CLASSES_STEPS} steps"
+        ] = "held" if ok else "not held"
     out = {
         "claim": "DDM experts trained in isolation beat the FLOP-matched monolith on ImageNet "
         "(paper: FID 6.08 vs 8.49 at 256x256, 0.72x)",
@@ -253,6 +278,7 @@ def report() -> dict[str, Any]:
         },
         "results": results,
         "headline": headline,
+        "classes": classes,
         "checks": checks,
         "verdict": overall(checks) if checks else "inconclusive",
     }

@@ -574,6 +574,37 @@ def test_s20_arms_have_distinct_runs_and_the_headline_check_needs_three_seeds(
     assert check == "held" and abs(sum(ratios) / 3 - (5 / 6 + 7 / 8 + 9.5 / 10) / 3) < 1e-12
 
 
+def test_s20_classes_phase_reports_mixture_per_seed_and_checks_it_on_three_seeds(
+    tmp_path, monkeypatch
+):
+    import s20_tiny_imagenet as s20
+
+    monkeypatch.setattr(s20, "BASE", tmp_path)
+    monkeypatch.setattr(s20, "save", lambda study, out: None)
+    n = s20.BUDGET["n"]
+    fids = {0: (100.0, 80.0), 1: (90.0, 95.0), 2: (110.0, 88.0)}  # (monolith, mixture)
+    arms = s20.arms("classes")
+    assert [a["seed"] for a in arms] == [0, 1, 2] and all(a["by"] == "classes" for a in arms)
+    assert {a.get("partition_seed") for a in arms} == {0}  # one partition, seeds vary training
+    for arm in arms:
+        mono, mix = fids[arm["seed"]]
+        run = s20.run_dir(arm, arm["budgets"][0])
+        run.mkdir(parents=True)
+        rows = [
+            {"kind": "eval", "model": "monolith", "n": n, "fid": mono},
+            {"kind": "eval", "model": "ensemble", "routing": "mixture", "n": n, "fid": mix},
+        ]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = s20.report()
+    mix = out["classes"]["mixture"]
+    want = [m / mono for mono, m in (fids[s] for s in (0, 1, 2))]
+    assert mix["ratios"] == want and abs(mix["mean"] - sum(want) / 3) < 1e-12
+    lo, hi = mix["interval"]
+    assert lo < mix["mean"] < hi
+    (name,) = [k for k in out["checks"] if "whole-class" in k]
+    assert out["checks"][name] == "not held"  # seed 1 is above 1 (and the mean 0.88 below 0.9)
+
+
 def test_s19_and_s20_bodies_render(tmp_path, monkeypatch):
     r19 = {
         "setup": {"seeds": [0, 1]},
