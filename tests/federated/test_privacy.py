@@ -153,6 +153,15 @@ def test_adaptive_clipping_follows_andrew_et_al_and_pays_within_sigma():
     assert row["clipped"] == 4
     assert p.clip_norm == pytest.approx(math.exp(-D.CLIP_LR * (0 - D.TARGET_QUANTILE)))
     assert row["next_clip"] == p.clip_norm
+    # Flower 1.41 counts clipped updates under the same sign: its C shrinks here instead.
+    from types import SimpleNamespace
+
+    from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
+
+    theirs = SimpleNamespace(clipping_norm=1.0, clip_norm_lr=D.CLIP_LR,
+                             target_clipped_quantile=D.TARGET_QUANTILE)  # fmt: skip
+    DifferentialPrivacyAdaptiveBase._geometric_update(theirs, 4 / 4)  # all 4 clipped
+    assert theirs.clipping_norm < 1.0 < p.clip_norm
 
 
 # ------------------------------------------------------------------------------ refusals
