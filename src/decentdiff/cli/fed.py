@@ -61,6 +61,15 @@ from .options import (
     copy_threshold,
     resolve_config,
 )
+from .privacy_options import (
+    DpAdaptiveOpt,
+    DpClipOpt,
+    DpCountStdOpt,
+    DpDeltaOpt,
+    DpOpt,
+    NoiseMultiplierOpt,
+    TargetEpsilonOpt,
+)
 
 fed_app = typer.Typer(
     no_args_is_help=True,
@@ -181,6 +190,13 @@ def fed_run(
     ] = DEFAULTS.server_ema,
     aggregate: AggregateOpt = DEFAULTS.aggregate,
     attack: AttackOpt = DEFAULTS.attack,
+    dp: DpOpt = DEFAULTS.dp,
+    dp_clip: DpClipOpt = DEFAULTS.dp_clip,
+    noise_multiplier: NoiseMultiplierOpt = DEFAULTS.noise_multiplier,
+    dp_adaptive: DpAdaptiveOpt = DEFAULTS.dp_adaptive,
+    dp_delta: DpDeltaOpt = DEFAULTS.dp_delta,
+    target_epsilon: TargetEpsilonOpt = DEFAULTS.target_epsilon,
+    dp_count_std: DpCountStdOpt = DEFAULTS.dp_count_std,
     recipe: Annotated[
         str,
         typer.Option(
@@ -296,6 +312,13 @@ def fed_run(
         round_timeout=round_timeout,
         client_state=client_state,
         full_rounds=full_rounds,
+        dp=dp,
+        dp_clip=dp_clip,
+        noise_multiplier=noise_multiplier,
+        dp_adaptive=dp_adaptive,
+        dp_delta=dp_delta,
+        target_epsilon=target_epsilon,
+        dp_count_std=dp_count_std,
     )  # validated by run_federated before RUN is touched
     r = Run(run)
     for sec, vals in r.base_config().items():
@@ -372,6 +395,10 @@ def fed_run(
         )
     else:
         typer.echo(f"global model -> {res['model_dirs'][0]}")
+    if res["settings"].dp != "off":
+        from ..federated.privacy import summary_line as dp_line
+
+        typer.echo(dp_line(rows))
     if n > 0:
         _evaluate(r, cfg, n, features="auto", device=cfg.train.device, quiet=quiet)
 

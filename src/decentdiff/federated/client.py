@@ -220,6 +220,11 @@ def client_round(
     local = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
     keys = P.keys_for(report, list(ref))
     sent = _sent(settings, data, round_, local, received, keys)
+    dp_bit = None
+    if settings.dp == "client":  # clipped here, before encoding (privacy.py)
+        from .privacy import client_clip
+
+        sent, dp_bit = client_clip(sent, received, keys, settings.dp_clip)
     update = A.encode_update(sent, received, keys, settings.bits)
     metrics = {
         "num-examples": len(data.images),
@@ -228,6 +233,8 @@ def client_round(
         "train-flops": float(meta["flops_per_step"]) * steps,
         "partition-id": data.partition,
     }
+    if dp_bit is not None:
+        metrics["dp-unclipped"] = float(dp_bit)
     return update, local, metrics
 
 

@@ -85,6 +85,8 @@ def train_handler(msg: Message, ctx: Context) -> Message:
     """Train on this node's data; reply with the update (only the groups it must report)."""
     conf = msg.content["config"]
     settings = FedSettings.from_json(str(conf["settings"]))
+    if "dp-clip" in conf:  # --dp: this round's clipping norm (adaptive clipping moves it)
+        settings.dp_clip = float(conf["dp-clip"])
     round_ = int(conf["round"])
     report = frozenset(g for g in str(conf["report"]).split(",") if g)
     partition = int(ctx.node_config.get("partition-id", 0))

@@ -93,6 +93,11 @@ def evaluate_federated(
         "wall_s": time.perf_counter() - t0,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    if settings.dp != "off":  # the (ε, δ) the run spent (privacy.py), with its FID
+        from .privacy import final
+        from .store import read_rounds
+
+        summary["privacy"] = final(read_rounds(run.path))
     if memorisation is not None:
         summary["memorisation"] = {m: r["memorisation"] for m, r in zip(models, rows, strict=True)}
     for k in metrics:
@@ -106,10 +111,14 @@ def evaluate_federated(
 def summary_line(s: dict[str, Any]) -> str:
     """One line for the terminal: global FID, or per-client mean ± std (min … max)."""
     fid = s["fid"]
+    dp = s.get("privacy")
+    tail = f"; (ε = {dp['epsilon']:.3g}, δ = {dp['delta']:g})-DP" if dp else ""
     if len(s["models"]) == 1:
-        return f"{s['method']}: global model FID {fid['mean']:.2f} (floor {s['floor_fid']:.2f})"
+        return (
+            f"{s['method']}: global model FID {fid['mean']:.2f} (floor {s['floor_fid']:.2f}){tail}"
+        )
     return (
         f"{s['method']}: per-client FID {fid['mean']:.2f} ± {fid['std']:.2f} "
         f"(min {fid['min']:.2f}, max {fid['max']:.2f}; {len(s['models'])} clients; "
-        f"floor {s['floor_fid']:.2f})"
+        f"floor {s['floor_fid']:.2f}){tail}"
     )

@@ -74,6 +74,12 @@ IDENTITY = (
     "unet",
     "objective",
     "data",
+    "dp",
+    "dp_clip",
+    "noise_multiplier",
+    "dp_adaptive",
+    "dp_delta",
+    "dp_count_std",
 )
 
 #: What a client keeps from one round to the next: ``reset`` re-creates Adam every round (the
@@ -143,6 +149,14 @@ class FedSettings:
     unet: dict[str, Any] = field(default_factory=dict)  # the network's to_dict() (UNet or DiT)
     image_shape: list[int] = field(default_factory=list)
     num_classes: int = 0  # classes the UNet is conditioned on (0 = unconditional)
+    # --- client-level differential privacy (privacy.py; docs/federated.md)
+    dp: str = "off"  # off | server | client: where each update is clipped first
+    dp_clip: float = 0.0  # C, the clipping norm (the initial one with dp_adaptive)
+    noise_multiplier: float = 0.0  # σ; 0 = picked from target_epsilon
+    dp_adaptive: bool = False  # adaptive clipping (Andrew et al. 2021)
+    dp_delta: float = 1e-5  # the δ that ε is reported at
+    target_epsilon: float = 0.0  # 0 = none; else σ is picked (or checked) for the rounds
+    dp_count_std: float = 0.0  # adaptive clipping's count noise σ_b; 0 = clients/20
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -247,6 +261,9 @@ class FedSettings:
                 raise ConfigError(msg)
         self._validate_server_opt()
         self._validate_aggregate()
+        from .privacy import validate as validate_dp
+
+        validate_dp(self)
         return self
 
     def reporters_per_group(self) -> int:
@@ -489,6 +506,13 @@ RUN_CONFIG_KEYS = (
     "image-shape",
     "num-classes",
     "class-cond",
+    "dp",
+    "dp-clip",
+    "noise-multiplier",
+    "dp-adaptive",
+    "dp-delta",
+    "target-epsilon",
+    "dp-count-std",
 )
 
 
@@ -499,7 +523,8 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
     clients, split, rounds, local-epochs, local-steps, prox, quantize, seed, min-replies,
     round-timeout, client-state, full-rounds, server-opt, server-lr (0 = the optimiser's default),
     server-momentum (-1 = the optimiser's default), server-beta2, server-tau (0 = Flower's),
-    server-ema, aggregate (fedavg or a robust rule, :mod:`.robust`), batch, lr, warmup,
+    server-ema, aggregate (fedavg or a robust rule, :mod:`.robust`), dp, dp-clip,
+    noise-multiplier, dp-adaptive, dp-delta, target-epsilon, dp-count-std (:mod:`.privacy`), batch, lr, warmup,
     ema-decay, optimizer (adamw | sgd: train.optimizer), objective, image-shape ("C,H,W": the server then never loads data), num-classes, class-cond.
     Writes nothing (the ServerApp records the settings in RUN).
     """
@@ -536,6 +561,13 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
         server_tau=float(get("server-tau")),
         server_ema=float(get("server-ema")),
         aggregate=str(get("aggregate")),
+        dp=str(get("dp")),
+        dp_clip=float(get("dp-clip")),
+        noise_multiplier=float(get("noise-multiplier")),
+        dp_adaptive=bool(get("dp-adaptive")),
+        dp_delta=float(get("dp-delta")),
+        target_epsilon=float(get("target-epsilon")),
+        dp_count_std=float(get("dp-count-std")),
     ).validate()
     cfg = C.resolve(base=fed_base())
     cfg.data.source = str(rc.get("data", cfg.data.source))

@@ -165,6 +165,8 @@ def round_row(info: dict[str, Any], settings: FedSettings, seconds: float) -> di
     down = sum(c.get("down", 0) for c in clients)
     # A robust rule's round (--aggregate): per group, n updates, applied, Krum's / Bulyan's picks.
     robust = {"aggregate": info["aggregate"]} if "aggregate" in info else {}
+    if "dp" in info:  # --dp: the round's clip, noise and (ε, δ) so far (privacy.py)
+        robust["dp"] = info["dp"]
     return {
         "round": info["round"],
         "method": settings.method,

@@ -60,6 +60,7 @@ from flwr.supercore import log
 
 from . import aggregate as A
 from . import parts as P
+from . import privacy as D
 from . import robust as R
 from .settings import FedSettings
 from .store import OPT_STATE_PREFIX as STATE_PREFIX
@@ -97,6 +98,11 @@ class PartialAverage(FedAvg):
         self._global: dict[str, np.ndarray] = {}
         self._assigned: dict[int, frozenset[str]] = {}
         self._reported: set[str] = set()  # keys of the last round's accepted updates
+        self.privacy = D.from_settings(settings)  # --dp: clip, noise, account (privacy.py)
+        if self.privacy is not None and settings.run_dir:
+            from .store import read_rounds
+
+            self.privacy.resume(read_rounds(settings.run_dir))
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """The server optimiser's state to checkpoint (none for the plain average)."""
@@ -129,6 +135,8 @@ class PartialAverage(FedAvg):
         for node in nodes:
             report = ",".join(sorted(self._assigned[node]))
             cfg = ConfigRecord({**config, "report": report})
+            if self.privacy is not None:  # the round's C (adaptive clipping moves it)
+                cfg["dp-clip"] = self.privacy.clip_norm
             messages.append(
                 Message(
                     RecordDict({self.arrayrecord_key: down, self.configrecord_key: cfg}),
@@ -163,6 +171,7 @@ class PartialAverage(FedAvg):
             rows[node].update(status="failed", reason=str(msg.error.reason)[:300])
         updates: list[A.Update] = []
         accepted: list[RecordDict] = []
+        bits: list[bool | None] = []  # --dp client: each client's "was within C"
         keys = list(self._global)
         for msg in valid:
             node = msg.metadata.src_node_id
@@ -177,6 +186,8 @@ class PartialAverage(FedAvg):
             row["num_examples"] = int(update.weight)
             updates.append(update)
             accepted.append(msg.content)
+            bit = metrics.get("dp-unclipped")
+            bits.append(None if bit is None else bool(bit))
         info["accepted"] = len(updates)
         if len(updates) < self.settings.min_replies:
             info["complete"] = False
@@ -190,12 +201,29 @@ class PartialAverage(FedAvg):
             return None, None
         info["complete"] = True
         self._reported = {k for u in updates for k in u.arrays}
-        new, groups = R.aggregate_updates(self.rule, self._global, updates)
-        if self.rule.robust:
-            self._record_rule(rnd, info, groups)
+        if self.privacy is not None:
+            new, info["dp"] = self._private(updates, bits)
+        else:
+            new, groups = R.aggregate_updates(self.rule, self._global, updates)
+            if self.rule.robust:
+                self._record_rule(rnd, info, groups)
         arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})
         metrics = self.train_metrics_aggr_fn(accepted, self.weighted_by_key)
         return arrays, metrics
+
+    def _private(
+        self, updates: list[A.Update], bits: list[bool | None]
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``--dp``: clipped sum + Gaussian noise per key over its assigned reporters."""
+        keys = list(self._global)
+        assigned: dict[str, int] = {}
+        for groups in self._assigned.values():
+            for k in P.keys_for(groups, keys):
+                assigned[k] = assigned.get(k, 0) + 1
+        client = self.privacy.mode == "client"  # type: ignore[union-attr]
+        return self.privacy.aggregate(  # type: ignore[union-attr]
+            self._global, [u.arrays for u in updates], assigned, bits if client else None
+        )
 
     def _record_rule(self, rnd: int, info: dict[str, Any], groups: dict[str, Any]) -> None:
         """The rule's round in ``info`` (picks by partition id); a group it could not combine
