@@ -95,8 +95,8 @@ LAYERS = (
     ("training", ("training",)),
     ("DDM and federated", ("ddm", "federated", "training.distributed")),
     ("models of a RUN", ("loading",)),
-    ("use", ("generate", "evaluation", "ddm.diagnostics", "federated.evaluate", "report", "demo",
-             "export", "api")),
+    ("use", ("generate", "evaluation", "ddm.diagnostics", "federated.evaluate",
+             "federated.federate", "report", "demo", "export", "api")),
     ("command line", ("cli", "__main__")),
 )  # fmt: skip
 
