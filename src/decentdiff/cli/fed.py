@@ -85,7 +85,7 @@ SPLIT_HELP = (
 )
 RECIPE_HELP = (
     " ".join(f"{r.name}: {r.summary}" for r in RECIPES.values())
-    + " Options and --set given explicitly win. Measured: docs/reproduction.md, study 16."
+    + " Options and --set given explicitly win. Measured: docs/federated.md (recipes) and docs/reproduction.md."
 )
 
 

@@ -5,7 +5,7 @@ A recipe is a :class:`Recipe`: the project config it starts from (under the user
 applies one to the options a caller gave; it is the only place recipes are interpreted (the
 command line and :meth:`decentdiff.api.RunHandle.federate` both call it through
 :func:`decentdiff.federated.federate.federate`). The evidence for each recipe is in
-docs/reproduction.md (study 16) and docs/federated.md ("Recipes").
+docs/federated.md ("Recipes") and docs/reproduction.md.
 
 Module-level imports stay light (``decentdiff --help`` lists the recipes).
 """
@@ -52,7 +52,7 @@ class Recipe:
             )
 
 
-#: Every recipe, by name; the first is the default. Measured in docs/reproduction.md, study 16.
+#: Every recipe, by name; the first is the default. Measured: docs/reproduction.md.
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
