@@ -181,7 +181,7 @@ STUDIES = (
         "How close do FedAvg and UDEC's personal models come to central training on the same "
         "images?",
         "`fed run --recipe fedsgd` and `--recipe central` over the default `paper` "
-        "(`federated/settings.py RECIPES`, `FEDSGD_SERVER`); README's federated rows.",
+        "(`federated/recipes.py RECIPES`); README's federated rows.",
     ),
     Study(
         21,

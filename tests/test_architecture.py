@@ -95,8 +95,8 @@ LAYERS = (
     ("training", ("training",)),
     ("DDM and federated", ("ddm", "federated", "training.distributed")),
     ("models of a RUN", ("loading",)),
-    ("use", ("generate", "evaluation", "ddm.diagnostics", "federated.evaluate", "report", "demo",
-             "export", "api")),
+    ("use", ("generate", "evaluation", "ddm.diagnostics", "federated.evaluate",
+             "federated.federate", "report", "demo", "export", "api")),
     ("command line", ("cli", "__main__")),
 )  # fmt: skip
 
@@ -179,9 +179,7 @@ def test_importing_the_package_and_its_command_line_imports_nothing_heavy():
 #: The most lines a module under src/ may have: one a newcomer reads top to bottom.
 MAX_MODULE_LINES = 600
 #: Modules allowed over the limit for now, each to be split along its seams and dropped from here.
-OVER_THE_LIMIT = {
-    "cli/fed.py",  # 618 lines when the limit came in
-}
+OVER_THE_LIMIT: set[str] = set()  # cli/fed.py was (618 lines); its logic moved to federated/
 
 
 def test_no_module_is_longer_than_the_limit():

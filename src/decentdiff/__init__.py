@@ -1,8 +1,9 @@
 """decentdiff: train diffusion models without one big cluster — Decentralized Diffusion Models
 (isolated experts mixed by a router) and federated diffusion on Flower.
 
-From Python: ``run = decentdiff.load("runs/demo")``, then ``run.sample(...)``, ``run.evaluate(...)``
-and the training methods of :class:`decentdiff.api.RunHandle` (docs/api.md). Importing this package
+From Python: ``run = decentdiff.load("runs/demo")``, then ``run.sample(...)``, ``run.evaluate(...)``,
+the training methods of :class:`decentdiff.api.RunHandle` and ``run.federate(...)`` /
+``run.fed_eval(...)`` (docs/api.md). Importing this package
 imports nothing heavy; torch is loaded when a method needs it.
 """
 

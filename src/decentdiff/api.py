@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the heavy modules are imported when used, not when decentdi
 
     from .config import Config
     from .ddm.cluster import Partitioned
+    from .federated.federate import FedResult
     from .loading import LoadedModel
     from .run import Run
 
@@ -274,3 +275,74 @@ class RunHandle:
         from .evaluation.evaluate import score_images
 
         return score_images(self.run, images, features=features, seed=seed, progress=progress)
+
+    # ------------------------------------------------------------------ federated
+    def federate(
+        self,
+        *,
+        data: str | None = None,
+        clients: int | None = None,
+        split: str | None = None,
+        method: str | None = None,
+        rounds: int | None = None,
+        recipe: str = "paper",
+        n: int = 500,
+        parallel: int = 0,
+        fresh: bool = False,
+        progress: bool = True,
+        config: str | Path | None = None,
+        sets: Sequence[str] | None = None,
+        **options: Any,
+    ) -> FedResult:
+        """``decentdiff fed run``: federated averaging of one UNet across ``clients`` silos with
+        Flower's simulation engine (resumes unless ``fresh``), then FID on ``n`` samples per
+        model (0: none). ``options``: the other run options by their FedSettings names
+        (``local_steps``, ``server_opt``, ``quantize``, ...) and config overrides (``preset``,
+        ``objective``, ``batch``, ...); None or absent means the recipe's or the default value.
+        Returns a :class:`~decentdiff.federated.federate.FedResult`."""
+        from .federated.federate import federate
+
+        given = dict(data=data, clients=clients, split=split, method=method, rounds=rounds)
+        return federate(
+            self.run,
+            recipe=recipe,
+            n=n,
+            parallel=parallel,
+            fresh=fresh,
+            progress=progress,
+            config=config,
+            sets=sets,
+            **given,
+            **options,
+        )
+
+    def fed_eval(
+        self,
+        n: int | None = None,
+        *,
+        features: str = "auto",
+        device: str = "auto",
+        memorisation: float | None = None,
+        progress: bool = False,
+        config: str | Path | None = None,
+        sets: Sequence[str] | None = None,
+        **overrides: Any,
+    ) -> dict[str, Any]:
+        """``decentdiff fed eval``: FID of the federated global model, or of each client's own
+        model (mean ± std, min, max), from ``n`` samples each (default 1000); rows go to
+        RUN/metrics.jsonl. ``memorisation``: a copy threshold (``fed eval --memorisation``:
+        decentdiff.evaluation.memorisation.THRESHOLD). ``overrides``: sample_steps, solver,
+        guidance, sample_seed, sample_precision."""
+        from .federated.federate import fed_eval
+
+        return fed_eval(
+            self.run,
+            n=n,
+            features=features,
+            device=device,
+            memorisation=memorisation,
+            progress=progress,
+            config=config,
+            sets=sets,
+            **overrides,
+        )

@@ -52,8 +52,9 @@ SAMPLING_CALLS = {
     "run_compare",
     "run_diagnose",
     "run_demo",
-    "_evaluate",
     "evaluate_federated",
+    "federate",  # fed run: trains, then scores (federated.federate)
+    "fed_eval",
 }
 
 #: The old spellings, by command: old flag -> new flag (docs/cli.md, "One vocabulary").

@@ -1,6 +1,7 @@
 """The federated package is built in layers: a module imports only modules of lower layers.
 
-settings -> store -> client / strategy / evaluate -> the Flower apps -> simulation, above the pure
+settings -> store, recipes -> client / strategy / evaluate -> the Flower apps -> simulation ->
+federate (what `fed run`, `fed eval` and the Python API call), above the pure
 parts, aggregate and robust (the `fed` commands, in decentdiff.cli.fed, sit above them all). Imports inside functions count too: a lazy import that goes up a
 layer is still a cycle. The layers below the Flower apps never import Flower, so the federated
 logic can be imported and tested without it.
@@ -19,17 +20,28 @@ PACKAGE_DIR = Path(decentdiff.federated.__file__).parent
 LAYERS = (
     ("parts",),
     ("aggregate",),
-    ("robust",),
+    ("robust", "privacy"),
     ("settings",),
-    ("store",),
+    ("store", "recipes", "run_config"),
     ("client", "strategy", "evaluate"),
     ("client_app", "server_app"),
     ("simulation",),
+    ("federate",),
 )
 #: No `flwr` import anywhere in these (function-level imports included).
-FLOWER_FREE = ("parts", "aggregate", "robust", "settings", "store", "client", "evaluate")
+FLOWER_FREE = (
+    "parts",
+    "aggregate",
+    "robust",
+    "settings",
+    "recipes",
+    "run_config",
+    "store",
+    "client",
+    "evaluate",
+)
 #: `decentdiff --help` imports these (the CLI's option defaults): no heavy module-level import.
-LIGHT = ("settings",)
+LIGHT = ("settings", "recipes")
 HEAVY = ("torch", "numpy", "flwr", "ray", "matplotlib", "scipy")
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from decentdiff.errors import ConfigError
-from decentdiff.federated.settings import DEFAULTS, central_ema_per_round, recipe_base
+from decentdiff.federated.recipes import recipe_base
+from decentdiff.federated.settings import DEFAULTS, central_ema_per_round
 from decentdiff.federated.simulation import with_central_ema
 from decentdiff.training.loop import EMA
 

@@ -147,11 +147,12 @@ def _check_state(strat, oracle, keys):
             np.testing.assert_allclose(got, want.get(k, 0.0), rtol=1e-4, atol=1e-6, err_msg=k)
 
 
-#: (optimiser, η, β1, β2, τ; 0: Flower's): not the defaults, so the settings must reach Flower's
-#: classes.
-OPTS = [("fedadam", 0.05, 0.9, 0, 0), ("fedyogi", 0.05, 0.8, 0, 0), ("fedadagrad", 0.05, 0.0, 0, 0),
-        ("fedavgm", 0.7, 0.9, 0, 0), ("fedadam", 0.05, 0.8, 0.999, 1e-6),
-        ("fedyogi", 0.05, 0.9, 0.9, 1e-2), ("fedadagrad", 0.05, 0.0, 0, 1e-4)]  # fmt: skip
+#: (optimiser, η, β1, β2, τ; None: Flower's): not the defaults, so the settings must reach
+#: Flower's classes.
+OPTS = [("fedadam", 0.05, 0.9, None, None), ("fedyogi", 0.05, 0.8, None, None),
+        ("fedadagrad", 0.05, 0.0, None, None), ("fedavgm", 0.7, 0.9, None, None),
+        ("fedadam", 0.05, 0.8, 0.999, 1e-6), ("fedyogi", 0.05, 0.9, 0.9, 1e-2),
+        ("fedadagrad", 0.05, 0.0, None, 1e-4)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("opt", "lr", "b1", "b2", "tau"), OPTS)
@@ -351,10 +352,10 @@ def test_defaults_resolve_per_optimizer():
         s = FedSettings(**kw).validate()
         return s.server_beta2, s.server_tau
 
-    assert adaptive() == (0.0, 0.0)  # the plain average has neither
+    assert adaptive() == (None, None)  # the plain average has neither
     assert adaptive(server_opt="fedadam") == (0.99, 1e-3)  # Flower's
     assert adaptive(server_opt="fedyogi", server_beta2=0.999, server_tau=1e-8) == (0.999, 1e-8)
-    assert adaptive(server_opt="fedadagrad") == (0.0, 1e-3)  # Flower's FedAdagrad has no β2
+    assert adaptive(server_opt="fedadagrad") == (None, 1e-3)  # Flower's FedAdagrad has no β2
 
 
 @pytest.mark.parametrize(
@@ -374,6 +375,10 @@ def test_defaults_resolve_per_optimizer():
         ({"server_opt": "fedadagrad", "server_beta2": 0.9}, "fedadagrad takes no β2"),
         ({"server_opt": "fedadam", "server_beta2": 1.0}, "--server-beta2 must be in (0, 1)"),
         ({"server_opt": "fedadam", "server_tau": -1e-3}, "--server-tau must be > 0"),
+        # 0 used to stand for "the default"; now a value, and not a valid one
+        ({"server_opt": "fedadam", "server_tau": 0.0}, "--server-tau must be > 0"),
+        ({"server_opt": "fedadam", "server_beta2": 0.0}, "--server-beta2 must be in (0, 1)"),
+        ({"server_opt": "fedadam", "server_lr": 0.0}, "--server-lr must be > 0"),
     ],
 )
 def test_bad_server_options_fail_in_one_line(kw, match):
@@ -420,7 +425,7 @@ def test_a_resumed_run_must_keep_its_server_optimizer_and_ema(tmp_path):
 
 
 def test_the_adaptive_defaults_are_flowers_own():
-    """`--server-beta2 0` / `--server-tau 0` promise Flower's defaults: pinned to its signatures."""
+    """No `--server-beta2` / `--server-tau` promises Flower's defaults: pinned to its signatures."""
     import inspect
 
     from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedYogi

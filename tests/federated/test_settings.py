@@ -10,7 +10,8 @@ import typer
 from decentdiff.cli.fed import fed_app
 from decentdiff.errors import ConfigError
 from decentdiff.federated.parts import METHODS
-from decentdiff.federated.settings import DEFAULTS, FedSettings, settings_from_run_config
+from decentdiff.federated.run_config import settings_from_run_config
+from decentdiff.federated.settings import DEFAULTS, FedSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

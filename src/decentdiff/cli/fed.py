@@ -14,9 +14,9 @@ from typing import Annotated
 import typer
 
 from ..errors import ConfigError
+from ..federated.recipes import DEFAULT_RECIPE, RECIPES
 from ..federated.settings import DEFAULTS
 from .options import (
-    EVAL_N,
     AggregateOpt,
     AttackOpt,
     ClientsOpt,
@@ -59,7 +59,6 @@ from .options import (
     SupernodePortOpt,
     TrainDeviceOpt,
     copy_threshold,
-    resolve_config,
 )
 from .privacy_options import (
     DpAdaptiveOpt,
@@ -92,6 +91,10 @@ SPLIT_HELP = (
     "partitioners by their names and parameters: dirichlet:alpha=0.5,min_partition_size=10,"
     "self_balancing=true, pathological:num_classes_per_partition=2, "
     "shard:num_shards_per_partition=2 (docs/federated-splits.md)."
+)
+RECIPE_HELP = (
+    " ".join(f"{r.name}: {r.summary}" for r in RECIPES.values())
+    + " Options and --set given explicitly win. Measured: docs/federated.md (recipes) and docs/reproduction.md."
 )
 
 
@@ -143,38 +146,37 @@ def fed_run(
         DEFAULTS.server_opt
     ),
     server_lr: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--server-lr",
-            help="Server learning rate η of --server-opt (0 = its default: fedavg 1 (the only "
-            "value it takes), fedavgm 1 − momentum, fedadam / fedyogi / fedadagrad 1e-3). "
-            "Measured (docs/federated.md, server optimisers): FedAdam at 1e-3 and 1e-2 barely moved "
-            "a model whose clients take 20 Adam steps at lr 2e-3; an adaptive step needs η "
-            "near the clients' own movement per round, about lr × local steps.",
+            help="Server learning rate η of --server-opt (default: fedavg 1 (the only value it "
+            "takes), fedavgm 1 − momentum, fedadam / fedyogi / fedadagrad 1e-3). An adaptive "
+            "step needs η near the clients' own movement per round, about lr × local steps "
+            "(docs/federated.md, server optimisers).",
         ),
     ] = DEFAULTS.server_lr,
     server_momentum: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--server-momentum",
-            help="FedAvgM's momentum β / FedAdam's and FedYogi's β1, in [0, 1) (-1 = the "
-            "default, 0.9; fedavg and fedadagrad take none).",
+            help="FedAvgM's momentum β / FedAdam's and FedYogi's β1, in [0, 1) (default 0.9; "
+            "fedavg and fedadagrad take none).",
         ),
     ] = DEFAULTS.server_momentum,
     server_beta2: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--server-beta2",
-            help="FedAdam's and FedYogi's second-moment decay β2, in (0, 1) (0 = Flower's "
-            "default, 0.99; AdamW's is 0.999).",
+            help="FedAdam's and FedYogi's second-moment decay β2, in (0, 1) (default: Flower's "
+            "0.99; AdamW's is 0.999).",
         ),
     ] = DEFAULTS.server_beta2,
     server_tau: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--server-tau",
             help="FedAdam's, FedYogi's and FedAdagrad's τ, Adam's ε: the step is "
-            "η·m/(√v + τ) (0 = Flower's 1e-3). Keep τ well below the size of a round's update "
+            "η·m/(√v + τ) (default: Flower's 1e-3). Keep τ well below the size of a round's update "
             "per weight, or the step shrinks towards η·m/τ: FedSGD clients (one SGD step, "
             "--set train.optimizer=sgd) send lr x a gradient, often 1e-4 or less per weight.",
         ),
@@ -197,35 +199,7 @@ def fed_run(
     dp_delta: DpDeltaOpt = DEFAULTS.dp_delta,
     target_epsilon: TargetEpsilonOpt = DEFAULTS.target_epsilon,
     dp_count_std: DpCountStdOpt = DEFAULTS.dp_count_std,
-    recipe: Annotated[
-        str,
-        typer.Option(
-            "--recipe",
-            help="paper: FedDiffuse's protocol (lr 1e-4, no warm-up, a new Adam every round, no "
-            "EMA). central: the central trainer's lr, warm-up and EMA decay (2e-3, 100, 0.999), "
-            "Adam kept between rounds (--client-state keep) and, for full / usplit, a server EMA "
-            "per round keeping central training's window (0.40 for 10 rounds x 20 steps; fixed "
-            "when the run starts); options and --set given explicitly win. `fed run` only (a "
-            "Flower deployment takes the options themselves). Measured (docs/federated.md, how "
-            "close federated gets to central training; 5 IID clients, fm, "
-            "compact, 10 x 20 steps at batch 64, 3 seeds) measured this recipe with a hand-set "
-            "server EMA of 0.5 at 2.75x central training's FID, the paper's protocol (at lr 1e-3) "
-            "at 4.2x, both on the paper's Huber loss (central now takes the central trainer's "
-            "loss, mse; README). With --recipe central (mse), 50 rounds x 20 steps x batch 13 (central training's "
-            "images and steps): UDEC's personal models 1.87x; FedAvg 1.49x with a hand-set "
-            "server EMA of 0.8 (the recipe's: 0.83) (3 seeds). "
-            "fedsgd (full, usplit): central Adam on the clients' pooled "
-            "batch (clients x --batch) -- one plain SGD step per client per round (--local-steps "
-            "1, train.optimizer=sgd, lr 1: each sends its gradient) and Flower's FedAdam on the "
-            "server with the central lr and AdamW's β2 and ε (--server-opt fedadam --server-lr "
-            "0.002 --server-beta2 0.999 --server-tau 1e-8; --server-lr is the learning rate), the "
-            "central objective and server EMA. Unlike central training: no warm-up, gradients "
-            "clipped per client, Flower's bias correction. One round per central step, so bytes "
-            "grow with rounds (1,000 rounds: 25.9 GB for the compact UNet, 5 clients). Measured "
-            "(fm, mse, 5 IID clients x batch 13, 1,000 rounds, 3 seeds): 1.22x central's FID "
-            "(docs/federated.md).",
-        ),
-    ] = "paper",
+    recipe: Annotated[str, typer.Option("--recipe", help=RECIPE_HELP)] = DEFAULT_RECIPE,
     min_replies: Annotated[
         int, typer.Option("--min-replies", help="Valid updates a round needs to complete.")
     ] = DEFAULTS.min_replies,
@@ -254,79 +228,24 @@ def fed_run(
     _flwr_env()
     from click.core import ParameterSource
 
-    from .. import config as C
-    from ..federated.settings import FedSettings, recipe_base
-    from ..federated.simulation import run_federated
-    from ..run import Run
+    from ..federated.federate import federate, option_names
 
-    base = recipe_base(recipe)  # an unknown recipe fails here, before anything is touched
+    def given(name: str) -> bool:  # explicitly, or by an old spelling
+        source = ctx.get_parameter_source(name)
+        return source not in (ParameterSource.DEFAULT, None) or (
+            ctx.params[name] != getattr(DEFAULTS, name)
+        )
 
-    def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
-
-    which = recipe.strip().lower()
-    central = which in ("central", "fedsgd")
-    if which == "central" and not given("client_state"):
-        client_state = "keep"
-    if which == "fedsgd":
-        from ..config import TrainConfig
-        from ..federated.parts import get_method
-        from ..federated.settings import ADAPTIVE, FEDSGD_SERVER
-
-        if get_method(method).personal:
-            raise ConfigError(
-                f"--recipe fedsgd needs a global model (full, usplit); {method}'s private parts "
-                "would train by the clients' SGD step alone -- use --recipe central"
-            )
-        if not given("local_steps") and not given("local_epochs"):
-            local_steps = 1
-        if not given("server_opt"):
-            server_opt = FEDSGD_SERVER["server_opt"]
-        opt = server_opt.strip().lower()
-        if not given("server_lr") and opt in ADAPTIVE:  # another optimiser: its own default
-            server_lr = TrainConfig().lr
-        if not given("server_beta2") and ADAPTIVE.get(opt, (None,))[0] is not None:
-            server_beta2 = FEDSGD_SERVER["server_beta2"]
-        if not given("server_tau") and opt in ADAPTIVE:
-            server_tau = FEDSGD_SERVER["server_tau"]
-
-    options = FedSettings(
-        method=method,
-        clients=clients,
-        split=split,
-        rounds=rounds,
-        local_epochs=local_epochs,
-        local_steps=local_steps,
-        prox=prox,
-        quantize=quantize,
-        server_opt=server_opt,
-        server_lr=server_lr,
-        server_momentum=server_momentum,
-        server_beta2=server_beta2,
-        server_tau=server_tau,
-        server_ema=server_ema,
-        aggregate=aggregate,
-        attack=attack,
-        seed=seed,
-        min_replies=min_replies,
-        round_timeout=round_timeout,
-        client_state=client_state,
-        full_rounds=full_rounds,
-        dp=dp,
-        dp_clip=dp_clip,
-        noise_multiplier=noise_multiplier,
-        dp_adaptive=dp_adaptive,
-        dp_delta=dp_delta,
-        target_epsilon=target_epsilon,
-        dp_count_std=dp_count_std,
-    )  # validated by run_federated before RUN is touched
-    r = Run(run)
-    for sec, vals in r.base_config().items():
-        base.setdefault(sec, {}).update(vals)
-    cfg = C.resolve(
-        config,
-        set_,
-        base=base,
+    options = {k: ctx.params[k] for k in option_names() if k in ctx.params and given(k)}
+    result = federate(
+        run,
+        recipe=recipe,
+        n=n,
+        parallel=parallel,
+        fresh=fresh,
+        progress=not quiet,
+        config=config,
+        sets=set_,
         data=data,
         preset=preset,
         objective=objective,
@@ -334,99 +253,13 @@ def fed_run(
         log=log,
         device=device,
         precision=precision,
-        sample_precision=precision,
         sample_steps=sample_steps,
         solver=solver,
         guidance=guidance,
+        **options,
     )
-    if which == "fedsgd" and (cfg.train.lr != 1.0 or cfg.train.warmup != 0):
-        raise ConfigError(
-            f"--recipe fedsgd: the clients send their gradient (train.lr 1, no warm-up; got lr "
-            f"{cfg.train.lr:g}, warm-up {cfg.train.warmup}); the learning rate is --server-lr, "
-            "FedAdam's η -- drop the train.lr / train.warmup setting"
-        )
-
-    def progress(row: dict) -> None:
-        if quiet:
-            return
-        bad = [c for c in row["clients"] if c.get("status") != "ok"]
-        note = f"  {len(bad)} client(s) not averaged" if bad else ""
-        loss = "n/a" if row["loss"] is None else f"{row['loss']:.4f}"
-        typer.echo(
-            f"round {row['round']:>3}/{rounds}  loss {loss}  up {row['up'] / 1e6:.2f} MB  "
-            f"down {row['down'] / 1e6:.2f} MB  {row['seconds']:.1f} s{note}",
-            err=True,
-        )
-        for c in bad:
-            who = c.get("partition-id", f"node {c.get('node')}")
-            typer.echo(f"  client {who}: {c.get('status')} ({c.get('reason', '')})", err=True)
-
-    res = run_federated(
-        r,
-        cfg,
-        options,
-        parallel=parallel,
-        fresh=fresh,
-        on_round=progress,
-        server_ema_auto=central and not given("server_ema"),
-    )
-    rows = res["rounds"]
-    if central:
-        st = res["settings"]
-        ema = f"server EMA {st.server_ema:.3f} per round" if st.server_ema else "no server EMA"
-        typer.echo(
-            f"recipe {which}: {cfg.train.optimizer} lr {cfg.train.lr:g}, warm-up "
-            f"{cfg.train.warmup}, client state {st.client_state}, loss {cfg.objective.loss}, "
-            f"server {st.server_opt} η {st.server_lr:g}, {ema}, "
-            f"train.ema_decay {cfg.train.ema_decay:g}"
-        )
-    up = sum(x["up"] for x in rows)
-    down = sum(x["down"] for x in rows)
-    m = res["settings"].method_spec
-    typer.echo(f"clients: {clients}, sizes {res['sizes']}")
-    typer.echo(
-        f"{m.name}: {len(rows)} rounds, bytes up {up:,} down {down:,} total {up + down:,} "
-        f"-> {res['figure']}"
-    )
-    if m.personal:
-        typer.echo(
-            f"personal models -> {run / 'federated' / 'clients'}/0..{clients - 1} (the server's "
-            "model averages only shared parts and is not a generator)"
-        )
-    else:
-        typer.echo(f"global model -> {res['model_dirs'][0]}")
-    if res["settings"].dp != "off":
-        from ..federated.privacy import summary_line as dp_line
-
-        typer.echo(dp_line(rows))
-    if n > 0:
-        _evaluate(r, cfg, n, features="auto", device=cfg.train.device, quiet=quiet)
-
-
-def _evaluate(
-    r, cfg, n: int, *, features: str, device: str, quiet: bool, memorisation: float | None = None
-) -> dict:
-    from ..federated.evaluate import evaluate_federated, summary_line
-    from ..training.loop import resolve_device
-
-    if n < 1:
-        raise ConfigError(f"--n must be ≥ 1, got {n}")
-    cfg.sample.n = n
-    summary = evaluate_federated(
-        r,
-        cfg,
-        features=features,
-        device=resolve_device(device),
-        progress=not quiet,
-        memorisation=memorisation,
-    )
-    typer.echo(summary_line(summary) + f" -> {r.metrics_path}")
-    if summary.get("memorisation"):
-        from ..evaluation.memorisation import summary_line as memorisation_line
-
-        for model, m in summary["memorisation"].items():
-            typer.echo(f"{model}: " + memorisation_line(m))
-    return summary
+    for line in result.summary():
+        typer.echo(line)
 
 
 @fed_app.command("eval")
@@ -451,31 +284,25 @@ def fed_eval(
     """FID of a federated run: its global model (FULL, USPLIT) or each client's personal model
     (UDEC, ULATDEC), with mean ± std, min and max over clients; rows go to RUN/metrics.jsonl.
     With --memorisation, also whether each model's images copy any client's training images."""
-    from ..run import Run
+    from ..federated.federate import eval_lines, fed_eval
 
-    r = Run(run)
-    if not (run / "federated").is_dir():
-        raise ConfigError(f"{run} has no federated run; run `decentdiff fed run {run} ...` first")
-    cfg = resolve_config(
-        r,
-        config,
-        set_,
+    summary = fed_eval(
+        run,
+        n=n,
+        features=eval_features,
+        device=device,
+        memorisation=copy_threshold(memorisation, copy_threshold_),
+        progress=not quiet,
+        config=config,
+        sets=set_,
         sample_steps=sample_steps,
         solver=solver,
         guidance=guidance,
         sample_seed=seed,
         sample_precision=precision,
     )
-    n = EVAL_N if n is None else n
-    _evaluate(
-        r,
-        cfg,
-        n,
-        features=eval_features,
-        device=device,
-        quiet=quiet,
-        memorisation=copy_threshold(memorisation, copy_threshold_),
-    )
+    for line in eval_lines(summary, run):
+        typer.echo(line)
 
 
 @fed_app.command("bytes")

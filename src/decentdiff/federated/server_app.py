@@ -6,7 +6,7 @@ After every round it updates the server EMA (``--server-ema``), saves the server
 in ``state``, one atomic checkpoint) and appends a row to ``rounds.jsonl``, through FedAvg's
 per-round ``evaluate_fn`` hook, so flwr's ``Strategy.start`` loop is used as is. A resumed run
 restores all of it and continues bitwise as an uninterrupted one. ``app`` serves ``flwr run`` and deployment (settings from the run config, see
-:func:`.settings.settings_from_run_config`); :func:`make_server_app` serves ``decentdiff fed run``.
+:func:`.run_config.settings_from_run_config`); :func:`make_server_app` serves ``decentdiff fed run``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from ..events import EventWriter
 from . import aggregate as A
-from .settings import FedSettings, settings_from_run_config
+from .run_config import settings_from_run_config
+from .settings import FedSettings
 from .store import (
     append_round,
     fed_dir,

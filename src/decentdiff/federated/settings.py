@@ -1,14 +1,14 @@
 """A federated run's settings: one typed record, one set of defaults, validated once.
 
 The defaults are :class:`FedSettings`' own field defaults (:data:`DEFAULTS`): ``decentdiff fed run``
-and ``fed bytes`` take their option defaults from it, :func:`settings_from_run_config` falls back to
+and ``fed bytes`` take their option defaults from it, :func:`.run_config.settings_from_run_config` falls back to
 it, and ``[tool.flwr.app.config]`` in pyproject.toml restates it (a test checks that it agrees).
 
 Two constructors, one per entry point, each validating once:
 
 - ``decentdiff fed run``: the options as a :class:`FedSettings`, ``.validate()``-d before RUN is
   touched, then :func:`build_settings` adds the project config and the images' shape;
-- ``flwr run`` and deployment: :func:`settings_from_run_config` from Flower's run config.
+- ``flwr run`` and deployment: :func:`.run_config.settings_from_run_config` from Flower's run config.
 
 The settings travel to every client as one JSON string in the round's ConfigRecord, so a SuperNode
 needs nothing but its own data. After validation ``method`` is the method's canonical name and
@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
@@ -103,9 +102,26 @@ ADAPTIVE: dict[str, tuple[float | None, float]] = {
     "fedyogi": (0.99, 1e-3),
     "fedadagrad": (None, 1e-3),
 }
-#: ``server_lr`` / ``server_momentum`` meaning "the optimiser's default" (resolved by validate).
-DEFAULT_LR = 0.0
-DEFAULT_MOMENTUM = -1.0
+#: Flower's run config cannot hold None, and a fed.json written before these settings were
+#: optional has numbers for "the default": those numbers, read as None (:func:`unset_from`) and
+#: written for None (:func:`unset_to`) there, and only there.
+PLACEHOLDERS: dict[str, float] = {
+    "server_lr": 0.0,
+    "server_momentum": -1.0,
+    "server_beta2": 0.0,
+    "server_tau": 0.0,
+}
+
+
+def unset_from(name: str, value: Any) -> float | None:
+    """A run-config or old fed.json value of the optional setting ``name``: None for its
+    placeholder (:data:`PLACEHOLDERS`), else the number."""
+    return None if value is None or float(value) == PLACEHOLDERS[name] else float(value)
+
+
+def unset_to(name: str, value: float | None) -> float:
+    """The run-config value of the optional setting ``name``: its placeholder for None."""
+    return PLACEHOLDERS[name] if value is None else float(value)
 
 
 @dataclass
@@ -122,10 +138,10 @@ class FedSettings:
     quantize: int = 0  # 0 = full precision; 8 = 8-bit updates
     # --- server optimiser and server EMA (docs/federated.md); `validate` resolves the defaults
     server_opt: str = "fedavg"  # fedavg | fedavgm | fedadam | fedyogi | fedadagrad (SERVER_OPTS)
-    server_lr: float = DEFAULT_LR  # η; 0 = the optimiser's default
-    server_momentum: float = DEFAULT_MOMENTUM  # FedAvgM momentum / FedOpt β1; -1 = default
-    server_beta2: float = 0.0  # FedAdam / FedYogi β2; 0 = Flower's 0.99 (ADAPTIVE)
-    server_tau: float = 0.0  # FedAdam / FedYogi / FedAdagrad τ (Adam's ε); 0 = Flower's 1e-3
+    server_lr: float | None = None  # η; None = the optimiser's default
+    server_momentum: float | None = None  # FedAvgM momentum / FedOpt β1; None = the default
+    server_beta2: float | None = None  # FedAdam / FedYogi β2; None = Flower's 0.99 (ADAPTIVE)
+    server_tau: float | None = None  # FedAdam / FedYogi / FedAdagrad τ (Adam's ε); None = 1e-3
     server_ema: float = 0.0  # decay per round of the server's EMA of the global model (0 = off)
     # --- robust aggregation (robust.py): the rule in place of the weighted average, and a fault
     # injection for studies (clients that send a corrupted update)
@@ -165,7 +181,10 @@ class FedSettings:
     def from_json(cls, text: str) -> FedSettings:
         raw = json.loads(text)
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names}).resolve_server_opt()
+        kept = {k: v for k, v in raw.items() if k in names}
+        for k in PLACEHOLDERS.keys() & kept.keys():  # written before they were optional
+            kept[k] = unset_from(k, kept[k])
+        return cls(**kept).resolve_server_opt()
 
     @property
     def bits(self) -> int | None:
@@ -179,13 +198,13 @@ class FedSettings:
         return get_method(self.method)
 
     def resolve_server_opt(self) -> FedSettings:
-        """Replace "the optimiser's default" (``server_lr`` 0, ``server_momentum`` -1) by the value.
+        """Replace "the optimiser's default" (None) by its value where the optimiser has one.
 
         Defaults (:data:`SERVER_OPTS`): fedavg η = 1, no momentum; fedavgm β = 0.9 and η = 1 − β
         (Hsu et al.'s effective learning rate η/(1 − β) = 1: once the momentum has built up, a
         steady pseudo-gradient moves the model as far as FedAvg would); fedadam and fedyogi
         η = 1e-3, β1 = 0.9; fedadagrad η = 1e-3 (no momentum in Flower's FedAdagrad). β2 = 0.99
-        and τ = 1e-3 are Flower's. The adaptive optimisers move a weight by up to about η per
+        and τ = 1e-3 are Flower's; the others keep β2 and τ None (they have neither). The adaptive optimisers move a weight by up to about η per
         round; a client's round of Adam moves it by at most lr × local steps (1e-4 × 7 for the
         paper's E = 1 on mnist5k with 5 clients), so η = 1e-3 starts at FedAvg's scale (Flower's own defaults, 1e-1 / 1e-2 / 1e-1, are for
         SGD-trained classifiers). An unknown name is left for :meth:`validate`. Returns self.
@@ -194,15 +213,15 @@ class FedSettings:
         if opt in SERVER_OPTS:
             self.server_opt = opt
             lr, mom = SERVER_OPTS[opt]
-            if self.server_momentum == DEFAULT_MOMENTUM:
+            if self.server_momentum is None:
                 self.server_momentum = mom
-            if self.server_lr == DEFAULT_LR:
+            if self.server_lr is None:
                 self.server_lr = 1.0 - self.server_momentum if opt == "fedavgm" else lr
             if opt in ADAPTIVE:
                 beta2, tau = ADAPTIVE[opt]
-                if self.server_beta2 == 0 and beta2 is not None:
+                if self.server_beta2 is None:
                     self.server_beta2 = beta2
-                if self.server_tau == 0:
+                if self.server_tau is None:
                     self.server_tau = tau
         return self
 
@@ -300,10 +319,12 @@ class FedSettings:
             )
         self.resolve_server_opt()
         opt, lr, mom, ema = self.server_opt, self.server_lr, self.server_momentum, self.server_ema
+        beta2, tau = self.server_beta2, self.server_tau
+        assert lr is not None and mom is not None  # resolved above
         checks = [
             (
                 math.isfinite(lr) and lr > 0,
-                f"--server-lr must be > 0 (0 = the optimiser's default), got {given_lr}",
+                f"--server-lr must be > 0 (omit it for the optimiser's default), got {given_lr}",
             ),
             (
                 opt != "fedavg" or lr == 1.0,
@@ -312,7 +333,8 @@ class FedSettings:
             ),
             (
                 math.isfinite(mom) and 0 <= mom < 1,
-                f"--server-momentum must be in [0, 1) (-1 = the optimiser's default), got {given_mom}",
+                f"--server-momentum must be in [0, 1) (omit it for the optimiser's default), "
+                f"got {given_mom}",
             ),
             (
                 opt not in ("fedavg", "fedadagrad") or mom == 0,
@@ -324,22 +346,22 @@ class FedSettings:
                 f"--server-ema must be in [0, 1) (0 = off), got {ema}",
             ),
             (
-                ADAPTIVE.get(opt, (None,))[0] is not None or self.server_beta2 == 0,
-                f"--server-opt {opt} takes no β2, got --server-beta2 {self.server_beta2}; "
+                ADAPTIVE.get(opt, (None,))[0] is not None or beta2 is None,
+                f"--server-opt {opt} takes no β2, got --server-beta2 {beta2}; "
                 "use fedadam or fedyogi",
             ),
             (
-                math.isfinite(self.server_beta2) and 0 <= self.server_beta2 < 1,
-                f"--server-beta2 must be in (0, 1) (0 = Flower's 0.99), got {self.server_beta2}",
+                beta2 is None or (math.isfinite(beta2) and 0 < beta2 < 1),
+                f"--server-beta2 must be in (0, 1) (omit it for Flower's 0.99), got {beta2}",
             ),
             (
-                opt in ADAPTIVE or self.server_tau == 0,
-                f"--server-opt {opt} takes no τ, got --server-tau {self.server_tau}; "
+                opt in ADAPTIVE or tau is None,
+                f"--server-opt {opt} takes no τ, got --server-tau {tau}; "
                 "use fedadam, fedyogi or fedadagrad",
             ),
             (
-                math.isfinite(self.server_tau) and self.server_tau >= 0,
-                f"--server-tau must be > 0 (0 = Flower's 1e-3), got {self.server_tau}",
+                tau is None or (math.isfinite(tau) and tau > 0),
+                f"--server-tau must be > 0 (omit it for Flower's 1e-3), got {tau}",
             ),
             (
                 ema == 0 or not self.method_spec.personal,
@@ -360,19 +382,6 @@ DEFAULTS = FedSettings()
 DEFAULT_RUN_DIR = "runs/fed"
 
 
-#: ``fed run --recipe``: paper = FedDiffuse's protocol (FED_BASE, a new Adam every round, no EMA);
-#: central = the central trainer's recipe (docs/federated.md, "Recipes"): its learning rate, warm-up and
-#: EMA decay (TrainConfig's defaults), its loss (mse, not FED_BASE's Huber) and noise levels, Adam
-#: kept between rounds, and for a global generator (FULL, USPLIT) a server EMA per round matched to
-#: central training's (:func:`central_ema_per_round`); fedsgd = central training by construction:
-#: each client takes one plain SGD step per round at lr 1 (its batch gradient), and Flower's
-#: FedAdam on the server applies AdamW's step (η = the central lr, β2 0.999, τ = ε 1e-8) to the
-#: average -- the central objective and server EMA as with central.
-RECIPES = ("paper", "central", "fedsgd")
-#: --recipe fedsgd's server optimiser: FedAdam with the central trainer's lr and AdamW's β2 and ε.
-FEDSGD_SERVER = {"server_opt": "fedadam", "server_beta2": 0.999, "server_tau": 1e-8}
-
-
 def central_ema_per_round(rounds: int, local_steps: int, decay: float) -> float:
     """The server EMA decay per round that keeps central training's window.
 
@@ -391,25 +400,6 @@ def central_ema_per_round(rounds: int, local_steps: int, decay: float) -> float:
     for step in range(total - local_steps, total):
         w *= min(decay, (1 + step) / (10 + step))
     return w
-
-
-def recipe_base(recipe: str) -> dict[str, dict[str, Any]]:
-    """The config a federation starts from under ``recipe`` (user's config and --set go on top)."""
-    recipe = str(recipe).strip().lower()
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown --recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-    base = fed_base()
-    if recipe in ("central", "fedsgd"):
-        from ..config import TrainConfig
-
-        central = TrainConfig()
-        # the central trainer's objective for the kind (mse; --objective ddpm: the central noise
-        # levels and weighting), not the paper's Huber loss and integer steps
-        base["objective"] = {"kind": base["objective"]["kind"]}
-        base["train"].update(lr=central.lr, warmup=central.warmup, ema_decay=central.ema_decay)
-        if recipe == "fedsgd":  # the server's FedAdam takes the lr (FEDSGD_SERVER); clients: w - g
-            base["train"].update(optimizer="sgd", lr=1.0, warmup=0)
-    return base
 
 
 def fed_base() -> dict[str, dict[str, Any]]:
@@ -470,131 +460,3 @@ def build_settings(
     )
     validate(cfg.train)
     return settings
-
-
-#: The run-config keys :func:`settings_from_run_config` reads; any other key is a typo.
-RUN_CONFIG_KEYS = (
-    "run-dir",
-    "data",
-    "preset",
-    "method",
-    "clients",
-    "split",
-    "rounds",
-    "local-epochs",
-    "local-steps",
-    "prox",
-    "quantize",
-    "seed",
-    "min-replies",
-    "round-timeout",
-    "server-opt",
-    "server-lr",
-    "server-momentum",
-    "server-beta2",
-    "server-tau",
-    "server-ema",
-    "aggregate",
-    "batch",
-    "lr",
-    "warmup",
-    "ema-decay",
-    "optimizer",
-    "client-state",
-    "full-rounds",
-    "objective",
-    "image-shape",
-    "num-classes",
-    "class-cond",
-    "dp",
-    "dp-clip",
-    "noise-multiplier",
-    "dp-adaptive",
-    "dp-delta",
-    "target-epsilon",
-    "dp-count-std",
-)
-
-
-def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
-    """Settings from a Flower run config (``[tool.flwr.app.config]`` or ``flwr run -c``).
-
-    Keys (all optional, defaults as ``decentdiff fed run``'s): run-dir, data, preset, method,
-    clients, split, rounds, local-epochs, local-steps, prox, quantize, seed, min-replies,
-    round-timeout, client-state, full-rounds, server-opt, server-lr (0 = the optimiser's default),
-    server-momentum (-1 = the optimiser's default), server-beta2, server-tau (0 = Flower's),
-    server-ema, aggregate (fedavg or a robust rule, :mod:`.robust`), dp, dp-clip,
-    noise-multiplier, dp-adaptive, dp-delta, target-epsilon, dp-count-std (:mod:`.privacy`), batch, lr, warmup,
-    ema-decay, optimizer (adamw | sgd: train.optimizer), objective, image-shape ("C,H,W": the server then never loads data), num-classes, class-cond.
-    Writes nothing (the ServerApp records the settings in RUN).
-    """
-    from .. import config as C
-    from ..run import load_data
-
-    unknown = sorted(set(rc) - set(RUN_CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"unknown run-config key(s) {', '.join(unknown)}; valid: {', '.join(RUN_CONFIG_KEYS)}"
-        )
-
-    def get(key: str) -> Any:
-        return rc.get(key, getattr(DEFAULTS, key.replace("-", "_")))
-
-    options = FedSettings(
-        method=str(get("method")),
-        clients=int(get("clients")),
-        split=str(get("split")),
-        rounds=int(get("rounds")),
-        local_epochs=float(get("local-epochs")),
-        local_steps=int(get("local-steps")),
-        prox=float(get("prox")),
-        quantize=int(get("quantize")),
-        seed=int(get("seed")),
-        min_replies=int(get("min-replies")),
-        round_timeout=float(get("round-timeout")),
-        client_state=str(get("client-state")),
-        full_rounds=int(get("full-rounds")),
-        server_opt=str(get("server-opt")),
-        server_lr=float(get("server-lr")),
-        server_momentum=float(get("server-momentum")),
-        server_beta2=float(get("server-beta2")),
-        server_tau=float(get("server-tau")),
-        server_ema=float(get("server-ema")),
-        aggregate=str(get("aggregate")),
-        dp=str(get("dp")),
-        dp_clip=float(get("dp-clip")),
-        noise_multiplier=float(get("noise-multiplier")),
-        dp_adaptive=bool(get("dp-adaptive")),
-        dp_delta=float(get("dp-delta")),
-        target_epsilon=float(get("target-epsilon")),
-        dp_count_std=float(get("dp-count-std")),
-    ).validate()
-    cfg = C.resolve(base=fed_base())
-    cfg.data.source = str(rc.get("data", cfg.data.source))
-    cfg.model.preset = str(rc.get("preset", cfg.model.preset))
-    cfg.model.class_cond = bool(rc.get("class-cond", False))
-    cfg.objective.kind = str(rc.get("objective", cfg.objective.kind))
-    cfg.train.batch = int(rc.get("batch", cfg.train.batch))
-    cfg.train.lr = float(rc.get("lr", cfg.train.lr))
-    cfg.train.warmup = int(rc.get("warmup", cfg.train.warmup))
-    cfg.train.ema_decay = float(rc.get("ema-decay", cfg.train.ema_decay))
-    cfg.train.optimizer = str(rc.get("optimizer", cfg.train.optimizer))
-    if cfg.train.optimizer not in C.OPTIMIZERS:
-        raise ConfigError(
-            f"run-config optimizer = {cfg.train.optimizer!r}: choose one of "
-            f"{', '.join(C.OPTIMIZERS)}"
-        )
-    shape_s = str(rc.get("image-shape", ""))
-    if shape_s:
-        shape = tuple(int(x) for x in shape_s.split(","))
-        n_cls = int(rc.get("num-classes", 0))
-    else:
-        d = load_data(cfg.data)
-        shape, n_cls = d.shape, d.num_classes
-    return build_settings(
-        cfg,
-        options,
-        image_shape=shape,  # type: ignore[arg-type]
-        num_classes=n_cls,
-        run_dir=str(Path(str(rc.get("run-dir", DEFAULT_RUN_DIR))).resolve()),
-    )

@@ -1,0 +1,175 @@
+"""The federated Python API (`decentdiff.load(RUN).federate`, `.fed_eval`), recipes as data, and
+optional server settings (None, not placeholder numbers) across fed.json and Flower's run config.
+
+The federations here run Flower's real ServerApp loop and ClientApp handler in this process
+(`_flower_fakes.InProcessGrid`) in place of the Ray simulation, which tests/federated/
+test_simulation.py starts once for the suite: everything else is the code path `fed run` takes.
+"""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from tests._cli import cli
+from tests.federated._flower_fakes import InProcessGrid, _task_identity  # noqa: F401 (autouse)
+
+import decentdiff
+from decentdiff.errors import ConfigError
+from decentdiff.federated import simulation
+from decentdiff.federated.federate import option_names
+from decentdiff.federated.recipes import RECIPES, get_recipe, resolve_recipe
+from decentdiff.federated.run_config import run_config_from, settings_from_run_config
+from decentdiff.federated.settings import (
+    DEFAULTS,
+    PLACEHOLDERS,
+    FedSettings,
+    unset_from,
+    unset_to,
+)
+from decentdiff.federated.store import check_resumable, fed_dir
+
+SHAPE = {"image-shape": "1,8,8"}  # the server then never loads data
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """`run_federated`'s launcher replaced by the in-process one (same ServerApp loop and
+    ClientApp handler as under Ray); records the settings it was given."""
+    from decentdiff.federated.server_app import serve
+
+    launched = []
+
+    def launch(settings, parallel, on_round, evaluate_fn, quiet_flower):
+        launched.append(settings)
+        serve(InProcessGrid(settings.clients), settings, on_round=on_round, evaluate_fn=evaluate_fn)
+
+    monkeypatch.setattr(simulation, "_simulate", launch)
+    return launched
+
+
+@pytest.fixture
+def no_rounds(monkeypatch):
+    """`run_federated` with a launcher that trains nothing: RUN and fed.json are written as for a
+    real run (they are recorded before the first round)."""
+    monkeypatch.setattr(simulation, "_simulate", lambda *a, **k: None)
+
+
+def test_the_api_trains_scores_and_resumes_a_federation(tmp_path, in_process, capsys):
+    run = decentdiff.load(tmp_path / "fed")
+    tiny = dict(data="digits", preset="tiny", batch=8, local_steps=2, progress=False)
+    res = run.federate(clients=2, method="udec", rounds=2, n=6, sample_steps=3, **tiny)
+    assert res.rounds_done == 2 and len(in_process) == 1
+    rows = [json.loads(x) for x in (fed_dir(res.path) / "rounds.jsonl").read_text().splitlines()]
+    assert res.bytes_up == sum(r["up"] for r in rows) > 0
+    assert res.bytes_down == sum(r["down"] for r in rows) > 0
+    assert res.settings.method == "udec" and res.settings.local_steps == 2
+    assert [p.name for p in res.model_dirs] == ["0", "1"]  # personal models
+    assert res.metrics["models"] == ["client:0", "client:1"] and res.metrics["n"] == 6
+    assert all(m["fid"] > 0 for m in res.metrics["per_model"].values())
+    assert any("personal models ->" in line for line in res.summary())
+    assert capsys.readouterr().err == ""  # progress=False: nothing printed
+    # Resumed with more rounds: only round 3 runs; fed_eval scores the models again.
+    more = run.federate(clients=2, method="udec", rounds=3, n=0, **tiny)
+    assert more.rounds_done == 3 and more.metrics is None
+    assert [r["round"] for r in more.rows] == [1, 2, 3]
+    again = run.fed_eval(6, sample_steps=3)
+    assert again["models"] == ["client:0", "client:1"] and again["steps"] == 3
+    with pytest.raises(TypeError, match="unknown argument"):
+        run.federate(clinets=2)
+
+
+def test_the_cli_and_the_api_record_the_same_fed_json(tmp_path, no_rounds, capsys):
+    args = dict(clients=3, split="dirichlet:0.5", method="full", rounds=4, local_steps=3,
+                server_opt="fedadam", server_beta2=0.999, quantize=8, batch=16)  # fmt: skip
+    for recipe in ("paper", "central", "fedsgd"):
+        cli_run, api_run = tmp_path / f"cli-{recipe}", tmp_path / f"api-{recipe}"
+        flags = [x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", v)]
+        code, out, err = cli(capsys, "fed", "run", cli_run, "--data", "digits", "--preset", "tiny",
+                             "--recipe", recipe, "--n", 0, "--quiet", *flags)  # fmt: skip
+        assert code == 0, err
+        res = decentdiff.load(api_run).federate(
+            data="digits", preset="tiny", recipe=recipe, n=0, progress=False, **args
+        )
+        assert out.splitlines() == [
+            line.replace(str(api_run), str(cli_run)) for line in res.summary()
+        ]
+        a, b = (json.loads((fed_dir(p) / "fed.json").read_text()) for p in (cli_run, api_run))
+        assert a.pop("run_dir") != b.pop("run_dir")
+        assert a == b, recipe
+    assert b["server_opt"] == "fedadam" and b["server_beta2"] == 0.999  # given: wins over fedsgd
+
+
+def test_recipes_are_data_and_given_options_win():
+    assert list(RECIPES) == ["paper", "central", "fedsgd"]
+    assert all(r.summary and "\n" not in r.summary for r in RECIPES.values())
+    _, paper = resolve_recipe("paper", {})
+    assert paper == {}
+    r, central = resolve_recipe(" Central ", {"clients": 4})
+    assert r.server_ema_auto and central == {"clients": 4, "client_state": "keep"}
+    _, fedsgd = resolve_recipe("fedsgd", {"local_epochs": 2.0})
+    assert "local_steps" not in fedsgd and fedsgd["server_opt"] == "fedadam"
+    assert (fedsgd["server_beta2"], fedsgd["server_tau"]) == (0.999, 1e-8)
+    # An optimiser without β2 / τ keeps its own defaults, not the recipe's.
+    _, avg = resolve_recipe("fedsgd", {"server_opt": "fedavg"})
+    assert {"server_lr", "server_beta2", "server_tau"}.isdisjoint(avg)
+    with pytest.raises(ConfigError, match="needs a global model"):
+        resolve_recipe("fedsgd", {"method": "ulatdec"})
+    with pytest.raises(ConfigError, match="unknown --recipe 'fast'; choose one of: paper"):
+        get_recipe("fast")
+
+
+def test_every_recipe_has_a_line_in_fed_run_help(capsys):
+    code, out, _ = cli(capsys, "fed", "run", "--help")
+    assert code == 0
+    flat = " ".join(out.split())
+    for r in RECIPES.values():
+        assert f"{r.name}: {r.summary.split()[0]}" in flat
+    assert "docs/reproduction.md" in flat
+
+
+def test_settings_with_unset_server_options_round_trip_through_fed_json():
+    s = FedSettings(server_opt="fedavgm", server_momentum=0.5)
+    assert (s.server_lr, s.server_beta2, s.server_tau) == (None, None, None)
+    back = FedSettings.from_json(s.to_json())
+    assert json.loads(s.to_json())["server_lr"] is None
+    assert back == replace(s).resolve_server_opt()  # read back resolved, never a placeholder
+    assert (back.server_lr, back.server_momentum, back.server_beta2) == (0.5, 0.5, None)
+    v = FedSettings(server_opt="fedadam").validate()
+    assert FedSettings.from_json(v.to_json()) == v
+
+
+def test_an_old_fed_json_with_placeholder_numbers_reads_as_unset():
+    """fed.json written when 0 / -1 meant "the optimiser's default" resumes as today's None."""
+    for opt in ("fedavg", "fedadam", "fedavgm", "fedadagrad"):
+        today = FedSettings(server_opt=opt).validate()
+        old = json.loads(today.to_json())
+        old.update(server_lr=0.0, server_momentum=-1.0, server_beta2=0.0, server_tau=0.0)
+        read = FedSettings.from_json(json.dumps(old))
+        assert read == today, opt
+        check_resumable(read, today)
+    # A real value is kept: FedAvg's resolved momentum 0 is not a placeholder.
+    old = json.loads(FedSettings(server_opt="fedavgm", server_momentum=0.0).to_json())
+    assert FedSettings.from_json(json.dumps(old)).server_momentum == 0.0
+
+
+def test_flowers_run_config_translates_unset_both_ways():
+    for name, placeholder in PLACEHOLDERS.items():
+        assert unset_from(name, placeholder) is None and unset_to(name, None) == placeholder
+        assert unset_from(name, unset_to(name, 0.5)) == 0.5
+    # The placeholders pyproject.toml declares read as "not given".
+    bare = settings_from_run_config({**SHAPE})
+    declared = settings_from_run_config({**SHAPE, **run_config_from(DEFAULTS)})
+    assert declared == bare
+    assert run_config_from(DEFAULTS)["server-momentum"] == -1.0
+    # Settings -> run config -> settings: the same run options.
+    opts = FedSettings(clients=6, method="usplit", rounds=7, server_opt="fedadam",
+                       server_tau=1e-8, aggregate="median")  # fmt: skip
+    rc = run_config_from(opts)
+    assert rc["server-lr"] == 0.0 and rc["server-tau"] == 1e-8
+    got = settings_from_run_config({**SHAPE, **rc})
+    names = [k for k in option_names() if k != "attack"]  # attack: not a run-config key
+    want = replace(opts).validate()
+    assert {k: getattr(got, k) for k in names} == {k: getattr(want, k) for k in names}
