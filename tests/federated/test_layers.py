@@ -20,7 +20,7 @@ PACKAGE_DIR = Path(decentdiff.federated.__file__).parent
 LAYERS = (
     ("parts",),
     ("aggregate",),
-    ("robust", "privacy"),
+    ("robust", "privacy", "secagg"),
     ("settings",),
     ("store", "recipes", "run_config"),
     ("client", "strategy", "evaluate"),

@@ -69,6 +69,14 @@ from .privacy_options import (
     NoiseMultiplierOpt,
     TargetEpsilonOpt,
 )
+from .secagg_options import (
+    SecAggBitsOpt,
+    SecAggClipOpt,
+    SecAggMaxWeightOpt,
+    SecAggOpt,
+    SecAggSharesOpt,
+    SecAggThresholdOpt,
+)
 
 fed_app = typer.Typer(
     no_args_is_help=True,
@@ -199,6 +207,12 @@ def fed_run(
     dp_delta: DpDeltaOpt = DEFAULTS.dp_delta,
     target_epsilon: TargetEpsilonOpt = DEFAULTS.target_epsilon,
     dp_count_std: DpCountStdOpt = DEFAULTS.dp_count_std,
+    secagg: SecAggOpt = DEFAULTS.secagg,
+    secagg_shares: SecAggSharesOpt = DEFAULTS.secagg_shares,
+    secagg_threshold: SecAggThresholdOpt = DEFAULTS.secagg_threshold,
+    secagg_clip: SecAggClipOpt = DEFAULTS.secagg_clip,
+    secagg_bits: SecAggBitsOpt = DEFAULTS.secagg_bits,
+    secagg_max_weight: SecAggMaxWeightOpt = DEFAULTS.secagg_max_weight,
     recipe: Annotated[str, typer.Option("--recipe", help=RECIPE_HELP)] = DEFAULT_RECIPE,
     min_replies: Annotated[
         int, typer.Option("--min-replies", help="Valid updates a round needs to complete.")

@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from . import secagg
 from .client import client_data, client_turn
 from .settings import FedSettings
 from .store import client_dir
@@ -77,13 +78,20 @@ def _carry_to(ctx: Context, carry, round_: int) -> None:
         ctx.state.config_records[CARRY_ROUND_KEY] = ConfigRecord(conf)
 
 
-app = ClientApp()
+app = ClientApp(mods=[secagg.client_mod])  # --secagg rounds through Flower's secaggplus_mod
 
 
 @app.train()
 def train_handler(msg: Message, ctx: Context) -> Message:
-    """Train on this node's data; reply with the update (only the groups it must report)."""
-    conf = msg.content["config"]
+    """Train on this node's data; reply with the update (only the groups it must report).
+    A ``--secagg`` round's message is in Flower's legacy FitIns layout, and so is its reply,
+    which ``secaggplus_mod`` masks before it leaves the node."""
+    secure = secagg.is_secure(msg.content)
+    if secure:
+        conf, received = secagg.read_fitins(msg.content)
+    else:
+        conf = msg.content["config"]
+        received = {k: a.numpy() for k, a in msg.content["arrays"].items()}
     settings = FedSettings.from_json(str(conf["settings"]))
     if "dp-clip" in conf:  # --dp: this round's clipping norm (adaptive clipping moves it)
         settings.dp_clip = float(conf["dp-clip"])
@@ -93,7 +101,6 @@ def train_handler(msg: Message, ctx: Context) -> Message:
     num_parts = int(ctx.node_config.get("num-partitions", settings.clients))
     source = ctx.node_config.get("data")
     data = client_data(settings, partition, num_parts, str(source) if source else None)
-    received = {k: a.numpy() for k, a in msg.content["arrays"].items()}
     kept = None
     if STATE_KEY in ctx.state.array_records:
         arrays = {k: a.numpy() for k, a in ctx.state.array_records[STATE_KEY].items()}
@@ -114,5 +121,7 @@ def train_handler(msg: Message, ctx: Context) -> Message:
         ctx.state.array_records[STATE_KEY] = _record(local)
         ctx.state.config_records[ROUND_KEY] = ConfigRecord({"round": round_, "step": step})
     _carry_to(ctx, carry, round_)
+    if secure:
+        return Message(secagg.fitres_content(update, metrics, settings), reply_to=msg)
     reply = RecordDict({"arrays": _record(update), "metrics": MetricRecord(metrics)})
     return Message(reply, reply_to=msg)

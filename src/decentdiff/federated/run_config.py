@@ -64,6 +64,12 @@ RUN_CONFIG_KEYS = (
     "dp-delta",
     "target-epsilon",
     "dp-count-std",
+    "secagg",
+    "secagg-shares",
+    "secagg-threshold",
+    "secagg-clip",
+    "secagg-bits",
+    "secagg-max-weight",
 )
 
 
@@ -76,6 +82,8 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
     server-tau (a run config cannot hold None: :data:`PLACEHOLDERS` stand for the default),
     server-ema, aggregate (fedavg or a robust rule, :mod:`.robust`), dp, dp-clip,
     noise-multiplier, dp-adaptive, dp-delta, target-epsilon, dp-count-std (:mod:`.privacy`),
+    secagg, secagg-shares, secagg-threshold, secagg-clip, secagg-bits, secagg-max-weight
+    (:mod:`.secagg`),
     batch, lr, warmup,
     ema-decay, optimizer (adamw | sgd: train.optimizer), objective, image-shape ("C,H,W": the server then never loads data), num-classes, class-cond.
     Writes nothing (the ServerApp records the settings in RUN).
@@ -120,6 +128,12 @@ def settings_from_run_config(rc: dict[str, Any]) -> FedSettings:
         dp_delta=float(get("dp-delta")),
         target_epsilon=float(get("target-epsilon")),
         dp_count_std=float(get("dp-count-std")),
+        secagg=bool(get("secagg")),
+        secagg_shares=int(get("secagg-shares")),
+        secagg_threshold=int(get("secagg-threshold")),
+        secagg_clip=float(get("secagg-clip")),
+        secagg_bits=int(get("secagg-bits")),
+        secagg_max_weight=float(get("secagg-max-weight")),
     ).validate()
     cfg = C.resolve(base=fed_base())
     cfg.data.source = str(rc.get("data", cfg.data.source))

@@ -107,6 +107,10 @@ def serve(
             on_round(row)
         return MetricRecord(metrics) if metrics else None
 
+    if settings.secagg:  # train rounds through Flower's SecAgg+ workflow (secagg.py)
+        from .secagg import SecAggGrid
+
+        grid = SecAggGrid(grid, settings)  # type: ignore[assignment]
     strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),

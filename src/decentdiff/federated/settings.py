@@ -173,6 +173,13 @@ class FedSettings:
     dp_delta: float = 1e-5  # the δ that ε is reported at
     target_epsilon: float = 0.0  # 0 = none; else σ is picked (or checked) for the rounds
     dp_count_std: float = 0.0  # adaptive clipping's count noise σ_b; 0 = clients/20
+    # --secagg (secagg.py): Flower's SecAgg+ for the weighted average (FULL, UDEC, ULATDEC)
+    secagg: bool = False
+    secagg_shares: int = 0  # shares of each client's secret; 0 = every client
+    secagg_threshold: int = 0  # shares needed to reconstruct; 0 = a majority of the shares
+    secagg_clip: float = 8.0  # c: each weighted value r·θ is clipped to [-c, c] (Flower's)
+    secagg_bits: int = 22  # Q = 2^bits quantisation levels over [-c, c] (Flower's 2^22)
+    secagg_max_weight: float = 1000.0  # W: a client's weight n_i / W must be ≤ 1 (Flower's)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -283,6 +290,9 @@ class FedSettings:
         from .privacy import validate as validate_dp
 
         validate_dp(self)
+        from .secagg import validate as validate_secagg
+
+        validate_secagg(self)
         return self
 
     def reporters_per_group(self) -> int:

@@ -74,6 +74,7 @@ def run_federated(
 
     from ..data.client_split import client_split
     from ..errors import DataError
+    from .secagg import check_sizes
 
     t0 = time.perf_counter()
     options.validate()  # bad options fail before RUN is touched
@@ -102,6 +103,7 @@ def run_federated(
         settings.split, labels, clients, seed=settings.seed, min_size=settings.min_client_size
     )
     sizes = [len(s) for s in shares]
+    check_sizes(settings, sizes)  # --secagg: every client's weight within --secagg-max-weight
     if server_ema_auto:  # `--recipe central`: fixed when the run starts
         recorded = None if fresh else read_settings(run.path)
         if recorded is not None and recorded.server_ema > 0:  # resumed, maybe with more rounds

@@ -167,6 +167,8 @@ def round_row(info: dict[str, Any], settings: FedSettings, seconds: float) -> di
     robust = {"aggregate": info["aggregate"]} if "aggregate" in info else {}
     if "dp" in info:  # --dp: the round's clip, noise and (ε, δ) so far (privacy.py)
         robust["dp"] = info["dp"]
+    if "secagg" in info:  # --secagg: SecAgg+'s shares, threshold, seconds (secagg.py)
+        robust["secagg"] = info["secagg"]
     return {
         "round": info["round"],
         "method": settings.method,

@@ -62,6 +62,7 @@ from . import aggregate as A
 from . import parts as P
 from . import privacy as D
 from . import robust as R
+from . import secagg as S
 from .settings import FedSettings
 from .store import OPT_STATE_PREFIX as STATE_PREFIX
 
@@ -163,6 +164,8 @@ class PartialAverage(FedAvg):
         rnd = server_round
         self._reported = set()
         info = self.rounds.setdefault(rnd, {"round": rnd, "clients": {}})
+        if isinstance(replies, S.SecureRound):  # --secagg: only the mean came back (secagg.py)
+            return self._secure(rnd, info, replies)
         rows = info["clients"]
         valid, failed = self._check_and_log_replies(list(replies), is_train=True, validate=False)
         for msg in failed:
@@ -210,6 +213,43 @@ class PartialAverage(FedAvg):
         arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})
         metrics = self.train_metrics_aggr_fn(accepted, self.weighted_by_key)
         return arrays, metrics
+
+    def _secure(
+        self, rnd: int, info: dict[str, Any], sec: S.SecureRound
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """``--secagg``: SecAgg+'s weighted mean is the average (no update to validate: the
+        server never sees one); per client only its weight, metrics and bytes are known."""
+        rows = info["clients"]
+        for node, row in rows.items():
+            row["down_wire"] = sec.down_wire.get(node, 0)
+            row["up"] = row["up_wire"] = sec.up_wire.get(node, 0)
+        accepted: list[RecordDict] = []
+        for node, res in sec.clients.items():
+            row = rows.setdefault(node, {"node": node})
+            metrics = {k: v for k, v in res["metrics"].items() if k != "num-examples"}
+            row.update(status="ok", **metrics, num_examples=res["num_examples"])
+            accepted.append(RecordDict({"metrics": MetricRecord(dict(res["metrics"]))}))
+        for node, row in rows.items():
+            if node not in sec.clients and row.get("status") == "no reply":
+                row["status"] = "dropped"
+        info["secagg"] = {
+            "shares": S.shares_of(self.settings),
+            "threshold": S.threshold_of(self.settings),
+            "seconds": round(sec.seconds, 3),
+            "failures": sec.failures,
+        }
+        ok = sec.mean is not None and len(sec.clients) >= self.settings.min_replies
+        info["accepted"] = len(sec.clients) if sec.mean is not None else 0
+        info["complete"] = ok
+        if not ok or sec.mean is None:
+            log(WARNING, "round %s: secure aggregation halted; the global model is unchanged", rnd)
+            return None, None
+        new = dict(self._global)
+        for k, v in zip(sec.keys, sec.mean, strict=True):
+            new[k] = np.asarray(v).astype(self._global[k].dtype).reshape(self._global[k].shape)
+        self._reported = set(sec.keys)
+        arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})
+        return arrays, self.train_metrics_aggr_fn(accepted, self.weighted_by_key)
 
     def _private(
         self, updates: list[A.Update], bits: list[bool | None]
