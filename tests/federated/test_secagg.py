@@ -220,3 +220,16 @@ def test_one_real_round_matches_plain_fedavg_of_the_same_updates(tmp_path, monke
         assert float(np.abs(model[k] - plain).max()) < bound, k
         checked += 1
     assert checked == len(sent[0][0])
+
+
+def test_secure_aggregation_cannot_be_switched_on_or_off_when_a_run_resumes():
+    from dataclasses import replace
+
+    from decentdiff.federated.settings import FedSettings
+    from decentdiff.federated.store import check_resumable
+
+    plain = FedSettings(clients=3)
+    check_resumable(plain, replace(plain, rounds=plain.rounds + 5))  # more rounds: fine
+    with pytest.raises(ConfigError) as e:
+        check_resumable(plain, replace(plain, secagg=True))
+    assert "secagg" in str(e.value) and "\n" not in str(e.value)

@@ -79,6 +79,7 @@ IDENTITY = (
     "dp_adaptive",
     "dp_delta",
     "dp_count_std",
+    "secagg",  # what the server may see of each update: fixed for the whole run
 )
 
 #: What a client keeps from one round to the next: ``reset`` re-creates Adam every round (the
