@@ -89,7 +89,7 @@ def fed_run(
         run,
         "--data",
         f["data"],
-        "-n",
+        "--clients",
         f["clients"],
         "--split",
         split,
@@ -123,7 +123,7 @@ def fed_run(
             run,
             "--n",
             f["n"],
-            "--steps",
+            "--sample-steps",
             f["sample_steps"],
             "--seed",
             seed,
@@ -223,7 +223,7 @@ def evaluate(
     row = find_row(run, **want)
     if row is None:
         args: list[Any] = ["eval", run, "--model", model, "--n", n, "--seed", seed]
-        args += ["--steps", steps, "--quiet"]
+        args += ["--sample-steps", steps, "--quiet"]
         args += ["--solver", solver]  # explicit: the default is auto
         if model == "ensemble":
             args += ["--routing", want["routing"]]

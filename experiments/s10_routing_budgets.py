@@ -210,13 +210,13 @@ def diagnostics() -> dict[str, Any]:
                 if not (run / "trained").is_file():
                     continue
                 if not (run / "diagnostics.json").is_file():
-                    cli("diagnose", run, "--routings", "top1", "--n", 500, "--steps",
+                    cli("diagnose", run, "--routing", "top1", "--n", 500, "--sample-steps",
                         BASE["sample_steps"], "--seed", seed, study=STUDY)  # fmt: skip
                 d = json.loads((run / "diagnostics.json").read_text())
                 u = next((u for u in d["usage"] if u["routing"] == "top1"), None)
                 if u is None:  # traced with other routings by hand: trace top1 again
                     (run / "diagnostics.json").unlink()
-                    cli("diagnose", run, "--routings", "top1", "--n", 500, "--steps",
+                    cli("diagnose", run, "--routing", "top1", "--n", 500, "--sample-steps",
                         BASE["sample_steps"], "--seed", seed, study=STUDY)  # fmt: skip
                     d = json.loads((run / "diagnostics.json").read_text())
                     u = d["usage"][0]

@@ -276,7 +276,7 @@ def fed_args(method: str, seed: int, extra: tuple[Any, ...], split: str = "iid")
     shape = (
         [] if "--rounds" in extra else ["--rounds", f["rounds"], "--local-steps", f["local_steps"]]
     )
-    return ["--data", f["data"], "-n", f["clients"], "--split", split, "--method", method,
+    return ["--data", f["data"], "--clients", f["clients"], "--split", split, "--method", method,
             *shape, "--preset", f["preset"], "--batch", f["batch"], "--seed", seed,
             "--eval-n", 0, "--objective", f["objective"], "--quiet", *extra]  # fmt: skip
 
@@ -290,12 +290,24 @@ def one(arm: str, seed: int) -> dict[str, Any]:
         cli("train", "monolith", run, "--data", FED["data"], "--preset", FED["preset"],
             "--objective", FED["objective"], "--seed", seed, "--quiet", *extra, study=STUDY)  # fmt: skip
         if find_row(run, model="monolith", n=N, seed=seed, steps=steps) is None:
-            cli("eval", run, "--model", "monolith", "--n", N, "--seed", seed, "--steps", steps,
+            cli("eval", run, "--model", "monolith", "--n", N, "--seed", seed, "--sample-steps", steps,
                 "--quiet", study=STUDY)  # fmt: skip
         return scored(arm, seed)
     cli("fed", "run", run, *fed_args(method, seed, extra, split_of(arm)), study=STUDY)
     if find_row(run, kind="fed_eval", n=N) is None:
-        cli("fed", "eval", run, "--n", N, "--steps", steps, "--seed", seed, "--quiet", study=STUDY)
+        cli(
+            "fed",
+            "eval",
+            run,
+            "--n",
+            N,
+            "--sample-steps",
+            steps,
+            "--seed",
+            seed,
+            "--quiet",
+            study=STUDY,
+        )
     return scored(arm, seed)
 
 
