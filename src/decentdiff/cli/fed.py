@@ -426,12 +426,18 @@ def fed_superlink(
     ] = False,
     node_auth: Annotated[
         bool,
-        typer.Option("--node-auth", help="Only admit SuperNodes registered with `flwr supernode`."),
+        typer.Option(
+            "--node-auth",
+            help="Only admit SuperNodes whose public key was registered with `flwr supernode "
+            "register` (Flower's --enable-supernode-auth; needs TLS).",
+        ),
     ] = False,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Start Flower's SuperLink (the server side of a real deployment); replaces this process."""
     _flwr_env()
+    if node_auth and insecure:
+        raise ConfigError("--node-auth needs TLS (--ssl-certfile, --ssl-keyfile), not --insecure")
     cmd = [
         _exe("flower-superlink"),
         *_tls_args(insecure, ssl_certfile, ssl_keyfile, ssl_ca_certfile),
@@ -479,7 +485,11 @@ def fed_supernode(
     ] = None,
     auth_key: Annotated[
         Path | None,
-        typer.Option("--auth-key", help="This SuperNode's private key (node authentication)."),
+        typer.Option(
+            "--auth-key",
+            help="This SuperNode's private EC key in OpenSSH format (`ssh-keygen -t ecdsa -b 384`); "
+            "its .pub must be registered on the SuperLink with `flwr supernode register`.",
+        ),
     ] = None,
     dry_run: DryRunOpt = False,
 ) -> None:
@@ -489,6 +499,10 @@ def fed_supernode(
     from ..data.sources import load_source
 
     load_source(data)  # a bad source fails here, in one line, not later inside Flower
+    if auth_key is not None and insecure:
+        raise ConfigError("--auth-key needs TLS (--root-certificates), not --insecure")
+    if auth_key is not None and not auth_key.is_file():
+        raise ConfigError(f"--auth-key {auth_key}: not found; pass the private key file")
     out_dir = (out or Path(f"fed-client-{pi}")).resolve()
     cmd = [_exe("flower-supernode")]
     if insecure:
