@@ -706,7 +706,10 @@ def body_s20(r: dict) -> list[str]:
             + ", ".join(f"{x:.3f}" for x in h["top1_ratios"])
             + f"; mean {h['mean']:.3f}, 95% t-interval {_iv(h['interval'])}.",
         ]
+    gap = r.get("classes", {}).get("expert_loss_gap")
     for routing, c in r.get("classes", {}).items():
+        if routing == "expert_loss_gap":
+            continue
         iv = f", 95% t-interval {_iv(c['interval'])}" if c.get("interval") else ""
         out += [
             "",
@@ -721,6 +724,15 @@ def body_s20(r: dict) -> list[str]:
             + ", ".join(f"{x:.3f}" for x in c["ratios"])
             + f"; mean {c['mean']:.3f}{iv}.",
         ]
+    if gap:
+        out += [
+            "",
+            "Each expert's held-out flow-matching loss on its own cluster minus the monolith's on "
+            f"the same images, relative to the monolith's, over {gap['count']} (cluster, seed) "
+            f"pairs: {gap['mean']:.1%} on average ({gap['min']:.1%} to {gap['max']:.1%})"
+            + (" (every one positive: the experts model their clusters worse)." if gap["min"] > 0
+               else "."),
+        ]  # fmt: skip
     out += ["", _checks(r), ""]
     return out
 

@@ -25,6 +25,7 @@ which then sends each class to the one expert trained on it without a router).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -190,6 +191,65 @@ def score(arm: dict[str, Any], run: Path) -> dict[str, Any]:
     return table
 
 
+def cluster_loss(run: Path, per: int = 200, reps: int = 4) -> dict[str, Any]:
+    """Each expert's held-out flow-matching loss on its own cluster against the monolith's on the
+    same images, times and noise: ``per`` validation images of each cluster's classes, ``reps``
+    (t, noise) draws each. Cached in RUN/cluster_loss.json. An ensemble can beat the monolith only
+    where its experts model their clusters better than the monolith does."""
+    import json
+
+    cache = run / "cluster_loss.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    import numpy as np
+    import torch
+
+    import decentdiff
+    from decentdiff.cli.options import resolve_config
+    from decentdiff.training.generative import to_model_space
+
+    h = decentdiff.load(run)
+    data = h.run.data(resolve_config(h.run, None, None))
+    held, rows, labels = data.heldout()
+    with np.load(run / "partition.npz", allow_pickle=False) as z:
+        assign, train_idx, k_parts = z["assignments"], z["train_idx"], int(z["num_parts"])
+    part_of = dict(zip(data.labels[train_idx].tolist(), assign.tolist(), strict=True))
+    held_part = np.array([part_of.get(int(c), -1) for c in labels])
+    g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    mono = h.model("monolith").velocity
+    out: dict[str, Any] = {}
+    for k in range(k_parts):
+        mine = np.flatnonzero(held_part == k)
+        pick = rng.choice(mine, size=min(per, len(mine)), replace=False)
+        x0 = to_model_space(np.asarray(held[rows[pick]]))
+        y = torch.as_tensor(labels[pick]).long()
+        expert = h.model(f"expert:{k}").velocity
+        losses: dict[str, list] = {"expert": [], "monolith": []}
+        with torch.no_grad():
+            for _ in range(reps):
+                t = torch.rand(len(x0), generator=g)
+                eps = torch.randn(x0.shape, generator=g)
+                tt = t[:, None, None, None]
+                xt, v = (1 - tt) * x0 + tt * eps, eps - x0  # t = 0 data, t = 1 noise
+                for name, model in (("expert", expert), ("monolith", mono)):
+                    pred = torch.cat(
+                        [model(xt[i : i + 100], t[i : i + 100], y[i : i + 100])
+                         for i in range(0, len(x0), 100)]
+                    )  # fmt: skip
+                    losses[name].append(((pred - v) ** 2).mean(dim=(1, 2, 3)))
+        e, m = torch.cat(losses["expert"]).numpy(), torch.cat(losses["monolith"]).numpy()
+        d = e - m
+        out[str(k)] = {
+            "images": len(pick),
+            "expert": float(e.mean()),
+            "monolith": float(m.mean()),
+            "diff_mean": float(d.mean()),
+            "diff_se": float(d.std(ddof=1) / np.sqrt(len(d))),
+        }
+    cache.write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 def work(phase: str | None, seed: int | None = None) -> None:
     for name in PHASES if phase is None else (phase,):
         for arm in arms(name):
@@ -199,6 +259,8 @@ def work(phase: str | None, seed: int | None = None) -> None:
             for steps in arm["budgets"]:
                 previous = train(arm, steps, previous)
                 score(arm, previous)
+                if arm.get("by") == "classes":
+                    cluster_loss(previous)
 
 
 def report() -> dict[str, Any]:
@@ -221,6 +283,10 @@ def report() -> dict[str, Any]:
                         }
                 if rows:
                     results[run.name] = {"phase": name, **arm, "steps": steps, "rows": rows}
+                    if (run / "cluster_loss.json").is_file():
+                        results[run.name]["cluster_loss"] = json.loads(
+                            (run / "cluster_loss.json").read_text()
+                        )
     checks, headline = {}, {}
     for steps in BUDGET["steps"]:
         ratios = [
@@ -260,6 +326,14 @@ def report() -> dict[str, Any]:
                 **summarise(ratios),
                 "interval": t_interval(ratios) if len(ratios) > 1 else None,
             }
+    gaps = [
+        c["diff_mean"] / c["monolith"]
+        for r in results.values()
+        if r.get("by") == "classes"
+        for c in r.get("cluster_loss", {}).values()
+    ]
+    if gaps:  # expert minus monolith held-out loss on the expert's cluster, relative
+        classes["expert_loss_gap"] = {"relative": gaps, **summarise(gaps)}
     if len(classes.get("mixture", {}).get("ratios", ())) >= 3:
         m = classes["mixture"]
         ok = m["mean"] <= 0.9 and max(m["ratios"]) < 1
