@@ -201,3 +201,40 @@ def test_a_target_epsilon_picks_sigma_and_every_method_takes_dp():
                         quantize=8, server_opt="fedadam").validate()  # fmt: skip
         assert s.noise_multiplier == D.sigma_for(8.0, 15, 1e-5)
         assert D.epsilon(15, s.noise_multiplier, 1e-5) <= 8.0
+
+
+def test_adaptive_count_uses_centred_bits_over_the_runs_clients():
+    """b̃ = (Σ(b − ½) + N(0, σ_b²))/m + ½ with m the run's clients: adding one client moves the
+    released sum by exactly ½ (the sensitivity Andrew et al.'s σ_Δ assumes), and under USPLIT,
+    where each group has m/2 reporters, half of the updates within C leave C where it is."""
+    rng = np.random.default_rng(3)
+    g = {k: v.astype(np.float64) for k, v in _arrays(rng).items()}
+    small = [{k: g[k] + 1e-3 * v for k, v in _arrays(rng).items()} for _ in range(3)]
+    big = [{k: g[k] + 10 * v for k, v in _arrays(rng).items()} for _ in range(3)]
+
+    def released(updates, clients):
+        p = D.Privacy(sigma=1e-6, clip_norm=1.0, delta=1e-5, adaptive=True, sigma_b=0.7,
+                      rng=np.random.default_rng(5), clients=clients)  # fmt: skip
+        p.aggregate(g, updates, {"a": len(updates), "b": len(updates)})
+        frac = -math.log(p.clip_norm) / D.CLIP_LR + D.TARGET_QUANTILE  # invert C's update
+        return (frac - 0.5) * clients  # the released noisy Σ(b − ½)
+
+    base = released(small[:2] + big[:2], 6)
+    assert released(small[:2] + big[:2] + small[2:], 6) - base == pytest.approx(0.5)
+    assert released(small[:2] + big[:2] + big[2:], 6) - base == pytest.approx(-0.5)
+    # USPLIT-like: 6 clients, each group reported by 3; 3 of 6 updates within C -> b̃ = ½
+    p = D.Privacy(sigma=1e-10, clip_norm=1.0, delta=1e-5, adaptive=True, sigma_b=1e-9,
+                  rng=np.random.default_rng(0), clients=6)  # fmt: skip
+    p.aggregate(g, small + big, {"a": 3, "b": 3})
+    assert p.clip_norm == pytest.approx(1.0)
+
+
+def test_an_assigned_group_nobody_reported_still_gets_noise():
+    rng = np.random.default_rng(4)
+    g = {k: v.astype(np.float64) for k, v in _arrays(rng).items()}
+    only_a = [{"a": g["a"] + 0.01}]
+    p = D.Privacy(sigma=1.0, clip_norm=1.0, delta=1e-5, rng=np.random.default_rng(0), clients=2)
+    out, _ = p.aggregate(g, only_a, {"a": 1, "b": 1})
+    assert not np.array_equal(out["b"], g["b"])  # noise alone: "unchanged" would tell
+    out, _ = p.aggregate(g, only_a, {"a": 1, "b": 0})
+    assert np.array_equal(out["b"], g["b"])  # nobody assigned: nothing released

@@ -379,7 +379,8 @@ RoutingOpt = Annotated[
     typer.Option(
         "--routing",
         help="Ensemble routing. auto (the default): mixture for an unconditional model, top1 "
-        "for a class-conditional one — the best measured at one expert's cost; "
+        "for a class-conditional one (mixture when the partition keeps whole classes: --by "
+        "classes or label) — the best measured at one expert's cost; "
         + EVIDENCE
         + " (docs/routing.md). "
         + ROUTING_FORMS_HELP

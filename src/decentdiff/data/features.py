@@ -450,6 +450,8 @@ def inception_features(
 #: died on another machine sharing the cache); on this machine a dead process's claim is taken
 #: over at once.
 CLAIM_STALE_S = 600.0
+#: A claim file still empty or unparsable after this long was left half-written by a crash.
+CLAIM_WRITE_S = 10.0
 #: How often a process waiting for other processes' chunks looks again.
 CLAIM_POLL_S = 5.0
 
@@ -482,10 +484,14 @@ def _stale(claim: Path) -> bool:
     import socket
 
     try:
-        host, pid = claim.read_text().split()
         age = time.time() - claim.stat().st_mtime
+    except OSError:
+        return True  # gone
+    try:
+        host, pid = claim.read_text().split()
     except (OSError, ValueError):
-        return True  # unreadable or half-written: nobody can be relying on it
+        # being written by its owner right now (created, not yet filled), or damaged long ago
+        return age > CLAIM_WRITE_S
     if host == socket.gethostname():
         try:
             os.kill(int(pid), 0)

@@ -150,7 +150,9 @@ def partition_run(
             raise
     images = rows_of(d.images, d.train_idx)  # a memmap's rows are read in chunks, not copied
     labels = d.labels[d.train_idx] if d.labels is not None else None
-    method = PARTITIONERS.get(by)  # None: make_partition reports the unknown method
+    method = PARTITIONERS.get(
+        str(by).strip().lower()
+    )  # None: make_partition reports the unknown method
     featurised = method is not None and method.needs_features
     try:
         features = partition_features(features, d.shape[0], labels is not None)

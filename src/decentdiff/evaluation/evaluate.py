@@ -405,7 +405,7 @@ def memorisation_check(
         held = rows_of(held_array, np.sort(ho))
         held_unit = np.asarray(held[: len(held)], dtype=np.float64) / 255.0
         summary["heldout_pixels"] = M.summarise(
-            M.nearest(held_unit, train, device=device), threshold
+            M.nearest(held_unit, train, device=device, distinct=True), threshold
         )
         summary["n_heldout"] = len(ho)
     tr = data.train_idx

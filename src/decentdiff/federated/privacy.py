@@ -27,8 +27,10 @@ is claimed: every client takes part in every round.
 
 Adaptive clipping (``--dp-adaptive``; Andrew et al., arXiv 1905.03871): C follows the target
 quantile γ = 0.5 of the update norms, C ← C·exp(−η_C·(b̃ − γ)) with η_C = 0.2, where b̃ is the
-noisy fraction of updates that were not clipped, (Σ_i 1[||Δ_i|| ≤ C] + N(0, σ_b²))/n. Releasing
-b̃ costs privacy too; the model noise is raised to σ_Δ = (σ^−2 − (2σ_b)^−2)^−1/2 so that the two
+noisy fraction of updates that were not clipped, computed from centred bits over the run's
+number of clients m (public, fixed): b̃ = (Σ_i (1[||Δ_i|| ≤ C] − ½) + N(0, σ_b²))/m + ½, so that
+adding or removing one client moves the released sum by at most ½ (Andrew et al.; TensorFlow
+Privacy's quantile estimator does the same). Releasing b̃ costs privacy too; the model noise is raised to σ_Δ = (σ^−2 − (2σ_b)^−2)^−1/2 so that the two
 releases together are again one Gaussian mechanism of multiplier σ (Andrew et al., Theorem 1;
 Flower's ``compute_adaptive_noise_params``). σ_b defaults to n/20, as Flower's.
 """
@@ -219,6 +221,7 @@ class Privacy:
     releases: int = 0
     mode: str = "server"
     rng: np.random.Generator | None = None
+    clients: int = 0  # m, the run's clients: the adaptive count's public denominator
 
     @property
     def sigma_model(self) -> float:
@@ -265,9 +268,11 @@ class Privacy:
         out = dict(global_)
         for k, n in assigned.items():
             ref = np.asarray(global_[k])
-            if n <= 0 or k not in sums or not np.issubdtype(ref.dtype, np.floating):
-                continue  # nobody's update (or an integer buffer): nothing released, kept as is
-            total = sums[k]
+            if n <= 0 or not np.issubdtype(ref.dtype, np.floating):
+                continue  # nobody assigned (or an integer buffer): nothing released, kept as is
+            # assigned but nobody's update arrived: noise alone, so that "unchanged" cannot tell
+            # whether a client contributed
+            total = sums.get(k, np.zeros(ref.shape, np.float64))
             noisy = total + rng.normal(0.0, std, size=ref.shape) if std > 0 else total
             out[k] = (ref.astype(np.float64) + noisy / n).astype(ref.dtype)
         row: dict[str, Any] = {
@@ -279,8 +284,9 @@ class Privacy:
             "norms": [round(x, 6) for x in norms],
         }
         if self.adaptive and updates:
-            n = max(assigned.values()) if assigned else len(updates)
-            frac = (sum(within) + rng.normal(0.0, self.sigma_b)) / n
+            m = self.clients or len(updates)
+            centred = sum(within) - len(within) / 2  # sensitivity ½ per client
+            frac = (centred + rng.normal(0.0, self.sigma_b)) / m + 0.5
             self.clip_norm = c * math.exp(-CLIP_LR * (frac - TARGET_QUANTILE))
             row["next_clip"] = self.clip_norm
         self.releases += 1
@@ -317,6 +323,7 @@ def from_settings(settings: Any) -> Privacy | None:
         adaptive=settings.dp_adaptive,
         sigma_b=count_std(n, settings.dp_count_std) if settings.dp_adaptive else 0.0,
         mode=settings.dp,
+        clients=n,
     )
 
 
