@@ -173,3 +173,10 @@ def test_flowers_run_config_translates_unset_both_ways():
     names = [k for k in option_names() if k != "attack"]  # attack: not a run-config key
     want = replace(opts).validate()
     assert {k: getattr(got, k) for k in names} == {k: getattr(want, k) for k in names}
+
+
+def test_fed_eval_scores_as_many_images_as_eval_by_default():
+    from decentdiff.cli import options
+    from decentdiff.federated import federate
+
+    assert federate.EVAL_N == options.EVAL_N

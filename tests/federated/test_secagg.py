@@ -233,3 +233,25 @@ def test_secure_aggregation_cannot_be_switched_on_or_off_when_a_run_resumes():
     with pytest.raises(ConfigError) as e:
         check_resumable(plain, replace(plain, secagg=True))
     assert "secagg" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "option", ["secagg_clip", "secagg_bits", "secagg_max_weight", "secagg_shares"]
+)
+def test_every_secagg_option_without_secagg_is_refused(option):
+    from dataclasses import replace
+
+    from decentdiff.federated import secagg
+    from decentdiff.federated.settings import DEFAULTS, FedSettings
+
+    s = replace(FedSettings(clients=5), **{option: getattr(DEFAULTS, option) + 3})
+    with pytest.raises(ConfigError) as e:
+        secagg.validate(s)
+    assert "without --secagg" in str(e.value) and option.replace("_", "-") in str(e.value)
+
+
+def test_fed_settings_defaults_are_secaggs():
+    from decentdiff.federated import secagg
+    from decentdiff.federated.settings import DEFAULTS
+
+    assert {k: getattr(DEFAULTS, k) for k in secagg.DEFAULTS} == secagg.DEFAULTS

@@ -434,7 +434,8 @@ def make_partition(
 
     Args:
         method: "kmeans" (needs features), "random" (needs n, or features / labels to count
-            items) or "label" (needs labels).
+            items), "label" (needs labels) or "classes" (labels, and features with one row per
+            class id: :func:`class_means`).
         k: number of parts.
         features: (N, D) features for kmeans.
         labels: (N,) integer labels for label.

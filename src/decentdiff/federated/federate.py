@@ -49,7 +49,7 @@ CONFIG_OVERRIDES = (
 #: Images ``fed run`` scores per model after training unless told otherwise (0: none).
 RUN_EVAL_N = 500
 #: Images ``fed eval`` scores per model unless told otherwise (``eval``'s, cli.options.EVAL_N).
-EVAL_N = 1000
+EVAL_N = 1000  # == cli.options.EVAL_N (tests/federated/test_federate.py)
 
 
 def option_names() -> tuple[str, ...]:

@@ -43,6 +43,16 @@ from ..errors import ConfigError
 
 #: Flower's modulus for the masks (``modulus_range``): 2^32, its maximum.
 MODULUS = 2**32
+#: The ``--secagg-*`` options' defaults (FedSettings repeats them; tested equal): Flower's clipping
+#: range 8, 2^22 quantisation levels and maximum weight 1000; shares and threshold 0 = every
+#: client and a majority of the shares.
+DEFAULTS: dict[str, float] = {
+    "secagg_shares": 0,
+    "secagg_threshold": 0,
+    "secagg_clip": 8.0,
+    "secagg_bits": 22,
+    "secagg_max_weight": 1000.0,
+}
 #: Keys of a train config that name the downlink arrays' order (legacy Parameters are a list).
 KEYS_KEY = "secagg-keys"
 
@@ -64,11 +74,14 @@ def validate(s: Any) -> None:
     if not s.secagg:
         given = [
             name
-            for name, on in (
-                ("--secagg-shares", s.secagg_shares != 0),
-                ("--secagg-threshold", s.secagg_threshold != 0),
+            for name, field in (
+                ("--secagg-shares", "secagg_shares"),
+                ("--secagg-threshold", "secagg_threshold"),
+                ("--secagg-clip", "secagg_clip"),
+                ("--secagg-bits", "secagg_bits"),
+                ("--secagg-max-weight", "secagg_max_weight"),
             )
-            if on
+            if getattr(s, field) != DEFAULTS[field]
         ]
         if given:
             raise ConfigError(f"{', '.join(given)} without --secagg: add --secagg, or drop them")
