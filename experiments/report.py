@@ -706,33 +706,37 @@ def body_s20(r: dict) -> list[str]:
             + ", ".join(f"{x:.3f}" for x in h["top1_ratios"])
             + f"; mean {h['mean']:.3f}, 95% t-interval {_iv(h['interval'])}.",
         ]
-    gap = r.get("classes", {}).get("expert_loss_gap")
-    for routing, c in r.get("classes", {}).items():
-        if routing == "expert_loss_gap":
-            continue
-        iv = f", 95% t-interval {_iv(c['interval'])}" if c.get("interval") else ""
-        out += [
-            "",
-            f"Whole-class clusters (`--by classes`), K=4, class-conditional, {routing}, seeds "
-            + ", ".join(str(s) for s in c["seeds"])
-            + ": ensemble / monolith FID "
-            + ", ".join(
-                f"{e:.1f} / {m:.1f}"
-                for e, m in zip(c["ensemble_fid"], c["monolith_fid"], strict=True)
-            )
-            + "; ratios "
-            + ", ".join(f"{x:.3f}" for x in c["ratios"])
-            + f"; mean {c['mean']:.3f}{iv}.",
-        ]
-    if gap:
-        out += [
-            "",
-            "Each expert's held-out flow-matching loss on its own cluster minus the monolith's on "
-            f"the same images, relative to the monolith's, over {gap['count']} (cluster, seed) "
-            f"pairs: {gap['mean']:.1%} on average ({gap['min']:.1%} to {gap['max']:.1%})"
-            + (" (every one positive: the experts model their clusters worse)." if gap["min"] > 0
-               else "."),
-        ]  # fmt: skip
+    for key, preset in (("classes", "compact"), ("classes_tiny", "tiny")):
+        table = r.get(key, {})
+        gap = table.get("expert_loss_gap")
+        for routing, c in table.items():
+            if routing == "expert_loss_gap":
+                continue
+            iv = f", 95% t-interval {_iv(c['interval'])}" if c.get("interval") else ""
+            out += [
+                "",
+                f"Whole-class clusters (`--by classes`), K=4, class-conditional, `{preset}` "
+                f"preset, {routing}, seeds "
+                + ", ".join(str(s) for s in c["seeds"])
+                + ": ensemble / monolith FID "
+                + ", ".join(
+                    f"{e:.1f} / {m:.1f}"
+                    for e, m in zip(c["ensemble_fid"], c["monolith_fid"], strict=True)
+                )
+                + "; ratios "
+                + ", ".join(f"{x:.3f}" for x in c["ratios"])
+                + f"; mean {c['mean']:.3f}{iv}.",
+            ]
+        if gap:
+            out += [
+                "",
+                f"`{preset}`: each expert's held-out flow-matching loss on its own cluster minus the "
+                "monolith's on the same images, relative to the monolith's, over "
+                f"{gap['count']} (cluster, seed) pairs: {gap['mean']:.1%} on average "
+                f"({gap['min']:.1%} to {gap['max']:.1%})"
+                + (" (every one positive: the experts model their clusters worse)." if gap["min"] > 0
+                   else "."),
+            ]  # fmt: skip
     out += ["", _checks(r), ""]
     return out
 
