@@ -16,7 +16,7 @@ import numpy as np
 from ..config import Config
 from . import aggregate as A
 from . import parts as P
-from .client import local_steps
+from .client import client_shares, local_steps
 from .settings import FedSettings, build_settings, central_ema_per_round
 from .store import (
     client_dir,
@@ -72,7 +72,6 @@ def run_federated(
     import shutil
     import time
 
-    from ..data.client_split import client_split
     from ..errors import DataError
     from .secagg import check_sizes
 
@@ -98,10 +97,7 @@ def run_federated(
             f"{clients} clients but only {n_train} training images; use at most {n_train} clients"
         )
     # Fail fast (one line) on a split that cannot be made, before starting Flower.
-    labels = d.labels[d.train_idx] if d.labels is not None else np.zeros(n_train, int)
-    shares = client_split(
-        settings.split, labels, clients, seed=settings.seed, min_size=settings.min_client_size
-    )
+    shares = client_shares(settings, d.labels, d.train_idx)  # the clients' own definition
     sizes = [len(s) for s in shares]
     check_sizes(settings, sizes)  # --secagg: every client's weight within --secagg-max-weight
     if server_ema_auto:  # `--recipe central`: fixed when the run starts
