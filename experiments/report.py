@@ -747,13 +747,37 @@ body_s17 = body_s18 = body_s15  # quantities with intervals
 
 
 def body_s21(r: dict) -> list[str]:
-    out = ["| clients | rule | " + " | ".join(f"FID, {a}" for a in r["setup"]["attacks"]) + " |",
-           "|---|---|" + "---|" * len(r["setup"]["attacks"])]  # fmt: skip
+    attacks = r["setup"]["attacks"]
+    out = ["FID of the global model, mean ± std (min–max) over the seeds every rule finished that "
+           "attack on (their count in the last row), and its 95% t-interval.", "",
+           "| clients | rule | " + " | ".join(f"FID, {a}" for a in attacks) + " |",
+           "|---|---|" + "---|" * len(attacks)]  # fmt: skip
     for clients, key in ((r["setup"]["clients"], "five_clients"),
                          (r["setup"]["bulyan_clients"], "seven_clients")):  # fmt: skip
+        if not r.get(f"{key}_seeds", {}).get("honest", [None]):
+            continue
         for rule, arms in r[key].items():
-            cells = [ms(arms[a]["fid"]) for a in r["setup"]["attacks"]]
+            cells = [f"{ms(arms[a]['fid'])} {_iv(arms[a]['interval'])}" if arms[a].get("fid")
+                     else "not run" for a in attacks]  # fmt: skip
             out.append(f"| {clients} | {rule} | " + " | ".join(cells) + " |")
+        seeds = r.get(f"{key}_seeds", {})
+        out.append(f"| {clients} | seeds | " + " | ".join(str(len(seeds.get(a, []))) for a in attacks)
+                   + " |")  # fmt: skip
+    return [*out, "", _checks(r)]
+
+
+def body_s22(r: dict) -> list[str]:
+    out = ["| seed | client batch | images | personal models' FID (mean of 5) | central monolith "
+           "(steps) | ratio | rounds' time |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for seed, v in r["per_seed"].items():
+        out.append(f"| {seed} | {v['client_batch']} | {v['images']:,} | {v['fed_fid']:.2f} ± "
+                   f"{v['fed_fid_std_over_clients'] or 0:.2f} | {v['central_fid']:.2f} "
+                   f"({v['central_steps']}) | {v['ratio']:.2f}x | {v['fed_round_seconds']:.0f} s |")  # fmt: skip
+    if r.get("ratio"):
+        out += [
+            "",
+            f"Ratio over seeds: {ms(r['ratio'])}, 95% t-interval {_iv(r['ratio']['interval'])}.",
+        ]
     return [*out, "", _checks(r)]
 
 

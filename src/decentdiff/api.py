@@ -285,7 +285,7 @@ class RunHandle:
         split: str | None = None,
         method: str | None = None,
         rounds: int | None = None,
-        recipe: str = "paper",
+        recipe: str = "pooled",
         n: int = 500,
         parallel: int = 0,
         fresh: bool = False,

@@ -304,6 +304,25 @@ def test_fed_run_hands_every_option_to_the_federation(capsys, tmp_path, monkeypa
                 full_rounds=2, aggregate="median", attack="noise:0.5@2")  # fmt: skip
     assert {k: getattr(o, k) for k in want} == want
     assert (cfg.data.source, cfg.model.preset, cfg.train.batch) == ("digits", "tiny", 16)
+    # The default recipe (pooled) starts from the central trainer's objective; --objective
+    # replaces the kind, so the loss, weighting and noise levels are central training's for it.
+    from decentdiff.config import ObjectiveConfig
+
+    central = ObjectiveConfig(kind="vpred").resolved()
+    got = cfg.objective.resolved()
+    assert (got.kind, got.loss, got.weighting, got.step_dist) == (
+        "vpred",
+        central.loss,
+        central.weighting,
+        central.step_dist,
+    )
+    assert central.loss == "mse"  # not the paper's Huber
+
+
+def test_fed_run_with_the_paper_recipe_keeps_feddiffuses_objective(capsys, tmp_path, monkeypatch):
+    _, seen = _fed_run_seen(capsys, tmp_path, monkeypatch, "--recipe", "paper", "--objective",
+                            "vpred")  # fmt: skip
+    cfg = seen["cfg"]
     # The paper's protocol is the base (Huber, Ho et al.'s steps); --objective replaces the kind.
     assert (cfg.objective.kind, cfg.objective.loss) == ("vpred", "huber")
     assert (cfg.objective.weighting, cfg.objective.step_dist) == ("uniform", "uniform")
@@ -333,7 +352,7 @@ def test_recipe_central_sets_the_central_trainers_recipe_unless_an_option_is_giv
 ):
     from decentdiff.config import TrainConfig
 
-    _, paper = _fed_run_seen(capsys, tmp_path, monkeypatch)
+    _, paper = _fed_run_seen(capsys, tmp_path, monkeypatch, "--recipe", "paper")
     assert paper["options"].client_state == "reset" and not paper["kw"]["server_ema_auto"]
     assert paper["cfg"].train.lr == 1e-4 and paper["cfg"].train.ema_decay == 0.0
 

@@ -6,7 +6,9 @@ The federations here run Flower's real ServerApp loop and ClientApp handler in t
 test_simulation.py starts once for the suite: everything else is the code path `fed run` takes.
 """
 
+import inspect
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -17,10 +19,11 @@ from tests._cli import cli
 from tests.federated._flower_fakes import InProcessGrid, _task_identity  # noqa: F401 (autouse)
 
 import decentdiff
+from decentdiff.config import TrainConfig
 from decentdiff.errors import ConfigError
 from decentdiff.federated import simulation
 from decentdiff.federated.federate import option_names
-from decentdiff.federated.recipes import RECIPES, get_recipe, resolve_recipe
+from decentdiff.federated.recipes import DEFAULT_RECIPE, RECIPES, get_recipe, resolve_recipe
 from decentdiff.federated.run_config import run_config_from, settings_from_run_config
 from decentdiff.federated.settings import (
     DEFAULTS,
@@ -84,7 +87,7 @@ def test_the_api_trains_scores_and_resumes_a_federation(tmp_path, in_process, ca
 def test_the_cli_and_the_api_record_the_same_fed_json(tmp_path, no_rounds, capsys):
     args = dict(clients=3, split="dirichlet:0.5", method="full", rounds=4, local_steps=3,
                 server_opt="fedadam", server_beta2=0.999, quantize=8, batch=16)  # fmt: skip
-    for recipe in ("paper", "central", "fedsgd"):
+    for recipe in ("pooled", "paper", "central", "fedsgd"):
         cli_run, api_run = tmp_path / f"cli-{recipe}", tmp_path / f"api-{recipe}"
         flags = [x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", v)]
         code, out, err = cli(capsys, "fed", "run", cli_run, "--data", "digits", "--preset", "tiny",
@@ -103,7 +106,7 @@ def test_the_cli_and_the_api_record_the_same_fed_json(tmp_path, no_rounds, capsy
 
 
 def test_recipes_are_data_and_given_options_win():
-    assert list(RECIPES) == ["paper", "central", "fedsgd"]
+    assert list(RECIPES) == ["pooled", "paper", "central", "fedsgd"]
     assert all(r.summary and "\n" not in r.summary for r in RECIPES.values())
     _, paper = resolve_recipe("paper", {})
     assert paper == {}
@@ -117,8 +120,32 @@ def test_recipes_are_data_and_given_options_win():
     assert {"server_lr", "server_beta2", "server_tau"}.isdisjoint(avg)
     with pytest.raises(ConfigError, match="needs a global model"):
         resolve_recipe("fedsgd", {"method": "ulatdec"})
-    with pytest.raises(ConfigError, match="unknown --recipe 'fast'; choose one of: paper"):
+    _, pooled = resolve_recipe("pooled", {"client_state": "reset"})
+    assert pooled == {"client_state": "reset"}  # given: wins over the recipe's keep
+    with pytest.raises(ConfigError, match="unknown --recipe 'fast'; choose one of: pooled, paper"):
         get_recipe("fast")
+
+
+def test_fed_run_and_the_api_default_to_the_pooled_recipe(tmp_path, no_rounds, capsys):
+    """No recipe option: flow matching, the central trainer's lr / warm-up / EMA / loss, Adam kept,
+    and each client at ceil(central batch / clients); a given batch wins."""
+    assert inspect.signature(decentdiff.load(tmp_path / "x").federate).parameters[
+        "recipe"
+    ].default == (DEFAULT_RECIPE)
+    assert DEFAULT_RECIPE == "pooled"
+    central = TrainConfig()
+    for clients, batch in ((5, None), (3, None), (5, 16)):
+        run = tmp_path / f"c{clients}-{batch}"
+        extra = ["--batch", batch] if batch else []
+        code, _, err = cli(capsys, "fed", "run", run, "--data", "digits", "--preset", "tiny",
+                           "--clients", clients, "--rounds", 2, "--n", 0, "--quiet", *extra)  # fmt: skip
+        assert code == 0, err
+        s = json.loads((fed_dir(run) / "fed.json").read_text())
+        want = batch or math.ceil(central.batch / clients)
+        assert s["train"]["batch"] == want
+        assert s["objective"]["kind"] == "fm" and s["objective"]["loss"] == "mse"
+        assert (s["train"]["lr"], s["train"]["warmup"]) == (central.lr, central.warmup)
+        assert s["client_state"] == "keep" and s["server_ema"] > 0
 
 
 def test_every_recipe_has_a_line_in_fed_run_help(capsys):

@@ -1,10 +1,12 @@
 """`--recipe central`'s server EMA: the window of central training's EMA, per round."""
 
+import math
 from dataclasses import replace
 
 import pytest
 import torch
 
+from decentdiff.config import TrainConfig
 from decentdiff.errors import ConfigError
 from decentdiff.federated.recipes import recipe_base
 from decentdiff.federated.settings import DEFAULTS, central_ema_per_round
@@ -76,6 +78,12 @@ def test_recipe_base():
         recipe_base("fast")
     assert recipe_base("paper")["objective"]["loss"] == "huber"  # FedDiffuse's
     assert recipe_base("central")["objective"] == {"kind": "ddpm"}  # the central defaults
+    # pooled: the central trainer's batch over the clients, rounded up; flow matching
+    for clients in (1, 2, 5, 7, 128, 200):
+        pooled = recipe_base("pooled", clients)
+        assert pooled["train"]["batch"] == max(1, math.ceil(TrainConfig().batch / clients))
+        assert pooled["train"]["lr"] == TrainConfig().lr
+        assert pooled["objective"] == {"kind": "fm"}
     fedsgd = recipe_base("fedsgd")
     assert fedsgd["objective"] == {"kind": "ddpm"}
     assert (fedsgd["train"]["optimizer"], fedsgd["train"]["lr"], fedsgd["train"]["warmup"]) == (

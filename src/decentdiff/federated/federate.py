@@ -18,6 +18,7 @@ from typing import Any
 from ..config import Config
 from ..errors import ConfigError
 from ..run import Run
+from .recipes import DEFAULT_RECIPE
 from .settings import DEFAULTS, FedSettings
 
 #: FedSettings fields that are not run options: the run, its data and its network fill them in.
@@ -94,7 +95,8 @@ class FedResult:
                 f"{cfg.train.warmup}, client state {s.client_state}, loss {cfg.objective.loss}, "
                 f"server {s.server_opt} η "
                 f"{'default' if s.server_lr is None else format(s.server_lr, 'g')}, {ema}, "
-                f"train.ema_decay {cfg.train.ema_decay:g}"
+                f"train.ema_decay {cfg.train.ema_decay:g}, objective {cfg.objective.kind}, "
+                f"batch {cfg.train.batch} per client"
             )
         up, down, m = self.bytes_up, self.bytes_down, s.method_spec
         lines.append(f"clients: {s.clients}, sizes {self.sizes}")
@@ -136,7 +138,7 @@ def round_lines(row: dict[str, Any], rounds: int) -> list[str]:
 def federate(
     run: Run | str | Path,
     *,
-    recipe: str = "paper",
+    recipe: str = DEFAULT_RECIPE,
     n: int = RUN_EVAL_N,
     parallel: int = 0,
     fresh: bool = False,
@@ -177,7 +179,7 @@ def federate(
     given = {k: v for k, v in kwargs.items() if k in names and v is not None}
     overrides = {k: v for k, v in kwargs.items() if k in CONFIG_OVERRIDES}
     rec, options = resolve_recipe(recipe, given)  # fails here, before anything is touched
-    base = recipe_base(rec.name)
+    base = recipe_base(rec.name, options.get("clients", DEFAULTS.clients))
     for sec, vals in r.base_config().items():
         base.setdefault(sec, {}).update(vals)
     overrides["sample_precision"] = overrides.get("precision")

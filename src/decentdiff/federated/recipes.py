@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Config, TrainConfig
+from ..config import Config, ObjectiveConfig, TrainConfig
 from ..errors import ConfigError
 from .settings import ADAPTIVE, DEFAULTS, fed_base
 
@@ -41,6 +41,10 @@ class Recipe:
     #: the clients send their gradient (one SGD step at lr 1): a global model only, and no
     #: client lr or warm-up in the resolved config (:meth:`check`)
     gradient_clients: bool = False
+    #: each client's batch is the central trainer's batch over the clients (rounded up), unless
+    #: a batch is given: the clients' pooled batch and a local epoch's sequential steps are then
+    #: central training's (:func:`pooled_batch`)
+    pooled_batch: bool = False
 
     def check(self, cfg: Config) -> None:
         """Refuse a resolved config the recipe cannot run (one line)."""
@@ -52,10 +56,20 @@ class Recipe:
             )
 
 
-#: Every recipe, by name; the first is the default. Measured: docs/reproduction.md.
+#: Every recipe, by name. Measured: docs/reproduction.md.
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
+        Recipe(
+            "pooled",
+            "the central recipe with flow matching, each client at the central batch over the "
+            "clients: the pooled batch and sequential steps of central training.",
+            central=True,
+            config={"objective": {"kind": ObjectiveConfig().kind}},
+            options={"client_state": "keep"},
+            server_ema_auto=True,
+            pooled_batch=True,
+        ),
         Recipe(
             "paper",
             "FedDiffuse's protocol: lr 1e-4, Huber loss, no warm-up, a new Adam every round, no EMA.",
@@ -87,7 +101,7 @@ RECIPES: dict[str, Recipe] = {
         ),
     )
 }
-DEFAULT_RECIPE = "paper"
+DEFAULT_RECIPE = "pooled"
 
 
 def get_recipe(name: str) -> Recipe:
@@ -109,8 +123,15 @@ def takes(server_opt: str, option: str) -> bool:
     return True
 
 
-def recipe_base(recipe: str) -> dict[str, dict[str, Any]]:
-    """The config a federation starts from under ``recipe`` (user's config and --set go on top)."""
+def pooled_batch(clients: int) -> int:
+    """Each client's batch under ``--recipe pooled``: the central trainer's batch over the
+    clients, rounded up (128 over 5 clients: 26)."""
+    return -(-TrainConfig().batch // max(1, int(clients)))
+
+
+def recipe_base(recipe: str, clients: int = DEFAULTS.clients) -> dict[str, dict[str, Any]]:
+    """The config a federation of ``clients`` starts from under ``recipe`` (the RUN's config, the
+    user's config, --set and options go on top)."""
     r = get_recipe(recipe)
     base = fed_base()
     if r.central:
@@ -121,6 +142,8 @@ def recipe_base(recipe: str) -> dict[str, dict[str, Any]]:
         base["train"].update(lr=central.lr, warmup=central.warmup, ema_decay=central.ema_decay)
     for section, values in r.config.items():
         base.setdefault(section, {}).update(values)
+    if r.pooled_batch:
+        base["train"]["batch"] = pooled_batch(clients)
     return base
 
 
