@@ -781,6 +781,17 @@ def body_s22(r: dict) -> list[str]:
     return [*out, "", _checks(r)]
 
 
+def body_s23(r: dict) -> list[str]:
+    out = ["| arm | σ | ε at δ = 1e-5 | FID, mean ± std (min–max) | 95% t-interval |",
+           "|---|---|---|---|---|"]  # fmt: skip
+    for name, a in r["arms"].items():
+        if not a.get("fid"):
+            continue
+        eps = "∞" if a["epsilon"] is None else f"{a['epsilon']:.3g}"
+        out.append(f"| {name} | {a['sigma']:.3g} | {eps} | {ms(a['fid'])} | {_iv(a['interval'])} |")
+    return [*out, "", _checks(r)]
+
+
 #: Each study's result body, by module (every registered study has one: tests/test_experiments.py).
 BODIES = {s.module: globals()[f"body_s{s.number}"] for s in STUDIES}
 
