@@ -65,6 +65,7 @@ def test_a_client_killed_mid_round_does_not_stop_the_federation(tmp_path):
     # 25 steps of 32 images: a client round of ~2 s, against a poll every 0.1 s for the kill
     args += ["--local-steps", "25", "--batch", "32", "--min-replies", "2"]
     args += ["--n", "0", "--quiet", "--set", "train.threads=1"]
+    args += ["--recipe", "paper"]  # the config of serve_in_process's twin (fed_base)
     proc = subprocess.Popen(
         [sys.executable, "-m", "decentdiff", "fed", "run", str(run), *args],
         stdout=subprocess.PIPE,

@@ -170,7 +170,16 @@ def _simulate(
             "max_restarts": ACTOR_RESTARTS,
             "max_task_retries": 1,
         },
-        "init_args": {"num_cpus": par * threads, "include_dashboard": False},
+        # log_to_driver off (quiet): the actors' and raylet's log lines stay in Ray's session
+        # logs instead of the terminal, where Ray printed a "ClientAppActor.terminate failed ...
+        # will be retried" warning at every clean shutdown (the actor's intentional exit, seen
+        # as a failure by the retry above). What matters of a client is in rounds.jsonl and the
+        # round lines: its status and reason.
+        "init_args": {
+            "num_cpus": par * threads,
+            "include_dashboard": False,
+            "log_to_driver": not quiet_flower,
+        },
     }
     flwr_log = logging.getLogger("flwr")
     level = flwr_log.level
