@@ -218,7 +218,8 @@ def test_resume_refuses_a_stored_global_model_of_the_wrong_shape(tmp_path):
 
 def test_the_packages_flower_app_declaration_is_valid(tmp_path):
     """`flwr run .` reads [tool.flwr.app] of pyproject.toml: its components must be the apps and
-    every config key one the server understands, giving the settings it declares."""
+    every config key one the server understands, giving the settings it declares (lr and
+    objective: its recipe's, pooled)."""
     import importlib
     from pathlib import Path
 
@@ -227,6 +228,7 @@ def test_the_packages_flower_app_declaration_is_valid(tmp_path):
     from flwr.serverapp import ServerApp
 
     from decentdiff.errors import ConfigError
+    from decentdiff.federated.recipes import recipe_base
     from decentdiff.federated.run_config import settings_from_run_config
 
     root = Path(__file__).resolve().parents[2]
@@ -243,7 +245,9 @@ def test_the_packages_flower_app_declaration_is_valid(tmp_path):
         rc["split"],
         rc["rounds"],
     )
-    assert s.data["source"] == rc["data"] and s.train["lr"] == rc["lr"]
+    pooled = recipe_base("pooled", rc["clients"])
+    assert s.data["source"] == rc["data"]
+    assert (s.train["lr"], s.objective["kind"]) == (pooled["train"]["lr"], "fm")
     with pytest.raises(ConfigError, match="unknown run-config key"):
         settings_from_run_config({**rc, "rouns": 3})
 

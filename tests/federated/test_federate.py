@@ -9,9 +9,10 @@ test_simulation.py starts once for the suite: everything else is the code path `
 import inspect
 import json
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
+import torch
 
 pytest.importorskip("flwr")
 
@@ -24,7 +25,7 @@ from decentdiff.errors import ConfigError
 from decentdiff.federated import simulation
 from decentdiff.federated.federate import option_names
 from decentdiff.federated.recipes import DEFAULT_RECIPE, RECIPES, get_recipe, resolve_recipe
-from decentdiff.federated.run_config import run_config_from, settings_from_run_config
+from decentdiff.federated.run_config import NOT_GIVEN, run_config_from, settings_from_run_config
 from decentdiff.federated.settings import (
     DEFAULTS,
     PLACEHOLDERS,
@@ -148,6 +149,120 @@ def test_fed_run_and_the_api_default_to_the_pooled_recipe(tmp_path, no_rounds, c
         assert s["client_state"] == "keep" and s["server_ema"] > 0
 
 
+def test_flwr_runs_recipe_key_gives_what_fed_run_records(tmp_path, no_rounds, capsys):
+    """`recipe` in Flower's run config resolves as `fed run --recipe` (the command line is the
+    oracle): fed.json's run options, config and network, run_dir included. Loading the data, the
+    server sets a recipe's server EMA from the clients' split as `fed run` does; with image-shape
+    (no data on the server) and local epochs it cannot yet, and the ServerApp sets it after the
+    first complete round (test below)."""
+    cases = [(name, {}) for name in RECIPES]
+    cases += [("pooled", {"batch": 16, "client-state": "reset"}), ("fedsgd", {"local-epochs": 2})]
+    for i, (name, given) in enumerate(cases):
+        run = tmp_path / f"{i}-{name}"
+        flags = [x for k, v in given.items() for x in (f"--{k}", v)]
+        code, _, err = cli(capsys, "fed", "run", run, "--data", "digits", "--preset", "tiny",
+                           "--recipe", name, "--clients", 3, "--rounds", 4, "--n", 0, "--quiet",
+                           *flags)  # fmt: skip
+        assert code == 0, err
+        want = json.loads((fed_dir(run) / "fed.json").read_text())
+        rc = {"recipe": name, "clients": 3, "rounds": 4, "data": "digits", "preset": "tiny",
+              "run-dir": str(run), **given}  # fmt: skip
+        assert asdict(settings_from_run_config(rc)) == want, (name, given)
+        shaped = asdict(settings_from_run_config({**rc, **SHAPE}))
+        if get_recipe(name).server_ema_auto and not shaped["local_steps"]:
+            assert shaped.pop("server_ema") == 0 < want.pop("server_ema")
+        assert shaped == want, (name, given)
+
+
+def test_pyprojects_flower_app_config_gives_what_fed_run_without_options_records(
+    tmp_path, no_rounds, capsys
+):
+    """`flwr run .` with the declared [tool.flwr.app.config] is `fed run` with no options (on
+    digits with the tiny UNet in place of the declared mnist5k / small, the config's defaults)."""
+    from pathlib import Path
+
+    import tomllib
+
+    from decentdiff.config import Config
+
+    root = Path(__file__).resolve().parents[2]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert (declared["data"], declared["preset"]) == (Config().data.source, Config().model.preset)
+    run = tmp_path / "fed"
+    code, _, err = cli(capsys, "fed", "run", run, "--data", "digits", "--preset", "tiny",
+                       "--n", 0, "--quiet")  # fmt: skip
+    assert code == 0, err
+    want = json.loads((fed_dir(run) / "fed.json").read_text())
+    rc = {**declared, "data": "digits", "preset": "tiny", "run-dir": str(run)}
+    assert asdict(settings_from_run_config(rc)) == want
+    shaped = asdict(settings_from_run_config({**rc, **SHAPE}))
+    assert shaped.pop("server_ema") == 0 < want.pop("server_ema")  # set after round 1 (below)
+    assert shaped == want
+
+
+def test_a_key_given_in_the_run_config_wins_over_its_recipe():
+    base = {"clients": 3, **SHAPE}
+    central = TrainConfig()
+    s = settings_from_run_config({**base, "batch": 16, "lr": 5e-4, "client-state": "reset",
+                                  "server-ema": 0.0, "objective": "ddpm"})  # fmt: skip
+    assert (s.train["batch"], s.train["lr"], s.client_state) == (16, 5e-4, "reset")
+    assert (s.server_ema, s.objective["kind"]) == (0.0, "ddpm")
+    # What is not given stays the (default) pooled recipe's.
+    assert (s.train["warmup"], s.train["ema_decay"]) == (central.warmup, central.ema_decay)
+    assert s.objective["loss"] == "mse"
+    # fedsgd: local-epochs given stands for local-steps; another server optimiser keeps its own
+    # defaults; a client lr is refused as under `fed run` (Recipe.check).
+    f = settings_from_run_config({**base, "recipe": "fedsgd", "local-epochs": 2.0,
+                                  "server-opt": "fedavgm"})  # fmt: skip
+    assert (f.local_steps, f.local_epochs, f.server_opt) == (0, 2.0, "fedavgm")
+    assert f.server_lr == pytest.approx(1 - 0.9)  # fedavgm's own default, not fedsgd's FedAdam η
+    with pytest.raises(ConfigError, match="--recipe fedsgd: the clients send their gradient"):
+        settings_from_run_config({**base, "recipe": "fedsgd", "lr": 1e-3})
+    # A key at its "not given" value (pyproject.toml declares them so) leaves the recipe's.
+    for name in RECIPES:
+        rc = {**base, "recipe": name}
+        assert settings_from_run_config({**rc, **NOT_GIVEN}) == settings_from_run_config(rc)
+
+
+def test_an_unknown_recipe_in_the_run_config_fails_in_one_line():
+    with pytest.raises(ConfigError) as e:
+        settings_from_run_config({**SHAPE, "recipe": "fast"})
+    assert str(e.value) == "unknown --recipe 'fast'; choose one of: pooled, paper, central, fedsgd"
+
+
+def test_flwr_run_sets_the_recipes_server_ema_after_the_first_round_and_keeps_it(tmp_path):
+    """With image-shape the server never loads data, so it learns the clients' sizes from the
+    first complete round's replies; the decay first weighs at the second EMA update, so the run
+    is the one whose EMA was known from the start (oracle: the server loading the data). A
+    resumed run with more rounds keeps it, as `fed run`'s."""
+    from flwr.app import Context, RecordDict
+
+    from decentdiff.federated import server_app
+    from decentdiff.training.checkpoint import load_tensors, read_meta
+
+    run = tmp_path / "flwr"
+    rc = {"clients": 2, "rounds": 2, "data": "digits", "preset": "tiny", "local-epochs": 0.02,
+          "run-dir": str(run)}  # fmt: skip
+    want = settings_from_run_config(rc).server_ema  # the data loaded: from the clients' split
+    assert want > 0 and settings_from_run_config({**rc, **SHAPE}).server_ema == 0
+
+    def flwr_run(**extra):
+        config = {**rc, **SHAPE, **extra}
+        ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config)
+        server_app.main(InProcessGrid(2), ctx)
+        return json.loads((fed_dir(run) / "fed.json").read_text())
+
+    assert flwr_run()["server_ema"] == want
+    g = fed_dir(run) / "global"
+    meta = read_meta(g)
+    assert f"decay {want}" in meta["ema"]
+    ema, model = load_tensors(g, "ema", meta), load_tensors(g, "model", meta)
+    assert any(not torch.equal(ema[k], model[k]) for k in model)  # round 2 weighed round 1
+    more = flwr_run(rounds=3)
+    assert more["rounds"] == 3 and more["server_ema"] == want
+    assert want != settings_from_run_config({**rc, "rounds": 3}).server_ema
+
+
 def test_every_recipe_has_a_line_in_fed_run_help(capsys):
     code, out, _ = cli(capsys, "fed", "run", "--help")
     assert code == 0
@@ -186,9 +301,10 @@ def test_flowers_run_config_translates_unset_both_ways():
     for name, placeholder in PLACEHOLDERS.items():
         assert unset_from(name, placeholder) is None and unset_to(name, None) == placeholder
         assert unset_from(name, unset_to(name, 0.5)) == 0.5
-    # The placeholders pyproject.toml declares read as "not given".
-    bare = settings_from_run_config({**SHAPE})
-    declared = settings_from_run_config({**SHAPE, **run_config_from(DEFAULTS)})
+    # The placeholders read as "not given": under the paper recipe (which sets no run option),
+    # every default declared is the default left out.
+    bare = settings_from_run_config({**SHAPE, "recipe": "paper"})
+    declared = settings_from_run_config({**SHAPE, "recipe": "paper", **run_config_from(DEFAULTS)})
     assert declared == bare
     assert run_config_from(DEFAULTS)["server-momentum"] == -1.0
     # Settings -> run config -> settings: the same run options.

@@ -8,9 +8,9 @@ import torch
 
 from decentdiff.config import TrainConfig
 from decentdiff.errors import ConfigError
+from decentdiff.federated.client import with_central_ema
 from decentdiff.federated.recipes import recipe_base
 from decentdiff.federated.settings import DEFAULTS, central_ema_per_round
-from decentdiff.federated.simulation import with_central_ema
 from decentdiff.training.loop import EMA
 
 

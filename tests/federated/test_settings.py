@@ -10,7 +10,8 @@ import typer
 from decentdiff.cli.fed import fed_app
 from decentdiff.errors import ConfigError
 from decentdiff.federated.parts import METHODS
-from decentdiff.federated.run_config import settings_from_run_config
+from decentdiff.federated.recipes import DEFAULT_RECIPE, RECIPES, resolve_recipe
+from decentdiff.federated.run_config import RUN_CONFIG_KEYS, settings_from_run_config
 from decentdiff.federated.settings import DEFAULTS, FedSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,13 +56,21 @@ def test_the_cli_options_default_to_the_settings_defaults():
 
 
 def test_the_flower_run_config_falls_back_to_the_same_defaults_as_pyprojects():
-    """An empty run config gives `fed run`'s defaults, and pyproject's [tool.flwr.app.config]
-    declares exactly those (it used to fall back to 2 clients and 3 rounds)."""
+    """An empty run config gives `fed run`'s defaults under its default recipe, and pyproject's
+    [tool.flwr.app.config] declares every key the server reads (Flower refuses a `flwr run -c`
+    key the app does not declare) without overriding any recipe: each key a recipe decides is
+    declared at its "not given" value (it used to declare the paper's lr, batch and Adam reset,
+    which then won over every recipe)."""
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert set(declared["config"]) == set(RUN_CONFIG_KEYS)
+    assert declared["config"]["recipe"] == DEFAULT_RECIPE
     shape = {"image-shape": "1,28,28"}  # the server then never loads data
+    for name in RECIPES:
+        bare = settings_from_run_config({**shape, "recipe": name})
+        assert settings_from_run_config({**declared["config"], **shape, "recipe": name}) == bare
     bare = settings_from_run_config(shape)
-    assert settings_from_run_config({**declared["config"], **shape}) == bare
-    resolved = replace(DEFAULTS).validate()  # "the optimiser's default" -> its value
+    _, options = resolve_recipe(DEFAULT_RECIPE, {})
+    resolved = replace(DEFAULTS, **options).validate()  # "the optimiser's default" -> its value
     assert {k: getattr(bare, k) for k in RUN_OPTIONS} == {
         k: getattr(resolved, k) for k in RUN_OPTIONS
     }

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import aggregate as A
 from . import parts as P
-from .settings import FedSettings, config_from
+from .settings import FedSettings, central_ema_per_round, config_from
 from .store import personal_meta, write_activity
 
 if TYPE_CHECKING:
@@ -112,6 +112,19 @@ def local_steps(settings: FedSettings, n: int) -> int:
     if settings.local_steps > 0:
         return settings.local_steps
     return max(1, math.ceil(settings.local_epochs * n / int(settings.train["batch"])))
+
+
+def with_central_ema(settings: FedSettings, sizes: list[int]) -> FedSettings:
+    """``settings`` with a recipe's server EMA (``Recipe.server_ema_auto``): for a global
+    generator (FULL, USPLIT) whose ``server_ema`` is 0 (off), :func:`central_ema_per_round` at the
+    clients' local steps averaged by shard size (``sizes``; FedAvg's own weights, so a client with
+    ten times the images counts ten times) and ``train.ema_decay``; otherwise (or without sizes)
+    unchanged. ``fed run`` and ``flwr run`` both set it through here."""
+    if settings.method_spec.personal or settings.server_ema != 0 or sum(sizes) <= 0:
+        return settings
+    steps = max(1, round(sum(n * local_steps(settings, n) for n in sizes) / sum(sizes)))
+    decay = float(settings.train["ema_decay"])
+    return replace(settings, server_ema=central_ema_per_round(settings.rounds, steps, decay))
 
 
 def round_seed(seed: int, partition: int, round_: int) -> int:

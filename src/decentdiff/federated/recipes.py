@@ -4,7 +4,9 @@ A recipe is a :class:`Recipe`: the project config it starts from (under the user
 ``--set`` and options) and the run options it sets unless they are given. :func:`resolve_recipe`
 applies one to the options a caller gave; it is the only place recipes are interpreted (the
 command line and :meth:`decentdiff.api.RunHandle.federate` both call it through
-:func:`decentdiff.federated.federate.federate`). The evidence for each recipe is in
+:func:`decentdiff.federated.federate.federate`, and ``flwr run`` through
+:func:`decentdiff.federated.run_config.settings_from_run_config`, the run config's ``recipe``
+key). The evidence for each recipe is in
 docs/federated.md ("Recipes") and docs/reproduction.md.
 
 Module-level imports stay light (``decentdiff --help`` lists the recipes).

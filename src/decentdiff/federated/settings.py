@@ -1,8 +1,9 @@
 """A federated run's settings: one typed record, one set of defaults, validated once.
 
 The defaults are :class:`FedSettings`' own field defaults (:data:`DEFAULTS`): ``decentdiff fed run``
-and ``fed bytes`` take their option defaults from it, :func:`.run_config.settings_from_run_config` falls back to
-it, and ``[tool.flwr.app.config]`` in pyproject.toml restates it (a test checks that it agrees).
+and ``fed bytes`` take their option defaults from it, and :func:`.run_config.settings_from_run_config` falls
+back to it where the run config's recipe sets nothing (``[tool.flwr.app.config]`` in pyproject.toml
+declares every key without overriding a recipe; a test checks it against ``fed run``).
 
 Two constructors, one per entry point, each validating once:
 

@@ -16,8 +16,8 @@ import numpy as np
 from ..config import Config
 from . import aggregate as A
 from . import parts as P
-from .client import client_shares, local_steps
-from .settings import FedSettings, build_settings, central_ema_per_round
+from .client import client_shares, with_central_ema
+from .settings import FedSettings, build_settings
 from .store import (
     client_dir,
     fed_dir,
@@ -246,15 +246,3 @@ def bytes_figure(run_dir: str | Path, settings: FedSettings) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
-
-
-def with_central_ema(settings: FedSettings, sizes: list[int]) -> FedSettings:
-    """``settings`` with the server EMA of ``--recipe central``: for a global generator (FULL,
-    USPLIT) whose ``server_ema`` is 0 (off), :func:`central_ema_per_round` at the clients' local
-    steps averaged by shard size (``sizes``; FedAvg's own weights, so a client with ten times
-    the images counts ten times) and ``train.ema_decay``; otherwise unchanged."""
-    if settings.method_spec.personal or settings.server_ema != 0 or sum(sizes) <= 0:
-        return settings
-    steps = max(1, round(sum(n * local_steps(settings, n) for n in sizes) / sum(sizes)))
-    decay = float(settings.train["ema_decay"])
-    return replace(settings, server_ema=central_ema_per_round(settings.rounds, steps, decay))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +138,25 @@ def check_resumable(old: FedSettings, new: FedSettings) -> None:
 
 def record_settings(run_dir: str | Path, settings: FedSettings) -> None:
     """Write ``fed.json``, after checking that a run already there is the same experiment."""
-    from ..training.checkpoint import atomic_write_text
-
     old = read_settings(run_dir)
     if old is not None:
         check_resumable(old, settings)
+    _write_settings(run_dir, settings)
+
+
+def record_server_ema(run_dir: str | Path, settings: FedSettings) -> None:
+    """Write ``fed.json`` with the server EMA ``settings`` now has, where the recorded run had
+    none yet (0): a recipe's server EMA that ``flwr run`` could set only once the clients'
+    sizes were known (:func:`.server_app.serve`). Anything else must be the same experiment."""
+    old = read_settings(run_dir)
+    if old is not None:
+        check_resumable(replace(old, server_ema=old.server_ema or settings.server_ema), settings)
+    _write_settings(run_dir, settings)
+
+
+def _write_settings(run_dir: str | Path, settings: FedSettings) -> None:
+    from ..training.checkpoint import atomic_write_text
+
     root = fed_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "fed.json", json.dumps(asdict(settings), indent=2) + "\n")
