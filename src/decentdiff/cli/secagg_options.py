@@ -45,7 +45,9 @@ SecAggBitsOpt = Annotated[
     typer.Option(
         "--secagg-bits",
         help="2^bits quantisation levels over [-c, c] (clients·2^bits < 2^32); the error "
-        "per weight is below clients·2c/(2^bits·Σ n_i/W).",
+        "per weight is below clients·(2c + spread/2)/(2^bits·Σ n_i/W), spread being the "
+        "largest distance of a client's value from the plain mean (federated/secagg.py "
+        "error_bound).",
     ),
 ]
 SecAggMaxWeightOpt = Annotated[
