@@ -67,7 +67,7 @@ def run_dir(rule: str, attack: str, seed: int, clients: int) -> Path:
 
 
 def fed_args(run: Path, seed: int, clients: int, *extra: Any) -> list[Any]:
-    """``fed run`` of FED's budget on study 16's central recipe (shared with study 22)."""
+    """``fed run`` of FED's budget on study 16's central recipe (shared with study 23)."""
     f = FED
     return ["fed", "run", run, "--data", f["data"], "--preset", PRESET, "--clients", clients,
             "--split", "iid", "--method", "full", "--rounds", f["rounds"], "--local-steps",
@@ -112,13 +112,9 @@ def work(argv: list[str]) -> None:
         if worker is not None:
             if i % worker[1] != worker[0]:
                 continue
-            if not claim(ROOT / "s21" / "claims" / f"{i}-{phase_tag(phases)}"):
+            if not claim(ROOT / "s21" / "claims" / run_dir(rule, attack, seed, clients).name):
                 continue
         arm(rule, attack, seed, clients)
-
-
-def phase_tag(phases: tuple[str, ...]) -> str:
-    return "-".join(phases)
 
 
 def done(rule: str, attack: str, seed: int, clients: int) -> float | None:
@@ -159,8 +155,8 @@ def checks_of(t: dict[str, dict[str, dict[str, Any]]]) -> dict[str, str]:
 
     out: dict[str, str] = {}
     for attack in ATTACKS:
-        if attack == "honest" or not t["fedavg"][attack]["seeds"]:
-            continue
+        if attack == "honest" or len(t["fedavg"][attack]["seeds"]) < len(SEEDS):
+            continue  # no verdict on fewer seeds than planned
         broken = mean("fedavg", attack) > BROKEN * mean("fedavg", "honest", attack)
         out[f"fedavg_degrades_under_{attack}"] = "held" if broken else "not held"
         for rule in t:
@@ -194,7 +190,7 @@ def report() -> dict[str, Any]:
         t, seeds = table(*PHASES[phase])
         result[key] = t
         result[f"{key}_seeds"] = seeds
-        if seeds["honest"]:
+        if len(seeds["honest"]) == len(SEEDS):  # a verdict only on every planned seed
             checks.update({f"{k}{suffix}": v for k, v in checks_of(t).items()})
     result["checks"] = checks
     result["verdict"] = overall(checks)

@@ -85,9 +85,13 @@ def report() -> dict[str, Any]:
         row = find_row(run, kind="fed_eval", n=N)
         if row is None:
             continue
-        _, info = fed(seed)
+        _, info = fed(seed)  # scored already: reads, never trains
         images = seen_images(info)
-        c, steps = central(seed, images, int(row["steps"]), str(row["solver"]))
+        steps = math.ceil(images / CENTRAL_BATCH)
+        c = find_row(ROOT / "s22" / f"central-s{seed}", model="monolith", n=N, seed=seed,
+                     steps=int(row["steps"]), solver=str(row["solver"]))  # fmt: skip
+        if c is None:  # the yardstick of this seed is not scored yet
+            continue
         fid = float(row["fid"]["mean"])
         per_seed[str(seed)] = {
             "fed_fid": fid,
@@ -107,7 +111,7 @@ def report() -> dict[str, Any]:
         }
     ratios = [v["ratio"] for v in per_seed.values()]
     checks: dict[str, str] = {}
-    if ratios:
+    if len(ratios) == len(SEEDS):  # a verdict only on every planned seed
         mean = summarise(ratios)["mean"]
         checks["readme_fed_command_within_3x_central (mean)"] = (
             "held" if mean <= BAR else "not held"

@@ -184,16 +184,6 @@ STUDIES = (
         "`pooled` (`federated/recipes.py RECIPES`); README's federated rows.",
     ),
     Study(
-        23,
-        "s23_fed_privacy",
-        "(ours) The price of differential privacy",
-        "federated",
-        "What FID does client-level (ε, δ) differential privacy cost a federation of five "
-        "clients, at ε 8 and 1 and at the noise where FID starts to move?",
-        "No default: `fed run --dp` stays off (`federated/privacy.py`); docs/federated.md "
-        "(differential privacy) says how many clients DP needs.",
-    ),
-    Study(
         22,
         "s22_fed_default",
         "(ours) The README's first federated command at its defaults",
@@ -211,6 +201,16 @@ STUDIES = (
         "keeps the global model's FID, and what does each cost when every client is honest?",
         "No default yet: `fed run --aggregate` stays `fedavg` until this study has run "
         "(`federated/robust.py`).",
+    ),
+    Study(
+        23,
+        "s23_fed_privacy",
+        "(ours) The price of differential privacy",
+        "federated",
+        "What FID does client-level (ε, δ) differential privacy cost a federation of five "
+        "clients, at ε 8 and 1 and at the noise where FID starts to move?",
+        "No default: `fed run --dp` stays off (`federated/privacy.py`); docs/federated.md "
+        "(differential privacy) says how many clients DP needs.",
     ),
     Study(
         8,

@@ -228,7 +228,6 @@ def test_the_packages_flower_app_declaration_is_valid(tmp_path):
     from flwr.serverapp import ServerApp
 
     from decentdiff.errors import ConfigError
-    from decentdiff.federated.recipes import recipe_base
     from decentdiff.federated.run_config import settings_from_run_config
 
     root = Path(__file__).resolve().parents[2]
@@ -245,9 +244,12 @@ def test_the_packages_flower_app_declaration_is_valid(tmp_path):
         rc["split"],
         rc["rounds"],
     )
-    pooled = recipe_base("pooled", rc["clients"])
+    from decentdiff.config import TrainConfig
+
     assert s.data["source"] == rc["data"]
-    assert (s.train["lr"], s.objective["kind"]) == (pooled["train"]["lr"], "fm")
+    # pooled: the central trainer's lr, flow matching, 128 / clients rounded up per client
+    assert (s.train["lr"], s.objective["kind"]) == (TrainConfig().lr, "fm")
+    assert s.train["batch"] == -(-TrainConfig().batch // rc["clients"])
     with pytest.raises(ConfigError, match="unknown run-config key"):
         settings_from_run_config({**rc, "rouns": 3})
 

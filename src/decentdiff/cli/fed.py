@@ -146,7 +146,9 @@ def fed_run(
             help="What a client keeps between rounds: reset = a new Adam every round (the "
             "paper); keep = Adam's moments carry over (kept on the node and in "
             "RUN/federated/clients/<i>/carry, so a resumed run continues exactly). A warm-up "
-            "(--set train.warmup=N) always runs on the client's steps across rounds.",
+            "(--set train.warmup=N) always runs on the client's steps across rounds. "
+            "[default: the recipe's: keep under pooled and central, reset under paper]",
+            show_default=False,
         ),
     ] = DEFAULTS.client_state,
     full_rounds: FullRoundsOpt = DEFAULTS.full_rounds,
@@ -195,7 +197,10 @@ def fed_run(
             "--server-ema",
             help="Decay β per round of an EMA of the global model kept on the server (0 = off; "
             "FULL, USPLIT): bias-corrected, so no weight stays on the initial model. Stored as "
-            "the global checkpoint's ema weights, which sample / eval / fed eval use by default.",
+            "the global checkpoint's ema weights, which sample / eval / fed eval use by default. "
+            "[default: the recipe's: under pooled, central and fedsgd the β that keeps central "
+            "training's EMA window; off under paper]",
+            show_default=False,
         ),
     ] = DEFAULTS.server_ema,
     aggregate: AggregateOpt = DEFAULTS.aggregate,

@@ -215,8 +215,9 @@ FedObjectiveOpt = Annotated[
         "ε-network; --set objective.eps_param=direct for the paper's plain one; the central "
         "default's flow-matching noise levels and weighting, not measured federated: --set "
         "objective.step_dist=logit_normal --set objective.weighting=velocity:100), fm or vpred. "
-        "Under --recipe central / fedsgd each kind takes the central trainer's objective "
-        "instead (mse; ddpm with those noise levels and weighting). [default: ddpm]",
+        "Under --recipe pooled (the default), central and fedsgd each kind takes the central "
+        "trainer's objective instead (mse; ddpm with those noise levels and weighting). "
+        "[default: the recipe's: fm under pooled, ddpm under paper, central and fedsgd]",
     ),
 ]
 ClassCondOpt = Annotated[
@@ -263,7 +264,12 @@ DemoBatchOpt = Annotated[
     int, typer.Option("--batch", help="Monolith batch B; each expert uses B/K.")
 ]
 FedBatchOpt = Annotated[
-    int | None, typer.Option("--batch", help="Local batch size. [default: 128]")
+    int | None,
+    typer.Option(
+        "--batch",
+        help="Each client's batch. [default: the recipe's: 128 / clients rounded up under "
+        "pooled (26 for 5 clients), 128 under paper and central]",
+    ),
 ]
 SeedOpt = Annotated[
     int | None, typer.Option("--seed", help=f"Training seed. {default_of('train', 'seed')}")

@@ -63,7 +63,7 @@ def run_federated(
             stored in the round's row. Not called for UDEC/ULATDEC,
             whose server model is not a generator.
         server_ema_auto: for a global generator (FULL, USPLIT) whose ``server_ema`` is 0, set it
-            to central training's EMA window per round (``--recipe central``), from the rounds,
+            to central training's EMA window per round (``--recipe pooled`` or ``central``), from the rounds,
             the clients' local steps averaged by their images and ``train.ema_decay``; recorded
             resolved; a resumed run keeps the value it started with.
     Returns:
@@ -100,7 +100,7 @@ def run_federated(
     shares = client_shares(settings, d.labels, d.train_idx)  # the clients' own definition
     sizes = [len(s) for s in shares]
     check_sizes(settings, sizes)  # --secagg: every client's weight within --secagg-max-weight
-    if server_ema_auto:  # `--recipe central`: fixed when the run starts
+    if server_ema_auto:  # `--recipe pooled` or `central`: fixed when the run starts
         recorded = None if fresh else read_settings(run.path)
         if recorded is not None and recorded.server_ema > 0:  # resumed, maybe with more rounds
             settings = replace(settings, server_ema=recorded.server_ema)

@@ -132,7 +132,8 @@ def check_resumable(old: FedSettings, new: FedSettings) -> None:
     if diff:
         raise ConfigError(
             f"RUN/federated holds a different federated run (differs in {', '.join(diff)}); use "
-            "the same settings to resume, --fresh to start over, or another RUN"
+            "the same settings to resume (a run started before `pooled` became the default "
+            "recipe: add --recipe paper), --fresh to start over, or another RUN"
         )
 
 
