@@ -34,10 +34,10 @@ DELTA = 1e-5
 #: arm -> the --dp options (None: study 21's FedAvg without DP).
 ARMS: dict[str, tuple[Any, ...] | None] = {
     "no DP": None,
-    "sigma 0.001": ("--noise-multiplier", 0.001),
-    "sigma 0.01": ("--noise-multiplier", 0.01),
     "epsilon 8": ("--target-epsilon", 8),
     "epsilon 1": ("--target-epsilon", 1),
+    "sigma 0.01": ("--noise-multiplier", 0.01),
+    "sigma 0.001": ("--noise-multiplier", 0.001),
 }
 
 
