@@ -782,13 +782,15 @@ def body_s22(r: dict) -> list[str]:
 
 
 def body_s23(r: dict) -> list[str]:
-    out = ["| arm | σ | ε at δ = 1e-5 | FID, mean ± std (min–max) | 95% t-interval |",
-           "|---|---|---|---|---|"]  # fmt: skip
+    out = ["| arm | σ | ε at δ = 1e-5 | seeds | FID, mean ± std (min–max) | 95% t-interval |",
+           "|---|---|---|---|---|---|"]  # fmt: skip
     for name, a in r["arms"].items():
         if not a.get("fid"):
             continue
         eps = "∞" if a["epsilon"] is None else f"{a['epsilon']:.3g}"
-        out.append(f"| {name} | {a['sigma']:.3g} | {eps} | {ms(a['fid'])} | {_iv(a['interval'])} |")
+        seeds = ", ".join(map(str, a["seeds"]))
+        out.append(f"| {name} | {a['sigma']:.3g} | {eps} | {seeds} | {ms(a['fid'])} | "
+                   f"{_iv(a['interval'])} |")  # fmt: skip
     return [*out, "", _checks(r)]
 
 

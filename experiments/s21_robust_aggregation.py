@@ -174,7 +174,7 @@ def report() -> dict[str, Any]:
     result: dict[str, Any] = {
         "claim": CLAIM,
         "setup": {
-            **FED,
+            **{k: v for k, v in FED.items() if k != "lr"},  # the recipe sets lr
             "preset": PRESET,
             "recipe": "central",
             "rules": list(RULES),
