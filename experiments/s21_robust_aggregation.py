@@ -87,6 +87,9 @@ def score(run: Path, seed: int, study: str) -> dict[str, Any]:
 
 def arm(rule: str, attack: str, seed: int, clients: int) -> float:
     """FID of the global model of one federation (trained and scored once; resumable)."""
+    finished = done(rule, attack, seed, clients)
+    if finished is not None:  # trained and scored: skip the command's start-up
+        return finished
     run = run_dir(rule, attack, seed, clients)
     extra: list[Any] = ["--aggregate", rule]
     if ATTACKS[attack]:
