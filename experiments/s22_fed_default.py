@@ -20,7 +20,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, SEEDS, cli, evaluate, find_row, overall, save, summarise, t_interval
+from common import (
+    ROOT,
+    SEEDS,
+    cli,
+    evaluate,
+    find_row,
+    overall,
+    run_phases,
+    save,
+    summarise,
+    t_interval,
+)
 
 STUDY = "s22_fed_default"
 CLAIM = (
@@ -137,13 +148,5 @@ def report() -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str]) -> None:
-    phase = argv[0] if argv else "all"
-    if phase in ("run", "all"):
-        work()
-    if phase in ("report", "all"):
-        print(json.dumps(report()["checks"]))
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_phases(sys.argv[1:], lambda _worker: work(), report)

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import FED, ROOT, SEEDS, cli, find_row, overall, save, summarise, t_interval
+from common import FED, ROOT, SEEDS, cli, find_row, overall, run_phases, save, summarise, t_interval
 from s21_robust_aggregation import arm as s21_arm
 from s21_robust_aggregation import done, fed_args, score
 
@@ -128,13 +128,5 @@ def _done(name: str, seed: int) -> bool:
     return find_row(run_dir(name, seed), kind="fed_eval", n=FED["n"]) is not None
 
 
-def main(argv: list[str]) -> None:
-    phase = argv[0] if argv else "all"
-    if phase in ("run", "all"):
-        work()
-    if phase in ("report", "all"):
-        print(json.dumps(report()["checks"]))
-
-
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_phases(sys.argv[1:], lambda _worker: work(), report)
