@@ -199,8 +199,8 @@ STUDIES = (
         "federated",
         "When one client of five sends a scaled, sign-flipped or noise update, which server rule "
         "keeps the global model's FID, and what does each cost when every client is honest?",
-        "No default yet: `fed run --aggregate` stays `fedavg` until this study has run "
-        "(`federated/robust.py`).",
+        "`fed run --aggregate` stays `fedavg` by default, since a robust rule refuses `--dp` and "
+        "`--secagg`; the rules are measured safe to turn on (`federated/robust.py`).",
     ),
     Study(
         23,
