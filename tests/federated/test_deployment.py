@@ -158,6 +158,19 @@ image-shape = "1,8,8"
 
 
 @pytest.mark.slow
+def flower_env(home: Path) -> dict[str, str]:
+    """The environment of Flower's processes: FLWR_HOME (its config.toml), no telemetry or update
+    check, this interpreter's tools first on PATH (Flower spawns its own), this checkout's src."""
+    return {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
 def test_superlink_and_two_supernodes_over_tls_run_one_round(tmp_path):
     ca, cert, key = make_certificates(tmp_path)
     port = _free_port()
@@ -171,14 +184,7 @@ def test_superlink_and_two_supernodes_over_tls_run_one_round(tmp_path):
         f'[superlink]\ndefault = "loop"\n\n[superlink.loop]\naddress = "127.0.0.1:{port}"\n'
         f'root-certificates = "{ca}"\n'
     )
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # Flower spawns its own tools
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-    }
+    env = flower_env(home)
     fed = [sys.executable, "-c", "from decentdiff.cli.fed import fed_app; fed_app()"]
     logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("link", "node0", "node1")}
     procs: list[subprocess.Popen] = []

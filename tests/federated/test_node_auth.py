@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.supercore.exit import ExitCode
 
-from .test_deployment import APP_TOML, ROOT, _free_port, _stop, make_certificates
+from .test_deployment import APP_TOML, _free_port, _stop, flower_env, make_certificates
 
 BIN = Path(sys.executable).parent
 FED = [sys.executable, "-c", "from decentdiff.cli.fed import fed_app; fed_app()"]
@@ -146,14 +146,7 @@ def test_registered_supernode_trains_unregistered_ones_are_refused(tmp_path):
         f'[superlink.auth]\naddress = "127.0.0.1:{auth_port}"\nroot-certificates = "{ca}"\n\n'
         f'[superlink.open]\naddress = "127.0.0.1:{open_port}"\nroot-certificates = "{ca}"\n'
     )
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # Flower spawns its own tools
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-    }
+    env = flower_env(home)
     tls = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--ssl-ca-certfile", str(ca)]
     logs: dict[str, Path] = {}
     procs: dict[str, subprocess.Popen] = {}
