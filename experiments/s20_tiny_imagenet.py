@@ -61,10 +61,16 @@ BUDGET = {
 }
 #: Routings that run one expert per step, then the full mixture (every expert every step).
 ONE_EXPERT = ("top1", "mixture", "sample:1")
-PHASES = ("pilot10", "classes", "classes-tiny", "head", "seeds", "k8", "uncond", "s64")
+PHASES = (
+    "pilot10", "classes", "classes-tiny", "classes-tiny-uncond", "head", "seeds", "k8", "uncond",
+    "s64",
+)  # fmt: skip
 #: The ``classes`` phase's budget: one third of an epoch of 101,000 images per model, sized so
 #: that three seeds finish inside one 2-core session.
 CLASSES_STEPS = scaled(1000, 2)
+#: The tiny-preset phases continue to a second budget, three times the first (one epoch), for the
+#: trend: does the experts' loss gap on their own clusters shrink as the models near capacity?
+TINY_STEPS = (CLASSES_STEPS, scaled(3000, 3))
 #: The pilot's classes: the first ten WordNet ids in sorted order (a session-sized subset).
 PILOT_CLASSES = 10
 
@@ -115,8 +121,11 @@ def arms(phase: str) -> list[dict[str, Any]]:
                  "routings": ("mixture", "top1") if s == 0 else ("mixture",)}
                 for s in (0, 1, 2)]  # fmt: skip
     if phase == "classes-tiny":  # the capacity-limited regime: the 87k-parameter UNet
-        return [{**a, "preset": "tiny", "router_steps": 0, "routings": ("mixture",)}
-                for a in arms("classes")]  # fmt: skip
+        return [{**a, "preset": "tiny", "router_steps": 0, "routings": ("mixture",),
+                 "budgets": TINY_STEPS} for a in arms("classes")]  # fmt: skip
+    if phase == "classes-tiny-uncond":  # unconditional: the cluster is information the monolith
+        # lacks; mixture draws it from the cluster sizes at the first step (no router needed)
+        return [{**a, "cond": False} for a in arms("classes-tiny")]
     if phase == "head":
         return [{**head, "seed": 0, "routings": (*ONE_EXPERT, "full")}]
     if phase == "seeds":
@@ -195,7 +204,7 @@ def score(arm: dict[str, Any], run: Path) -> dict[str, Any]:
     return table
 
 
-def cluster_loss(run: Path, per: int = 200, reps: int = 4) -> dict[str, Any]:
+def cluster_loss(run: Path, per: int = 200, reps: int = 4, cond: bool = True) -> dict[str, Any]:
     """Each expert's held-out flow-matching loss on its own cluster against the monolith's on the
     same images, times and noise: ``per`` validation images of each cluster's classes, ``reps``
     (t, noise) draws each. Cached in RUN/cluster_loss.json. An ensemble can beat the monolith only
@@ -226,7 +235,7 @@ def cluster_loss(run: Path, per: int = 200, reps: int = 4) -> dict[str, Any]:
         mine = np.flatnonzero(held_part == k)
         pick = rng.choice(mine, size=min(per, len(mine)), replace=False)
         x0 = to_model_space(np.asarray(held[rows[pick]]))
-        y = torch.as_tensor(labels[pick]).long()
+        y = torch.as_tensor(labels[pick]).long() if cond else None
         expert = h.model(f"expert:{k}").velocity
         losses: dict[str, list] = {"expert": [], "monolith": []}
         with torch.no_grad():
@@ -237,7 +246,7 @@ def cluster_loss(run: Path, per: int = 200, reps: int = 4) -> dict[str, Any]:
                 xt, v = (1 - tt) * x0 + tt * eps, eps - x0  # t = 0 data, t = 1 noise
                 for name, model in (("expert", expert), ("monolith", mono)):
                     pred = torch.cat(
-                        [model(xt[i : i + 100], t[i : i + 100], y[i : i + 100])
+                        [model(xt[i : i + 100], t[i : i + 100], None if y is None else y[i : i + 100])
                          for i in range(0, len(x0), 100)]
                     )  # fmt: skip
                     losses[name].append(((pred - v) ** 2).mean(dim=(1, 2, 3)))
@@ -264,7 +273,7 @@ def work(phase: str | None, seed: int | None = None) -> None:
                 previous = train(arm, steps, previous)
                 score(arm, previous)
                 if arm.get("by") == "classes":
-                    cluster_loss(previous)
+                    cluster_loss(previous, cond=arm["cond"])
 
 
 def report() -> dict[str, Any]:
