@@ -706,17 +706,19 @@ def body_s20(r: dict) -> list[str]:
             + ", ".join(f"{x:.3f}" for x in h["top1_ratios"])
             + f"; mean {h['mean']:.3f}, 95% t-interval {_iv(h['interval'])}.",
         ]
-    for key, preset in (("classes", "compact"), ("classes_tiny", "tiny")):
-        table = r.get(key, {})
-        gap = table.get("expert_loss_gap")
-        for routing, c in table.items():
-            if routing == "expert_loss_gap":
+    for t in r.get("classes_tables", {}).values():
+        kind = "class-conditional" if t["cond"] else "unconditional"
+        warm = f", experts from the monolith at step {t['warm']}" if t.get("warm") else ""
+        what = f"`{t['preset']}` preset, {kind}{warm}, {t['steps']} steps"
+        gap = t.get("expert_loss_gap")
+        for routing in ("mixture", "top1"):
+            c = t.get(routing)
+            if not c:
                 continue
             iv = f", 95% t-interval {_iv(c['interval'])}" if c.get("interval") else ""
             out += [
                 "",
-                f"Whole-class clusters (`--by classes`), K=4, class-conditional, `{preset}` "
-                f"preset, {routing}, seeds "
+                f"Whole-class clusters (`--by classes`), K=4, {what}, {routing}, seeds "
                 + ", ".join(str(s) for s in c["seeds"])
                 + ": ensemble / monolith FID "
                 + ", ".join(
@@ -730,15 +732,59 @@ def body_s20(r: dict) -> list[str]:
         if gap:
             out += [
                 "",
-                f"`{preset}`: each expert's held-out flow-matching loss on its own cluster minus the "
+                f"{what}: each expert's held-out flow-matching loss on its own cluster minus the "
                 "monolith's on the same images, relative to the monolith's, over "
                 f"{gap['count']} (cluster, seed) pairs: {gap['mean']:.1%} on average "
                 f"({gap['min']:.1%} to {gap['max']:.1%})"
                 + (" (every one positive: the experts model their clusters worse)." if gap["min"] > 0
-                   else "."),
+                   else " (every one negative: the experts model their clusters better)."
+                   if gap["max"] < 0 else "."),
             ]  # fmt: skip
+    fig = _s20_figure(r)
+    if fig:
+        out += ["", f"![s20](figures/{fig})"]
     out += ["", _checks(r), ""]
     return out
+
+
+def _s20_figure(r: dict) -> str | None:
+    """FID against training FLOPs, ensemble (mixture) and monolith, per phase: mean over seeds,
+    bars from the lowest to the highest seed."""
+    pts: dict[tuple[str, str], dict[float, list[float]]] = {}
+    for res in r["results"].values():
+        row = res["rows"].get("mixture")
+        if not row or not row.get("train_flops"):
+            continue
+        kind = "cond" if res["cond"] else "uncond"
+        warm = f", warm {res['warm']}" if res.get("warm") else ""
+        label = f"{res.get('preset', r['setup']['preset'])} {kind}{warm}"
+        for who, fid, flops in (("ensemble", row["fid"], row["train_flops"]),
+                                ("monolith", row["monolith_fid"], row["monolith_train_flops"])):  # fmt: skip
+            pts.setdefault((label, who), {}).setdefault(flops, []).append(fid)
+    if not pts:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colours = {}
+    for (label, who), by_flops in sorted(pts.items()):
+        colour = colours.setdefault(label, f"C{len(colours)}")
+        xs = sorted(by_flops)
+        ys = [sum(by_flops[x]) / len(by_flops[x]) for x in xs]
+        lo = [y - min(by_flops[x]) for x, y in zip(xs, ys, strict=True)]
+        hi = [max(by_flops[x]) - y for x, y in zip(xs, ys, strict=True)]
+        ax.errorbar([x / 1e12 for x in xs], ys, yerr=[lo, hi], capsize=3, color=colour,
+                    fmt="o-" if who == "ensemble" else "s--", label=f"{label}: {who}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("training TFLOPs (router included)")
+    ax.set_ylabel("FID, 1,000 samples (Inception)")
+    ax.set_title("Tiny ImageNet 32x32, K=4 whole-class clusters")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    name = "repro_s20.png"
+    fig.savefig(FIGS / name, dpi=100)
+    plt.close(fig)
+    return name
 
 
 # A study's body is body_s<N>; these share another's table.
