@@ -157,6 +157,7 @@ def test_flwr_runs_recipe_key_gives_what_fed_run_records(tmp_path, no_rounds, ca
     first complete round (test below)."""
     cases = [(name, {}) for name in RECIPES]
     cases += [("pooled", {"batch": 16, "client-state": "reset"}), ("fedsgd", {"local-epochs": 2})]
+    cases += [("fedsgd", {"local-steps": 0})]  # 0 is a value (local epochs), not "not given"
     for i, (name, given) in enumerate(cases):
         run = tmp_path / f"{i}-{name}"
         flags = [x for k, v in given.items() for x in (f"--{k}", v)]

@@ -102,7 +102,7 @@ NOT_GIVEN: dict[str, Any] = {
     "optimizer": "",
     "client-state": "",
     "local-epochs": 0.0,
-    "local-steps": 0,
+    "local-steps": -1,
     "server-opt": "",
     "server-ema": -1.0,
 }
