@@ -324,3 +324,16 @@ def test_fed_eval_scores_as_many_images_as_eval_by_default():
     from decentdiff.federated import federate
 
     assert federate.EVAL_N == options.EVAL_N
+
+
+def test_flower_logs_reach_the_launcher_only_when_asked(tmp_path, monkeypatch, capsys):
+    """`fed run --flower-logs` turns Ray's log forwarding on; by default it stays off (a clean
+    shutdown prints nothing)."""
+    seen = []
+    monkeypatch.setattr(simulation, "_simulate", lambda *a: seen.append(a[-1]))
+    for i, extra in enumerate(([], ["--flower-logs"])):
+        code, _, err = cli(capsys, "fed", "run", tmp_path / str(i), "--data", "digits",
+                           "--preset", "tiny", "--clients", 2, "--rounds", 1, "--n", 0, "--quiet",
+                           *extra)  # fmt: skip
+        assert code == 0, err
+    assert seen == [True, False]  # quiet_flower

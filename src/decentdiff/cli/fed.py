@@ -230,6 +230,15 @@ def fed_run(
         int, typer.Option("--parallel", help="Clients trained at once (0 = one per CPU core).")
     ] = 0,
     fresh: FedFreshOpt = False,
+    flower_logs: Annotated[
+        bool,
+        typer.Option(
+            "--flower-logs",
+            help="Show Flower's and Ray's own log lines (warnings, the client actors' output) "
+            "in the terminal. Off, they stay in Ray's session logs (/tmp/ray/session_latest/"
+            "logs); each client's status and failure reason is in rounds.jsonl either way.",
+        ),
+    ] = False,
     n: FedRunNOpt = 500,
     sample_steps: SampleStepsOpt = None,
     solver: SolverOpt = None,
@@ -263,6 +272,7 @@ def fed_run(
         parallel=parallel,
         fresh=fresh,
         progress=not quiet,
+        flower_logs=flower_logs,
         config=config,
         sets=set_,
         data=data,

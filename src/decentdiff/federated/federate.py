@@ -146,6 +146,7 @@ def federate(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     config: str | Path | None = None,
     sets: Sequence[str] | None = None,
+    flower_logs: bool = False,
     **kwargs: Any,
 ) -> FedResult:
     """Train one UNet by federated averaging with Flower's simulation engine (resumable), then
@@ -158,6 +159,9 @@ def federate(
         fresh: delete RUN/federated first.
         progress: print each round (stderr) and the scoring's progress.
         on_round: called with each rounds.jsonl row.
+        flower_logs: Flower's and Ray's own log lines (the actors', the raylet's) in the
+            terminal; off, they stay in Ray's session logs and rounds.jsonl keeps each client's
+            status and reason.
         config, sets: a TOML file and ``section.key=value`` strings, over the recipe and the
             RUN's run.toml.
         kwargs: run options (:func:`option_names`: method, clients, split, rounds, local_steps,
@@ -202,6 +206,7 @@ def federate(
         parallel=parallel,
         fresh=fresh,
         on_round=hook,
+        quiet_flower=not flower_logs,
         server_ema_auto=rec.server_ema_auto and "server_ema" not in given,
     )
     result = FedResult(
