@@ -554,6 +554,7 @@ def test_s20_arms_have_distinct_runs_and_the_headline_check_needs_three_seeds(
     assert len(runs) == len(set(runs)) and all(" " not in r.name for r in runs)
     monkeypatch.setattr(s20, "BASE", tmp_path)
     monkeypatch.setattr(s20, "save", lambda study, out: None)
+    monkeypatch.setattr(s20, "previous", lambda study: None)  # nothing measured elsewhere
     n = s20.BUDGET["n"]
     fids = {0: (6.0, 5.0), 1: (8.0, 7.0), 2: (10.0, 9.5)}  # (monolith, top1) per seed
     steps = s20.BUDGET["steps"][0]
@@ -581,6 +582,7 @@ def test_s20_classes_phase_reports_mixture_per_seed_and_checks_it_on_three_seeds
 
     monkeypatch.setattr(s20, "BASE", tmp_path)
     monkeypatch.setattr(s20, "save", lambda study, out: None)
+    monkeypatch.setattr(s20, "previous", lambda study: None)  # nothing measured elsewhere
     n = s20.BUDGET["n"]
     fids = {0: (100.0, 80.0), 1: (90.0, 95.0), 2: (110.0, 88.0)}  # (monolith, mixture)
     arms = s20.arms("classes")
@@ -596,13 +598,57 @@ def test_s20_classes_phase_reports_mixture_per_seed_and_checks_it_on_three_seeds
         ]
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = s20.report()
-    mix = out["classes"]["mixture"]
+    mix = out["classes_tables"][f"classes/{s20.CLASSES_STEPS}"]["mixture"]
     want = [m / mono for mono, m in (fids[s] for s in (0, 1, 2))]
     assert mix["ratios"] == want and abs(mix["mean"] - sum(want) / 3) < 1e-12
     lo, hi = mix["interval"]
     assert lo < mix["mean"] < hi
     (name,) = [k for k in out["checks"] if "whole-class" in k]
     assert out["checks"][name] == "not held"  # seed 1 is above 1 (and the mean 0.88 below 0.9)
+
+
+def test_s20_keeps_runs_measured_elsewhere_and_tables_each_budget(tmp_path, monkeypatch):
+    """A run not on this machine keeps the numbers the last save recorded; a run measured here
+    replaces its recorded entry; the tiny phase's two budgets are two tables, each checked."""
+    import s20_tiny_imagenet as s20
+
+    monkeypatch.setattr(s20, "BASE", tmp_path)
+    monkeypatch.setattr(s20, "save", lambda study, out: None)
+    elsewhere = {"phase": "classes", **s20.arms("classes")[0], "steps": s20.CLASSES_STEPS,
+                 "rows": {"mixture": {"fid": 9.0, "monolith_fid": 10.0, "ratio": 0.9}}}  # fmt: skip
+    stale = {**elsewhere, "phase": "classes-tiny", "rows": {"mixture": {"ratio": 5.0}}}
+    arms = s20.arms("classes-tiny")
+    recorded = {"gone-run": elsewhere, s20.run_dir(arms[0], arms[0]["budgets"][0]).name: stale}
+    monkeypatch.setattr(s20, "previous", lambda study: {"results": recorded})
+    n = s20.BUDGET["n"]
+    for arm in arms:
+        for j, steps in enumerate(arm["budgets"]):
+            run = s20.run_dir(arm, steps)
+            run.mkdir(parents=True)
+            mono, mix = 100.0, (110.0 if j == 0 else 80.0 + arm["seed"])
+            rows = [
+                {"kind": "eval", "model": "monolith", "n": n, "fid": mono, "train_flops": 4e12},
+                {"kind": "eval", "model": "ensemble", "routing": "mixture", "n": n, "fid": mix,
+                 "train_flops": 4e12},
+            ]  # fmt: skip
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = s20.report()
+    assert out["results"]["gone-run"] == elsewhere
+    first, second = arms[0]["budgets"]
+    assert out["results"][s20.run_dir(arms[0], first).name]["rows"]["mixture"]["ratio"] == 1.1
+    short = out["classes_tables"][f"classes-tiny/{first}"]["mixture"]
+    long = out["classes_tables"][f"classes-tiny/{second}"]["mixture"]
+    assert short["ratios"] == [1.1] * 3 and long["ratios"] == [0.8, 0.81, 0.82]
+    verdicts = {k: v for k, v in out["checks"].items() if "tiny preset" in k}
+    assert verdicts == {
+        k: v
+        for k, v in (
+            (f"class-cond K=4, whole-class clusters, tiny preset, mixture <= 0.9x monolith "
+             f"(mean), every seed < 1, {first} steps", "not held"),
+            (f"class-cond K=4, whole-class clusters, tiny preset, mixture <= 0.9x monolith "
+             f"(mean), every seed < 1, {second} steps", "held"),
+        )
+    }  # fmt: skip
 
 
 def test_s19_and_s20_bodies_render(tmp_path, monkeypatch):
@@ -635,3 +681,18 @@ def test_s19_and_s20_bodies_render(tmp_path, monkeypatch):
     }
     text = "\n".join(report.BODIES["s20_tiny_imagenet"](r20))
     assert "| run-a | 10 | top1 | 5.00 | 6.00 | 0.833 | 1.00 |" in text
+    assert "![s20]" not in text  # no FLOPs recorded: no figure
+    monkeypatch.setattr(report, "FIGS", tmp_path)
+    mix = {"fid": 5.0, "monolith_fid": 6.0, "ratio": 5 / 6, "train_flops": 2e12,
+           "monolith_train_flops": 2e12}  # fmt: skip
+    r20["results"]["run-a"].update(cond=True, preset="tiny", rows={"mixture": mix})
+    r20["setup"] = {"preset": "compact"}
+    r20["classes_tables"] = {"classes-tiny/10": {
+        "phase": "classes-tiny", "steps": 10, "preset": "tiny", "cond": False,
+        "mixture": {"seeds": [0], "ratios": [5 / 6], "ensemble_fid": [5.0], "monolith_fid": [6.0],
+                    "mean": 5 / 6},
+        "expert_loss_gap": {"count": 4, "mean": -0.02, "min": -0.03, "max": -0.01}}}  # fmt: skip
+    text = "\n".join(report.BODIES["s20_tiny_imagenet"](r20))
+    assert "`tiny` preset, unconditional, 10 steps, mixture, seeds 0" in text
+    assert "every one negative: the experts model their clusters better" in text
+    assert "![s20](figures/repro_s20.png)" in text and (tmp_path / "repro_s20.png").is_file()
