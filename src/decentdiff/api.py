@@ -103,18 +103,27 @@ class RunHandle:
         launcher: str = "local",
         jobs: int | None = None,
         batch: int | None = None,
+        init: str = "random",
         fresh: bool = False,
         progress: bool = True,
         config: str | Path | None = None,
         sets: Sequence[str] | None = None,
         **overrides: Any,
     ) -> dict[int, dict[str, Any]]:
-        """``decentdiff train experts``: every expert on its own cluster; {k: meta.json}."""
+        """``decentdiff train experts [--init monolith]``: every expert on its own cluster (from
+        RUN/monolith's checkpoint with ``init="monolith"``, docs/ddm.md); {k: meta.json}."""
         from .ddm.launchers import train_experts
 
         cfg = self.config(config, sets, **overrides)
         return train_experts(
-            self.run, cfg, launcher=launcher, jobs=jobs, batch=batch, fresh=fresh, progress=progress
+            self.run,
+            cfg,
+            launcher=launcher,
+            jobs=jobs,
+            batch=batch,
+            fresh=fresh,
+            progress=progress,
+            init=init,
         )
 
     def train_router(

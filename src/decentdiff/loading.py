@@ -228,6 +228,7 @@ def load_model(
         return _load_ensemble(run, s, routing, drop, device, generator)
     if drop:
         raise ConfigError("--drop-expert applies to --model ensemble only")
+    from .ddm.warm import total_train_flops
     from .training.generative import load_generative
 
     hint = _HINTS.get(m.kind, "").format(run=run.path, index=m.index)
@@ -241,7 +242,7 @@ def load_model(
         objectives=[objective],
         image_shape=tuple(meta["image_shape"]),
         num_classes=unet.num_classes,
-        train_flops=float(meta.get("train_flops", 0.0)),
+        train_flops=total_train_flops([meta]),  # with the warm-up it started from, if any
         decode=_decoder([meta], device, model_dir(run, m)),
         pixel_shape=_pixel_shape(meta),
     )
@@ -279,6 +280,7 @@ def _load_ensemble(
     from .ddm.load import load_ensemble, resolve_routing
     from .ddm.router import router_dir
     from .ddm.routing import parse_routing
+    from .ddm.warm import total_train_flops
     from .training.checkpoint import read_meta
     from .training.generative import objective_from
 
@@ -297,7 +299,8 @@ def _load_ensemble(
         oracle_labels=None if oracle is None else oracle[: s.batch].to(device),
     )
     kept = [k for k in range(rec.num_parts) if k not in drop]
-    train_flops = sum(m.get("train_flops", 0.0) for m in metas)
+    # The experts' own FLOPs, plus a shared warm-up (--init monolith) once, not once per expert.
+    train_flops = total_train_flops(metas)
     if "router" in networks:
         train_flops += read_meta(router_dir(run)).get("train_flops", 0.0)
     return LoadedEnsemble(

@@ -188,3 +188,23 @@ def test_two_ranks_at_half_batch_equal_one_process_at_full_batch(run_dir, tmp_pa
         assert torch.allclose(ddp[k], single[k], atol=1e-5, rtol=1e-4), k
     assert any(not torch.equal(init[k], single[k]) for k in init)  # the weights moved
     assert all(a != b for a, b in zip(seen[0::2], seen[1::2], strict=True))  # halves differ
+
+
+def test_two_ranks_start_an_expert_from_the_monolith(run_dir, tmp_path):
+    """--init monolith under torchrun: rank 0 alone writes the warm start, both ranks resume it."""
+    main(["train", "monolith", str(run_dir), "--steps", "3", *TRAIN])
+    r = _torchrun(
+        tmp_path, "train", "expert", run_dir, "--expert", "0", "--init", "monolith",
+        "--steps", 5, *TRAIN,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    ed, mono = run_dir / "experts" / "0", run_dir / "monolith"
+    meta = json.loads((ed / "meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["step"] == 5 and meta["init"]["step"] == 3
+    assert meta["train_flops"] == pytest.approx(meta["flops_per_step"] * 2)
+    for name in ("model", "ema", "state"):  # .prev: the checkpoint it started from
+        a, b = (
+            load_file(ed / ".prev" / f"{name}.safetensors"),
+            load_file(mono / f"{name}.safetensors"),
+        )
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -34,6 +34,18 @@ from .options import (
     resolve_config,
 )
 
+#: ``--init`` of ``train expert`` and ``train experts``: where an expert without a checkpoint starts.
+ExpertInitOpt = Annotated[
+    str,
+    typer.Option(
+        "--init",
+        help="random: random weights. monolith: RUN/monolith's checkpoint at its step W (weights, "
+        "EMA, optimizer, step; a shared warm-up, read once), then the expert's own shard only; "
+        "--steps counts the W steps in. Applies to an expert without a checkpoint or with "
+        "--fresh.",
+    ),
+]
+
 
 def train_monolith(
     run: RunArg,
@@ -104,6 +116,7 @@ def train_expert(
     steps: StepsOpt = None,
     batch: ExpertBatchOpt = None,
     seed: SeedOpt = None,
+    init: ExpertInitOpt = "random",
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     log: LogOpt = None,
@@ -115,9 +128,11 @@ def train_expert(
     Under `torchrun --nproc_per_node=W`, the island trains with DDP (batch split over W ranks)."""
     from ..ddm.experts import loss_text
     from ..ddm.experts import train_expert as train
+    from ..ddm.warm import check_init
     from ..run import Run
     from ..training.distributed import dist_env, train_expert_ddp
 
+    check_init(init)
     r = Run(run)
     cfg = resolve_config(
         r,
@@ -135,13 +150,17 @@ def train_expert(
     )
     env = dist_env()
     if env is None:
-        meta = train(r, expert, cfg, batch=batch, fresh=fresh, progress=not quiet)
+        meta = train(r, expert, cfg, batch=batch, fresh=fresh, progress=not quiet, init=init)
     else:
-        meta = train_expert_ddp(r, expert, cfg, env, batch=batch, fresh=fresh, progress=not quiet)
+        meta = train_expert_ddp(
+            r, expert, cfg, env, batch=batch, fresh=fresh, progress=not quiet, init=init
+        )
         if not env.is_main:
             return
+    rec = meta.get("init")
+    since = f", from the monolith's step {rec['step']}" if isinstance(rec, dict) else ""
     typer.echo(
-        f"expert {expert}: step {meta['step']}, batch {meta['train']['batch']}, "
+        f"expert {expert}: step {meta['step']}{since}, batch {meta['train']['batch']}, "
         f"{meta['shard_size']} images, loss {loss_text(meta.get('loss'))}"
     )
 
@@ -177,6 +196,7 @@ def train_experts(
     steps: StepsOpt = None,
     batch: ExpertBatchOpt = None,
     seed: SeedOpt = None,
+    init: ExpertInitOpt = "random",
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     log: LogOpt = None,
@@ -187,8 +207,10 @@ def train_experts(
     """Train all K experts (each only on its cluster), here, as parallel processes, or on Ray."""
     from ..ddm.experts import expert_summary
     from ..ddm.launchers import train_experts as train
+    from ..ddm.warm import check_init
     from ..run import Run
 
+    check_init(init)
     r = Run(run)
     cfg = resolve_config(
         r,
@@ -215,6 +237,7 @@ def train_experts(
         progress=not quiet,
         max_retries=retries,
         threads=threads,
+        init=init,
     )
     for k, meta in metas.items():
         typer.echo(expert_summary(k, meta))

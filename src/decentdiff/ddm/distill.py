@@ -33,6 +33,7 @@ from ..training.loop import resolve_device, train
 from .experts import expert_metas
 from .membership import member_data
 from .store import expert_dir
+from .warm import total_train_flops
 
 
 def distill_batch(cfg: Config, batch: int | None) -> int:
@@ -210,7 +211,7 @@ def distill(
         "teacher": teacher,
         "init": init,
         "teacher_flops_per_step": teacher_fps,
-        "teachers_train_flops": float(sum(m.get("train_flops", 0.0) for m in metas)),
+        "teachers_train_flops": total_train_flops(metas),  # a shared warm-up counted once
     }
     return train(
         student,

@@ -4,6 +4,10 @@
 writes only ``RUN/experts/<k>/``: a compute island needs nothing else from the RUN (PAPERS.md §1).
 FLOP matching: by default an expert uses batch B/K (B = ``train.batch``, the monolith's batch) for
 the same number of steps, so the K experts together cost what one monolith costs.
+
+With ``init="monolith"`` (``--init monolith``) an expert starts from RUN/monolith's checkpoint at
+step W instead of random weights (``ddm/warm.py``): that checkpoint is then the one other thing it
+reads from the RUN, once, before its first step; it still draws only from its own shard.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ..run import Run, RunData
 from ..training.checkpoint import read_meta
 from ..training.generative import train_generative
 from .store import check_expert_index, expert_dir, load_partition
+from .warm import Start, plan_start, seed_expert
 
 
 def expert_batch(cfg: Config, num_parts: int, batch: int | None) -> int:
@@ -37,11 +42,15 @@ def train_expert(
     fresh: bool = False,
     progress: bool = True,
     train_images: np.ndarray | None = None,
+    init: str = "random",
 ) -> dict[str, Any]:
     """Train expert k on shard k only.
 
     Args:
         batch: expert batch; None = B/K.
+        init: ``random``, or ``monolith``: a new (or ``fresh``) expert starts from RUN/monolith's
+            weights, EMA, optimizer state and step W; ``cfg.train.steps`` counts W in
+            (``ddm/warm.py``).
         train_images: replaces the training part's images (same rows; uint8 or float in [−1, 1]);
             only rows of shard k are read — the isolation test fills the others with NaN.
     """
@@ -51,6 +60,7 @@ def train_expert(
         if len(train_images) != len(job.data.train_idx):
             raise ConfigError("train_images must have one row per training image")
         images = train_images[job.shard]
+    start = job.start(run, k, init, fresh=fresh)
     return train_generative(
         job.out_dir,
         images,
@@ -60,8 +70,9 @@ def train_expert(
         role=f"expert {k}",
         meta=job.meta,
         metrics_path=job.out_dir / "metrics.jsonl",
-        fresh=fresh,
+        fresh=fresh and not start.record,  # a warm start resumes the checkpoint it just wrote
         progress=progress,
+        flops_from=start.flops_from,
     )
 
 
@@ -76,6 +87,17 @@ class ExpertJob:
     labels: np.ndarray | None
     cfg: Config
     meta: dict[str, Any]
+
+    def start(self, run: Run, k: int, init: str, *, fresh: bool, write: bool = True) -> Start:
+        """Check how the expert starts (``init``) and record it in ``meta``; with ``write``, a
+        warm start's first checkpoint is written from the monolith's (``write=False``: a
+        distributed island's rank 0 writes it later)."""
+        start = plan_start(run, k, self.cfg, init, fresh=fresh, fingerprint=self.data.fingerprint)
+        if start.record is not None:
+            self.meta["init"] = start.record
+        if start.seed and write:
+            seed_expert(run, self.out_dir, start, self.meta, self.cfg, f"expert {k}")
+        return start
 
 
 def expert_job(run: Run, k: int, cfg: Config, *, batch: int | None = None) -> ExpertJob:
@@ -125,8 +147,10 @@ def loss_text(loss: float | None) -> str:
 
 
 def expert_summary(k: int, meta: dict[str, Any]) -> str:
-    """One line per trained expert: step, shard size, loss."""
+    """One line per trained expert: step, shard size, loss (and the warm-up it started from)."""
+    rec = meta.get("init")
+    since = f", from the {rec['from']}'s step {rec['step']}" if isinstance(rec, dict) else ""
     return (
-        f"expert {k}: step {meta['step']}, {meta['shard_size']} images, "
+        f"expert {k}: step {meta['step']}{since}, {meta['shard_size']} images, "
         f"loss {loss_text(meta.get('loss'))}"
     )

@@ -35,13 +35,22 @@ def _config_file(run: Run, cfg: Config) -> Path:
 
 
 def expert_command(
-    run: Run, k: int, config: Path, *, batch: int | None, fresh: bool, threads: int
+    run: Run,
+    k: int,
+    config: Path,
+    *,
+    batch: int | None,
+    fresh: bool,
+    threads: int,
+    init: str = "random",
 ) -> list[str]:
     """The command line of one island (a plain ``decentdiff train expert``)."""
     cmd = [sys.executable, "-m", "decentdiff", "train", "expert", str(run.path), "--expert", str(k)]
     cmd += ["--config", str(config), "--set", f"train.threads={threads}", "-q"]
     if batch is not None:
         cmd += ["--batch", str(batch)]
+    if init != "random":
+        cmd += ["--init", init]
     if fresh:
         cmd.append("--fresh")
     return cmd
@@ -67,6 +76,7 @@ def train_experts(
     progress: bool = True,
     max_retries: int = 2,
     threads: int | None = None,
+    init: str = "random",
 ) -> dict[int, dict[str, Any]]:
     """Train experts ``experts`` (default all K) with the chosen launcher.
 
@@ -78,12 +88,16 @@ def train_experts(
         jobs: parallel islands (default: K, capped at the number of cores).
         address: Ray cluster address (``ray start --head`` prints it); None starts a local Ray.
         threads: torch threads (and Ray CPUs) per island (default: cores // jobs).
+        init: ``random``, or ``monolith``: each expert without a checkpoint (or every one, with
+            ``fresh``) starts from RUN/monolith's checkpoint at step W (``ddm/warm.py``). Every
+            expert's start is checked before any island trains.
 
     Returns:
         {k: meta.json of expert k}.
     """
     from ..training.checkpoint import read_meta
     from .store import expert_dir
+    from .warm import plan_start
 
     if launcher not in LAUNCHERS:
         raise ConfigError(f"unknown --launcher {launcher!r}; choose one of: {', '.join(LAUNCHERS)}")
@@ -95,6 +109,8 @@ def train_experts(
         raise ConfigError(f"--jobs must be ≥ 1, got {jobs}")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be ≥ 1, got {threads}")
+    for k in ks:  # a refused start (no monolith, another init, ...) stops all before any trains
+        plan_start(run, k, cfg, init, fresh=fresh, fingerprint=rec.fingerprint)
     islands = Islands(
         run=run,
         ks=ks,
@@ -106,6 +122,7 @@ def train_experts(
         progress=progress,
         address=address,
         max_retries=max_retries,
+        init=init,
     )
     LAUNCHERS[launcher](islands)
     return {k: read_meta(expert_dir(run, k)) for k in ks}
@@ -125,6 +142,7 @@ class Islands:
     progress: bool  # progress bars (local only: other launchers log to RUN/.launch)
     address: str | None  # Ray cluster address (None: a local Ray)
     max_retries: int  # Ray retries per island
+    init: str = "random"  # where an expert without a checkpoint starts (ddm/warm.py)
 
 
 def _launch_local(i: Islands) -> None:
@@ -132,19 +150,30 @@ def _launch_local(i: Islands) -> None:
     from .experts import train_expert
 
     for k in i.ks:
-        train_expert(i.run, k, i.cfg, batch=i.batch, fresh=i.fresh, progress=i.progress)
+        train_expert(
+            i.run, k, i.cfg, batch=i.batch, fresh=i.fresh, progress=i.progress, init=i.init
+        )
 
 
 def _launch_processes(i: Islands) -> None:
     config = _config_file(i.run, i.cfg)
     _run_processes(
-        i.run, i.ks, config, jobs=i.jobs, batch=i.batch, fresh=i.fresh, threads=i.threads
+        i.run,
+        i.ks,
+        config,
+        jobs=i.jobs,
+        batch=i.batch,
+        fresh=i.fresh,
+        threads=i.threads,
+        init=i.init,
     )
 
 
 def _launch_ray(i: Islands) -> None:
     config = _config_file(i.run, i.cfg)
-    _run_ray(i.run, i.ks, config, i.jobs, i.address, i.batch, i.fresh, i.threads, i.max_retries)
+    _run_ray(
+        i.run, i.ks, config, i.jobs, i.address, i.batch, i.fresh, i.threads, i.max_retries, i.init
+    )
 
 
 def _run_processes(
@@ -157,6 +186,7 @@ def _run_processes(
     fresh: bool,
     threads: int,
     on_start: Any = None,
+    init: str = "random",
 ) -> None:
     """At most ``jobs`` islands at once; each island's stderr goes to RUN/.launch/expert-k.log."""
     pending, running, failed = list(ks), {}, []
@@ -165,7 +195,9 @@ def _run_processes(
         while pending and len(running) < jobs:
             k = pending.pop(0)
             log = (run.path / ".launch" / f"expert-{k}.log").open("w")
-            cmd = expert_command(run, k, config, batch=batch, fresh=fresh, threads=threads)
+            cmd = expert_command(
+                run, k, config, batch=batch, fresh=fresh, threads=threads, init=init
+            )
             running[k] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
             if on_start is not None:
                 on_start(k, running[k][0])
@@ -195,6 +227,7 @@ def _run_ray(
     fresh: bool,
     threads: int,
     max_retries: int,
+    init: str = "random",
 ) -> None:
     try:
         import ray
@@ -214,7 +247,7 @@ def _run_ray(
     def island(k: int) -> int:
         # Never --fresh inside the task: a retry runs the same command and so resumes from the
         # last checkpoint of the failed attempt (--fresh was honoured by clearing the directory).
-        cmd = expert_command(run, k, config, batch=batch, fresh=False, threads=threads)
+        cmd = expert_command(run, k, config, batch=batch, fresh=False, threads=threads, init=init)
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"expert {k}: {done.stderr.strip()[-500:]}")

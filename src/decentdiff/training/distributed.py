@@ -14,6 +14,7 @@ scratch copy of it, taken before the first step, so they resume from the same ch
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -111,12 +112,15 @@ def train_generative_ddp(
     metrics_path: Path | None = None,
     fresh: bool = False,
     progress: bool = True,
+    flops_from: int = 0,
+    before: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
     """:func:`decentdiff.training.generative.train_generative` on W ranks (global batch ``train.batch``).
 
     The checkpoint is the single-process layout (same meta keys, ``train.batch`` = the global B,
     ``flops_per_step`` of the global batch) plus ``world_size``; any later run, distributed or not,
-    resumes it.
+    resumes it. ``before``: run by rank 0 alone, once the ranks have joined and before any of them
+    reads ``out_dir`` (an expert's warm start writes its first checkpoint there).
     """
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -133,6 +137,10 @@ def train_generative_ddp(
     if device.type == "cuda":
         device = torch.device("cuda", env.local_rank)
     init(env, device)
+    if before is not None:
+        if env.is_main:
+            before()
+        dist.barrier()
     if cfg.train.threads == 0:
         # W ranks share the machine's cores; oversubscribing them slows every rank down.
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size))
@@ -198,6 +206,7 @@ def train_generative_ddp(
             fresh=fresh,
             progress=progress and env.is_main,
             flops_per_step=flops,
+            flops_from=flops_from,
         )
         dist.barrier()
     finally:
@@ -228,12 +237,18 @@ def train_expert_ddp(
     batch: int | None = None,
     fresh: bool = False,
     progress: bool = True,
+    init: str = "random",
 ) -> dict[str, Any]:
-    """Expert k of RUN on W ranks: the island's batch (B/K by default) is split over the ranks."""
+    """Expert k of RUN on W ranks: the island's batch (B/K by default) is split over the ranks.
+    ``init="monolith"``: every rank checks the warm start; rank 0 alone writes its checkpoint."""
     from ..ddm.experts import expert_job
+    from ..ddm.warm import seed_expert
 
     job = expert_job(run, k, cfg, batch=batch)
     check_batch(job.cfg.train.batch, env.world_size)  # before any process group: one clean line
+    start = job.start(run, k, init, fresh=fresh, write=False)
+    seed = (run, job.out_dir, start, job.meta, job.cfg, f"expert {k}")
+    before = functools.partial(seed_expert, *seed) if start.seed else None
     return run_island(
         train_generative_ddp,
         job.out_dir,
@@ -245,6 +260,8 @@ def train_expert_ddp(
         role=f"expert {k}",
         meta=job.meta,
         metrics_path=job.out_dir / "metrics.jsonl",
-        fresh=fresh,
+        fresh=fresh and not start.record,
         progress=progress,
+        flops_from=start.flops_from,
+        before=before,
     )

@@ -125,8 +125,12 @@ def train_generative(
     metrics_path: Path | None = None,
     fresh: bool = False,
     progress: bool = True,
+    flops_from: int = 0,
 ) -> dict[str, Any]:
-    """Train a network (``model.preset``/``model.arch``) with ``cfg.objective`` on ``images`` (uint8 (N, C, H, W)) into ``out_dir``."""
+    """Train a network (``model.preset``/``model.arch``) with ``cfg.objective`` on ``images`` (uint8 (N, C, H, W)) into ``out_dir``.
+
+    ``flops_from``: the step ``train_flops`` counts from (see :func:`~decentdiff.training.loop.train`).
+    """
     if len(images) == 0:
         raise ConfigError(f"{role}: no training images")
     device = resolve_device(cfg.train.device)
@@ -175,6 +179,7 @@ def train_generative(
         role=role,
         fresh=fresh,
         progress=progress,
+        flops_from=flops_from,
     )
 
 

@@ -209,6 +209,7 @@ def train(
     fresh: bool = False,
     progress: bool = True,
     flops_per_step: float | None = None,
+    flops_from: int = 0,
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` to ``cfg.steps`` steps, resuming from ``out_dir`` when it holds a checkpoint.
@@ -222,6 +223,9 @@ def train(
         metrics_path: JSONL file that receives a row every ``cfg.log_every`` steps.
         fresh: ignore an existing checkpoint and start over.
         flops_per_step: if None, measured once with the FLOP counter.
+        flops_from: the step ``train_flops`` counts from: a model started at step W from another
+            model's checkpoint (an expert's shared warm-up, ``ddm/warm.py``) pays only for its
+            own steps, ``train_flops = flops_per_step · (step − W)``; the W steps are the other's.
         carry: continue the schedule, optimizer and EMA of an earlier call (see :class:`Carry`);
             updated in place at the end. Only with ``fresh`` (a checkpoint resume has its own).
     Returns:
@@ -289,7 +293,8 @@ def train(
     }
 
     def checkpoint(step: int, last_loss: float | None) -> dict[str, Any]:
-        m = {**base_meta, "step": step, "train_flops": flops_per_step * step, "loss": last_loss}
+        own = step - flops_from
+        m = {**base_meta, "step": step, "train_flops": flops_per_step * own, "loss": last_loss}
         save_checkpoint(
             out_dir,
             {
