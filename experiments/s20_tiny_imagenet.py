@@ -20,7 +20,11 @@ seed 0), ``s64`` (64×64, K=4 class-conditional, seed 0, budget 1), ``classes`` 
 class-conditional on 3 seeds, partitioned ``--by classes``: whole classes grouped by k-means over
 their mean Inception features from 16 images each, so ~3,200 embeddings instead of 101,000; one
 partition (seed 0) for every seed, so the seeds vary training and sampling; ``mixture`` routing,
-which then sends each class to the one expert trained on it without a router).
+which then sends each class to the one expert trained on it without a router), ``classes-tiny``
+(the same with the 87k-parameter ``tiny`` UNet, to a second budget of one epoch),
+``classes-tiny-uncond`` (the same, unconditional), ``classes-tiny-warm`` (experts started from
+classes-tiny's monolith at the first budget, ``train experts --init monolith``, trained to the
+second; compared with classes-tiny's monolith there, which the same FLOPs bought).
 """
 
 from __future__ import annotations
@@ -63,8 +67,8 @@ BUDGET = {
 #: Routings that run one expert per step, then the full mixture (every expert every step).
 ONE_EXPERT = ("top1", "mixture", "sample:1")
 PHASES = (
-    "pilot10", "classes", "classes-tiny", "classes-tiny-uncond", "head", "seeds", "k8", "uncond",
-    "s64",
+    "pilot10", "classes", "classes-tiny", "classes-tiny-uncond", "classes-tiny-warm", "head",
+    "seeds", "k8", "uncond", "s64",
 )  # fmt: skip
 #: The ``classes`` phase's budget: one third of an epoch of 101,000 images per model, sized so
 #: that three seeds finish inside one 2-core session.
@@ -73,7 +77,7 @@ CLASSES_STEPS = scaled(1000, 2)
 #: trend: does the experts' loss gap on their own clusters shrink as the models near capacity?
 TINY_STEPS = (CLASSES_STEPS, scaled(3000, 3))
 #: The phases on whole-class clusters, each tabled per budget.
-CLASS_PHASES = ("classes", "classes-tiny", "classes-tiny-uncond")
+CLASS_PHASES = ("classes", "classes-tiny", "classes-tiny-uncond", "classes-tiny-warm")
 #: The pilot's classes: the first ten WordNet ids in sorted order (a session-sized subset).
 PILOT_CLASSES = 10
 
@@ -129,6 +133,11 @@ def arms(phase: str) -> list[dict[str, Any]]:
     if phase == "classes-tiny-uncond":  # unconditional: the cluster is information the monolith
         # lacks; mixture draws it from the cluster sizes at the first step (no router needed)
         return [{**a, "cond": False} for a in arms("classes-tiny")]
+    if phase == "classes-tiny-warm":  # experts from the tiny monolith at the first budget (a
+        # shared warm-up, `train experts --init monolith`), to the second; its FLOP-matched
+        # monolith is classes-tiny's at the second budget (the warm-up's own continuation)
+        return [{**a, "warm": TINY_STEPS[0], "budgets": TINY_STEPS[1:]}
+                for a in arms("classes-tiny")]  # fmt: skip
     if phase == "head":
         return [{**head, "seed": 0, "routings": (*ONE_EXPERT, "full")}]
     if phase == "seeds":
@@ -147,6 +156,7 @@ def run_dir(arm: dict[str, Any], steps: int) -> Path:
     data = f"tiny{PILOT_CLASSES}-" if arm.get("pilot") else ""
     by = "classes-" if arm.get("by") == "classes" else ""
     by += f"{arm['preset']}-" if arm.get("preset", BUDGET["preset"]) != BUDGET["preset"] else ""
+    by += f"warm{arm['warm']}-" if arm.get("warm") else ""
     return BASE / f"{data}{by}{arm['size']}px-{kind}-K{arm['K']}-s{arm['seed']}-{steps}"
 
 
@@ -167,7 +177,49 @@ def _carry(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def monolith_run(arm: dict[str, Any], steps: int) -> Path:
+    """The RUN whose monolith an arm is compared with: its own, or for a warm arm the base arm's
+    at the same budget (the monolith the warm-up was taken from, trained on to ``steps``)."""
+    return run_dir({k: v for k, v in arm.items() if k != "warm"} if arm.get("warm") else arm, steps)
+
+
+def _step(model_dir: Path) -> int:
+    meta = model_dir / "meta.json"
+    return json.loads(meta.read_text())["step"] if meta.is_file() else -1
+
+
+def train_warm(arm: dict[str, Any], steps: int) -> Path:
+    """Experts from the base arm's monolith at step ``arm["warm"]`` to ``steps``; then RUN's
+    monolith is the base arm's at ``steps`` (for the loss comparison; its FID is the base's)."""
+    base = {k: v for k, v in arm.items() if k != "warm"}
+    start, end, run = run_dir(base, arm["warm"]), run_dir(base, steps), run_dir(arm, steps)
+    if _step(start / "monolith") != arm["warm"] or _step(end / "monolith") != steps:
+        raise SystemExit(f"{run.name} needs {start.name} and {end.name}: run phase classes-tiny")
+    if not (run / "run.toml").is_file():
+        tmp = run.with_name(run.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in ("run.toml", "partition.npz"):
+            shutil.copy2(start / name, tmp / name)
+        shutil.copytree(start / "monolith", tmp / "monolith")
+        os.replace(tmp, run)
+    k = arm["K"]
+    if min(_step(run / "experts" / str(i)) for i in range(k)) < steps:
+        cli("train", "experts", run, "--init", "monolith", "--steps", steps,
+            "--batch", BUDGET["batch"] // k, "--preset", arm["preset"], "--seed", arm["seed"],
+            "--quiet", study=STUDY)  # fmt: skip
+    if _step(run / "monolith") != steps:
+        tmp = run / "monolith.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(end / "monolith", tmp)
+        shutil.rmtree(run / "monolith")
+        os.replace(tmp, run / "monolith")
+    return run
+
+
 def train(arm: dict[str, Any], steps: int, previous: Path | None) -> Path:
+    if arm.get("warm"):
+        return train_warm(arm, steps)
     run = run_dir(arm, steps)
     b, k, seed = BUDGET, arm["K"], arm["seed"]
     if previous is not None:
@@ -201,7 +253,7 @@ def score(arm: dict[str, Any], run: Path) -> dict[str, Any]:
     kw = {"study": STUDY, "n": b["n"], "seed": seed, "steps": b["sample_steps"]}
     if arm["cond"]:
         kw["guidance"] = b["guidance"]
-    table = {"monolith": pick(evaluate(run, "monolith", **kw))}
+    table = {} if arm.get("warm") else {"monolith": pick(evaluate(run, "monolith", **kw))}
     for routing in arm["routings"]:
         table[f"ensemble {routing}"] = pick(evaluate(run, "ensemble", routing=routing, **kw))
     return table
@@ -289,7 +341,7 @@ def report() -> dict[str, Any]:
             for steps in arm["budgets"]:
                 run = run_dir(arm, steps)
                 rows = {}
-                mono = find_row(run, model="monolith", n=BUDGET["n"])
+                mono = find_row(monolith_run(arm, steps), model="monolith", n=BUDGET["n"])
                 for routing in arm["routings"]:
                     row = find_row(run, model="ensemble", routing=routing, n=BUDGET["n"])
                     if row and mono:

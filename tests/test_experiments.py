@@ -634,6 +634,9 @@ def test_s20_keeps_runs_measured_elsewhere_and_tables_each_budget(tmp_path, monk
             (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = s20.report()
     assert out["results"]["gone-run"] == elsewhere
+    warm = s20.arms("classes-tiny-warm")[0]  # compared with the monolith it started from
+    assert s20.monolith_run(warm, warm["budgets"][0]) == s20.run_dir(arms[0], warm["budgets"][0])
+    assert s20.run_dir(warm, warm["budgets"][0]) != s20.monolith_run(warm, warm["budgets"][0])
     first, second = arms[0]["budgets"]
     assert out["results"][s20.run_dir(arms[0], first).name]["rows"]["mixture"]["ratio"] == 1.1
     short = out["classes_tables"][f"classes-tiny/{first}"]["mixture"]
