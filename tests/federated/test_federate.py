@@ -264,6 +264,30 @@ def test_flwr_run_sets_the_recipes_server_ema_after_the_first_round_and_keeps_it
     assert want != settings_from_run_config({**rc, "rounds": 3}).server_ema
 
 
+def test_a_server_that_loads_data_still_takes_the_ema_from_the_clients_reports(
+    tmp_path, monkeypatch
+):
+    """In a deployment the server's own copy of the data need not be split as the SuperNodes'
+    data is: the server EMA comes from the sizes the clients report in the first round, not
+    from the server's split (here made wrong on purpose)."""
+    from dataclasses import replace
+
+    from flwr.app import Context, RecordDict
+
+    from decentdiff.federated import server_app
+
+    run = tmp_path / "flwr"
+    rc = {"clients": 2, "rounds": 1, "data": "digits", "preset": "tiny", "local-epochs": 0.02,
+          "run-dir": str(run)}  # fmt: skip
+    want = settings_from_run_config(rc).server_ema  # the clients' true split
+    real = server_app.settings_from_run_config
+    monkeypatch.setattr(server_app, "settings_from_run_config",
+                        lambda c: replace(real(c), server_ema=want / 2))  # a server split that differs  # fmt: skip
+    ctx = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc)
+    server_app.main(InProcessGrid(2), ctx)
+    assert json.loads((fed_dir(run) / "fed.json").read_text())["server_ema"] == want > 0
+
+
 def test_every_recipe_has_a_line_in_fed_run_help(capsys):
     code, out, _ = cli(capsys, "fed", "run", "--help")
     assert code == 0

@@ -179,13 +179,19 @@ def main(grid: Grid, ctx: Context) -> None:
     """Entry point of ``flwr run`` and of deployment: settings from the run config.
 
     A recipe's server EMA (:func:`.run_config.recipe_sets_server_ema`) is the one the run
-    recorded when it started, if any (as ``fed run``'s: adding rounds later keeps it); else the
-    settings' (from the clients' split), or it is set after the first complete round."""
+    recorded when it started, if any (as ``fed run``'s: adding rounds later keeps it); else, with
+    ``local-steps``, the settings'; else it is set after the first complete round from the sizes
+    the clients report (never from the server's own split of the data, which in a deployment
+    need not be the clients')."""
     rc = dict(ctx.run_config)
     settings = settings_from_run_config(rc)
     auto = recipe_sets_server_ema(rc)
     recorded = read_settings(settings.run_dir) if auto else None
     if recorded is not None and recorded.server_ema > 0:  # resumed, maybe with more rounds
         settings = replace(settings, server_ema=recorded.server_ema)
+    elif auto and not settings.local_steps:
+        # The clients' sizes decide it: in a deployment each SuperNode holds its own data, which
+        # the server's split of its own copy need not match; they report it in the first round.
+        settings = replace(settings, server_ema=0.0)
     record_settings(settings.run_dir, settings)
     serve(grid, settings, server_ema_auto=auto)
