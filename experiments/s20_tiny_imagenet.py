@@ -24,7 +24,9 @@ which then sends each class to the one expert trained on it without a router), `
 (the same with the 87k-parameter ``tiny`` UNet, to a second budget of one epoch),
 ``classes-tiny-uncond`` (the same, unconditional), ``classes-tiny-warm`` (experts started from
 classes-tiny's monolith at the first budget, ``train experts --init monolith``, trained to the
-second; compared with classes-tiny's monolith there, which the same FLOPs bought).
+second; compared with classes-tiny's monolith there, which the same FLOPs bought),
+``classes-tiny-long`` (classes-tiny's seed 0 on to ~6 epochs), ``classes-tiny-k8`` (K = 8) and
+``classes-tiny-64`` (64×64, seed 0), both at the first budget.
 """
 
 from __future__ import annotations
@@ -67,8 +69,9 @@ BUDGET = {
 #: Routings that run one expert per step, then the full mixture (every expert every step).
 ONE_EXPERT = ("top1", "mixture", "sample:1")
 PHASES = (
-    "pilot10", "classes", "classes-tiny", "classes-tiny-uncond", "classes-tiny-warm", "head",
-    "seeds", "k8", "uncond", "s64",
+    "pilot10", "classes", "classes-tiny", "classes-tiny-uncond", "classes-tiny-warm",
+    "classes-tiny-long", "classes-tiny-k8", "classes-tiny-64", "head", "seeds", "k8", "uncond",
+    "s64",
 )  # fmt: skip
 #: The ``classes`` phase's budget: one third of an epoch of 101,000 images per model, sized so
 #: that three seeds finish inside one 2-core session.
@@ -76,8 +79,13 @@ CLASSES_STEPS = scaled(1000, 2)
 #: The tiny-preset phases continue to a second budget, three times the first (one epoch), for the
 #: trend: does the experts' loss gap on their own clusters shrink as the models near capacity?
 TINY_STEPS = (CLASSES_STEPS, scaled(3000, 3))
+#: classes-tiny-long's third budget: about six epochs.
+LONG_STEPS = scaled(10000, 4)
 #: The phases on whole-class clusters, each tabled per budget.
-CLASS_PHASES = ("classes", "classes-tiny", "classes-tiny-uncond", "classes-tiny-warm")
+CLASS_PHASES = (
+    "classes", "classes-tiny", "classes-tiny-uncond", "classes-tiny-warm", "classes-tiny-long",
+    "classes-tiny-k8", "classes-tiny-64",
+)  # fmt: skip
 #: The pilot's classes: the first ten WordNet ids in sorted order (a session-sized subset).
 PILOT_CLASSES = 10
 
@@ -138,6 +146,12 @@ def arms(phase: str) -> list[dict[str, Any]]:
         # monolith is classes-tiny's at the second budget (the warm-up's own continuation)
         return [{**a, "warm": TINY_STEPS[0], "budgets": TINY_STEPS[1:]}
                 for a in arms("classes-tiny")]  # fmt: skip
+    if phase == "classes-tiny-long":  # classes-tiny's seed 0 on to a third budget (~6 epochs)
+        return [{**arms("classes-tiny")[0], "budgets": (*TINY_STEPS, LONG_STEPS)}]
+    if phase == "classes-tiny-k8":  # eight experts, each at batch 8
+        return [{**a, "K": 8, "budgets": TINY_STEPS[:1]} for a in arms("classes-tiny")]
+    if phase == "classes-tiny-64":  # 64x64, one seed, the first budget
+        return [{**arms("classes-tiny")[0], "size": 64, "budgets": TINY_STEPS[:1]}]
     if phase == "head":
         return [{**head, "seed": 0, "routings": (*ONE_EXPERT, "full")}]
     if phase == "seeds":
@@ -336,10 +350,13 @@ def report() -> dict[str, Any]:
     measured on another machine (not under BASE here) keep the numbers their last save recorded."""
     before = (previous(STUDY) or {}).get("results", {})
     results: dict[str, Any] = dict(before)
+    here: set[str] = set()  # runs measured on this machine: the first phase listing one names it
     for name in PHASES:
         for arm in arms(name):
             for steps in arm["budgets"]:
                 run = run_dir(arm, steps)
+                if run.name in here:
+                    continue
                 rows = {}
                 mono = find_row(monolith_run(arm, steps), model="monolith", n=BUDGET["n"])
                 for routing in arm["routings"]:
@@ -356,6 +373,7 @@ def report() -> dict[str, Any]:
                             "monolith_recall": mono.get("recall"),
                         }
                 if rows:
+                    here.add(run.name)
                     results[run.name] = {"phase": name, **arm, "steps": steps, "rows": rows}
                     if (run / "cluster_loss.json").is_file():
                         results[run.name]["cluster_loss"] = json.loads(
@@ -403,9 +421,10 @@ def report() -> dict[str, Any]:
                 ok = m["mean"] <= 0.9 and max(m["ratios"]) < 1
                 kind = "class-cond" if a["cond"] else "unconditional"
                 warm = f", experts from the monolith at step {a['warm']}" if a.get("warm") else ""
+                size = f", {a['size']}x{a['size']}" if a["size"] != 32 else ""
                 checks[
-                    f"{kind} K=4, whole-class clusters, {preset} preset{warm}, mixture <= 0.9x "
-                    f"monolith (mean), every seed < 1, {steps} steps"
+                    f"{kind} K={a['K']}{size}, whole-class clusters, {preset} preset{warm}, "
+                    f"mixture <= 0.9x monolith (mean), every seed < 1, {steps} steps"
                 ] = "held" if ok else "not held"
     out = {
         "claim": "DDM experts trained in isolation beat the FLOP-matched monolith on ImageNet "

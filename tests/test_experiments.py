@@ -549,9 +549,17 @@ def test_s20_arms_have_distinct_runs_and_the_headline_check_needs_three_seeds(
     import s20_tiny_imagenet as s20
 
     runs = [
-        s20.run_dir(a, steps) for p in s20.PHASES for a in s20.arms(p) for steps in a["budgets"]
+        s20.run_dir(a, steps)
+        for p in s20.PHASES
+        if p != "classes-tiny-long"
+        for a in s20.arms(p)
+        for steps in a["budgets"]
     ]
     assert len(runs) == len(set(runs)) and all(" " not in r.name for r in runs)
+    (long,) = s20.arms("classes-tiny-long")  # classes-tiny's seed 0, carried on to a third budget
+    *shared, last = [s20.run_dir(long, steps) for steps in long["budgets"]]
+    assert shared == [s20.run_dir(s20.arms("classes-tiny")[0], s) for s in s20.TINY_STEPS]
+    assert last not in runs
     monkeypatch.setattr(s20, "BASE", tmp_path)
     monkeypatch.setattr(s20, "save", lambda study, out: None)
     monkeypatch.setattr(s20, "previous", lambda study: None)  # nothing measured elsewhere
