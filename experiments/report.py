@@ -709,7 +709,8 @@ def body_s20(r: dict) -> list[str]:
     for t in r.get("classes_tables", {}).values():
         kind = "class-conditional" if t["cond"] else "unconditional"
         warm = f", experts from the monolith at step {t['warm']}" if t.get("warm") else ""
-        what = f"`{t['preset']}` preset, {kind}{warm}, {t['steps']} steps"
+        size = t.get("size", 32)
+        what = f"`{t['preset']}` preset, {kind}{warm}, {size}x{size}, {t['steps']} steps"
         gap = t.get("expert_loss_gap")
         for routing in ("mixture", "top1"):
             c = t.get(routing)
@@ -718,7 +719,7 @@ def body_s20(r: dict) -> list[str]:
             iv = f", 95% t-interval {_iv(c['interval'])}" if c.get("interval") else ""
             out += [
                 "",
-                f"Whole-class clusters (`--by classes`), K=4, {what}, {routing}, seeds "
+                f"Whole-class clusters (`--by classes`), K={t.get('K', 4)}, {what}, {routing}, seeds "
                 + ", ".join(str(s) for s in c["seeds"])
                 + ": ensemble / monolith FID "
                 + ", ".join(
@@ -753,11 +754,12 @@ def _s20_figure(r: dict) -> str | None:
     pts: dict[tuple[str, str], dict[float, list[float]]] = {}
     for res in r["results"].values():
         row = res["rows"].get("mixture")
-        if not row or not row.get("train_flops"):
+        if not row or not row.get("train_flops") or res.get("by") != "classes":
             continue
         kind = "cond" if res["cond"] else "uncond"
         warm = f", warm {res['warm']}" if res.get("warm") else ""
-        label = f"{res.get('preset', r['setup']['preset'])} {kind}{warm}"
+        label = f"{res.get('preset', r['setup']['preset'])} {kind}{warm}, K={res['K']}"
+        label += f", {res['size']}px" if res["size"] != 32 else ""
         for who, fid, flops in (("ensemble", row["fid"], row["train_flops"]),
                                 ("monolith", row["monolith_fid"], row["monolith_train_flops"])):  # fmt: skip
             pts.setdefault((label, who), {}).setdefault(flops, []).append(fid)
@@ -777,7 +779,7 @@ def _s20_figure(r: dict) -> str | None:
     ax.set_xscale("log")
     ax.set_xlabel("training TFLOPs (router included)")
     ax.set_ylabel("FID, 1,000 samples (Inception)")
-    ax.set_title("Tiny ImageNet 32x32, K=4 whole-class clusters")
+    ax.set_title("Tiny ImageNet, whole-class clusters")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -21,7 +21,7 @@ class-conditional on 3 seeds, partitioned ``--by classes``: whole classes groupe
 their mean Inception features from 16 images each, so ~3,200 embeddings instead of 101,000; one
 partition (seed 0) for every seed, so the seeds vary training and sampling; ``mixture`` routing,
 which then sends each class to the one expert trained on it without a router), ``classes-tiny``
-(the same with the 87k-parameter ``tiny`` UNet, to a second budget of one epoch),
+(the same with the 87k-parameter ``tiny`` UNet, to a second budget of ~1.9 epochs),
 ``classes-tiny-uncond`` (the same, unconditional), ``classes-tiny-warm`` (experts started from
 classes-tiny's monolith at the first budget, ``train experts --init monolith``, trained to the
 second; compared with classes-tiny's monolith there, which the same FLOPs bought),
@@ -76,7 +76,7 @@ PHASES = (
 #: The ``classes`` phase's budget: one third of an epoch of 101,000 images per model, sized so
 #: that three seeds finish inside one 2-core session.
 CLASSES_STEPS = scaled(1000, 2)
-#: The tiny-preset phases continue to a second budget, three times the first (one epoch), for the
+#: The tiny-preset phases continue to a second budget, three times the first (~1.9 epochs), for the
 #: trend: does the experts' loss gap on their own clusters shrink as the models near capacity?
 TINY_STEPS = (CLASSES_STEPS, scaled(3000, 3))
 #: classes-tiny-long's third budget: about six epochs.
@@ -226,7 +226,7 @@ def train_warm(arm: dict[str, Any], steps: int) -> Path:
         tmp = run / "monolith.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(end / "monolith", tmp)
-        shutil.rmtree(run / "monolith")
+        shutil.rmtree(run / "monolith", ignore_errors=True)
         os.replace(tmp, run / "monolith")
     return run
 
@@ -349,7 +349,7 @@ def report() -> dict[str, Any]:
     """Every finished evaluation, per arm and budget, with the ensemble / monolith ratios. Runs
     measured on another machine (not under BASE here) keep the numbers their last save recorded."""
     before = (previous(STUDY) or {}).get("results", {})
-    results: dict[str, Any] = dict(before)
+    results = {k: v for k, v in before.items() if not (BASE / k).exists()}
     here: set[str] = set()  # runs measured on this machine: the first phase listing one names it
     for name in PHASES:
         for arm in arms(name):
@@ -414,7 +414,7 @@ def report() -> dict[str, Any]:
                 continue
             tables[f"{phase}/{steps}"] = {
                 "phase": phase, "steps": steps, "preset": preset, "cond": a["cond"],
-                "warm": a.get("warm"), **table,
+                "warm": a.get("warm"), "K": a["K"], "size": a["size"], **table,
             }  # fmt: skip
             m = table.get("mixture", {})
             if len(m.get("ratios", ())) >= 3:

@@ -696,14 +696,16 @@ def test_s19_and_s20_bodies_render(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "FIGS", tmp_path)
     mix = {"fid": 5.0, "monolith_fid": 6.0, "ratio": 5 / 6, "train_flops": 2e12,
            "monolith_train_flops": 2e12}  # fmt: skip
-    r20["results"]["run-a"].update(cond=True, preset="tiny", rows={"mixture": mix})
+    r20["results"]["run-a"].update(
+        cond=True, preset="tiny", by="classes", K=4, size=32, rows={"mixture": mix}
+    )
     r20["setup"] = {"preset": "compact"}
     r20["classes_tables"] = {"classes-tiny/10": {
-        "phase": "classes-tiny", "steps": 10, "preset": "tiny", "cond": False,
+        "phase": "classes-tiny", "steps": 10, "preset": "tiny", "cond": False, "K": 4, "size": 32,
         "mixture": {"seeds": [0], "ratios": [5 / 6], "ensemble_fid": [5.0], "monolith_fid": [6.0],
                     "mean": 5 / 6},
         "expert_loss_gap": {"count": 4, "mean": -0.02, "min": -0.03, "max": -0.01}}}  # fmt: skip
     text = "\n".join(report.BODIES["s20_tiny_imagenet"](r20))
-    assert "`tiny` preset, unconditional, 10 steps, mixture, seeds 0" in text
+    assert "K=4, `tiny` preset, unconditional, 32x32, 10 steps, mixture, seeds 0" in text
     assert "every one negative: the experts model their clusters better" in text
     assert "![s20](figures/repro_s20.png)" in text and (tmp_path / "repro_s20.png").is_file()

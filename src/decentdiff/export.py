@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .ddm.warm import total_train_flops
 from .errors import ConfigError, RunError
 from .models.registry import describe
 from .run import Run
@@ -149,7 +150,7 @@ def _config(
             "architecture": describe(m),
             "image_shape": m.get("image_shape"),
             "vae": (m.get("vae") or {}).get("fingerprint"),
-            "train_flops": m.get("train_flops"),
+            "train_flops": None if m.get("train_flops") is None else total_train_flops([m]),
             "steps": m.get("step"),
             "metrics": None if row is None else _metrics(row),
         }

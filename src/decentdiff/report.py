@@ -11,6 +11,7 @@ import torch
 
 from .config import Config
 from .ddm.defaults import DEFAULT_ROUTING, DEFAULT_ROUTINGS
+from .ddm.warm import total_train_flops
 from .evaluation.evaluate import evaluate, find_row, read_rows, sample_key
 from .loading import samples_path
 from .models.registry import describe
@@ -206,7 +207,7 @@ def write_report(run: Run, cfg: Config) -> Path:
             continue
         md.append(
             f"| {d.relative_to(rp)} | {describe(m)} | {m.get('params', 0):,} | {m.get('step')} | "
-            f"{m['train'].get('batch')} | {m.get('train_flops', 0) / 1e12:.3g} | "
+            f"{m['train'].get('batch')} | {total_train_flops([m]) / 1e12:.3g} | "
             f"{(m.get('loss') or float('nan')):.4f} |"
         )
     curves = _curves(run)

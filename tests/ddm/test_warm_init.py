@@ -190,6 +190,18 @@ def test_ensemble_counts_the_warm_up_once_and_equals_the_flop_matched_monolith(r
     assert [_meta(run / "experts" / str(k)) for k in (0, 1)] == list(metas.values())
 
 
+def test_flop_match_refuses_experts_whose_batches_do_not_add_up_to_the_warm_up(run, capsys):
+    """Experts from a warm-up at batch 8 trained at an explicit batch 3 each (3 + 3 = 6): the
+    monolith would go on at batch 6 and the two totals differ, so --flop-match refuses."""
+    code, _, err = cli(capsys, "train", "experts", run, "--init", "monolith", "--steps", S,
+                       "--batch", 3, *TINY)  # fmt: skip
+    assert code == 0, err
+    before = tree_hashes(run / "monolith")
+    code, _, err = cli(capsys, "train", "monolith", run, "--flop-match", *TINY)
+    assert code != 0 and "started from the monolith at batch 8" in err and "sum to 6" in err
+    assert tree_hashes(run / "monolith") == before  # nothing trained
+
+
 def test_distinct_warm_ups_are_each_counted_once():
     rec = {"from": "monolith", "step": 3, "train_flops": 30.0}
     later = {"from": "monolith", "step": 4, "train_flops": 40.0}

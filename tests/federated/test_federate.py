@@ -151,10 +151,10 @@ def test_fed_run_and_the_api_default_to_the_pooled_recipe(tmp_path, no_rounds, c
 
 def test_flwr_runs_recipe_key_gives_what_fed_run_records(tmp_path, no_rounds, capsys):
     """`recipe` in Flower's run config resolves as `fed run --recipe` (the command line is the
-    oracle): fed.json's run options, config and network, run_dir included. Loading the data, the
-    server sets a recipe's server EMA from the clients' split as `fed run` does; with image-shape
-    (no data on the server) and local epochs it cannot yet, and the ServerApp sets it after the
-    first complete round (test below)."""
+    oracle): fed.json's run options, config and network, run_dir included. Loading the data,
+    the settings carry a recipe's server EMA from the clients' split as `fed run`'s; with
+    image-shape (no data on the server) and local epochs they cannot. The ServerApp itself sets
+    it under local epochs from the sizes the clients report in the first round (tests below)."""
     cases = [(name, {}) for name in RECIPES]
     cases += [("pooled", {"batch": 16, "client-state": "reset"}), ("fedsgd", {"local-epochs": 2})]
     cases += [("fedsgd", {"local-steps": 0})]  # 0 is a value (local epochs), not "not given"

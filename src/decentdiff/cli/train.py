@@ -41,8 +41,8 @@ ExpertInitOpt = Annotated[
         "--init",
         help="random: random weights. monolith: RUN/monolith's checkpoint at its step W (weights, "
         "EMA, optimizer, step; a shared warm-up, read once), then the expert's own shard only; "
-        "--steps counts the W steps in. Applies to an expert without a checkpoint or with "
-        "--fresh.",
+        "--steps counts the W steps in. Chooses how an expert without a checkpoint (or with "
+        "--fresh) starts; an existing expert is continued only with the --init it started with.",
     ),
 ]
 

@@ -12,13 +12,26 @@ from ..run import Run
 def flop_match(run: Run, cfg: Config) -> int:
     """Set ``cfg.train`` to the experts' total compute: batch = the sum of the experts' batches,
     steps = the most steps any expert was trained for. Returns K (needs trained experts)."""
+    from ..errors import ConfigError
+    from ..training.checkpoint import read_meta
     from .experts import expert_metas
     from .store import load_partition
+    from .warm import init_of
 
     rec = load_partition(run)
     metas = expert_metas(run, rec.num_parts, rec.partition_id)
     cfg.train.batch = sum(m["train"]["batch"] for m in metas)
     cfg.train.steps = max(m["train"]["steps"] for m in metas)
+    if any(init_of(m) for m in metas):  # the monolith goes on from the experts' warm-up
+        mono = run.model_dir("monolith")
+        started = read_meta(mono) if (mono / "meta.json").is_file() else {}
+        batch = (started.get("train") or {}).get("batch")
+        if batch is not None and batch != cfg.train.batch:
+            raise ConfigError(
+                f"--flop-match: the experts started from the monolith at batch {batch} but "
+                f"their batches sum to {cfg.train.batch}, so the two would not cost the same; "
+                f"train the experts at batch {batch} // K with K dividing {batch} (no --batch)"
+            )
     return rec.num_parts
 
 

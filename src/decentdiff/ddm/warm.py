@@ -253,12 +253,13 @@ def seed_expert(
 
 
 def clear_checkpoint(out_dir: Path) -> None:
-    """Remove the checkpoint in ``out_dir`` (meta.json first, then its tensors and ``.prev``);
-    logs (metrics.jsonl, commands.txt) stay."""
+    """Remove the checkpoint in ``out_dir`` (``.prev`` first, so a crash part-way never leaves a
+    ``.prev`` to fall back to, then meta.json, then its tensors); logs (metrics.jsonl,
+    commands.txt) stay."""
     if not out_dir.is_dir():
         return
     remove_stale_temps(out_dir)
+    shutil.rmtree(out_dir / PREVIOUS, ignore_errors=True)
     (out_dir / "meta.json").unlink(missing_ok=True)
     for name in TENSOR_FILES:
         (out_dir / f"{name}.safetensors").unlink(missing_ok=True)
-    shutil.rmtree(out_dir / PREVIOUS, ignore_errors=True)

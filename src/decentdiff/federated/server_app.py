@@ -61,10 +61,10 @@ def serve(
         evaluate_fn: ``(round, arrays) -> metrics`` after each round, for FULL/USPLIT only; it is
             given the server EMA's weights with ``--server-ema`` (what ``sample``/``eval`` load by
             default), else the global model. Its result goes to the round's row.
-        server_ema_auto: the recipe's server EMA, which ``settings`` (``server_ema`` 0) could
-            not set without the clients' sizes (``flwr run`` with ``image-shape`` and local
-            epochs): set from the first complete round's clients (:func:`_recipe_ema`), unless
-            a complete round was recorded without it (a resumed run keeps its EMA).
+        server_ema_auto: the recipe's server EMA, which ``settings`` (``server_ema`` 0) leaves
+            to the clients' sizes (``flwr run`` and deployments with local epochs): set from the
+            sizes the first complete round's clients report (:func:`_recipe_ema`), unless a
+            complete round was recorded without it (a resumed run keeps its EMA).
     """
     run_dir = Path(settings.run_dir)
     arrays, done = resume_point(run_dir, settings)
