@@ -25,7 +25,7 @@ which then sends each class to the one expert trained on it without a router), `
 ``classes-tiny-uncond`` (the same, unconditional), ``classes-tiny-warm`` (experts started from
 classes-tiny's monolith at the first budget, ``train experts --init monolith``, trained to the
 second; compared with classes-tiny's monolith there, which the same FLOPs bought),
-``classes-tiny-long`` (classes-tiny's seed 0 on to ~6 epochs), ``classes-tiny-k8`` (K = 8) and
+``classes-tiny-long`` (classes-tiny's seeds on to ~6 epochs), ``classes-tiny-k8`` (K = 8) and
 ``classes-tiny-64`` (64×64, seed 0), both at the first budget.
 """
 
@@ -146,8 +146,8 @@ def arms(phase: str) -> list[dict[str, Any]]:
         # monolith is classes-tiny's at the second budget (the warm-up's own continuation)
         return [{**a, "warm": TINY_STEPS[0], "budgets": TINY_STEPS[1:]}
                 for a in arms("classes-tiny")]  # fmt: skip
-    if phase == "classes-tiny-long":  # classes-tiny's seed 0 on to a third budget (~6 epochs)
-        return [{**arms("classes-tiny")[0], "budgets": (*TINY_STEPS, LONG_STEPS)}]
+    if phase == "classes-tiny-long":  # classes-tiny's seeds on to a third budget (~6 epochs)
+        return [{**a, "budgets": (*TINY_STEPS, LONG_STEPS)} for a in arms("classes-tiny")]
     if phase == "classes-tiny-k8":  # eight experts, each at batch 8
         return [{**a, "K": 8, "budgets": TINY_STEPS[:1]} for a in arms("classes-tiny")]
     if phase == "classes-tiny-64":  # 64x64, one seed, the first budget

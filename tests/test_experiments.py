@@ -556,10 +556,9 @@ def test_s20_arms_have_distinct_runs_and_the_headline_check_needs_three_seeds(
         for steps in a["budgets"]
     ]
     assert len(runs) == len(set(runs)) and all(" " not in r.name for r in runs)
-    (long,) = s20.arms("classes-tiny-long")  # classes-tiny's seed 0, carried on to a third budget
-    *shared, last = [s20.run_dir(long, steps) for steps in long["budgets"]]
-    assert shared == [s20.run_dir(s20.arms("classes-tiny")[0], s) for s in s20.TINY_STEPS]
-    assert last not in runs
+    for long, base in zip(s20.arms("classes-tiny-long"), s20.arms("classes-tiny"), strict=True):
+        *shared, last = [s20.run_dir(long, steps) for steps in long["budgets"]]  # carried on
+        assert shared == [s20.run_dir(base, s) for s in s20.TINY_STEPS] and last not in runs
     monkeypatch.setattr(s20, "BASE", tmp_path)
     monkeypatch.setattr(s20, "save", lambda study, out: None)
     monkeypatch.setattr(s20, "previous", lambda study: None)  # nothing measured elsewhere
