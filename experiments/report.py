@@ -710,7 +710,10 @@ def body_s20(r: dict) -> list[str]:
         kind = "class-conditional" if t["cond"] else "unconditional"
         warm = f", experts from the monolith at step {t['warm']}" if t.get("warm") else ""
         size = t.get("size", 32)
-        what = f"`{t['preset']}` preset, {kind}{warm}, {size}x{size}, {t['steps']} steps"
+        what = (
+            f"K={t.get('K', 4)}, `{t['preset']}` preset, {kind}{warm}, {size}x{size}, "
+            f"{t['steps']} steps"
+        )
         gap = t.get("expert_loss_gap")
         for routing in ("mixture", "top1"):
             c = t.get(routing)
@@ -719,7 +722,7 @@ def body_s20(r: dict) -> list[str]:
             iv = f", 95% t-interval {_iv(c['interval'])}" if c.get("interval") else ""
             out += [
                 "",
-                f"Whole-class clusters (`--by classes`), K={t.get('K', 4)}, {what}, {routing}, seeds "
+                f"Whole-class clusters (`--by classes`), {what}, {routing}, seeds "
                 + ", ".join(str(s) for s in c["seeds"])
                 + ": ensemble / monolith FID "
                 + ", ".join(
@@ -793,7 +796,7 @@ def _s20_figure(r: dict) -> str | None:
     rx.set_xscale("log")
     rx.set_xlabel("training TFLOPs")
     rx.set_ylabel("ensemble FID / monolith FID")
-    rx.set_title("each seed (0.9: the issue's bar)")
+    rx.set_title("each seed (dotted: 0.9x, the target)")
     rx.grid(alpha=0.3)
     rx.legend(fontsize=6)
     fig.tight_layout()

@@ -274,7 +274,8 @@ STUDIES = (
         "DDM on Tiny ImageNet against the FLOP-matched monolith",
         "natural",
         "Does DDM beat the FLOP-matched monolith on natural images (Tiny ImageNet)?",
-        'Nothing yet: README\'s natural-images row ("not yet measured to a conclusion").',
+        "README's natural-images row and the advice for natural images in docs/ddm.md "
+        "(whole-class clusters, mixture, a budget of several epochs).",
     ),
 )
 
