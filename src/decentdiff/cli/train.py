@@ -15,6 +15,7 @@ from .options import (
     DataOpt,
     DdmRunArg,
     ExpertBatchOpt,
+    ExpertInitOpt,
     FreshOpt,
     IslandThreadsOpt,
     LogOpt,
@@ -28,23 +29,12 @@ from .options import (
     SetOpt,
     StepsOpt,
     StudentBatchOpt,
+    StudentInitOpt,
     StudentPresetOpt,
     TrainDeviceOpt,
     VaeOpt,
     resolve_config,
 )
-
-#: ``--init`` of ``train expert`` and ``train experts``: where an expert without a checkpoint starts.
-ExpertInitOpt = Annotated[
-    str,
-    typer.Option(
-        "--init",
-        help="random: random weights. monolith: RUN/monolith's checkpoint at its step W (weights, "
-        "EMA, optimizer, step; a shared warm-up, read once), then the expert's own shard only; "
-        "--steps counts the W steps in. Chooses how an expert without a checkpoint (or with "
-        "--fresh) starts; an existing expert is continued only with the --init it started with.",
-    ),
-]
 
 
 def train_monolith(
@@ -299,16 +289,7 @@ def distill(
             "a lower-variance target (full costs K expert forwards per example).",
         ),
     ] = "own",
-    init: Annotated[
-        str,
-        typer.Option(
-            "--init",
-            help="The student's starting weights: random; soup, the experts' EMA weights "
-            "averaged by cluster size; or expert:K, expert K's. The experts are already paid "
-            "for, so a start from them costs no training FLOPs (soup and expert:K need the "
-            "experts' architecture).",
-        ),
-    ] = "random",
+    init: StudentInitOpt = "random",
     fresh: FreshOpt = False,
     quiet: QuietOpt = False,
     log: LogOpt = None,
