@@ -208,3 +208,21 @@ def test_two_ranks_start_an_expert_from_the_monolith(run_dir, tmp_path):
             load_file(mono / f"{name}.safetensors"),
         )
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_warm_start_failing_on_rank_0_ends_every_rank_with_its_error(run_dir, tmp_path):
+    """Rank 0 alone reads the monolith for a warm start; when that fails (here an altered weights
+    file), every rank ends (no rank waits at the barrier: _torchrun's timeout would fail this
+    test) and rank 0's one-line reason is printed; the expert gets no checkpoint."""
+    main(["train", "monolith", str(run_dir), "--steps", "3", *TRAIN])
+    weights = run_dir / "monolith" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    r = _torchrun(
+        tmp_path, "train", "expert", run_dir, "--expert", "0", "--init", "monolith",
+        "--steps", 5, *TRAIN,
+    )  # fmt: skip
+    assert r.returncode != 0
+    assert "model.safetensors does not match the checksum in meta.json" in r.stderr
+    assert not (run_dir / "experts" / "0" / "meta.json").exists()
