@@ -42,7 +42,6 @@ from common import (
     ROOT,
     cli,
     evaluate,
-    find_row,
     overall,
     pick,
     previous,
@@ -51,6 +50,7 @@ from common import (
     summarise,
     t_interval,
 )
+from common import rows as metric_rows
 
 STUDY = "s20_tiny_imagenet"
 #: The unpacked tiny-imagenet-200 folder: $DECENTDIFF_TINY_IMAGENET, else ~/data/tiny-imagenet-200.
@@ -70,8 +70,8 @@ BUDGET = {
 ONE_EXPERT = ("top1", "mixture", "sample:1")
 PHASES = (
     "pilot10", "classes", "classes-tiny", "classes-tiny-uncond", "classes-tiny-warm",
-    "classes-tiny-long", "classes-tiny-k8", "classes-tiny-64", "head", "seeds", "k8", "uncond",
-    "s64",
+    "classes-tiny-long", "classes-tiny-longer", "classes-tiny-guidance", "classes-tiny-k8",
+    "classes-tiny-64", "head", "seeds", "k8", "uncond", "s64",
 )  # fmt: skip
 #: The ``classes`` phase's budget: one third of an epoch of 101,000 images per model, sized so
 #: that three seeds finish inside one 2-core session.
@@ -81,10 +81,14 @@ CLASSES_STEPS = scaled(1000, 2)
 TINY_STEPS = (CLASSES_STEPS, scaled(3000, 3))
 #: classes-tiny-long's third budget: about six epochs.
 LONG_STEPS = scaled(10000, 4)
+#: classes-tiny-longer's fourth budget: about 12.7 epochs (does the trend past parity go on?).
+LONGER_STEPS = scaled(20000, 5)
+#: Guidance scales tried on classes-tiny-long's models besides the study's 2 (1: no guidance).
+GUIDANCES = (1.0, 3.0)
 #: The phases on whole-class clusters, each tabled per budget.
 CLASS_PHASES = (
     "classes", "classes-tiny", "classes-tiny-uncond", "classes-tiny-warm", "classes-tiny-long",
-    "classes-tiny-k8", "classes-tiny-64",
+    "classes-tiny-longer", "classes-tiny-guidance", "classes-tiny-k8", "classes-tiny-64",
 )  # fmt: skip
 #: The pilot's classes: the first ten WordNet ids in sorted order (a session-sized subset).
 PILOT_CLASSES = 10
@@ -148,6 +152,12 @@ def arms(phase: str) -> list[dict[str, Any]]:
                 for a in arms("classes-tiny")]  # fmt: skip
     if phase == "classes-tiny-long":  # classes-tiny's seeds on to a third budget (~6 epochs)
         return [{**a, "budgets": (*TINY_STEPS, LONG_STEPS)} for a in arms("classes-tiny")]
+    if phase == "classes-tiny-longer":  # and on to a fourth (~12.7 epochs)
+        return [{**a, "budgets": (*a["budgets"], LONGER_STEPS)} for a in arms("classes-tiny-long")]
+    if phase == "classes-tiny-guidance":  # classes-tiny-long's models sampled at other guidance
+        # scales (no training: evaluations only, in the same run directories)
+        return [{**a, "budgets": (LONG_STEPS,), "guidance": g}
+                for g in GUIDANCES for a in arms("classes-tiny")]  # fmt: skip
     if phase == "classes-tiny-k8":  # eight experts, each at batch 8
         return [{**a, "K": 8, "budgets": TINY_STEPS[:1]} for a in arms("classes-tiny")]
     if phase == "classes-tiny-64":  # 64x64, one seed, the first budget
@@ -266,7 +276,7 @@ def score(arm: dict[str, Any], run: Path) -> dict[str, Any]:
     b, seed = BUDGET, arm["seed"]
     kw = {"study": STUDY, "n": b["n"], "seed": seed, "steps": b["sample_steps"]}
     if arm["cond"]:
-        kw["guidance"] = b["guidance"]
+        kw["guidance"] = arm.get("guidance", b["guidance"])
     table = {} if arm.get("warm") else {"monolith": pick(evaluate(run, "monolith", **kw))}
     for routing in arm["routings"]:
         table[f"ensemble {routing}"] = pick(evaluate(run, "ensemble", routing=routing, **kw))
@@ -339,28 +349,48 @@ def work(phase: str | None, seed: int | None = None) -> None:
                 continue
             previous = None
             for steps in arm["budgets"]:
+                if arm.get("guidance") is not None:  # evaluations of trained models only
+                    run = run_dir(arm, steps)
+                    if _step(run / "monolith") != steps:
+                        raise SystemExit(f"{run.name} is not trained: run classes-tiny-long first")
+                    score(arm, run)
+                    continue
                 previous = train(arm, steps, previous)
                 score(arm, previous)
                 if arm.get("by") == "classes":
                     cluster_loss(previous, cond=arm["cond"])
 
 
+def _row(run: Path, guidance: float | None, **match: Any) -> dict[str, Any] | None:
+    """The last eval row of RUN with ``match`` and BUDGET's n sampled at ``guidance`` (None: any;
+    a row without the field counts as the study's guidance)."""
+    found = None
+    for r in metric_rows(run, "eval"):
+        if r.get("n") == BUDGET["n"] and all(r.get(k) == v for k, v in match.items()):
+            if guidance is None or r.get("guidance", BUDGET["guidance"]) == guidance:
+                found = r
+    return found
+
+
 def report() -> dict[str, Any]:
     """Every finished evaluation, per arm and budget, with the ensemble / monolith ratios. Runs
     measured on another machine (not under BASE here) keep the numbers their last save recorded."""
     before = (previous(STUDY) or {}).get("results", {})
-    results = {k: v for k, v in before.items() if not (BASE / k).exists()}
+    results = {k: v for k, v in before.items() if not (BASE / v.get("run", k)).exists()}
     here: set[str] = set()  # runs measured on this machine: the first phase listing one names it
     for name in PHASES:
         for arm in arms(name):
+            g = arm.get("guidance")  # another guidance than the study's: its own entry
+            want = g if g is not None else BUDGET["guidance"] if arm["cond"] else None
             for steps in arm["budgets"]:
                 run = run_dir(arm, steps)
-                if run.name in here:
+                key = run.name if g is None else f"{run.name}-guidance{g:g}"
+                if key in here:
                     continue
                 rows = {}
-                mono = find_row(monolith_run(arm, steps), model="monolith", n=BUDGET["n"])
+                mono = _row(monolith_run(arm, steps), want, model="monolith")
                 for routing in arm["routings"]:
-                    row = find_row(run, model="ensemble", routing=routing, n=BUDGET["n"])
+                    row = _row(run, want, model="ensemble", routing=routing)
                     if row and mono:
                         rows[routing] = {
                             "fid": row["fid"],
@@ -373,10 +403,11 @@ def report() -> dict[str, Any]:
                             "monolith_recall": mono.get("recall"),
                         }
                 if rows:
-                    here.add(run.name)
-                    results[run.name] = {"phase": name, **arm, "steps": steps, "rows": rows}
-                    if (run / "cluster_loss.json").is_file():
-                        results[run.name]["cluster_loss"] = json.loads(
+                    here.add(key)
+                    results[key] = {"phase": name, **arm, "run": run.name, "steps": steps,
+                                    "rows": rows}  # fmt: skip
+                    if g is None and (run / "cluster_loss.json").is_file():
+                        results[key]["cluster_loss"] = json.loads(
                             (run / "cluster_loss.json").read_text()
                         )
     checks, headline = {}, {}
@@ -406,15 +437,17 @@ def report() -> dict[str, Any]:
     for phase in CLASS_PHASES:
         a = arms(phase)[0]
         preset = a.get("preset", BUDGET["preset"])
-        for steps in sorted({r["steps"] for r in results.values() if r["phase"] == phase}):
+        mine = [r for r in results.values() if r["phase"] == phase]
+        for steps, g in sorted({(r["steps"], r.get("guidance") or 0.0) for r in mine}):
             table = classes_table(
-                [r for r in results.values() if r["phase"] == phase and r["steps"] == steps]
+                [r for r in mine if r["steps"] == steps and (r.get("guidance") or 0.0) == g]
             )
             if not table:
                 continue
-            tables[f"{phase}/{steps}"] = {
+            tables[f"{phase}/{steps}" + (f"/guidance{g:g}" if g else "")] = {
                 "phase": phase, "steps": steps, "preset": preset, "cond": a["cond"],
-                "warm": a.get("warm"), "K": a["K"], "size": a["size"], **table,
+                "warm": a.get("warm"), "K": a["K"], "size": a["size"], "guidance": g or None,
+                **table,
             }  # fmt: skip
             m = table.get("mixture", {})
             if len(m.get("ratios", ())) >= 3:
@@ -422,6 +455,7 @@ def report() -> dict[str, Any]:
                 kind = "class-cond" if a["cond"] else "unconditional"
                 warm = f", experts from the monolith at step {a['warm']}" if a.get("warm") else ""
                 size = f", {a['size']}x{a['size']}" if a["size"] != 32 else ""
+                size += f", guidance {g:g}" if g else ""
                 checks[
                     f"{kind} K={a['K']}{size}, whole-class clusters, {preset} preset{warm}, "
                     f"mixture <= 0.9x monolith (mean), every seed < 1, {steps} steps"

@@ -551,7 +551,7 @@ def test_s20_arms_have_distinct_runs_and_the_headline_check_needs_three_seeds(
     runs = [
         s20.run_dir(a, steps)
         for p in s20.PHASES
-        if p != "classes-tiny-long"
+        if p not in ("classes-tiny-long", "classes-tiny-longer", "classes-tiny-guidance")
         for a in s20.arms(p)
         for steps in a["budgets"]
     ]
@@ -559,6 +559,17 @@ def test_s20_arms_have_distinct_runs_and_the_headline_check_needs_three_seeds(
     for long, base in zip(s20.arms("classes-tiny-long"), s20.arms("classes-tiny"), strict=True):
         *shared, last = [s20.run_dir(long, steps) for steps in long["budgets"]]  # carried on
         assert shared == [s20.run_dir(base, s) for s in s20.TINY_STEPS] and last not in runs
+    longer = [s20.run_dir(a, s) for a in s20.arms("classes-tiny-longer") for s in a["budgets"]]
+    long = [s20.run_dir(a, s) for a in s20.arms("classes-tiny-long") for s in a["budgets"]]
+    assert set(long) < set(longer) and not set(longer) - set(long) & set(runs)
+    # the guidance arms evaluate classes-tiny-long's last models, each scale on every seed
+    guided = [
+        (s20.run_dir(a, a["budgets"][-1]), a["guidance"]) for a in s20.arms("classes-tiny-guidance")
+    ]
+    assert {r for r, _ in guided} == {
+        s20.run_dir(a, s20.LONG_STEPS) for a in s20.arms("classes-tiny")
+    }
+    assert len(set(guided)) == len(guided) == 3 * len(s20.GUIDANCES)
     monkeypatch.setattr(s20, "BASE", tmp_path)
     monkeypatch.setattr(s20, "save", lambda study, out: None)
     monkeypatch.setattr(s20, "previous", lambda study: None)  # nothing measured elsewhere
@@ -659,6 +670,51 @@ def test_s20_keeps_runs_measured_elsewhere_and_tables_each_budget(tmp_path, monk
              f"(mean), every seed < 1, {second} steps", "held"),
         )
     }  # fmt: skip
+
+
+def test_s20_guidance_arms_table_apart_from_the_same_runs_at_the_study_guidance(
+    tmp_path, monkeypatch
+):
+    """Rows at another guidance scale in the same run directory make their own table per scale;
+    the study-guidance table of that budget keeps only the study-guidance rows."""
+    import s20_tiny_imagenet as s20
+
+    monkeypatch.setattr(s20, "BASE", tmp_path)
+    monkeypatch.setattr(s20, "save", lambda study, out: None)
+    monkeypatch.setattr(s20, "previous", lambda study: None)
+    n, steps, g0 = s20.BUDGET["n"], s20.LONG_STEPS, s20.BUDGET["guidance"]
+    fid = {g0: (100.0, 90.0), 1.0: (150.0, 160.0), 3.0: (120.0, 100.0)}  # (monolith, mixture)
+    for arm in s20.arms("classes-tiny-long"):
+        run = s20.run_dir(arm, steps)
+        run.mkdir(parents=True)
+        rows = [
+            {
+                "kind": "eval",
+                "model": m,
+                "routing": r,
+                "n": n,
+                "guidance": g,
+                "fid": f + arm["seed"],
+            }
+            for g, (mono, mix) in fid.items()
+            for m, r, f in (("monolith", None, mono), ("ensemble", "mixture", mix))
+        ]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = s20.report()
+    tables = out["classes_tables"]
+    for g, (mono, mix) in fid.items():
+        key = (
+            f"classes-tiny-long/{steps}"
+            if g == g0
+            else f"classes-tiny-guidance/{steps}/guidance{g:g}"
+        )
+        want = [(mix + s) / (mono + s) for s in (0, 1, 2)]
+        assert tables[key]["mixture"]["ratios"] == want, key
+        assert tables[key]["guidance"] == (None if g == g0 else g)
+    held = [k for k, v in out["checks"].items() if v == "held"]
+    # guidance 3: 0.83x on every seed; the study's 2: 0.900x, 0.901x, 0.902x (a mean above 0.9),
+    # read from its own rows though the guidance-3 rows come after them in the file
+    assert len(held) == 1 and "guidance 3" in held[0]
 
 
 def test_s19_and_s20_bodies_render(tmp_path, monkeypatch):
