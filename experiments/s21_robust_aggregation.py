@@ -34,6 +34,7 @@ from common import (
     cli,
     find_row,
     overall,
+    previous,
     save,
     summarise,
     t_interval,
@@ -121,8 +122,23 @@ def work(argv: list[str]) -> None:
 
 
 def done(rule: str, attack: str, seed: int, clients: int) -> float | None:
-    row = find_row(run_dir(rule, attack, seed, clients), kind="fed_eval", n=FED["n"])
-    return None if row is None else float(row["fid"]["mean"])
+    """The arm's FID: scored here, or, when its run directory is not on this machine, what the
+    last save recorded for it (measured on another machine; None if never)."""
+    run = run_dir(rule, attack, seed, clients)
+    if run.exists():
+        row = find_row(run, kind="fed_eval", n=FED["n"])
+        return None if row is None else float(row["fid"]["mean"])
+    return recorded(rule, attack, seed, clients)
+
+
+def recorded(rule: str, attack: str, seed: int, clients: int) -> float | None:
+    """The FID the last saved result holds for an arm, or None."""
+    table = (previous(STUDY) or {}).get(
+        "five_clients" if clients == FED["clients"] else "seven_clients"
+    )
+    cell = (table or {}).get(rule, {}).get(attack, {})
+    per = dict(zip(cell.get("seeds", ()), cell.get("per_seed", ()), strict=True))
+    return None if per.get(seed) is None else float(per[seed])
 
 
 def table(rules: tuple[str, ...], clients: int) -> tuple[dict[str, Any], dict[str, list[int]]]:
@@ -195,6 +211,10 @@ def report() -> dict[str, Any]:
         result[f"{key}_seeds"] = seeds
         if len(seeds["honest"]) == len(SEEDS):  # a verdict only on every planned seed
             checks.update({f"{k}{suffix}": v for k, v in checks_of(t).items()})
+    result["measured_elsewhere"] = sorted(
+        run_dir(*j).name for j in jobs(tuple(PHASES))
+        if not run_dir(*j).exists() and recorded(*j) is not None
+    )  # fmt: skip
     result["checks"] = checks
     result["verdict"] = overall(checks)
     save(STUDY, result)

@@ -764,3 +764,36 @@ def test_s19_and_s20_bodies_render(tmp_path, monkeypatch):
     assert "K=4, `tiny` preset, unconditional, 32x32, 10 steps, mixture, seeds 0" in text
     assert "every one negative: the experts model their clusters better" in text
     assert "![s20](figures/repro_s20.png)" in text and (tmp_path / "repro_s20.png").is_file()
+
+
+def test_s21_keeps_arms_measured_elsewhere_and_prefers_a_run_here(tmp_path, monkeypatch):
+    """An arm whose run directory is not on this machine keeps the FID the last save recorded
+    (so a new attack can run against honest arms measured before); an arm run here wins."""
+    import s21_robust_aggregation as s21
+
+    monkeypatch.setattr(s21, "ROOT", tmp_path)
+    c = s21.FED["clients"]
+    seeds = list(s21.SEEDS)
+    five = {r: {a: {"per_seed": [], "seeds": []} for a in s21.ATTACKS} for r in s21.RULES}
+    for r in s21.RULES:
+        for a in ("honest", "scale"):
+            five[r][a] = {"per_seed": [10.0 + i for i, _ in enumerate(seeds)], "seeds": seeds}
+    monkeypatch.setattr(s21, "previous", lambda study: {"five_clients": five})
+    saved = {}
+    monkeypatch.setattr(s21, "save", lambda study, out: saved.update(out))
+    assert s21.done("median", "honest", seeds[1], c) == 11.0
+    assert s21.done("median", "signflip", seeds[1], c) is None
+    assert s21.done("bulyan:1", "honest", seeds[0], 7) is None  # seven clients: another table
+    here = s21.run_dir("median", "honest", seeds[1], c)
+    here.mkdir(parents=True)
+    assert s21.done("median", "honest", seeds[1], c) is None  # here but not scored: not recorded
+    row = {"kind": "fed_eval", "n": s21.FED["n"], "fid": {"mean": 7.5}}
+    (here / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    assert s21.done("median", "honest", seeds[1], c) == 7.5
+    out = s21.report()
+    assert out["five_clients"]["median"]["honest"]["per_seed"] == [10.0, 7.5, 12.0][: len(seeds)]
+    assert out["five_clients_seeds"]["scale"] == seeds and out["five_clients_seeds"]["noise"] == []
+    assert here.name not in out["measured_elsewhere"]
+    assert s21.run_dir("fedavg", "scale", seeds[0], c).name in out["measured_elsewhere"]
+    # the recorded scaled arms equal the honest ones here: FedAvg is not 1.5x worse under them
+    assert saved["checks"]["fedavg_degrades_under_scale"] == "not held"
