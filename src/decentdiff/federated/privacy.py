@@ -222,6 +222,7 @@ class Privacy:
     mode: str = "server"
     rng: np.random.Generator | None = None
     clients: int = 0  # m, the run's clients: the adaptive count's public denominator
+    precision: float = 0.0  # Σ σ_t^−2 over the rounds released by :meth:`release` (else 0)
 
     @property
     def sigma_model(self) -> float:
@@ -264,17 +265,7 @@ class Privacy:
             norms.append(norm)
             for k, v in d.items():
                 sums[k] = sums[k] + v if k in sums else v
-        std = self.sigma_model * c
-        out = dict(global_)
-        for k, n in assigned.items():
-            ref = np.asarray(global_[k])
-            if n <= 0 or not np.issubdtype(ref.dtype, np.floating):
-                continue  # nobody assigned (or an integer buffer): nothing released, kept as is
-            # assigned but nobody's update arrived: noise alone, so that "unchanged" cannot tell
-            # whether a client contributed
-            total = sums.get(k, np.zeros(ref.shape, np.float64))
-            noisy = total + rng.normal(0.0, std, size=ref.shape) if std > 0 else total
-            out[k] = (ref.astype(np.float64) + noisy / n).astype(ref.dtype)
+        out = _noisy_mean(global_, sums, assigned, self.sigma_model * c, rng)
         row: dict[str, Any] = {
             "mode": self.mode,
             "clip": c,
@@ -293,22 +284,97 @@ class Privacy:
         row.update(self.spent())
         return out, row
 
-    def spent(self) -> dict[str, Any]:
-        """The guarantee so far: {"releases", "epsilon", "delta", "epsilon_rdp"}."""
-        return {
-            "releases": self.releases,
-            "epsilon": epsilon(self.releases, self.sigma, self.delta),
-            "delta": self.delta,
-            "epsilon_rdp": rdp_epsilon(self.releases, self.sigma, self.delta)[0],
+    def release(
+        self,
+        global_: Mapping[str, np.ndarray],
+        sums: Mapping[str, np.ndarray],
+        assigned: Mapping[str, int],
+        rounding: float,
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """One DP round from a sum the server did not form itself (``--secagg --dp client``):
+        ``sums`` is, per floating key, Σ_i of the clients' own clipped updates, each moved by at
+        most ``rounding`` in L2 norm (SecAgg+'s rounding: :func:`.secagg.rounding_bound`).
+
+        The noise is :meth:`aggregate`'s, N(0, (σ·C)²) per coordinate, the division by n_g too;
+        but one client now moves the sum by up to C + rounding, so the round is accounted as a
+        Gaussian mechanism of multiplier :func:`effective_sigma` (rounds.jsonl's
+        ``sigma_effective``; ε and ε_RDP use it). Fixed clipping only (no clip bits to count).
+        """
+        if self.adaptive:
+            raise ValueError("adaptive clipping needs each client's clip bit")
+        rng = self.rng if self.rng is not None else np.random.default_rng()
+        c = self.clip_norm
+        out = _noisy_mean(global_, sums, assigned, self.sigma_model * c, rng)
+        eff = effective_sigma(self.sigma, c, rounding)
+        self.releases += 1
+        self.precision += eff**-2
+        row: dict[str, Any] = {
+            "mode": self.mode,
+            "clip": c,
+            "sigma": self.sigma,
+            "sigma_model": self.sigma_model,
+            "rounding": rounding,
+            "sensitivity": c + rounding,
+            "sigma_effective": eff,
         }
+        row.update(self.spent())
+        return out, row
+
+    def spent(self) -> dict[str, Any]:
+        """The guarantee so far: {"releases", "epsilon", "delta", "epsilon_rdp"}, plus
+        "sigma_accounted" when the rounds had their own effective multipliers (:meth:`release`):
+        T Gaussian releases of multipliers σ_t compose to μ-GDP with μ² = Σ σ_t^−2, i.e. T
+        releases of σ̄ = (T / Σ σ_t^−2)^½ (for ε and for the RDP bound alike)."""
+        sigma = self.sigma
+        if self.precision > 0:
+            sigma = math.sqrt(self.releases / self.precision)
+        out = {
+            "releases": self.releases,
+            "epsilon": epsilon(self.releases, sigma, self.delta),
+            "delta": self.delta,
+            "epsilon_rdp": rdp_epsilon(self.releases, sigma, self.delta)[0],
+        }
+        if self.precision > 0:
+            out["sigma_accounted"] = sigma
+        return out
 
     def resume(self, rows: Sequence[Mapping[str, Any]]) -> Privacy:
         """Continue from a run's rounds.jsonl rows: the releases so far and the next C."""
         done = [r["dp"] for r in rows if r.get("complete") and "dp" in r]
         self.releases = len(done)
+        self.precision = sum(
+            float(r["sigma_effective"]) ** -2 for r in done if "sigma_effective" in r
+        )
         if done and self.adaptive and "next_clip" in done[-1]:
             self.clip_norm = float(done[-1]["next_clip"])
         return self
+
+
+def _noisy_mean(
+    global_: Mapping[str, np.ndarray],
+    sums: Mapping[str, np.ndarray],
+    assigned: Mapping[str, int],
+    std: float,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Per assigned floating key: global + (sum + N(0, std²)) / n_g; every other key as is."""
+    out = dict(global_)
+    for k, n in assigned.items():
+        ref = np.asarray(global_[k])
+        if n <= 0 or not np.issubdtype(ref.dtype, np.floating):
+            continue  # nobody assigned (or an integer buffer): nothing released, kept as is
+        # assigned but nobody's update arrived: noise alone, so that "unchanged" cannot tell
+        # whether a client contributed
+        total = sums.get(k, np.zeros(ref.shape, np.float64))
+        noisy = total + rng.normal(0.0, std, size=ref.shape) if std > 0 else total
+        out[k] = (ref.astype(np.float64) + noisy / n).astype(ref.dtype)
+    return out
+
+
+def effective_sigma(sigma: float, c: float, rounding: float) -> float:
+    """The multiplier a round is accounted at when noise σ·C meets sensitivity C + rounding:
+    σ·C / (C + rounding) (σ itself when nothing rounds)."""
+    return sigma * c / (c + rounding)
 
 
 def from_settings(settings: Any) -> Privacy | None:
@@ -419,7 +485,10 @@ def final(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         return None
     last = done[-1]
     keys = ("epsilon", "delta", "releases", "epsilon_rdp", "sigma", "mode")
-    return {k: last.get(k) for k in keys}
+    out = {k: last.get(k) for k in keys}
+    if "sigma_accounted" in last:  # --secagg: ε is at the multiplier the rounding leaves
+        out["sigma_accounted"] = last["sigma_accounted"]
+    return out
 
 
 def summary_line(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -427,8 +496,12 @@ def summary_line(rows: Sequence[Mapping[str, Any]]) -> str:
     f = final(rows)
     if f is None:
         return "differential privacy: no round released yet"
+    acc = f.get("sigma_accounted")
+    sigma = f"σ = {f['sigma']:.4g}" + (
+        f", accounted at {acc:.4g} for SecAgg+'s rounding" if acc is not None else ""
+    )
     return (
-        f"differential privacy ({f['mode']}-side clipping, σ = {f['sigma']:.4g}): "
+        f"differential privacy ({f['mode']}-side clipping, {sigma}): "
         f"(ε = {f['epsilon']:.3g}, δ = {f['delta']:g}) after {f['releases']} rounds, "
         "client-level, exact Gaussian accountant "
         f"(RDP: ε = {f['epsilon_rdp']:.3g})"

@@ -20,12 +20,32 @@ integer q_i = SR((r_i·θ_i + c)·Q/(2c)) masked modulo M, where r_i = round(n_i
 unmasks Σ q_i and returns Σ r_i θ_i / Σ r_i up to the rounding. :func:`error_bound` is the bound
 the tests check it against.
 
+With ``--dp client`` (fixed clipping; :func:`private_release`). Each client masks its own
+update Δ_i = θ_i − θ_global clipped to norm C (:func:`dp_update`: privacy.py's clip, redone in
+float64 as the last step before masking), not θ_i, with weight 1: DP averages every client alike
+(privacy.py's aggregate is unweighted), and W is then 1 (:func:`max_weight_of`), so r_i = 1
+exactly. Sending Δ_i rather than θ_i is equivalent for the mean and keeps every coordinate within
+[−c, c] whatever θ_global is (|Δ_ij| ≤ C ≤ c is required): Flower's clamp to ±c never cuts a
+clipped update. The server unmasks Σ_i q_i, i.e. the mean over the n_rep clients whose masked
+vectors were unmasked; n_rep · mean is the sum of clipped updates, to which privacy.py adds
+N(0, (σ·C)²) per coordinate and divides by n_g (the clients sampled), as on the plain path.
+
+Trust model: the server cannot enforce the clip, as it never sees an update; the bound rests on
+each client clipping its own (as in Flower's client-side DP wrappers). Sensitivity: the server's
+sum moves, when one client is added or removed, by that client's Δ_i plus its rounding error,
+< 1 step 2c/(Q·r_i) per coordinate, so by at most C + ρ with ρ = √d·2c/Q
+(:func:`rounding_bound`, d the floating coordinates summed). Each round is therefore accounted
+as a Gaussian mechanism of multiplier σ·C/(C + ρ) (``sigma_effective`` in rounds.jsonl; ε uses
+it). With the defaults (c = 8, 22 bits) and the tiny preset's model, see docs/federated.md.
+
 Which runs cannot use it (refused in one line by :func:`validate`, before any round):
 USPLIT (clients report different groups; the masked sum needs one vector of one length from
 every client), ``--aggregate`` robust rules (a median or Krum needs the individual updates; the
-server only has their sum), ``--dp`` (decentdiff's DP aggregator clips each update and reads each
-client's clip bit on the server; client-side clipping with the noise added to the secure sum is
-possible in principle but not wired), ``--quantize`` (8-bit codes carry a per-client offset and
+server only has their sum), ``--dp server`` (the server cannot clip what it never sees),
+``--dp-adaptive`` (it needs the count of clipped updates, which SecAgg+ hides), ``--target-epsilon``
+(σ would have to be found for an ε that depends on the model's size through ρ), a
+``--secagg-max-weight`` other than 1 under ``--dp`` (it would inflate the rounding by 1/r_i),
+``--dp-clip`` above ``--secagg-clip``, ``--quantize`` (8-bit codes carry a per-client offset and
 step: they cannot be added), and too few clients for the shares / threshold.
 """
 
@@ -99,10 +119,7 @@ def validate(s: Any) -> None:
             "and a robust rule needs each update; drop one of them"
         )
     if s.dp != "off":
-        raise ConfigError(
-            "--secagg with --dp: decentdiff's DP clips and counts each client's update on the "
-            "server, which SecAgg+ hides (not wired yet); drop one of them"
-        )
+        _validate_dp(s)
     if s.quantize:
         raise ConfigError(
             "--secagg with --quantize: 8-bit updates carry a per-client offset and step and "
@@ -135,14 +152,50 @@ def validate(s: Any) -> None:
         )
 
 
+def _validate_dp(s: Any) -> None:
+    """``--secagg --dp``: only client-side fixed clipping combines (see the module doc)."""
+    if s.dp == "server":
+        raise ConfigError(
+            "--secagg with --dp server: the server cannot clip updates it never sees; use "
+            "--dp client (each client clips its own update before masking)"
+        )
+    if s.dp_adaptive:
+        raise ConfigError(
+            "--secagg with --dp-adaptive: adaptive clipping needs the count of clipped updates, "
+            "which SecAgg+ hides; drop --dp-adaptive (fixed clipping at --dp-clip)"
+        )
+    if s.target_epsilon:
+        raise ConfigError(
+            "--secagg with --target-epsilon: the ε also depends on SecAgg+'s rounding, which "
+            "depends on the model's size; give --noise-multiplier instead (rounds.jsonl "
+            "reports the ε)"
+        )
+    if s.secagg_max_weight not in (DEFAULTS["secagg_max_weight"], 1.0):
+        raise ConfigError(
+            f"--secagg-max-weight {s.secagg_max_weight:g} with --dp: DP weighs every client 1, "
+            "and SecAgg+ then uses max weight 1 (a larger one coarsens its rounding); drop it"
+        )
+    if s.dp_clip > s.secagg_clip:
+        raise ConfigError(
+            f"--dp-clip {s.dp_clip:g} above --secagg-clip {s.secagg_clip:g}: SecAgg+ would "
+            "cut the clipped updates' coordinates; use --secagg-clip ≥ --dp-clip"
+        )
+
+
+def max_weight_of(s: Any) -> float:
+    """W the workflow uses: ``--secagg-max-weight``, or 1 under ``--dp`` (every weight is 1)."""
+    return 1.0 if s.dp != "off" else float(s.secagg_max_weight)
+
+
 def _max_bits(clients: int) -> int:
     return min(30, math.floor(math.log2(MODULUS / clients - 1)))
 
 
 def check_sizes(s: Any, sizes: list[int]) -> None:
     """Refuse a client whose weight (training images) exceeds ``--secagg-max-weight``: its
-    weighted values r·θ with r > 1 could be clipped at c, and the sum overflow."""
-    if s.secagg and sizes and max(sizes) > s.secagg_max_weight:
+    weighted values r·θ with r > 1 could be clipped at c, and the sum overflow (not under
+    ``--dp``: every weight is 1)."""
+    if s.secagg and s.dp == "off" and sizes and max(sizes) > s.secagg_max_weight:
         raise ConfigError(
             f"--secagg-max-weight {s.secagg_max_weight:g} is below the largest client's "
             f"{max(sizes)} training images: set --secagg-max-weight {max(sizes)} or more"
@@ -164,6 +217,46 @@ def error_bound(
     r = sum(round(w / max_weight * q) / q for w in weights)
     n = len(weights)
     return n * (2 * clip + spread / 2) / (q * r)
+
+
+def rounding_bound(
+    coordinates: int, *, clip: float, bits: int, max_weight: float, weight: float = 1.0
+) -> float:
+    """ρ, the most SecAgg+'s rounding moves one client's contribution to the unmasked sum, in
+    L2 norm and in the values' own units: stochastic rounding moves each of the ``coordinates``
+    integers by < 1 step of 2c/Q, i.e. the value by < 2c/(Q·r) with r = round(weight/W·Q)/Q
+    (the weight the client's values were multiplied by), so ρ = √d·2c/(Q·r). Under ``--dp``
+    the weight is 1 and W is 1 (:func:`max_weight_of`): r = 1, ρ = √d·2c/Q."""
+    q = 2.0**bits
+    r = round(weight / max_weight * q) / q
+    return math.sqrt(coordinates) * 2 * clip / (q * r)
+
+
+def private_release(
+    privacy: Any, global_: dict[str, np.ndarray], sec: SecureRound, assigned: dict[str, int], s: Any
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``--secagg --dp client``: the DP round from SecAgg+'s mean of the clients' clipped updates.
+
+    Every client masked Δ_i clipped to C with weight 1 (:func:`fitres_content`), so the unmasked
+    mean is Σ_i Δ_i / n_rep over the n_rep clients whose masked vectors were unmasked, and
+    n_rep · mean is the sum privacy.py's :meth:`~.privacy.Privacy.aggregate` would have formed,
+    each Δ_i moved by at most :func:`rounding_bound` (d = the floating coordinates summed).
+    :meth:`~.privacy.Privacy.release` adds its noise, divides by n_g and accounts the round at
+    the multiplier that the sensitivity C + ρ leaves. Non-floating keys keep the server's values.
+    """
+    n_rep = len(sec.clients)
+    sums: dict[str, np.ndarray] = {}
+    for k, v in zip(sec.keys, sec.mean or [], strict=True):
+        ref = np.asarray(global_[k])
+        if np.issubdtype(ref.dtype, np.floating):
+            sums[k] = n_rep * np.asarray(v, np.float64).reshape(ref.shape)
+    d = sum(v.size for v in sums.values())
+    rho = rounding_bound(
+        d, clip=float(s.secagg_clip), bits=int(s.secagg_bits), max_weight=max_weight_of(s)
+    )
+    new, row = privacy.release(global_, sums, assigned, rho)
+    row.update(reporting=n_rep, coordinates=d)
+    return new, row
 
 
 # ----------------------------------------------------------------------------- the server side
@@ -284,7 +377,7 @@ class SecAggGrid:
         return SecAggPlusWorkflow(
             num_shares=shares,
             reconstruction_threshold=thr,
-            max_weight=float(s.secagg_max_weight),
+            max_weight=max_weight_of(s),
             clipping_range=float(s.secagg_clip),
             quantization_range=2 ** int(s.secagg_bits),
             modulus_range=MODULUS,
@@ -383,14 +476,28 @@ def read_fitins(content: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return conf, dict(zip(keys, parameters_to_ndarrays(ins.parameters), strict=True))
 
 
-def fitres_content(update: dict[str, np.ndarray], metrics: dict[str, Any], settings: Any) -> Any:
+def fitres_content(
+    update: dict[str, np.ndarray],
+    metrics: dict[str, Any],
+    settings: Any,
+    received: dict[str, np.ndarray] | None = None,
+) -> Any:
     """The reply ``secaggplus_mod`` masks: the update's arrays in sorted key order (the server's
-    :func:`report_keys`), weighted by num-examples, which must not exceed the max weight."""
+    :func:`report_keys`), weighted by num-examples, which must not exceed the max weight.
+
+    ``--dp client``: instead the clipped update Δ_i (:func:`dp_update`, against ``received``)
+    with weight 1, and no clip bit among the metrics (it would reveal that client's norm)."""
     import flwr.compat.common.recorddict_compat as compat
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 
     n = int(metrics["num-examples"])
-    if n > settings.secagg_max_weight:
+    if settings.dp != "off":
+        if received is None:
+            raise ValueError("--secagg --dp: the received arrays are needed to send the update")
+        update = dp_update(update, received, float(settings.dp_clip))
+        metrics = {k: v for k, v in metrics.items() if k != "dp-unclipped"}
+        n = 1
+    elif n > settings.secagg_max_weight:
         raise ConfigError(
             f"--secagg-max-weight {settings.secagg_max_weight:g} is below this client's {n} "
             f"training images: set --secagg-max-weight {n} or more"
@@ -398,3 +505,19 @@ def fitres_content(update: dict[str, np.ndarray], metrics: dict[str, Any], setti
     params = ndarrays_to_parameters([np.asarray(update[k]) for k in sorted(update)])
     scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
     return compat.fitres_to_recorddict(FitRes(Status(Code.OK, ""), params, n, scalars), True)
+
+
+def dp_update(
+    values: dict[str, np.ndarray], received: dict[str, np.ndarray], c: float
+) -> dict[str, np.ndarray]:
+    """``--secagg --dp client``: what a client masks, Δ_i = values − received over the floating
+    keys, clipped (again, in float64, as the last step before masking) to norm c; zeros for the
+    other keys (integer buffers are not released under DP: the server keeps its own)."""
+    from .privacy import clip
+
+    fk = [k for k, v in values.items() if np.issubdtype(np.asarray(v).dtype, np.floating)]
+    delta, _ = clip(
+        {k: np.asarray(values[k], np.float64) - np.asarray(received[k], np.float64) for k in fk},
+        c,
+    )
+    return {k: delta[k] if k in delta else np.zeros(np.shape(v)) for k, v in values.items()}

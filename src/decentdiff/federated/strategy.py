@@ -227,7 +227,8 @@ class PartialAverage(FedAvg):
         for node, res in sec.clients.items():
             row = rows.setdefault(node, {"node": node})
             metrics = {k: v for k, v in res["metrics"].items() if k != "num-examples"}
-            row.update(status="ok", **metrics, num_examples=res["num_examples"])
+            n = res["metrics"].get("num-examples", res["num_examples"])  # --dp: weight 1
+            row.update(status="ok", **metrics, num_examples=int(n))
             accepted.append(RecordDict({"metrics": MetricRecord(dict(res["metrics"]))}))
         for node, row in rows.items():
             if node not in sec.clients and row.get("status") == "no reply":
@@ -244,9 +245,15 @@ class PartialAverage(FedAvg):
         if not ok or sec.mean is None:
             log(WARNING, "round %s: secure aggregation halted; the global model is unchanged", rnd)
             return None, None
-        new = dict(self._global)
-        for k, v in zip(sec.keys, sec.mean, strict=True):
-            new[k] = np.asarray(v).astype(self._global[k].dtype).reshape(self._global[k].shape)
+        if self.privacy is not None:  # --dp client: the mean of clipped updates (secagg.py)
+            new, info["dp"] = S.private_release(
+                self.privacy, self._global, sec, self._assigned_counts(), self.settings
+            )
+        else:
+            new = dict(self._global)
+            for k, v in zip(sec.keys, sec.mean, strict=True):
+                ref = self._global[k]
+                new[k] = np.asarray(v).astype(ref.dtype).reshape(ref.shape)
         self._reported = set(sec.keys)
         arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in new.items()})
         return arrays, self.train_metrics_aggr_fn(accepted, self.weighted_by_key)
@@ -255,15 +262,20 @@ class PartialAverage(FedAvg):
         self, updates: list[A.Update], bits: list[bool | None]
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``--dp``: clipped sum + Gaussian noise per key over its assigned reporters."""
+        assigned = self._assigned_counts()
+        client = self.privacy.mode == "client"  # type: ignore[union-attr]
+        return self.privacy.aggregate(  # type: ignore[union-attr]
+            self._global, [u.arrays for u in updates], assigned, bits if client else None
+        )
+
+    def _assigned_counts(self) -> dict[str, int]:
+        """Key -> the clients assigned to report it this round (n_g, fixed before any reply)."""
         keys = list(self._global)
         assigned: dict[str, int] = {}
         for groups in self._assigned.values():
             for k in P.keys_for(groups, keys):
                 assigned[k] = assigned.get(k, 0) + 1
-        client = self.privacy.mode == "client"  # type: ignore[union-attr]
-        return self.privacy.aggregate(  # type: ignore[union-attr]
-            self._global, [u.arrays for u in updates], assigned, bits if client else None
-        )
+        return assigned
 
     def _record_rule(self, rnd: int, info: dict[str, Any], groups: dict[str, Any]) -> None:
         """The rule's round in ``info`` (picks by partition id); a group it could not combine
