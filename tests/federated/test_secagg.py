@@ -25,7 +25,20 @@ REPORT = "bottleneck,decoder,encoder"
     [
         ({"method": "usplit", "clients": 4}, "usplit"),
         ({"aggregate": "median", "clients": 5}, "--aggregate median"),
-        ({"dp": "server", "dp_clip": 1.0, "noise_multiplier": 1.0}, "--dp"),
+        ({"dp": "server", "dp_clip": 1.0, "noise_multiplier": 1.0}, "use --dp client"),
+        (
+            {"dp": "client", "dp_clip": 1.0, "noise_multiplier": 0.2, "dp_adaptive": True},
+            "drop --dp-adaptive",
+        ),
+        ({"dp": "client", "dp_clip": 1.0, "target_epsilon": 8.0}, "give --noise-multiplier"),
+        (
+            {"dp": "client", "dp_clip": 1.0, "noise_multiplier": 1.0, "secagg_max_weight": 500},
+            "--secagg-max-weight 500 with --dp",
+        ),
+        (
+            {"dp": "client", "dp_clip": 1.0, "noise_multiplier": 1.0, "secagg_clip": 0.5},
+            "use --secagg-clip ≥ --dp-clip",
+        ),
         ({"quantize": 8}, "--quantize"),
         ({"clients": 2}, "--clients ≥ 3"),
         ({"clients": 4, "secagg_threshold": 4}, "--secagg-threshold 4 with 4 shares"),
