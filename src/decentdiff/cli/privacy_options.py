@@ -13,8 +13,9 @@ DpOpt = Annotated[
         "--dp",
         help="Client-level differential privacy: off; server (the server clips each client's "
         "update to --dp-clip, averages them alike and adds Gaussian noise of std σ·C/n per "
-        "weight); client (the clients clip before sending, the server adds the noise). Every "
-        "method; not with a robust --aggregate. (ε, δ) per round in rounds.jsonl "
+        "weight); client (the clients clip before sending, the server adds the noise; the "
+        "one that combines with --secagg). Every method; not with a robust --aggregate. "
+        "(ε, δ) per round in rounds.jsonl "
         "(docs/federated.md, differential privacy).",
     ),
 ]

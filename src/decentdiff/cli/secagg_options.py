@@ -13,8 +13,10 @@ SecAggOpt = Annotated[
         "--secagg",
         help="Secure aggregation with Flower's SecAgg+: the server gets only the clients' "
         "weighted average, never one update. full, udec, ulatdec with the plain average (any "
-        "--server-opt); refused with usplit, a robust --aggregate, --dp, --quantize and < 3 "
-        "clients (docs/federated.md, secure aggregation).",
+        "--server-opt); with --dp client at a fixed --dp-clip (each client clips its own "
+        "update; ε accounts for SecAgg+'s rounding); refused with usplit, a robust "
+        "--aggregate, --dp server, --dp-adaptive, --quantize and < 3 clients "
+        "(docs/federated.md, secure aggregation).",
     ),
 ]
 SecAggSharesOpt = Annotated[
@@ -37,7 +39,8 @@ SecAggClipOpt = Annotated[
     float,
     typer.Option(
         "--secagg-clip",
-        help="c: each weighted value (n_i/W)·θ is clipped to [-c, c] before quantisation.",
+        help="c: each weighted value (n_i/W)·θ is clipped to [-c, c] before quantisation "
+        "(with --dp the clipped update Δ, so c = --dp-clip is enough and rounds finest).",
     ),
 ]
 SecAggBitsOpt = Annotated[
@@ -55,6 +58,7 @@ SecAggMaxWeightOpt = Annotated[
     typer.Option(
         "--secagg-max-weight",
         help="W: no client may have more training images than this (refused before any "
-        "round); the closer to the largest client, the smaller the quantisation error.",
+        "round); the closer to the largest client, the smaller the quantisation error. "
+        "With --dp every weight is 1 and W is 1.",
     ),
 ]
