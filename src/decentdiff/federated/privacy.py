@@ -25,6 +25,13 @@ bound (Mironov, arXiv 1702.07476, with the conversion of Canonne, Kamath & Stein
 2004.00010) that Flower's ``RdpAccountant`` and Opacus report. No amplification by subsampling
 is claimed: every client takes part in every round.
 
+With ``--secagg`` (``--dp client``, fixed clipping only): the server never sees an update, so
+it cannot clip; each client clips its own before SecAgg+ masks it, and the server gets only the
+sum (:func:`.secagg.private_release`), to which :meth:`Privacy.release` adds the same noise and
+the same division by n_g. SecAgg+'s stochastic rounding moves one client's contribution by up to
+ρ more, so the sensitivity is C + ρ and each round is accounted at σ·C/(C + ρ)
+(:func:`effective_sigma`; rounds of different ρ compose as μ² = Σ σ_t^−2).
+
 Adaptive clipping (``--dp-adaptive``; Andrew et al., arXiv 1905.03871): C follows the target
 quantile γ = 0.5 of the update norms, C ← C·exp(−η_C·(b̃ − γ)) with η_C = 0.2, where b̃ is the
 noisy fraction of updates that were not clipped, computed from centred bits over the run's
