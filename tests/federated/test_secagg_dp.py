@@ -284,3 +284,59 @@ def test_cli_refuses_server_side_dp_with_secagg_before_any_round(capsys, tmp_pat
     )  # fmt: skip
     assert code != 0 and "--secagg with --dp server" in err and "use --dp client" in err
     assert not (run / "federated").exists()
+
+
+def _gdp_delta(eps, mu):
+    """δ(ε) of μ-GDP written out here (Balle & Wang 2018, Theorem 8), not privacy.py's."""
+    phi = lambda x: 0.5 * math.erfc(-x / math.sqrt(2))  # noqa: E731
+    return phi(-eps / mu + mu / 2) - math.exp(eps) * phi(-eps / mu - mu / 2)
+
+
+@pytest.mark.slow
+def test_fed_run_secagg_dp_client_through_rays_simulation_engine(capsys, tmp_path):
+    """``fed run --secagg --dp client`` end to end through Flower's real simulation engine (Ray
+    actors, SecAgg+'s four stages as real messages), 2 rounds of 3 clients. Against values
+    computed here: ρ = √d·2c/2^bits from the saved model's floating parameters and the default
+    c, bits; σ_eff = σ·C/(C + ρ); ε after t releases is where the composed mechanism's δ(ε),
+    μ = √t/σ_eff, meets --dp-delta; and the model moved by the noise σ·C/n_g per coordinate
+    per round (the clipped updates are ≤ C in norm, negligible beside it). Resume is covered
+    in-process above; another Ray start here would cost ~25 s. ~30 s here (2 busy cores)."""
+    from safetensors.numpy import load_file
+    from tests._cli import cli
+
+    from decentdiff.federated.store import initial_arrays, read_rounds, read_settings
+
+    run = tmp_path / "run"
+    C, sigma, delta = 0.1, 1.0, 1e-5
+    code, out, err = cli(
+        capsys, "fed", "run", run, "--data", "digits", "--preset", "tiny", "--clients", 3,
+        "--rounds", 2, "--local-steps", 2, "--batch", 16, "--n", 0, "--secagg",
+        "--dp", "client", "--dp-clip", C, "--noise-multiplier", sigma,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "round   2/2" in err and "terminate failed" not in err
+    model = load_file(run / "federated" / "global" / "model.safetensors")
+    start = initial_arrays(read_settings(run))
+    floating = [k for k, v in model.items() if np.issubdtype(v.dtype, np.floating)]
+    assert sorted(model) == sorted(start) and floating == list(model)
+    d = sum(model[k].size for k in floating)
+    rho = math.sqrt(d) * 2 * 8.0 / 2**22  # --secagg-clip 8, --secagg-bits 22 (the defaults)
+    eff = sigma * C / (C + rho)
+    rows = read_rounds(run)
+    assert [r["round"] for r in rows] == [1, 2]
+    for t, r in enumerate(rows, 1):
+        assert r["complete"] and r["accepted"] == 3
+        assert r["secagg"]["failures"] == [] and r["up"] > 0 and r["down"] > 0
+        dp = r["dp"]
+        assert (dp["releases"], dp["reporting"], dp["coordinates"]) == (t, 3, d)
+        assert dp["rounding"] == pytest.approx(rho, rel=1e-12)
+        assert dp["sigma_effective"] == pytest.approx(eff, rel=1e-12)
+        assert dp["epsilon"] == pytest.approx(D.epsilon(t, eff, delta), rel=1e-9)
+        mu = math.sqrt(t) / eff
+        assert _gdp_delta(dp["epsilon"], mu) == pytest.approx(delta, rel=1e-6)
+        assert _gdp_delta(dp["epsilon"] * 0.99, mu) > delta  # the least such ε
+    moved = np.concatenate([(model[k].astype(np.float64) - start[k]).ravel() for k in floating])
+    want = math.sqrt(len(rows)) * sigma * C / 3  # two rounds' noise, each σ·C/n_g, n_g = 3
+    assert abs(moved.mean()) < 0.05 * want
+    assert moved.std() == pytest.approx(want, rel=0.03)
+    assert "(ε = " in out and "after 2 rounds" in out
