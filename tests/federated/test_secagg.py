@@ -235,6 +235,33 @@ def test_one_real_round_matches_plain_fedavg_of_the_same_updates(tmp_path, monke
     assert checked == len(sent[0][0])
 
 
+def test_a_secure_run_repeats_bit_for_bit_whatever_numpys_global_state(tmp_path, monkeypatch):
+    """Flower's stochastic rounding draws from NumPy's global generator; the client seeds it per
+    (seed, round, client), so two runs of the same settings give the same global model exactly,
+    even when something else consumed that generator in between."""
+    from safetensors.numpy import load_file
+
+    from decentdiff.federated import client_app as CA
+    from decentdiff.federated.store import global_dir
+
+    monkeypatch.setattr(
+        InProcessGrid, "send_and_receive",
+        lambda self, messages, timeout=None: [CA.app(_copy(m), self.ctx[m.metadata.dst_node_id])
+                                              for m in messages],
+    )  # fmt: skip
+    models = []
+    for i, entropy in enumerate((1, 2)):
+        np.random.seed(entropy)  # noqa: NPY002 (another state of the global generator)
+        run = tmp_path / f"run{i}"
+        s = serve_in_process(run, clients=3, method="full", rounds=1, local_steps=1, secagg=True)
+        model = {}
+        for f in global_dir(run, s.method_spec).rglob("*.safetensors"):
+            model.update(load_file(f))
+        models.append(model)
+    assert models[0].keys() == models[1].keys() and models[0]
+    assert all(np.array_equal(models[0][k], models[1][k]) for k in models[0])
+
+
 def test_secure_aggregation_cannot_be_switched_on_or_off_when_a_run_resumes():
     from dataclasses import replace
 

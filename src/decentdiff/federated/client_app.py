@@ -122,6 +122,7 @@ def train_handler(msg: Message, ctx: Context) -> Message:
         ctx.state.config_records[ROUND_KEY] = ConfigRecord({"round": round_, "step": step})
     _carry_to(ctx, carry, round_)
     if secure:
+        secagg.seed_rounding(settings.seed, round_, partition)  # a run repeats bit for bit
         return Message(secagg.fitres_content(update, metrics, settings, received), reply_to=msg)
     reply = RecordDict({"arrays": _record(update), "metrics": MetricRecord(metrics)})
     return Message(reply, reply_to=msg)

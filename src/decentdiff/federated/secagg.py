@@ -507,6 +507,16 @@ def fitres_content(
     return compat.fitres_to_recorddict(FitRes(Status(Code.OK, ""), params, n, scalars), True)
 
 
+def seed_rounding(seed: int, round_: int, partition: int) -> None:
+    """Seed NumPy's global generator per (run seed, round, client) right before the reply goes to
+    ``secaggplus_mod``: Flower's stochastic rounding (``flwr.common.secure_aggregation.
+    quantization``) draws from that generator, so without this a ``--secagg`` run would not repeat
+    or resume bit for bit. The rounding's randomness is no secret (the masks hide each vector,
+    and they come from the key agreement, not from this generator)."""
+    state = np.random.SeedSequence([int(seed), int(round_), int(partition)]).generate_state(1)
+    np.random.seed(int(state[0]))  # noqa: NPY002 (Flower draws from the legacy global one)
+
+
 def dp_update(
     values: dict[str, np.ndarray], received: dict[str, np.ndarray], c: float
 ) -> dict[str, np.ndarray]:
