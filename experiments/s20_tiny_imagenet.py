@@ -71,7 +71,7 @@ ONE_EXPERT = ("top1", "mixture", "sample:1")
 PHASES = (
     "pilot10", "classes", "classes-tiny", "classes-tiny-uncond", "classes-tiny-warm",
     "classes-tiny-long", "classes-tiny-longer", "classes-tiny-guidance", "classes-tiny-k8",
-    "classes-tiny-64", "head", "seeds", "k8", "uncond", "s64",
+    "classes-tiny-64", "classes-tiny-64-long", "head", "seeds", "k8", "uncond", "s64",
 )  # fmt: skip
 #: The ``classes`` phase's budget: one third of an epoch of 101,000 images per model, sized so
 #: that three seeds finish inside one 2-core session.
@@ -89,6 +89,7 @@ GUIDANCES = (1.0, 3.0)
 CLASS_PHASES = (
     "classes", "classes-tiny", "classes-tiny-uncond", "classes-tiny-warm", "classes-tiny-long",
     "classes-tiny-longer", "classes-tiny-guidance", "classes-tiny-k8", "classes-tiny-64",
+    "classes-tiny-64-long",
 )  # fmt: skip
 #: The pilot's classes: the first ten WordNet ids in sorted order (a session-sized subset).
 PILOT_CLASSES = 10
@@ -160,8 +161,10 @@ def arms(phase: str) -> list[dict[str, Any]]:
                 for g in GUIDANCES for a in arms("classes-tiny")]  # fmt: skip
     if phase == "classes-tiny-k8":  # eight experts, each at batch 8
         return [{**a, "K": 8, "budgets": TINY_STEPS[:1]} for a in arms("classes-tiny")]
-    if phase == "classes-tiny-64":  # 64x64, one seed, the first budget
-        return [{**arms("classes-tiny")[0], "size": 64, "budgets": TINY_STEPS[:1]}]
+    if phase == "classes-tiny-64":  # 64x64, the first budget, three seeds
+        return [{**a, "size": 64, "budgets": TINY_STEPS[:1]} for a in arms("classes-tiny")]
+    if phase == "classes-tiny-64-long":  # 64x64, seed 0 on to the second budget
+        return [{**arms("classes-tiny-64")[0], "budgets": TINY_STEPS}]
     if phase == "head":
         return [{**head, "seed": 0, "routings": (*ONE_EXPERT, "full")}]
     if phase == "seeds":

@@ -548,10 +548,16 @@ def test_s20_arms_have_distinct_runs_and_the_headline_check_needs_three_seeds(
 ):
     import s20_tiny_imagenet as s20
 
+    carried = (
+        "classes-tiny-long",
+        "classes-tiny-longer",
+        "classes-tiny-guidance",
+        "classes-tiny-64-long",
+    )
     runs = [
         s20.run_dir(a, steps)
         for p in s20.PHASES
-        if p not in ("classes-tiny-long", "classes-tiny-longer", "classes-tiny-guidance")
+        if p not in carried  # these carry other phases' runs on, or evaluate them again
         for a in s20.arms(p)
         for steps in a["budgets"]
     ]
@@ -562,6 +568,10 @@ def test_s20_arms_have_distinct_runs_and_the_headline_check_needs_three_seeds(
     longer = [s20.run_dir(a, s) for a in s20.arms("classes-tiny-longer") for s in a["budgets"]]
     long = [s20.run_dir(a, s) for a in s20.arms("classes-tiny-long") for s in a["budgets"]]
     assert set(long) < set(longer) and not set(longer) - set(long) & set(runs)
+    (big,) = s20.arms("classes-tiny-64-long")  # seed 0's 64x64 models, carried on
+    first, second = (s20.run_dir(big, s) for s in big["budgets"])
+    assert first == s20.run_dir(s20.arms("classes-tiny-64")[0], s20.TINY_STEPS[0])
+    assert second not in runs and big["size"] == 64 and big["seed"] == 0
     # the guidance arms evaluate classes-tiny-long's last models, each scale on every seed
     guided = [
         (s20.run_dir(a, a["budgets"][-1]), a["guidance"]) for a in s20.arms("classes-tiny-guidance")
