@@ -710,9 +710,10 @@ def body_s20(r: dict) -> list[str]:
         kind = "class-conditional" if t["cond"] else "unconditional"
         warm = f", experts from the monolith at step {t['warm']}" if t.get("warm") else ""
         size = t.get("size", 32)
+        guided = f", guidance {t['guidance']:g}" if t.get("guidance") else ""
         what = (
             f"K={t.get('K', 4)}, `{t['preset']}` preset, {kind}{warm}, {size}x{size}, "
-            f"{t['steps']} steps"
+            f"{t['steps']} steps{guided}"
         )
         gap = t.get("expert_loss_gap")
         for routing in ("mixture", "top1"):
@@ -748,6 +749,9 @@ def body_s20(r: dict) -> list[str]:
     if fig:
         out += ["", f"![s20](figures/{fig})"]
     out += ["", _checks(r), ""]
+    if r.get("exploratory"):  # guidance scales tried after the fact: not part of the verdict
+        out += ["Exploratory, not part of the verdict: "
+                + ", ".join(f"{k}: {v}" for k, v in r["exploratory"].items()) + ".", ""]  # fmt: skip
     return out
 
 
@@ -759,6 +763,8 @@ def _s20_figure(r: dict) -> str | None:
     for res in r["results"].values():
         row = res["rows"].get("mixture")
         if not row or not row.get("train_flops") or res.get("by") != "classes":
+            continue
+        if res.get("guidance"):  # another guidance than the study's: the text's tables, not here
             continue
         kind = "cond" if res["cond"] else "uncond"
         warm = f", warm {res['warm']}" if res.get("warm") else ""

@@ -22,6 +22,7 @@ rule has finished.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -131,11 +132,28 @@ def done(rule: str, attack: str, seed: int, clients: int) -> float | None:
     return recorded(rule, attack, seed, clients)
 
 
+def setup() -> dict[str, Any]:
+    """What every arm shares (JSON-normalised, so it compares with a saved one)."""
+    return json.loads(json.dumps({
+        **{k: v for k, v in FED.items() if k != "lr"},  # the recipe sets lr
+        "preset": PRESET,
+        "recipe": "central",
+        "rules": list(RULES),
+        "bulyan_clients": 7,
+        "attacks": ATTACKS,
+        "broken": BROKEN,
+        "hold": HOLD,
+        "seeds": list(SEEDS),
+    }))  # fmt: skip
+
+
 def recorded(rule: str, attack: str, seed: int, clients: int) -> float | None:
-    """The FID the last saved result holds for an arm, or None."""
-    table = (previous(STUDY) or {}).get(
-        "five_clients" if clients == FED["clients"] else "seven_clients"
-    )
+    """The FID the last saved result holds for an arm, or None (also when that save was made with
+    another set-up: its FIDs are not this study's)."""
+    before = previous(STUDY) or {}
+    if before.get("setup") != setup():
+        return None
+    table = before.get("five_clients" if clients == FED["clients"] else "seven_clients")
     cell = (table or {}).get(rule, {}).get(attack, {})
     per = dict(zip(cell.get("seeds", ()), cell.get("per_seed", ()), strict=True))
     return None if per.get(seed) is None else float(per[seed])
@@ -192,17 +210,7 @@ def checks_of(t: dict[str, dict[str, dict[str, Any]]]) -> dict[str, str]:
 def report() -> dict[str, Any]:
     result: dict[str, Any] = {
         "claim": CLAIM,
-        "setup": {
-            **{k: v for k, v in FED.items() if k != "lr"},  # the recipe sets lr
-            "preset": PRESET,
-            "recipe": "central",
-            "rules": list(RULES),
-            "bulyan_clients": 7,
-            "attacks": ATTACKS,
-            "broken": BROKEN,
-            "hold": HOLD,
-            "seeds": list(SEEDS),
-        },
+        "setup": setup(),
     }
     checks: dict[str, str] = {}
     for phase, key, suffix in (("five", "five_clients", ""), ("seven", "seven_clients", " (7)")):

@@ -721,10 +721,12 @@ def test_s20_guidance_arms_table_apart_from_the_same_runs_at_the_study_guidance(
         want = [(mix + s) / (mono + s) for s in (0, 1, 2)]
         assert tables[key]["mixture"]["ratios"] == want, key
         assert tables[key]["guidance"] == (None if g == g0 else g)
-    held = [k for k, v in out["checks"].items() if v == "held"]
-    # guidance 3: 0.83x on every seed; the study's 2: 0.900x, 0.901x, 0.902x (a mean above 0.9),
-    # read from its own rows though the guidance-3 rows come after them in the file
-    assert len(held) == 1 and "guidance 3" in held[0]
+    # guidance 3: 0.83x on every seed, held, but exploratory (not part of the verdict); the
+    # study's 2: 0.900x, 0.901x, 0.902x (a mean above 0.9), read from its own rows though the
+    # guidance-3 rows come after them in the file
+    assert "held" not in out["checks"].values() and out["verdict"] != "held"
+    held = [k for k, v in out["exploratory"].items() if v == "held"]
+    assert len(held) == 1 and "guidance 3" in held[0] and len(out["exploratory"]) == 2
 
 
 def test_s19_and_s20_bodies_render(tmp_path, monkeypatch):
@@ -774,6 +776,17 @@ def test_s19_and_s20_bodies_render(tmp_path, monkeypatch):
     assert "K=4, `tiny` preset, unconditional, 32x32, 10 steps, mixture, seeds 0" in text
     assert "every one negative: the experts model their clusters better" in text
     assert "![s20](figures/repro_s20.png)" in text and (tmp_path / "repro_s20.png").is_file()
+    # another guidance scale: its table names the scale; its points stay out of the FLOPs figure
+    r20["classes_tables"]["classes-tiny-guidance/10/guidance3"] = {
+        **r20["classes_tables"]["classes-tiny/10"], "cond": True, "guidance": 3.0}  # fmt: skip
+    text = "\n".join(report.BODIES["s20_tiny_imagenet"](r20))
+    assert "class-conditional, 32x32, 10 steps, guidance 3, mixture" in text
+    assert "Exploratory" not in text
+    r20["exploratory"] = {"guidance 3 check": "held"}
+    text = "\n".join(report.BODIES["s20_tiny_imagenet"](r20))
+    assert "Exploratory, not part of the verdict: guidance 3 check: held." in text
+    guided = {"results": {"g": {**r20["results"]["run-a"], "guidance": 3.0}}, "setup": r20["setup"]}
+    assert report._s20_figure(guided) is None
 
 
 def test_s21_keeps_arms_measured_elsewhere_and_prefers_a_run_here(tmp_path, monkeypatch):
@@ -788,7 +801,10 @@ def test_s21_keeps_arms_measured_elsewhere_and_prefers_a_run_here(tmp_path, monk
     for r in s21.RULES:
         for a in ("honest", "scale"):
             five[r][a] = {"per_seed": [10.0 + i for i, _ in enumerate(seeds)], "seeds": seeds}
-    monkeypatch.setattr(s21, "previous", lambda study: {"five_clients": five})
+    saved_before = {"setup": s21.setup(), "five_clients": five}
+    monkeypatch.setattr(s21, "previous", lambda study: {**saved_before, "setup": {"preset": "x"}})
+    assert s21.done("median", "honest", seeds[1], c) is None  # saved with another set-up
+    monkeypatch.setattr(s21, "previous", lambda study: saved_before)
     saved = {}
     monkeypatch.setattr(s21, "save", lambda study, out: saved.update(out))
     assert s21.done("median", "honest", seeds[1], c) == 11.0

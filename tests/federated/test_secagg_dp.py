@@ -340,3 +340,34 @@ def test_fed_run_secagg_dp_client_through_rays_simulation_engine(capsys, tmp_pat
     assert abs(moved.mean()) < 0.05 * want
     assert moved.std() == pytest.approx(want, rel=0.03)
     assert "(ε = " in out and "after 2 rounds" in out
+
+
+def test_rounds_of_different_rounding_compose_as_one_gaussian_mechanism_and_resume_so():
+    """Two releases with different SecAgg+ rounding (UDEC's full rounds or a resume with other
+    --secagg-bits change d and so ρ): the ε after both is that of μ-GDP with μ² = Σ σ_t^−2,
+    σ_t = σ·C/(C + ρ_t), checked by δ(ε) of the Gaussian mechanism written out here; resuming
+    from the rows gives the same ε."""
+    from decentdiff.federated.privacy import Privacy
+
+    sigma, c, delta = 1.1, 0.1, 1e-5
+    p = Privacy(sigma=sigma, clip_norm=c, delta=delta, mode="client",
+                rng=np.random.default_rng(0))  # fmt: skip
+    glob = {"w": np.zeros(5, np.float32)}
+    rows = []
+    for rho in (0.001, 0.02):
+        _, row = p.release(glob, {"w": np.ones(5)}, {"w": 3}, rho)
+        rows.append({"complete": True, "dp": row})
+    mu = math.sqrt(sum((sigma * c / (c + rho)) ** -2 for rho in (0.001, 0.02)))
+    eps = rows[-1]["dp"]["epsilon"]
+
+    def phi(x):
+        return 0.5 * math.erfc(-x / math.sqrt(2))
+
+    def delta_at(e):  # Balle & Wang 2018: the Gaussian mechanism of sensitivity/σ = μ
+        return phi(-e / mu + mu / 2) - math.exp(e) * phi(-e / mu - mu / 2)
+
+    assert abs(delta_at(eps) - delta) < 1e-3 * delta and delta_at(0.99 * eps) > delta
+    # not the last round's multiplier alone, nor σ for both
+    assert rows[0]["dp"]["sigma_effective"] != rows[1]["dp"]["sigma_effective"]
+    resumed = Privacy(sigma=sigma, clip_norm=c, delta=delta, mode="client").resume(rows)
+    assert resumed.releases == 2 and resumed.spent()["epsilon"] == pytest.approx(eps, rel=1e-12)

@@ -122,7 +122,10 @@ def train_handler(msg: Message, ctx: Context) -> Message:
         ctx.state.config_records[ROUND_KEY] = ConfigRecord({"round": round_, "step": step})
     _carry_to(ctx, carry, round_)
     if secure:
-        secagg.seed_rounding(settings.seed, round_, partition)  # a run repeats bit for bit
+        # a run repeats bit for bit; without a partition id (a SuperNode not given one), the
+        # node id keeps the clients' rounding streams apart
+        key = int(ctx.node_config.get("partition-id", ctx.node_id))
+        secagg.seed_rounding(settings.seed, round_, key)
         return Message(secagg.fitres_content(update, metrics, settings, received), reply_to=msg)
     reply = RecordDict({"arrays": _record(update), "metrics": MetricRecord(metrics)})
     return Message(reply, reply_to=msg)
