@@ -755,6 +755,16 @@ def body_s20(r: dict) -> list[str]:
     return out
 
 
+def _log_axes(ax, xlabel: str, ylabel: str, title: str, legend: int) -> None:
+    """A log-x panel's labels, title, grid and legend."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend)
+
+
 def _s20_figure(r: dict) -> str | None:
     """Left: FID against training FLOPs, ensemble (mixture) and monolith, per arm: mean over
     seeds, bars from the lowest to the highest seed. Right: each seed's ensemble / monolith."""
@@ -787,24 +797,16 @@ def _s20_figure(r: dict) -> str | None:
         hi = [max(by_flops[x]) - y for x, y in zip(xs, ys, strict=True)]
         ax.errorbar([x / 1e12 for x in xs], ys, yerr=[lo, hi], capsize=3, color=colour,
                     fmt="o-" if who == "ensemble" else "s--", label=f"{label}: {who}")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("training TFLOPs (router included)")
-    ax.set_ylabel("FID, 1,000 samples (Inception)")
-    ax.set_title("Tiny ImageNet, whole-class clusters")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _log_axes(ax, "training TFLOPs (router included)", "FID, 1,000 samples (Inception)",
+              "Tiny ImageNet, whole-class clusters", 7)  # fmt: skip
     for (label, seed), ratios in sorted(per_seed.items()):
         xs = sorted(ratios)
         rx.plot([x / 1e12 for x in xs], [ratios[x] for x in xs], "o-", color=colours[label],
                 alpha=0.8, lw=1, label=f"{label}, seed {seed}")  # fmt: skip
     rx.axhline(1.0, color="gray", lw=1)
     rx.axhline(0.9, color="gray", lw=1, ls=":")
-    rx.set_xscale("log")
-    rx.set_xlabel("training TFLOPs")
-    rx.set_ylabel("ensemble FID / monolith FID")
-    rx.set_title("each seed (dotted: 0.9x, the target)")
-    rx.grid(alpha=0.3)
-    rx.legend(fontsize=6)
+    _log_axes(rx, "training TFLOPs", "ensemble FID / monolith FID",
+              "each seed (dotted: 0.9x, the target)", 6)  # fmt: skip
     fig.tight_layout()
     name = "repro_s20.png"
     fig.savefig(FIGS / name, dpi=100)
