@@ -37,6 +37,7 @@ sum moves, when one client is added or removed, by that client's Δ_i plus its r
 (:func:`rounding_bound`, d the floating coordinates summed). Each round is therefore accounted
 as a Gaussian mechanism of multiplier σ·C/(C + ρ) (``sigma_effective`` in rounds.jsonl; ε uses
 it). With the defaults (c = 8, 22 bits) and the tiny preset's model, see docs/federated.md.
+Before any round :func:`check_rounding` refuses ρ ≥ C (σ_eff ≤ σ/2), warns at ρ ≥ C/10.
 
 Which runs cannot use it (refused in one line by :func:`validate`, before any round):
 USPLIT (clients report different groups; the masked sum needs one vector of one length from
@@ -75,6 +76,12 @@ DEFAULTS: dict[str, float] = {
 }
 #: Keys of a train config that name the downlink arrays' order (legacy Parameters are a list).
 KEYS_KEY = "secagg-keys"
+#: ``--secagg --dp client``: ρ/C from which :func:`check_rounding` refuses, and warns. σ_eff =
+#: σ/(1 + ρ/C) and ε grows about as 1/σ_eff. ρ ≥ C: σ_eff ≤ σ/2 (ε about doubled or worse), the
+#: rounding outweighs the clipped update: a misconfiguration. ρ ≥ C/10: σ_eff ≥ 9% below σ, worth
+#: knowing. Below: < 9%, reported in rounds.jsonl (``sigma_effective``), as it always is.
+ROUNDING_REFUSE = 1.0
+ROUNDING_WARN = 0.1
 
 
 # ----------------------------------------------------------------------------- settings
@@ -202,6 +209,64 @@ def check_sizes(s: Any, sizes: list[int]) -> None:
         )
 
 
+def coordinates(arrays: Any, keys: Iterable[str]) -> int:
+    """d: the floating weights among ``keys`` of ``arrays`` (what SecAgg+ sums and rounds under
+    ``--dp``; integer buffers are not released)."""
+    return sum(
+        int(np.size(arrays[k]))
+        for k in keys
+        if np.issubdtype(np.asarray(arrays[k]).dtype, np.floating)
+    )
+
+
+def check_rounding(s: Any, arrays: Any = None) -> float | None:
+    """``--secagg --dp client``, before any round: ρ (:func:`rounding_bound`) for the largest d
+    any round of the run uploads (``--full-rounds``' FULL rounds, then the method's groups), from
+    ``arrays`` (default: the server's round-0 model, :func:`.store.initial_arrays`). ConfigError
+    if ρ ≥ :data:`ROUNDING_REFUSE`·C, a warning on stderr if ρ ≥ :data:`ROUNDING_WARN`·C; each
+    names σ_eff and the fix. Returns ρ (None without ``--secagg --dp``)."""
+    if not (s.secagg and s.dp != "off"):
+        return None
+    import sys
+
+    import torch
+
+    from . import parts as P
+    from .privacy import effective_sigma
+    from .store import initial_arrays
+
+    if arrays is None:
+        with torch.random.fork_rng(devices=[]):  # seeded as the server's; the caller's RNG kept
+            arrays = initial_arrays(s)
+    rounds = {1, min(s.full_rounds + 1, s.rounds)}  # FULL rounds (if any), then the method's
+    groups = [P.assignments(s.method, [0], r, full_rounds=s.full_rounds)[0] for r in rounds]
+    d = max(coordinates(arrays, P.keys_for(g, list(arrays))) for g in groups)
+    c, bits, C, sigma = s.secagg_clip, int(s.secagg_bits), s.dp_clip, s.noise_multiplier
+    rho = rounding_bound(d, clip=c, bits=bits, max_weight=max_weight_of(s))
+    if rho < ROUNDING_WARN * C:
+        return rho
+    what = (
+        f"--secagg --dp client: SecAgg+'s rounding ρ = √d·2c/2^bits = {rho:.3g} (d = {d:,} "
+        f"weights, c = {c:g}, {bits} bits) is {rho / C:.0%} of --dp-clip {C:g}, so each round "
+        f"is accounted at σ_eff = σ·C/(C + ρ) = {effective_sigma(sigma, C, rho):.3g} instead of "
+        f"σ = {sigma:g}"
+    )
+    # the fix: ρ below ROUNDING_WARN·C, by one of the three settings alone
+    fixes, root = [], math.sqrt(d)
+    need = math.floor(math.log2(root * 2 * c / (ROUNDING_WARN * C))) + 1
+    if need <= _max_bits(s.clients):
+        fixes.append(f"raise --secagg-bits to {need}")
+    if (top := ROUNDING_WARN * C * 2.0**bits / (2 * root)) > C:
+        fixes.append(f"lower --secagg-clip below {top:.3g} (≥ --dp-clip)")
+    if (low := rho / ROUNDING_WARN) < c:
+        fixes.append(f"raise --dp-clip above {low:.3g}")
+    fix = ", or ".join(fixes) or "drop --secagg or use a smaller model"
+    if rho >= ROUNDING_REFUSE * C:
+        raise ConfigError(f"{what} (≤ σ/2: ε far above what σ gives); {fix}")
+    print(f"decentdiff: warning: {what} (a larger ε than σ gives); {fix}", file=sys.stderr)
+    return rho
+
+
 def error_bound(
     weights: list[float], spread: float, *, clip: float, bits: int, max_weight: float
 ) -> float:
@@ -250,7 +315,7 @@ def private_release(
         ref = np.asarray(global_[k])
         if np.issubdtype(ref.dtype, np.floating):
             sums[k] = n_rep * np.asarray(v, np.float64).reshape(ref.shape)
-    d = sum(v.size for v in sums.values())
+    d = coordinates(global_, sec.keys)  # what check_rounding counted before round 1
     rho = rounding_bound(
         d, clip=float(s.secagg_clip), bits=int(s.secagg_bits), max_weight=max_weight_of(s)
     )

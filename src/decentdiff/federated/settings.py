@@ -447,6 +447,9 @@ def build_settings(
         image_shape: (C, H, W) of the images.
         num_classes: classes of the data source (used when ``cfg.model.class_cond``).
         run_dir: the RUN directory (absolute), where clients of a simulation save their models.
+
+    With ``--secagg --dp client``, :func:`.secagg.check_rounding` then refuses (or warns about)
+    SecAgg+'s rounding ρ against ``--dp-clip`` for this model, before any round.
     """
     from ..models.registry import network_config
     from ..training.loop import validate
@@ -471,4 +474,7 @@ def build_settings(
         num_classes=n_cls,
     )
     validate(cfg.train)
+    from .secagg import check_rounding
+
+    check_rounding(settings)  # --secagg --dp client: SecAgg+'s rounding against C, for this model
     return settings
