@@ -716,7 +716,7 @@ def body_s20(r: dict) -> list[str]:
             f"{t['steps']} steps{guided}"
         )
         gap = t.get("expert_loss_gap")
-        for routing in ("mixture", "top1"):
+        for routing in ("mixture", "top1", "full"):
             c = t.get(routing)
             if not c:
                 continue
@@ -864,6 +864,43 @@ def body_s23(r: dict) -> list[str]:
         seeds = ", ".join(map(str, a["seeds"]))
         out.append(f"| {name} | {a['sigma']:.3g} | {eps} | {seeds} | {ms(a['fid'])} | "
                    f"{_iv(a['interval'])} |")  # fmt: skip
+    return [*out, "", _checks(r)]
+
+
+def body_s24(r: dict) -> list[str]:
+    scales = list(r["scales"])
+    out = ["| seed | " + " | ".join(f"guidance {g}" for g in scales) + " | lowest |",
+           "|---|" + "---|" * (len(scales) + 1)]  # fmt: skip
+    for seed, v in r["per_seed"].items():
+        cells = [f2(v["scales"][g]["fid"]) for g in scales]
+        out.append(f"| {seed} | " + " | ".join(cells) + f" | {v['best']} |")
+    out.append("| mean (95% t-interval) | " + " | ".join(
+        f"{f2(r['scales'][g]['mean'])} ({_iv(r['scales'][g]['interval'])})" for g in scales)
+        + " | |")  # fmt: skip
+    q = r.get("ratio_default_to_none")
+    if q:
+        out += ["", f"FID at guidance {r['setup'].get('default', 3):g} / at guidance 1, per seed: "
+                + ", ".join(f"{x:.3f}" for x in q["per_seed"])
+                + f"; mean {q['mean']:.3f}, 95% t-interval {_iv(q['interval'])}."]  # fmt: skip
+    return [*out, "", _checks(r)]
+
+
+def body_s25(r: dict) -> list[str]:
+    out = ["| arm | seeds | FID, mean ± std (min–max) | 95% t-interval | upload per round | "
+           "seconds per round | FID / plain's |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, a in r["arms"].items():
+        q = r["ratios"].get(name)
+        ratio = f"{q['mean']:.3f} ({_iv(q['interval'])})" if q else "1"
+        out.append(f"| {name} | {', '.join(map(str, a['seeds']))} | {ms(a['fid'])} | "
+                   f"{_iv(a['interval'])} | {a['up_per_round']['mean']:,.0f} B | "
+                   f"{a['seconds_per_round']['mean']:.2f} s | {ratio} |")  # fmt: skip
+    for name, q in r["ratios"].items():
+        out += ["", f"{name} against plain FedAvg on the same seeds: {q['bytes']:.2f}x the upload "
+                f"bytes and {q['time']:.2f}x the seconds per round."]  # fmt: skip
+    s23 = r.get("s23_server_dp")
+    if s23:
+        out += ["", f"Study 23's server-side DP at the same σ and clip: FID {ms(s23['fid'])} "
+                f"(seeds {', '.join(map(str, s23['seeds']))})."]  # fmt: skip
     return [*out, "", _checks(r)]
 
 

@@ -128,8 +128,10 @@ CC_GUIDED = ("top1", "mixture")
 
 
 def ev(
-    run: Path, model: str, seed: int, routing: str | None = None, guidance: float | None = None
+    run: Path, model: str, seed: int, routing: str | None = None, guidance: float = 1.0
 ) -> dict[str, Any]:
+    # guidance explicit, 1 unless given: the class-conditional RUNs were scored unguided before
+    # sample.guidance had a class-conditional default (config.CLASS_COND_GUIDANCE)
     return evaluate(run, model, routing=routing, n=BASE["n"], seed=seed,
                     steps=BASE["sample_steps"], study=STUDY, guidance=guidance)  # fmt: skip
 

@@ -75,7 +75,8 @@ ONE_EXPERT = ("top1", "mixture", "sample:1")
 PHASES = (
     "pilot10", "classes", "classes-tiny", "classes-tiny-uncond", "classes-tiny-warm",
     "classes-tiny-long", "classes-tiny-longer", "classes-tiny-guidance", "classes-tiny-k8",
-    "classes-tiny-64", "classes-tiny-64-long", "head", "seeds", "k8", "uncond", "s64",
+    "classes-tiny-64", "classes-tiny-64-long", "classes-tiny-routed", "head", "seeds", "k8",
+    "uncond", "s64",
 )  # fmt: skip
 #: The ``classes`` phase's budget: one third of an epoch of 101,000 images per model, sized so
 #: that three seeds finish inside one 2-core session.
@@ -93,8 +94,10 @@ GUIDANCES = (1.0, 3.0)
 CLASS_PHASES = (
     "classes", "classes-tiny", "classes-tiny-uncond", "classes-tiny-warm", "classes-tiny-long",
     "classes-tiny-longer", "classes-tiny-guidance", "classes-tiny-k8", "classes-tiny-64",
-    "classes-tiny-64-long",
+    "classes-tiny-64-long", "classes-tiny-routed",
 )  # fmt: skip
+#: classes-tiny-routed's router: tiny, trained at the study's router batch for this many steps.
+ROUTED_STEPS = scaled(1000, 2)
 #: The pilot's classes: the first ten WordNet ids in sorted order (a session-sized subset).
 PILOT_CLASSES = 10
 
@@ -169,6 +172,10 @@ def arms(phase: str) -> list[dict[str, Any]]:
         return [{**a, "size": 64, "budgets": TINY_STEPS[:1]} for a in arms("classes-tiny")]
     if phase == "classes-tiny-64-long":  # 64x64, seed 0 on to the second budget
         return [{**arms("classes-tiny-64")[0], "budgets": TINY_STEPS}]
+    if phase == "classes-tiny-routed":  # classes-tiny-long's models with a router: top1 and
+        # full (every expert every step, K times the sampling FLOPs) beside its mixture
+        return [{**a, "budgets": (LONG_STEPS,), "router_steps": ROUTED_STEPS,
+                 "routings": ("top1", "full"), "routed": True} for a in arms("classes-tiny")]  # fmt: skip
     if phase == "head":
         return [{**head, "seed": 0, "routings": (*ONE_EXPERT, "full")}]
     if phase == "seeds":
@@ -392,6 +399,7 @@ def report() -> dict[str, Any]:
             for steps in arm["budgets"]:
                 run = run_dir(arm, steps)
                 key = run.name if g is None else f"{run.name}-guidance{g:g}"
+                key += "-routed" if arm.get("routed") else ""  # its own entry of the same RUN
                 if key in here:
                     continue
                 rows = {}
@@ -413,7 +421,11 @@ def report() -> dict[str, Any]:
                     here.add(key)
                     results[key] = {"phase": name, **arm, "run": run.name, "steps": steps,
                                     "rows": rows}  # fmt: skip
-                    if g is None and (run / "cluster_loss.json").is_file():
+                    if (
+                        g is None
+                        and not arm.get("routed")
+                        and (run / "cluster_loss.json").is_file()
+                    ):
                         results[key]["cluster_loss"] = json.loads(
                             (run / "cluster_loss.json").read_text()
                         )
@@ -495,7 +507,7 @@ def classes_table(found: list[dict[str, Any]]) -> dict[str, Any]:
     """Per routing: the ensemble / monolith FID ratio per seed with its interval; and the experts'
     held-out loss gap on their own clusters (relative to the monolith's)."""
     table: dict[str, Any] = {}
-    for routing in ("mixture", "top1"):
+    for routing in ("mixture", "top1", "full"):
         rows = {r["seed"]: r["rows"][routing] for r in found if routing in r["rows"]}
         if rows:
             ratios = [rows[s]["ratio"] for s in sorted(rows)]

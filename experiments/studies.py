@@ -257,6 +257,16 @@ STUDIES = (
         "`--objective ddpm`'s weighting velocity:100 and step_dist logit_normal "
         '(`config.py ObjectiveConfig.AUTO["ddpm"]`).',
     ),
+    Study(
+        24,
+        "s24_guidance",
+        "(ours) The guidance scale of a class-conditional model",
+        "objectives",
+        "Which classifier-free guidance scale gives a class-conditional model its lowest FID "
+        "when the user names none: 1 (none), 2, 3 or 4?",
+        "`sample.guidance`'s class-conditional default (`config.py CLASS_COND_GUIDANCE`), with "
+        "study 20's guidance arms on Tiny ImageNet.",
+    ),
     # --- natural images
     Study(
         19,

@@ -553,6 +553,7 @@ def test_s20_arms_have_distinct_runs_and_the_headline_check_needs_three_seeds(
         "classes-tiny-longer",
         "classes-tiny-guidance",
         "classes-tiny-64-long",
+        "classes-tiny-routed",
     )
     runs = [
         s20.run_dir(a, steps)
@@ -580,6 +581,9 @@ def test_s20_arms_have_distinct_runs_and_the_headline_check_needs_three_seeds(
         s20.run_dir(a, s20.LONG_STEPS) for a in s20.arms("classes-tiny")
     }
     assert len(set(guided)) == len(guided) == 3 * len(s20.GUIDANCES)
+    # the routed arms give classes-tiny-long's last models a router, nothing else
+    routed = [s20.run_dir(a, b) for a in s20.arms("classes-tiny-routed") for b in a["budgets"]]
+    assert routed == [s20.run_dir(a, s20.LONG_STEPS) for a in s20.arms("classes-tiny")]
     monkeypatch.setattr(s20, "BASE", tmp_path)
     monkeypatch.setattr(s20, "save", lambda study, out: None)
     monkeypatch.setattr(s20, "previous", lambda study: None)  # nothing measured elsewhere
@@ -727,6 +731,35 @@ def test_s20_guidance_arms_table_apart_from_the_same_runs_at_the_study_guidance(
     assert "held" not in out["checks"].values() and out["verdict"] != "held"
     held = [k for k, v in out["exploratory"].items() if v == "held"]
     assert len(held) == 1 and "guidance 3" in held[0] and len(out["exploratory"]) == 2
+
+
+def test_s20_routed_arms_table_their_routings_apart_from_the_same_runs_mixture(
+    tmp_path, monkeypatch
+):
+    """top1 and full rows in classes-tiny-long's RUNs make the routed phase's table, against the
+    same monolith row; the long phase's table keeps mixture alone, and the routed one no check."""
+    import s20_tiny_imagenet as s20
+
+    monkeypatch.setattr(s20, "BASE", tmp_path)
+    monkeypatch.setattr(s20, "save", lambda study, out: None)
+    monkeypatch.setattr(s20, "previous", lambda study: None)
+    n, g = s20.BUDGET["n"], s20.BUDGET["guidance"]
+    fid = {"mixture": 90.0, "top1": 95.0, "full": 85.0}
+    for arm in s20.arms("classes-tiny-long"):
+        run = s20.run_dir(arm, s20.LONG_STEPS)
+        run.mkdir(parents=True)
+        rows = [{"kind": "eval", "model": "monolith", "n": n, "guidance": g, "fid": 100.0}]
+        rows += [{"kind": "eval", "model": "ensemble", "routing": r, "n": n, "guidance": g,
+                  "fid": f + arm["seed"]} for r, f in fid.items()]  # fmt: skip
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = s20.report()
+    long, routed = (out["classes_tables"][f"{p}/{s20.LONG_STEPS}"]
+                    for p in ("classes-tiny-long", "classes-tiny-routed"))  # fmt: skip
+    routings = {"mixture", "top1", "full"}
+    assert routings & set(long) == {"mixture"} and routings & set(routed) == {"top1", "full"}
+    for r in ("top1", "full"):
+        assert routed[r]["ratios"] == [(fid[r] + s) / 100.0 for s in (0, 1, 2)]
+    assert not any("routed" in k or "top1" in k for k in out["checks"])
 
 
 def test_s19_and_s20_bodies_render(tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ def run_demo(
     router_steps: int = 400,
     preset: str = "compact",
     class_cond: bool = True,
-    guidance: float = 2.0,
+    guidance: float | None = None,
     n: int = 250,
     sample_steps: int = 20,
     solver: str | None = None,
@@ -75,8 +75,9 @@ def run_demo(
         f"train.batch={batch}",
         f"model.preset={preset}",
         f"model.class_cond={str(class_cond).lower()}",
-        f"sample.guidance={guidance}",
         f"sample.steps={sample_steps}",
+        # guidance None: the RUN's class-conditional default (config.class_cond_guidance)
+        *([f"sample.guidance={guidance}"] if guidance is not None else []),
         *(sets or []),
     ]
     # The options given beat --set (the config precedence of every command).

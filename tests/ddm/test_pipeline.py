@@ -385,3 +385,43 @@ def test_class_conditional_ddm(tmp_path, source, capsys):
     again = cluster_prior(Run(run), cfg, class_cond=True, num_classes=6)
     np.testing.assert_array_equal(again[:4], table)
     assert again.shape == (6, 2) and not again[4:].any()  # classes without images: zero rows
+
+    # With no --guidance a class-conditional RUN of grey images samples at the grey default
+    # (config.class_cond_guidance(1), not 1): bitwise the images of an explicit --guidance at
+    # that scale, not those of --guidance 1; --set sample.guidance=1 and --guidance 1 still win.
+    # This RUN's run.toml was written unconditional (by partition); its experts' meta says not.
+    want = C.class_cond_guidance(1)
+    assert want != 1.0 and "class_cond = false" in (run / "run.toml").read_text()
+    assert cfg.sample.guidance == want
+
+    def draw(name, *extra):
+        args = ["sample", run, "--model", "ensemble", "--routing", "full", "--n", "3"]
+        args += ["--sample-steps", "2", "--label", "1", "--out", tmp_path / name, *extra]
+        code, _, err = cli(capsys, *args)
+        assert code == 0, err
+        return np.load(tmp_path / name)["images"]
+
+    default = draw("default.npz")
+    np.testing.assert_array_equal(default, draw("g.npz", "--guidance", str(want)))
+    none = draw("g1.npz", "--guidance", "1")
+    assert not np.array_equal(default, none)
+    np.testing.assert_array_equal(none, draw("s1.npz", "--set", "sample.guidance=1"))
+
+
+def test_an_unconditional_run_has_no_guidance_default(ddm_run):
+    """Guidance does nothing to an unconditional model; its RUN keeps sample.guidance at 1."""
+    base = Run(ddm_run).base_config()
+    assert "sample" not in base
+    assert C.resolve(base=base).sample.guidance == 1.0
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_class_conditional_run_toml_sets_the_guidance_of_its_channels(tmp_path, channels):
+    """run.toml's class_cond and the shape of its images pick the default: grey 2, colour 3 (the
+    lowest FID measured: studies 24 and 20); an unconditional run.toml keeps 1."""
+    toml = f"[data]\nshape = [{channels}, 8, 8]\n[model]\nclass_cond = true\n"
+    (tmp_path / "run.toml").write_text(toml)
+    assert C.resolve(base=Run(tmp_path).base_config()).sample.guidance == {1: 2.0, 3: 3.0}[channels]
+    assert C.resolve(base=Run(tmp_path).base_config(), guidance=1.5).sample.guidance == 1.5
+    (tmp_path / "run.toml").write_text(toml.replace("true", "false"))
+    assert C.resolve(base=Run(tmp_path).base_config()).sample.guidance == 1.0

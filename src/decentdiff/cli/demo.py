@@ -38,7 +38,7 @@ def demo(
     ] = 400,
     preset: DemoPresetOpt = "compact",
     class_cond: DemoClassCondOpt = True,
-    guidance: DemoGuidanceOpt = 2.0,
+    guidance: DemoGuidanceOpt = None,
     n: DemoNOpt = 250,
     sample_steps: DemoSampleStepsOpt = 20,
     solver: SolverOpt = None,

@@ -376,12 +376,19 @@ GuidanceOpt = Annotated[
     float | None,
     typer.Option(
         "--guidance",
-        help="Classifier-free guidance scale of a class-conditional model (1 = none). "
-        + default_of("sample", "guidance"),
+        help="Classifier-free guidance scale of a class-conditional model (1 = none; an "
+        "unconditional model has no guidance). (default for a class-conditional model: 2 for "
+        "grey images, 3 for colour -- each the lowest FID measured, on digits and on Tiny "
+        "ImageNet: docs/models.md, samplers)",
     ),
 ]
 DemoGuidanceOpt = Annotated[
-    float, typer.Option("--guidance", help="Classifier-free guidance scale (1 = none).")
+    float | None,
+    typer.Option(
+        "--guidance",
+        help="Classifier-free guidance scale (1 = none). (default: a class-conditional "
+        "model's, 2 for grey images, 3 for colour; see `sample --help`)",
+    ),
 ]
 EvalFeaturesOpt = Annotated[
     str,

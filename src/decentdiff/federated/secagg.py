@@ -222,7 +222,7 @@ def coordinates(arrays: Any, keys: Iterable[str]) -> int:
 def check_rounding(s: Any, arrays: Any = None) -> float | None:
     """``--secagg --dp client``, before any round: ρ (:func:`rounding_bound`) for the largest d
     any round of the run uploads (``--full-rounds``' FULL rounds, then the method's groups), from
-    ``arrays`` (default: the server's round-0 model, :func:`.store.initial_arrays`). ConfigError
+    ``arrays`` (default: the server's round-0 model's). ConfigError
     if ρ ≥ :data:`ROUNDING_REFUSE`·C, a warning on stderr if ρ ≥ :data:`ROUNDING_WARN`·C; each
     names σ_eff and the fix. Returns ρ (None without ``--secagg --dp``)."""
     if not (s.secagg and s.dp != "off"):
@@ -231,13 +231,14 @@ def check_rounding(s: Any, arrays: Any = None) -> float | None:
 
     import torch
 
+    from ..models.registry import build_network, config_from_dict
     from . import parts as P
     from .privacy import effective_sigma
-    from .store import initial_arrays
 
-    if arrays is None:
-        with torch.random.fork_rng(devices=[]):  # seeded as the server's; the caller's RNG kept
-            arrays = initial_arrays(s)
+    if arrays is None:  # the round-0 model's shapes (store.initial_arrays; its values don't count)
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG kept
+            net = build_network(config_from_dict(s.unet))
+        arrays = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     rounds = {1, min(s.full_rounds + 1, s.rounds)}  # FULL rounds (if any), then the method's
     groups = [P.assignments(s.method, [0], r, full_rounds=s.full_rounds)[0] for r in rounds]
     d = max(coordinates(arrays, P.keys_for(g, list(arrays))) for g in groups)
