@@ -716,7 +716,7 @@ def body_s20(r: dict) -> list[str]:
             f"{t['steps']} steps{guided}"
         )
         gap = t.get("expert_loss_gap")
-        for routing in ("mixture", "top1", "full"):
+        for routing in ("mixture", "top1", "sample:1", "full"):
             c = t.get(routing)
             if not c:
                 continue

@@ -175,7 +175,7 @@ def arms(phase: str) -> list[dict[str, Any]]:
     if phase == "classes-tiny-routed":  # classes-tiny-long's models with a router: top1 and
         # full (every expert every step, K times the sampling FLOPs) beside its mixture
         return [{**a, "budgets": (LONG_STEPS,), "router_steps": ROUTED_STEPS,
-                 "routings": ("top1", "full"), "routed": True} for a in arms("classes-tiny")]  # fmt: skip
+                 "routings": ("top1", "sample:1", "full"), "routed": True} for a in arms("classes-tiny")]  # fmt: skip
     if phase == "head":
         return [{**head, "seed": 0, "routings": (*ONE_EXPERT, "full")}]
     if phase == "seeds":
@@ -507,7 +507,7 @@ def classes_table(found: list[dict[str, Any]]) -> dict[str, Any]:
     """Per routing: the ensemble / monolith FID ratio per seed with its interval; and the experts'
     held-out loss gap on their own clusters (relative to the monolith's)."""
     table: dict[str, Any] = {}
-    for routing in ("mixture", "top1", "full"):
+    for routing in ("mixture", "top1", "sample:1", "full"):
         rows = {r["seed"]: r["rows"][routing] for r in found if routing in r["rows"]}
         if rows:
             ratios = [rows[s]["ratio"] for s in sorted(rows)]

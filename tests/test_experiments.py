@@ -736,7 +736,7 @@ def test_s20_guidance_arms_table_apart_from_the_same_runs_at_the_study_guidance(
 def test_s20_routed_arms_table_their_routings_apart_from_the_same_runs_mixture(
     tmp_path, monkeypatch
 ):
-    """top1 and full rows in classes-tiny-long's RUNs make the routed phase's table, against the
+    """top1, sample:1 and full rows in classes-tiny-long's RUNs make the routed phase's table, against the
     same monolith row; the long phase's table keeps mixture alone, and the routed one no check."""
     import s20_tiny_imagenet as s20
 
@@ -744,7 +744,7 @@ def test_s20_routed_arms_table_their_routings_apart_from_the_same_runs_mixture(
     monkeypatch.setattr(s20, "save", lambda study, out: None)
     monkeypatch.setattr(s20, "previous", lambda study: None)
     n, g = s20.BUDGET["n"], s20.BUDGET["guidance"]
-    fid = {"mixture": 90.0, "top1": 95.0, "full": 85.0}
+    fid = {"mixture": 90.0, "top1": 95.0, "sample:1": 92.0, "full": 85.0}
     for arm in s20.arms("classes-tiny-long"):
         run = s20.run_dir(arm, s20.LONG_STEPS)
         run.mkdir(parents=True)
@@ -755,9 +755,9 @@ def test_s20_routed_arms_table_their_routings_apart_from_the_same_runs_mixture(
     out = s20.report()
     long, routed = (out["classes_tables"][f"{p}/{s20.LONG_STEPS}"]
                     for p in ("classes-tiny-long", "classes-tiny-routed"))  # fmt: skip
-    routings = {"mixture", "top1", "full"}
-    assert routings & set(long) == {"mixture"} and routings & set(routed) == {"top1", "full"}
-    for r in ("top1", "full"):
+    routings = set(fid)
+    assert routings & set(long) == {"mixture"} and routings & set(routed) == routings - {"mixture"}
+    for r in ("top1", "sample:1", "full"):
         assert routed[r]["ratios"] == [(fid[r] + s) / 100.0 for s in (0, 1, 2)]
     assert not any("routed" in k or "top1" in k for k in out["checks"])
 
