@@ -1,4 +1,5 @@
-"""Flower's deployment engine on loopback, with TLS: one SuperLink, two SuperNodes, one round.
+"""Flower's deployment engine on loopback, with TLS: one SuperLink and its SuperNodes, one round
+(plain ULATDEC with two SuperNodes; FULL with SecAgg+ with three).
 
 Started through ``decentdiff fed superlink`` / ``fed supernode`` (which exec Flower's executables,
 so each keeps the PID we started); every process started here, and every process Flower spawned
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -157,7 +159,6 @@ image-shape = "1,8,8"
 """
 
 
-@pytest.mark.slow
 def flower_env(home: Path) -> dict[str, str]:
     """The environment of Flower's processes: FLWR_HOME (its config.toml), no telemetry or update
     check, this interpreter's tools first on PATH (Flower spawns its own), this checkout's src."""
@@ -171,13 +172,17 @@ def flower_env(home: Path) -> dict[str, str]:
     }
 
 
-def test_superlink_and_two_supernodes_over_tls_run_one_round(tmp_path):
+def deploy(tmp_path: Path, app_toml: str, nodes: int, done: Callable[[], bool]) -> None:
+    """One run on Flower's deployment engine over TLS, on loopback: a SuperLink, ``nodes``
+    SuperNodes (digits, ``--partition i/nodes``, ``--out tmp_path/silo<i>``, one thread each),
+    then ``flwr run`` of the app whose pyproject.toml is ``app_toml``; returns once ``done()``
+    holds (the run's files: the evidence), after stopping every process by its PID. Logs:
+    ``tmp_path/link.log``, ``tmp_path/node<i>.log``."""
     ca, cert, key = make_certificates(tmp_path)
     port = _free_port()
-    run = tmp_path / "run"
     app = tmp_path / "app"
     app.mkdir()
-    (app / "pyproject.toml").write_text(APP_TOML.format(run=run))
+    (app / "pyproject.toml").write_text(app_toml)
     home = tmp_path / "flwr-home"
     home.mkdir()
     (home / "config.toml").write_text(
@@ -186,54 +191,34 @@ def test_superlink_and_two_supernodes_over_tls_run_one_round(tmp_path):
     )
     env = flower_env(home)
     fed = [sys.executable, "-c", "from decentdiff.cli.fed import fed_app; fed_app()"]
-    logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("link", "node0", "node1")}
+    names = ["link", *(f"node{i}" for i in range(nodes))]
+    logs = {name: (tmp_path / f"{name}.log").open("w") for name in names}
+    tls = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key), "--ssl-ca-certfile", str(ca)]
+    commands = {"link": ["superlink", "--host", "127.0.0.1", "--port", str(port), *tls]}
+    for i in range(nodes):
+        commands[f"node{i}"] = [
+            "supernode",
+            "--superlink",
+            f"127.0.0.1:{port}",
+            "--data",
+            "digits",
+            "--partition",
+            f"{i}/{nodes}",
+            "--root-certificates",
+            str(ca),
+            "--out",
+            str(tmp_path / f"silo{i}"),
+            "--port",
+            str(_free_port()),
+            "--threads",
+            "1",
+        ]
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    *fed,
-                    "superlink",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--ssl-certfile",
-                    str(cert),
-                    "--ssl-keyfile",
-                    str(key),
-                    "--ssl-ca-certfile",
-                    str(ca),
-                ],
-                env=env,
-                stdout=logs["link"],
-                stderr=subprocess.STDOUT,
-            )
-        )
-        for i in range(2):
+        for name in names:
             procs.append(
                 subprocess.Popen(
-                    [
-                        *fed,
-                        "supernode",
-                        "--superlink",
-                        f"127.0.0.1:{port}",
-                        "--data",
-                        "digits",
-                        "--partition",
-                        f"{i}/2",
-                        "--root-certificates",
-                        str(ca),
-                        "--out",
-                        str(tmp_path / f"silo{i}"),
-                        "--port",
-                        str(_free_port()),
-                        "--threads",
-                        "1",
-                    ],
-                    env=env,
-                    stdout=logs[f"node{i}"],
-                    stderr=subprocess.STDOUT,
+                    [*fed, *commands[name]], env=env, stdout=logs[name], stderr=subprocess.STDOUT
                 )
             )
         started = None
@@ -253,25 +238,128 @@ def test_superlink_and_two_supernodes_over_tls_run_one_round(tmp_path):
                 started = res.stdout
                 break
         assert started, res.stdout + res.stderr
-        rows_path = run / "federated" / "rounds.jsonl"
-        deadline = time.time() + 600  # waits on the files below; only a hung run reaches this
-        while time.time() < deadline and not (
-            rows_path.is_file()
-            and (tmp_path / "silo1" / "meta.json").is_file()
-            and (tmp_path / "silo0" / "meta.json").is_file()
-        ):
+        deadline = time.time() + 600  # waits on the run's files; only a hung run reaches this
+        while time.time() < deadline and not done():
             assert all(p.poll() is None for p in procs), "a Flower process died; see the logs"
             time.sleep(0.5)
-        rows = [json.loads(r) for r in rows_path.read_text().splitlines()]
-        assert len(rows) == 1 and rows[0]["complete"] and rows[0]["accepted"] == 2
-        assert sorted(c["partition-id"] for c in rows[0]["clients"]) == [0, 1]
-        # Each silo kept its personal model locally; the server holds only the shared parts.
-        for i in range(2):
-            meta = json.loads((tmp_path / f"silo{i}" / "meta.json").read_text())
-            assert meta["client"] == i and meta["kind"] == "generative"
-        assert not (run / "federated" / "clients").exists()
+        assert done(), "the run did not finish; see the logs"
     finally:
         _stop(procs)
         for f in logs.values():
             f.close()
     assert all(p.poll() is not None for p in procs)
+
+
+@pytest.mark.slow
+def test_superlink_and_two_supernodes_over_tls_run_one_round(tmp_path):
+    run = tmp_path / "run"
+    rows_path = run / "federated" / "rounds.jsonl"
+    silos = [tmp_path / f"silo{i}" / "meta.json" for i in range(2)]
+    deploy(
+        tmp_path,
+        APP_TOML.format(run=run),
+        2,
+        lambda: rows_path.is_file() and all(m.is_file() for m in silos),
+    )
+    rows = [json.loads(r) for r in rows_path.read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["complete"] and rows[0]["accepted"] == 2
+    assert sorted(c["partition-id"] for c in rows[0]["clients"]) == [0, 1]
+    # Each silo kept its personal model locally; the server holds only the shared parts.
+    for i in range(2):
+        meta = json.loads(silos[i].read_text())
+        assert meta["client"] == i and meta["kind"] == "generative"
+    assert not (run / "federated" / "clients").exists()
+
+
+#: SecAgg+ takes at least 3 clients (secagg.validate: with 2, each could subtract its own update
+#: from the sum, and Flower needs > 2 shares); its threshold is then a majority of 3 shares, 2.
+SECAGG_CLIENTS = 3
+
+
+@pytest.mark.slow
+def test_secagg_round_over_tls_is_the_weighted_mean_of_the_clients_updates(tmp_path):
+    """One FULL round with ``secagg = true`` on the deployment engine (three SuperNodes, each a
+    separate process, talking gRPC over TLS to the SuperLink): the round is recorded as SecAgg+'s,
+    with every client accepted and each uploading a masked vector (int64: more than 8 bytes a
+    weight, where a plain float32 update is 4), and the new global model is the plain weighted
+    mean of the clients' updates within SecAgg+'s quantisation bound (``secagg.error_bound``, as
+    test_secagg.py checks in-process).
+
+    The clients' trained models never leave their processes (FULL keeps nothing in ``--out``), so
+    the updates are replayed here: each client's round-1 training from the same settings (the
+    run's fed.json), partition, initial model and one thread; the replay must reproduce what each
+    client reported to the server (its loss bit for bit, its weight, its steps) before it serves
+    as the oracle. The check must reject the initial model and each single client's update (each
+    is more than the bound from the mean somewhere: the round moved the model by ~7 bounds), so
+    passing it is matching the mean. The three partitions hold 480, 479 and 479 images: the
+    weighting itself is test_secagg.py's to check (there with weights 77..512)."""
+    import numpy as np
+    import torch
+
+    from decentdiff.federated import parts as P
+    from decentdiff.federated import secagg as S
+    from decentdiff.federated.client import client_data, client_round
+    from decentdiff.federated.store import global_dir, initial_arrays, read_rounds, read_settings
+    from decentdiff.training.checkpoint import load_tensors, read_meta
+
+    n = SECAGG_CLIENTS
+    run = tmp_path / "run"
+    config = (
+        APP_TOML.format(run=run)
+        .replace('method = "ulatdec"', 'method = "full"')
+        .replace("clients = 2", f"clients = {n}")
+    ) + "secagg = true\n"
+    saved = run / "federated" / "global" / "meta.json"  # written last, after rounds.jsonl's row
+    deploy(tmp_path, config, n, saved.is_file)
+
+    s = read_settings(run)
+    assert s is not None and s.secagg and s.method == "full" and s.clients == n
+    assert global_dir(run, s.method_spec) == saved.parent
+    (row,) = read_rounds(run)
+    assert row["complete"] and row["accepted"] == n
+    assert row["secagg"]["shares"] == n and row["secagg"]["threshold"] == 2
+    assert row["secagg"]["failures"] == []
+    clients = sorted(row["clients"], key=lambda c: c["partition-id"])
+    assert [c["partition-id"] for c in clients] == list(range(n))
+    assert all(c["status"] == "ok" for c in clients)
+    init = initial_arrays(s)
+    weights_count = sum(int(v.size) for v in init.values())
+    assert all(c["up_wire"] > 8 * weights_count for c in clients)  # masked, not a plain update
+
+    # The oracle: each client's round replayed in this process (the server sent the whole
+    # initial model; FULL clients report every group).
+    report = P.assignments(s.method, [0], 1, s.seed, full_rounds=s.full_rounds)[0]
+    threads = torch.get_num_threads()
+    try:
+        replay = [
+            client_round(s, client_data(s, i, n, "digits"), 1, init, report, None, threads=1)
+            for i in range(n)
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    for c, (_, _, metrics) in zip(clients, replay, strict=True):
+        assert c["loss"] == metrics["loss"], "the replay is not the client's round"
+        assert c["num_examples"] == metrics["num-examples"] and c["steps"] == 2
+    updates = [u for u, _, _ in replay]
+    weights = [m["num-examples"] for _, _, m in replay]
+
+    meta = read_meta(saved.parent)
+    assert meta["round"] == 1
+    model = {k: v.numpy() for k, v in load_tensors(saved.parent, "model", meta).items()}
+    assert set(model) == set(updates[0]) == set(init)
+    # How far (in bounds) the model, and each wrong answer, is from the plain mean, per key: the
+    # check rejects the initial model and any one client's update, so passing it means the mean.
+    names = ["model", "initial", *(f"client {i}" for i in range(n))]
+    apart = dict.fromkeys(names, 0.0)
+    for k in sorted(model):
+        plain = sum(w * u[k].astype(np.float64) for u, w in zip(updates, weights, strict=True))
+        plain = plain / sum(weights)
+        spread = max(float(np.abs(u[k] - plain).max()) for u in updates)
+        bound = S.error_bound(
+            weights, spread, clip=s.secagg_clip, bits=s.secagg_bits, max_weight=s.secagg_max_weight
+        )
+        bound += 4 * np.finfo(np.float32).eps * float(np.abs(plain).max())  # float32 storage
+        for name, value in zip(names, [model[k], init[k], *(u[k] for u in updates)], strict=True):
+            apart[name] = max(apart[name], float(np.abs(value - plain).max()) / bound)
+    assert apart.pop("model") < 1, "the global model is not the clients' weighted mean"
+    assert min(apart.values()) > 1, apart
