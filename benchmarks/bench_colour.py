@@ -42,7 +42,8 @@ def bench_colour(ctx: Context) -> dict[str, Any]:
             subprocess.run(
                 [sys.executable, "-m", "decentdiff", "demo", str(run), "--data", "cmnist5k",
                  "--set", f"data.size={size}", "--preset", preset, "--steps", str(steps),
-                 "--router-steps", str(router_steps), "--n", str(n), "-q"],
+                 "--router-steps", str(router_steps), "--n", str(n), "-q",
+                 "--guidance", "2"],  # as recorded (the colour default is now 3)
                 check=True,
             )  # fmt: skip
         rec = record(run, root, f"colour{size}")

@@ -194,8 +194,13 @@ def rows(run: Path, kind: str = "eval") -> list[dict[str, Any]]:
 
 def find_row(run: Path, kind: str = "eval", **match: Any) -> dict[str, Any] | None:
     """The last row of ``kind`` whose fields equal ``match``."""
+    return find_row_in(rows(run, kind), **match)
+
+
+def find_row_in(candidates: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    """The last of ``candidates`` whose fields equal ``match``."""
     found = None
-    for r in rows(run, kind):
+    for r in candidates:
         if all(r.get(k) == v for k, v in match.items()):
             found = r
     return found
@@ -213,14 +218,21 @@ def evaluate(
     solver: str = "euler",
     guidance: float | None = None,
 ) -> dict[str, Any]:
-    """The eval row of (model, routing, n, seed, steps, solver[, guidance]), computed only if not
-    there yet (guidance None: the RUN's default, not part of the match)."""
+    """The eval row of (model, routing, n, seed, steps, solver, guidance), computed only if not
+    there yet (guidance None: the model's default, resolved as ``eval`` resolves it)."""
+    from decentdiff.loading import resolve_guidance
+    from decentdiff.run import Run
+
     want: dict[str, Any] = {"model": model, "n": n, "seed": seed, "steps": steps, "solver": solver}
-    if guidance is not None:
-        want["guidance"] = guidance
     if model == "ensemble":
         want["routing"] = routing or "top1"
-    row = find_row(run, **want)
+    g = resolve_guidance(Run(run), model, guidance)
+
+    def find() -> dict[str, Any] | None:  # a row without the field was sampled unguided
+        found = [r for r in rows(run) if r.get("guidance", 1.0) == g]
+        return find_row_in(found, **want)
+
+    row = find()
     if row is None:
         args: list[Any] = ["eval", run, "--model", model, "--n", n, "--seed", seed]
         args += ["--sample-steps", steps, "--quiet"]
@@ -230,7 +242,7 @@ def evaluate(
         if guidance is not None:
             args += ["--set", f"sample.guidance={guidance}"]
         cli(*args, study=study)
-        row = find_row(run, **want)
+        row = find()
         if row is None:
             raise SystemExit(f"study {study}: eval of {model} {routing} wrote no row in {run}")
     return row

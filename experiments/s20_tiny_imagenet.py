@@ -369,6 +369,11 @@ def work(phase: str | None, seed: int | None = None) -> None:
                         raise SystemExit(f"{run.name} is not trained: run classes-tiny-long first")
                     score(arm, run)
                     continue
+                if arm.get("routed"):  # a router for trained models: never train them here
+                    run = run_dir(arm, steps)
+                    ks = [_step(run / "experts" / str(k)) for k in range(arm["K"])]
+                    if _step(run / "monolith") != steps or min(ks) != steps:
+                        raise SystemExit(f"{run.name} is not trained: run classes-tiny-long first")
                 previous = train(arm, steps, previous)
                 score(arm, previous)
                 if arm.get("by") == "classes":

@@ -198,13 +198,15 @@ class RunHandle:
         routing: str = "auto",
         drop: Sequence[int] = (),
         ema: bool = True,
-        guidance: float = 1.0,
+        guidance: float | None = None,
         device: str = "cpu",
         seed: int = 0,
     ) -> LoadedModel:
         """Any model of the RUN as a :class:`~decentdiff.loading.LoadedModel`: ``.velocity`` is
         the callable ``velocity(x_t, t, cond=None) -> v`` (t = 0 data, t = 1 noise), with its
-        networks, objectives, image shape and classes."""
+        networks, objectives, image shape and classes. A single network's velocity is unguided;
+        an ensemble's experts are guided inside, at ``guidance`` (None: the model's default,
+        :func:`~decentdiff.loading.resolve_guidance`)."""
         import torch
 
         from .config import SampleConfig

@@ -148,9 +148,10 @@ SOLVER_HELP = (
 )
 
 
-#: sample.guidance of a class-conditional RUN when no --guidance, --set or --config names one
-#: (:meth:`decentdiff.run.Run.base_config`), by the channels of its images; an unconditional model
-#: has no guidance (1). Measured, each the lowest FID of the scales tried, on 3 seeds: grey digits
+#: The guidance scale a class-conditional model samples at when no --guidance, --set or --config
+#: names one (``sample.guidance = None``, resolved per model by
+#: :func:`decentdiff.loading.resolve_guidance`), by the channels of its images; an unconditional
+#: model has no guidance (1). Measured, each the lowest FID of the scales tried, on 3 seeds: grey digits
 #: 2 (1, 2, 3, 4 on mnist5k; 3 and 4 are worse than none there), colour natural images 3 (1, 2, 3
 #: on Tiny ImageNet, 3 the lowest for ensemble and monolith on every seed): docs/models.md,
 #: samplers. Other channel counts take the colour value.
@@ -167,9 +168,7 @@ class SampleConfig:
     n: int = 64
     steps: int = 50
     solver: str = "auto"  # auto (by the model's objective) | euler | heun | ddim | ddpm
-    guidance: float = (
-        1.0  # classifier-free guidance (1 = none); class-cond RUNs: class_cond_guidance
-    )
+    guidance: float | None = None  # classifier-free (1 = none); None: the model's default
     seed: int = 0
     ema: bool = True  # sample from the EMA weights
     batch: int = 256  # images per forward pass

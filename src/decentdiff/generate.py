@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,14 @@ def generate(
 
     from .diffusion.solvers import guided, sample, sampling_grid
     from .evaluation.flops import SampleCounter, sampling_cost
-    from .loading import load_model, parse_model, resolve_solver
+    from .loading import load_model, parse_model, resolve_guidance, resolve_solver
     from .precision import autocast_velocity, resolve_precision
 
     if s.n < 1:
         raise ConfigError(f"--n must be ≥ 1, got {s.n}")
     spec = parse_model(model)  # validated once; the functions below take the parsed spec
     solver = resolve_solver(run, spec, s.solver, drop)
+    s = replace(s, guidance=resolve_guidance(run, spec, s.guidance, drop))
     if s.batch < 1:
         raise ConfigError(f"sample.batch must be ≥ 1, got {s.batch}")
     g = torch.Generator().manual_seed(s.seed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,10 +125,9 @@ def model_dir(run: Run, spec: str | ModelSpec) -> Path:
     return MODEL_DIRS[m.kind](run, m)
 
 
-def objective_kinds(run: Run, model: str | ModelSpec, drop: Sequence[int] = ()) -> list[str]:
-    """Objective kinds (``fm``, ``ddpm``) of the network(s) behind ``model`` (an ensemble's kept
-    experts), from meta.json alone; models not trained yet are skipped (loading them fails later
-    with the command to run)."""
+def _metas(run: Run, model: str | ModelSpec, drop: Sequence[int] = ()) -> list[dict]:
+    """meta.json of the network(s) behind ``model`` (an ensemble's kept experts); models not
+    trained yet are skipped (loading them fails later with the command to run)."""
     if parse_model(model).kind == "ensemble":
         from .ddm.store import expert_dir, load_partition
 
@@ -136,13 +135,41 @@ def objective_kinds(run: Run, model: str | ModelSpec, drop: Sequence[int] = ()) 
         dirs = [expert_dir(run, k) for k in range(n) if k not in drop]
     else:
         dirs = [model_dir(run, model)]
-    kinds = []
+    metas = []
     for d in dirs:
         try:
-            kinds.append(str(json.loads((d / "meta.json").read_text())["objective"]["kind"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            metas.append(json.loads((d / "meta.json").read_text()))
+        except (OSError, ValueError):
+            continue
+    return [m for m in metas if isinstance(m, dict)]
+
+
+def objective_kinds(run: Run, model: str | ModelSpec, drop: Sequence[int] = ()) -> list[str]:
+    """Objective kinds (``fm``, ``ddpm``) of the network(s) behind ``model``, from meta.json."""
+    kinds = []
+    for meta in _metas(run, model, drop):
+        try:
+            kinds.append(str(meta["objective"]["kind"]))
+        except (KeyError, TypeError):
             continue
     return kinds
+
+
+def resolve_guidance(
+    run: Run, model: str | ModelSpec, guidance: float | None, drop: Sequence[int] = ()
+) -> float:
+    """``None`` (no --guidance, sample.guidance unset) -> the model's default: for a
+    class-conditional model :func:`~decentdiff.config.class_cond_guidance` of its images'
+    channels (the pixels' for a latent model), else 1 (no guidance). A given scale is kept."""
+    from .config import class_cond_guidance
+
+    if guidance is not None:
+        return float(guidance)
+    for meta in _metas(run, model, drop):
+        if (meta.get("model") or {}).get("class_cond"):
+            shape = _pixel_shape(meta) or tuple(meta.get("image_shape") or (3,))
+            return class_cond_guidance(int(shape[0]))
+    return 1.0
 
 
 def resolve_solver(run: Run, model: str | ModelSpec, solver: str, drop: Sequence[int] = ()) -> str:
@@ -224,6 +251,7 @@ def load_model(
         generator: the sampling generator (stochastic routings and the oracle's draws use it).
     """
     m = parse_model(model)
+    s = replace(s, guidance=resolve_guidance(run, m, s.guidance, drop))
     if m.kind == "ensemble":
         return _load_ensemble(run, s, routing, drop, device, generator)
     if drop:

@@ -64,11 +64,13 @@ def compare(
         if "ensemble" in models and (has_router or not parse_routing(r).needs_router)
     ]
     jobs += [(m, None) for m in models if m != "ensemble"]
-    from .loading import resolve_solver
+    from .loading import resolve_guidance, resolve_solver
 
     for model, routing in jobs:
         solver = resolve_solver(run, model, cfg.sample.solver)
-        row = find_row(existing, model=model, routing=routing, **{**key, "solver": solver})
+        guidance = resolve_guidance(run, model, cfg.sample.guidance)
+        row = find_row(existing, model=model, routing=routing,
+                       **{**key, "solver": solver, "guidance": guidance})  # fmt: skip
         if row is None:
             out = samples_path(run, model, routing)
             row = evaluate(
@@ -92,21 +94,21 @@ def compare(
 def comparison_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table: model/routing, GFLOPs per image, FID, KID, precision, recall, confident share."""
     head = (
-        "| model | routing | solver | sampling GFLOPs/img | train TFLOPs | FID | KID | precision "
-        "| recall | confident ≥0.9 |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| model | routing | solver | guidance | sampling GFLOPs/img | train TFLOPs | FID | KID "
+        "| precision | recall | confident ≥0.9 |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r.get('routing') or '–'} | {r.get('solver') or '–'} | "
-            f"{r['sample_gflops_per_image']:.2f} | "
+            f"{r.get('guidance') or 1:g} | {r['sample_gflops_per_image']:.2f} | "
             f"{r['train_flops'] / 1e12:.2f} | {r['fid']:.2f} | {r['kid_mean']:.3f} | "
             f"{r['precision']:.3f} | {r['recall']:.3f} | {r.get('confident_share', float('nan')):.3f} |"
         )
     if rows and rows[0].get("floor"):
         f = rows[0]["floor"]
         lines.append(
-            f"| *floor: train vs held-out* | – | – | – | – | {f['fid']:.2f} | {f['kid_mean']:.3f} | "
+            f"| *floor: train vs held-out* | – | – | – | – | – | {f['fid']:.2f} | {f['kid_mean']:.3f} | "
             f"{f['precision']:.3f} | {f['recall']:.3f} | {f.get('confident_share', float('nan')):.3f} |"
         )
     return "\n".join(lines)
@@ -232,9 +234,9 @@ def write_report(run: Run, cfg: Config) -> Path:
             "",
         ]
     # Comparison
-    latest: dict[tuple, dict] = {}
+    latest: dict[tuple, dict] = {}  # per model, routing and guidance (its own column)
     for r in rows:
-        latest[(r["model"], r.get("routing"))] = r
+        latest[(r["model"], r.get("routing"), r.get("guidance"))] = r
     if latest:
         md += ["## Comparison", "", comparison_table(list(latest.values())), ""]
         if (rp / "figures" / "fid_vs_flops.png").is_file():

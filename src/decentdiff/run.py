@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import Config, DataConfig, class_cond_guidance, dump_toml
+from .config import Config, DataConfig, dump_toml
 from .errors import DataError, RunError
 from .training.checkpoint import atomic_write_text
 
@@ -179,15 +179,9 @@ class Run:
             ) from None
 
     def base_config(self) -> dict[str, Any]:
-        """run.toml's sections that are Config sections (for ``config.resolve(base=...)``), and
-        the sampling default that follows from them: a class-conditional model's guidance
-        (:func:`~decentdiff.config.class_cond_guidance` of its images' channels; --guidance,
-        --set and --config win)."""
+        """run.toml's sections that are Config sections (for ``config.resolve(base=...)``)."""
         data = self.read_toml()
         base = {k: dict(v) for k, v in data.items() if k in ("data", "model", "objective")}
-        channels = (data.get("data", {}).get("shape") or [3])[0]
-        if base.get("model", {}).get("class_cond") or self._trained_class_cond():
-            base["sample"] = {"guidance": class_cond_guidance(int(channels))}
         if "data" in base:
             for recorded_only in ("fingerprint", "shape", "heldout_fingerprint"):
                 base["data"].pop(recorded_only, None)
@@ -201,20 +195,6 @@ class Run:
                 legacy.pop("eps_param")
             base["objective"] = {**legacy, **base["objective"]}
         return base
-
-    def _trained_class_cond(self) -> bool:
-        """Whether a model trained in this RUN is class-conditional (``train ... --class-cond``
-        in a RUN whose run.toml was written unconditional, e.g. by ``partition``): its meta.json
-        says so."""
-        import json
-
-        for meta in (*self.path.glob("*/meta.json"), *self.path.glob("experts/*/meta.json")):
-            try:
-                if json.loads(meta.read_text()).get("model", {}).get("class_cond"):
-                    return True
-            except (OSError, ValueError, AttributeError):
-                continue  # unreadable here: the command that loads it reports it
-        return False
 
     def write_toml(
         self, cfg: Config, data: RunData, extra: dict[str, dict[str, Any]] | None = None

@@ -119,9 +119,10 @@ def test_compare_reuses_rows_and_writes_table(run, capsys):
         )
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[2] == row["solver"] == "euler"
-        assert float(cells[3]) == pytest.approx(row["sample_gflops_per_image"], abs=0.006)
-        assert float(cells[4]) == pytest.approx(row["train_flops"] / 1e12, abs=0.006)
-        assert float(cells[5]) == pytest.approx(row["fid"], abs=0.006)
+        assert float(cells[3]) == row["guidance"] == 1.0  # an unconditional model's
+        assert float(cells[4]) == pytest.approx(row["sample_gflops_per_image"], abs=0.006)
+        assert float(cells[5]) == pytest.approx(row["train_flops"] / 1e12, abs=0.006)
+        assert float(cells[6]) == pytest.approx(row["fid"], abs=0.006)
     assert (run / "figures" / "fid_vs_flops.png").stat().st_size > 0
 
 

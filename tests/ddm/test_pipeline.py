@@ -386,13 +386,15 @@ def test_class_conditional_ddm(tmp_path, source, capsys):
     np.testing.assert_array_equal(again[:4], table)
     assert again.shape == (6, 2) and not again[4:].any()  # classes without images: zero rows
 
-    # With no --guidance a class-conditional RUN of grey images samples at the grey default
+    # With no --guidance a class-conditional model of grey images samples at the grey default
     # (config.class_cond_guidance(1), not 1): bitwise the images of an explicit --guidance at
     # that scale, not those of --guidance 1; --set sample.guidance=1 and --guidance 1 still win.
-    # This RUN's run.toml was written unconditional (by partition); its experts' meta says not.
+    # This RUN's run.toml was written unconditional (by partition): the models decide.
+    from decentdiff.loading import resolve_guidance
+
     want = C.class_cond_guidance(1)
     assert want != 1.0 and "class_cond = false" in (run / "run.toml").read_text()
-    assert cfg.sample.guidance == want
+    assert cfg.sample.guidance is None and resolve_guidance(Run(run), "ensemble", None) == want
 
     def draw(name, *extra):
         args = ["sample", run, "--model", "ensemble", "--routing", "full", "--n", "3"]
@@ -409,19 +411,28 @@ def test_class_conditional_ddm(tmp_path, source, capsys):
 
 
 def test_an_unconditional_run_has_no_guidance_default(ddm_run):
-    """Guidance does nothing to an unconditional model; its RUN keeps sample.guidance at 1."""
-    base = Run(ddm_run).base_config()
-    assert "sample" not in base
-    assert C.resolve(base=base).sample.guidance == 1.0
+    """Guidance does nothing to an unconditional model: its default is 1, and eval records 1."""
+    from decentdiff.loading import resolve_guidance
+
+    assert resolve_guidance(Run(ddm_run), "ensemble", None) == 1.0
+    assert resolve_guidance(Run(ddm_run), "expert:0", None) == 1.0
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_a_class_conditional_run_toml_sets_the_guidance_of_its_channels(tmp_path, channels):
-    """run.toml's class_cond and the shape of its images pick the default: grey 2, colour 3 (the
-    lowest FID measured: studies 24 and 20); an unconditional run.toml keeps 1."""
-    toml = f"[data]\nshape = [{channels}, 8, 8]\n[model]\nclass_cond = true\n"
-    (tmp_path / "run.toml").write_text(toml)
-    assert C.resolve(base=Run(tmp_path).base_config()).sample.guidance == {1: 2.0, 3: 3.0}[channels]
-    assert C.resolve(base=Run(tmp_path).base_config(), guidance=1.5).sample.guidance == 1.5
-    (tmp_path / "run.toml").write_text(toml.replace("true", "false"))
-    assert C.resolve(base=Run(tmp_path).base_config()).sample.guidance == 1.0
+def test_the_guidance_default_follows_each_models_meta(tmp_path):
+    """resolve_guidance reads the model's meta.json: a class-conditional model of grey images
+    gets 2, of colour images 3 (a latent model: its pixels' channels), an unconditional one 1;
+    a given scale is kept."""
+    from decentdiff.loading import resolve_guidance
+
+    def meta(**m):
+        (tmp_path / "monolith").mkdir(exist_ok=True)
+        (tmp_path / "monolith" / "meta.json").write_text(json.dumps(m))
+        return resolve_guidance(Run(tmp_path), "monolith", None)
+
+    assert meta(model={"class_cond": True}, image_shape=[1, 8, 8]) == 2.0
+    assert meta(model={"class_cond": True}, image_shape=[3, 8, 8]) == 3.0
+    latent = {"model": {"class_cond": True}, "image_shape": [4, 8, 8]}
+    assert meta(**latent, vae={"pixel_shape": [1, 64, 64]}) == 2.0  # grey pixels, 4 latents
+    assert meta(model={"class_cond": False}, image_shape=[3, 8, 8]) == 1.0
+    assert resolve_guidance(Run(tmp_path), "monolith", 1.5) == 1.5
+    assert C.resolve().sample.guidance is None  # unset unless named

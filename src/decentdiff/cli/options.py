@@ -377,9 +377,10 @@ GuidanceOpt = Annotated[
     typer.Option(
         "--guidance",
         help="Classifier-free guidance scale of a class-conditional model (1 = none; an "
-        "unconditional model has no guidance). (default for a class-conditional model: 2 for "
-        "grey images, 3 for colour -- each the lowest FID measured, on digits and on Tiny "
-        "ImageNet: docs/models.md, samplers)",
+        "unconditional model has no guidance). (default for a class-conditional model: "
+        f"{C.CLASS_COND_GUIDANCE[1]:g} for grey images, {C.CLASS_COND_GUIDANCE[3]:g} for colour "
+        "-- each the lowest FID measured, on digits and on Tiny ImageNet: docs/models.md, "
+        "samplers)",
     ),
 ]
 DemoGuidanceOpt = Annotated[
@@ -387,7 +388,8 @@ DemoGuidanceOpt = Annotated[
     typer.Option(
         "--guidance",
         help="Classifier-free guidance scale (1 = none). (default: a class-conditional "
-        "model's, 2 for grey images, 3 for colour; see `sample --help`)",
+        f"model's, {C.CLASS_COND_GUIDANCE[1]:g} for grey images, {C.CLASS_COND_GUIDANCE[3]:g} "
+        "for colour; see `sample --help`)",
     ),
 ]
 EvalFeaturesOpt = Annotated[

@@ -47,16 +47,17 @@ def usage(
     """
     from ..config import ObjectiveConfig
     from ..diffusion.solvers import sample, sampling_grid
-    from ..loading import resolve_solver
+    from ..loading import resolve_guidance, resolve_solver
     from ..precision import autocast_velocity, fast_bf16, resolve_precision
     from ..training.generative import objective_from
     from .load import load_ensemble
 
     s = cfg.sample
     solver = resolve_solver(run, "ensemble", s.solver)
+    guidance = resolve_guidance(run, "ensemble", s.guidance)
     g = torch.Generator().manual_seed(s.seed)
     ens, metas, rec, networks = load_ensemble(run, routing, device=device, ema=s.ema,
-                                              guidance=s.guidance, generator=g)  # fmt: skip
+                                              guidance=guidance, generator=g)  # fmt: skip
     ens.history = []
     unet = networks[next(k for k in networks if k.startswith("expert"))]
     shape = tuple(metas[0]["image_shape"])
@@ -124,7 +125,7 @@ def diagnose(
 ) -> dict[str, Any]:
     """Calibration + usage of each routing; writes RUN/diagnostics.json and the figure."""
     from ..figures import routing_diagnostics_figure
-    from ..loading import resolve_solver
+    from ..loading import resolve_guidance, resolve_solver
     from ..training.checkpoint import atomic_write_text
     from .membership import member_data
 
@@ -146,6 +147,7 @@ def diagnose(
         "sample": {
             "steps": cfg.sample.steps,
             "solver": resolve_solver(run, "ensemble", cfg.sample.solver),
+            "guidance": resolve_guidance(run, "ensemble", cfg.sample.guidance),
             "seed": cfg.sample.seed,
         },
     }

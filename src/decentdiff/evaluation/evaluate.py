@@ -183,11 +183,12 @@ def evaluate(
         routing = resolve_routing(run, routing)  # the row records what was sampled
     from dataclasses import replace
 
-    from ..loading import resolve_solver
+    from ..loading import resolve_guidance, resolve_solver
 
-    # The row, the cache name and later matches record the solver actually used.
+    # The row, the cache name and later matches record the solver and guidance actually used.
     solver = resolve_solver(run, model, cfg.sample.solver)
-    cfg = replace(cfg, sample=replace(cfg.sample, solver=solver))
+    guidance = resolve_guidance(run, model, cfg.sample.guidance)
+    cfg = replace(cfg, sample=replace(cfg.sample, solver=solver, guidance=guidance))
     data = run.data(cfg, create=False)
     features = resolve_features(data, features)  # the row records the features used
     check_features(data, features)

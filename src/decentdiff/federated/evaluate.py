@@ -87,6 +87,7 @@ def evaluate_federated(
         "steps": cfg.sample.steps,
         "seed": cfg.sample.seed,
         "solver": rows[0].get("solver"),  # resolved (auto: by the objective), as each row's
+        "guidance": rows[0].get("guidance"),  # resolved (the model's default), as each row's
         "features": rows[0].get("features"),  # resolved (auto: by the data), as each row's
         "per_model": {m: {k: r.get(k) for k in metrics} for m, r in zip(models, rows, strict=True)},
         "floor_fid": rows[0]["floor"].get("fid"),
