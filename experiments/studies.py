@@ -213,6 +213,17 @@ STUDIES = (
         "(differential privacy) says how many clients DP needs.",
     ),
     Study(
+        25,
+        "s25_fed_secagg",
+        "(ours) Secure aggregation, and privacy with a bad silo",
+        "federated",
+        "What do SecAgg+ and SecAgg+ with client-side differential privacy cost a federation of "
+        "five clients in FID, upload bytes and time per round; and does server-side DP's clip "
+        "hold off a client that sends 100x its update?",
+        "No default: `fed run --secagg` stays off; docs/federated.md (secure aggregation) quotes "
+        "its measured bytes and time (`federated/secagg.py`).",
+    ),
+    Study(
         8,
         "s8_ddm_vs_federated",
         "DDM vs federated on the same data and FLOPs",
